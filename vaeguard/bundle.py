@@ -1,0 +1,243 @@
+"""The model bundle: a directory holding `model.keras` and `bundle.json`.
+
+`bundle.json` carries everything needed to use the model correctly (feature order, scaler,
+conditions, threshold, baselines) and to trust it (format version, library versions, training
+record, data fingerprint, the model file's SHA-256). Loading checks all of it, and refuses a
+bundle that is corrupt, tampered with or from an incompatible version, with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaeguard._version import __version__
+from vaeguard.errors import BundleError
+
+FORMAT = "vaeguard-bundle"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.keras"
+MANIFEST_FILE = "bundle.json"
+
+
+def library_versions() -> dict[str, str | None]:
+    import keras
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "vaeguard": __version__,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "tensorflow": version("tensorflow") or version("tensorflow-cpu"),
+        "python": platform.python_version(),
+    }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync and rename: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write the detector to `path` (created if needed; an existing bundle there is replaced)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BundleError(f"cannot write a bundle to {path}: it is a file")
+    if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST_FILE).exists():
+        raise BundleError(f"refusing to write a bundle into {path}: the folder is not empty and holds no bundle")
+    path.mkdir(parents=True, exist_ok=True)
+
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".keras")
+    os.close(fd)
+    try:
+        detector.model_.save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path / MODEL_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+        "model_file": MODEL_FILE,
+        "model_sha256": sha256_file(path / MODEL_FILE),
+        "features": list(detector.feature_names_),
+        "conditions": detector.conditions_.to_dict(),
+        "scaler": detector.scaler_.to_dict(),
+        "threshold": detector.threshold_.to_dict(),
+        "baseline": [float(v) for v in detector.baseline_],
+        "score_reference": [float(v) for v in detector.score_reference_],
+        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in detector.get_params().items()},
+        "training": {**detector.training_info_, "history": detector.history_},
+        "data_fingerprint": detector.training_info_.get("data_fingerprint"),
+        "extra": extra if extra is not None else getattr(detector, "bundle_extra_", {}),
+    }
+    write_atomic(path / MANIFEST_FILE, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
+    return path
+
+
+def read_manifest(path) -> dict[str, Any]:
+    """Parse and check `bundle.json` without loading the model (cheap: for listings and checks)."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"no model bundle at {path}: the path does not exist")
+    if not path.is_dir():
+        raise BundleError(f"no model bundle at {path}: expected a directory with {MANIFEST_FILE} and {MODEL_FILE}")
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleError(f"no model bundle at {path}: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"corrupt bundle at {path}: {MANIFEST_FILE} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"corrupt bundle at {path}: {MANIFEST_FILE} is not a vaeguard bundle manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise BundleError(f"corrupt bundle at {path}: format_version is missing")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"incompatible bundle at {path}: format version {version} is newer than this vaeguard "
+            f"({__version__}) reads (up to {FORMAT_VERSION}); upgrade vaeguard"
+        )
+    _check_manifest(path, manifest)
+    return manifest
+
+
+def _check_manifest(path: Path, m: dict[str, Any]) -> None:
+    def need(key: str, kind: type | tuple[type, ...]):
+        if not isinstance(m.get(key), kind):
+            raise BundleError(f"corrupt bundle at {path}: field {key!r} is missing or malformed")
+        return m[key]
+
+    features = need("features", list)
+    if not features or not all(isinstance(f, str) for f in features) or len(set(features)) != len(features):
+        raise BundleError(f"corrupt bundle at {path}: field 'features' must list unique feature names")
+    n = len(features)
+    need("conditions", list)
+    scaler = need("scaler", dict)
+    for key in ("center", "scale"):
+        values = scaler.get(key)
+        if not isinstance(values, list) or len(values) != n or not all(_finite(v) for v in values):
+            raise BundleError(f"corrupt bundle at {path}: scaler.{key} must hold {n} finite numbers")
+    if any(v <= 0 for v in scaler["scale"]):
+        raise BundleError(f"corrupt bundle at {path}: scaler.scale must be positive")
+    threshold = need("threshold", dict)
+    if not _finite(threshold.get("value")) or not isinstance(threshold.get("method"), str):
+        raise BundleError(f"corrupt bundle at {path}: threshold must have a finite value and a method")
+    baseline = need("baseline", list)
+    if len(baseline) != n or not all(_finite(v) for v in baseline):
+        raise BundleError(f"corrupt bundle at {path}: baseline must hold {n} finite numbers")
+    need("params", dict)
+    need("versions", dict)
+    need("model_sha256", str)
+    keras_version = str(m["versions"].get("keras", ""))
+    if keras_version.split(".")[0] != "3":
+        raise BundleError(f"incompatible bundle at {path}: written by Keras {keras_version or '?'}, this reads Keras 3")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def load_bundle(path):
+    """Load a bundle into a ready `VAEDetector`, verifying the model file against the manifest."""
+    import keras
+
+    from vaeguard.detector import VAEDetector
+    from vaeguard.model.vae import VAE
+    from vaeguard.preprocessing import ConditionEncoder, RobustScaler
+    from vaeguard.thresholds import Threshold
+
+    path = Path(path)
+    m = read_manifest(path)
+    model_path = path / m.get("model_file", MODEL_FILE)
+    if not model_path.is_file():
+        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is missing")
+    if sha256_file(model_path) != m["model_sha256"]:
+        raise BundleError(f"corrupt bundle at {path}: {model_path.name} does not match its recorded SHA-256")
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad archive
+        raise BundleError(f"corrupt bundle at {path}: cannot load {model_path.name} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(model, VAE):
+        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is not a vaeguard VAE")
+
+    try:
+        conditions = ConditionEncoder.from_dict(m["conditions"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"corrupt bundle at {path}: bad conditions ({exc})") from None
+    if model.n_features != len(m["features"]) or model.n_conditions != conditions.width:
+        raise BundleError(
+            f"corrupt bundle at {path}: the model expects {model.n_features} features and {model.n_conditions} "
+            f"condition inputs, the manifest describes {len(m['features'])} and {conditions.width}"
+        )
+
+    params = {k: v for k, v in m["params"].items() if k in VAEDetector._PARAMS}
+    detector = VAEDetector(**params)
+    detector.model_ = model
+    detector.feature_names_ = list(m["features"])
+    detector.n_features_in_ = len(m["features"])
+    detector.scaler_ = RobustScaler.from_dict(m["scaler"])
+    detector.conditions_ = conditions
+    detector.threshold_ = Threshold.from_dict(m["threshold"])
+    detector.baseline_ = np.asarray(m["baseline"], dtype="float64")
+    detector.score_reference_ = np.asarray(m.get("score_reference") or [detector.threshold_.value], dtype="float64")
+    training = dict(m.get("training", {}))
+    detector.history_ = training.pop("history", {})
+    detector.training_info_ = training
+    detector.bundle_extra_ = m.get("extra", {})
+    detector.manifest_ = m
+    detector._scorer = None
+    return detector

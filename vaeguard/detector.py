@@ -1,0 +1,483 @@
+"""`VAEDetector`: the scikit-learn / PyOD-style front of the model.
+
+fit on normal data → decision_function (higher = more anomalous) → predict at a calibrated
+threshold → explain which features are responsible. Preprocessing, threshold and training
+record travel with the model in a bundle (`save` / `load`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vaeguard.data import feature_matrix
+from vaeguard.errors import DataError, NotFittedError
+from vaeguard.preprocessing import ConditionEncoder, RobustScaler
+from vaeguard.thresholds import Threshold, calibrate
+
+#: Fewest rows `fit` accepts: below this neither training nor calibration means anything.
+MIN_TRAIN_ROWS = 16
+#: Quantile levels of the calibration scores kept in the bundle (reference for drift and severity).
+REFERENCE_LEVELS = np.linspace(0.0, 1.0, 101)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Everything scoring a batch produces, in the user's units.
+
+    ``contributions`` are the per-feature terms of the negative log-likelihood minus each
+    feature's median term on normal data: near zero for a typical value, large and positive for
+    the feature that makes the row unlikely. ``nll`` holds the raw terms (nats, scaled space).
+    """
+
+    scores: np.ndarray
+    threshold: float
+    contributions: np.ndarray
+    nll: np.ndarray
+    observed: np.ndarray
+    expected: np.ndarray
+    feature_names: list[str]
+
+    @property
+    def is_anomaly(self) -> np.ndarray:
+        return self.scores > self.threshold
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def top_contributions(self, row: int, k: int = 3) -> list[dict[str, Any]]:
+        """The k features most responsible for one row's score, with their share of the excess."""
+        excess = self.contributions[row]
+        positive = np.clip(excess, 0.0, None)
+        total = float(positive.sum())
+        order = np.argsort(-excess, kind="stable")[:k]
+        return [
+            {
+                "feature": self.feature_names[j],
+                "observed": float(self.observed[row, j]),
+                "expected": float(self.expected[row, j]),
+                "contribution": float(excess[j]),
+                "share": float(positive[j] / total) if total > 0 else 0.0,
+            }
+            for j in order
+        ]
+
+
+class VAEDetector:
+    """Variational-autoencoder anomaly detector, scored by Monte-Carlo reconstruction probability.
+
+    Parameters
+    ----------
+    latent_dim, hidden, activation, dropout
+        Architecture: encoder widths ``hidden``, mirrored in the decoder.
+    beta, kl_warmup_epochs
+        Weight of the KL term in the ELBO and the epochs over which it ramps up from ~0.
+    epochs, batch_size, learning_rate, patience, validation_fraction
+        Training; early stopping watches the ELBO on a held-out share of the normal data,
+        which also calibrates the threshold.
+    min_log_var, max_log_var
+        Bounds of the decoder's per-feature log-variance (in robust-scaled units).
+    mc_samples
+        L, the number of latent draws in the reconstruction probability.
+    threshold_method, target_fpr, risk
+        "quantile" (false-positive rate ``target_fpr`` on normal data) or "spot" (EVT, ``risk``).
+    seed
+        Makes training, sampling and scoring repeatable.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 8,
+        hidden: Sequence[int] = (64, 32),
+        beta: float = 1.0,
+        epochs: int = 200,
+        batch_size: int = 128,
+        learning_rate: float = 1e-3,
+        mc_samples: int = 32,
+        patience: int = 20,
+        validation_fraction: float = 0.2,
+        kl_warmup_epochs: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        min_log_var: float = -6.0,
+        max_log_var: float = 4.0,
+        threshold_method: str = "quantile",
+        target_fpr: float = 0.01,
+        risk: float = 1e-3,
+        seed: int | None = 0,
+        verbose: int = 0,
+    ):
+        self.latent_dim = latent_dim
+        self.hidden = tuple(hidden)
+        self.beta = beta
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.mc_samples = mc_samples
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.activation = activation
+        self.dropout = dropout
+        self.min_log_var = min_log_var
+        self.max_log_var = max_log_var
+        self.threshold_method = threshold_method
+        self.target_fpr = target_fpr
+        self.risk = risk
+        self.seed = seed
+        self.verbose = verbose
+        self.model_ = None
+
+    # -- scikit-learn conventions -------------------------------------------------------------
+
+    _PARAMS = (
+        "latent_dim", "hidden", "beta", "epochs", "batch_size", "learning_rate", "mc_samples",
+        "patience", "validation_fraction", "kl_warmup_epochs", "activation", "dropout",
+        "min_log_var", "max_log_var", "threshold_method", "target_fpr", "risk", "seed", "verbose",
+    )  # fmt: skip
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._PARAMS}
+
+    def set_params(self, **params) -> VAEDetector:
+        for name, value in params.items():
+            if name not in self._PARAMS:
+                raise ValueError(f"unknown parameter {name!r}")
+            setattr(self, name, tuple(value) if name == "hidden" else value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"VAEDetector(latent_dim={self.latent_dim}, hidden={self.hidden}, beta={self.beta}, mc_samples={self.mc_samples}, seed={self.seed})"
+
+    # -- fitting ------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        X,
+        conditions=None,
+        *,
+        feature_names: Sequence[str] | None = None,
+        categorical: Sequence[str] | None = None,
+        callbacks: Sequence[Any] = (),
+        init_from: VAEDetector | None = None,
+    ) -> VAEDetector:
+        """Train on normal data and calibrate the threshold on a held-out share of it.
+
+        ``conditions`` (CVAE) are extra columns the model conditions on rather than scores:
+        a DataFrame, a mapping of column → values, or a numeric array. ``init_from`` warm-starts
+        from another fitted detector's weights when the architectures match.
+        """
+        import keras
+
+        from vaeguard.model.vae import VAE, KLWarmup
+
+        self._validate_params()
+        x_raw, names = feature_matrix(X, feature_names)
+        n = x_raw.shape[0]
+        if n < MIN_TRAIN_ROWS:
+            raise DataError(f"need at least {MIN_TRAIN_ROWS} rows of normal data to train, got {n}")
+        if len(set(names)) != len(names):
+            raise DataError("feature names must be unique")
+        condition_encoder = ConditionEncoder()
+        if conditions is not None:
+            condition_encoder = ConditionEncoder.fit(conditions, set(categorical or ()))
+            overlap = set(condition_encoder.names) & set(names)
+            if overlap:
+                raise DataError(f"column(s) used both as feature and condition: {', '.join(sorted(overlap))}")
+        c_all = condition_encoder.transform(conditions) if conditions is not None else None
+        if c_all is not None and c_all.shape[0] != n:
+            raise DataError(f"conditions have {c_all.shape[0]} rows but the features have {n}")
+
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(n)
+        n_val = max(1, int(round(n * self.validation_fraction))) if self.validation_fraction > 0 else 0
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+
+        scaler = RobustScaler.fit(x_raw[train_idx])
+        x = scaler.transform(x_raw).astype("float32")
+
+        model = VAE(
+            n_features=len(names),
+            latent_dim=self.latent_dim,
+            hidden=self.hidden,
+            n_conditions=condition_encoder.width,
+            beta=self.beta,
+            activation=self.activation,
+            dropout=self.dropout,
+            min_log_var=self.min_log_var,
+            max_log_var=self.max_log_var,
+            seed=self.seed,
+        )
+        if init_from is not None and init_from.model_ is not None:
+            if init_from.model_.get_config() == model.get_config() or _same_shapes(init_from.model_, model):
+                model.set_weights(init_from.model_.get_weights())
+                model.kl_weight.assign(self.beta)
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate))
+
+        def inputs(idx):
+            d = {"x": x[idx]}
+            if c_all is not None:
+                d["c"] = c_all[idx]
+            return d
+
+        fit_callbacks = [KLWarmup(self.beta, self.kl_warmup_epochs if init_from is None else 0)]
+        validation = None
+        if n_val:
+            validation = (inputs(val_idx),)
+            fit_callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss",
+                    patience=self.patience,
+                    restore_best_weights=True,
+                    start_from_epoch=self.kl_warmup_epochs if init_from is None else 0,
+                )
+            )
+        fit_callbacks.extend(callbacks)
+        history = model.fit(
+            inputs(train_idx),
+            validation_data=validation,
+            epochs=self.epochs,
+            batch_size=min(self.batch_size, len(train_idx)),
+            shuffle=True,
+            verbose=self.verbose,
+            callbacks=fit_callbacks,
+        )
+
+        self.model_ = model
+        self.feature_names_ = names
+        self.n_features_in_ = len(names)
+        self.scaler_ = scaler
+        self.conditions_ = condition_encoder
+        self.history_ = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+        self._scorer = None
+
+        calib_idx = val_idx if n_val else train_idx
+        raw = self._raw_scores(x[calib_idx], None if c_all is None else c_all[calib_idx])
+        self.baseline_ = np.median(raw.nll, axis=0)
+        self.threshold_ = calibrate(raw.score, self.threshold_method, target_fpr=self.target_fpr, risk=self.risk)
+        self.score_reference_ = np.quantile(raw.score, REFERENCE_LEVELS)
+        self.training_info_ = {
+            "rows": int(n),
+            "train_rows": int(len(train_idx)),
+            "validation_rows": int(n_val),
+            "epochs_run": len(history.epoch),
+            "final": {k: vs[-1] for k, vs in self.history_.items()},
+            "best_val_loss": min(self.history_["val_loss"]) if "val_loss" in self.history_ else None,
+            "data_fingerprint": fingerprint(x_raw, c_all),
+        }
+        return self
+
+    def _validate_params(self) -> None:
+        if self.threshold_method not in ("quantile", "spot"):
+            raise ValueError(f"threshold_method must be 'quantile' or 'spot', got {self.threshold_method!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError("validation_fraction must be in [0, 1)")
+        for name in ("latent_dim", "epochs", "batch_size", "mc_samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise ValueError("hidden must be a non-empty sequence of positive layer widths")
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if self.model_ is None:
+            raise NotFittedError("this VAEDetector is not fitted yet: call fit() or VAEDetector.load()")
+
+    @property
+    def scorer(self):
+        """The compiled Monte-Carlo scorer, built on first use."""
+        self._check_fitted()
+        if getattr(self, "_scorer", None) is None:
+            from vaeguard.model.scoring import Scorer
+
+            self._scorer = Scorer(self.model_, self.mc_samples, seed=0 if self.seed is None else self.seed)
+        return self._scorer
+
+    def _raw_scores(self, x_scaled: np.ndarray, c: np.ndarray | None):
+        return self.scorer(x_scaled.astype("float32"), c)
+
+    def prepare(self, X, conditions=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Validated feature matrix (user units) and encoded conditions for scoring.
+
+        Conditions may be passed separately or, for named input, as extra columns of X.
+        """
+        self._check_fitted()
+        x_raw, _ = feature_matrix(X, self.feature_names_)
+        c = None
+        if self.conditions_.columns:
+            source = conditions if conditions is not None else X
+            if conditions is None and not hasattr(X, "columns") and not isinstance(X, dict | list):
+                raise DataError(f"this model is conditional: pass conditions for {', '.join(self.conditions_.names)}")
+            c = self.conditions_.transform(source)
+            if c.shape[0] != x_raw.shape[0]:
+                raise DataError(f"conditions have {c.shape[0]} rows but the features have {x_raw.shape[0]}")
+        return x_raw, c
+
+    def score_matrix(self, x_raw: np.ndarray, c: np.ndarray | None = None) -> ScoreResult:
+        """Score an already validated float matrix (the daemon's hot path)."""
+        raw = self._raw_scores(self.scaler_.transform(x_raw), c)
+        return ScoreResult(
+            scores=raw.score,
+            threshold=self.threshold_.value,
+            contributions=raw.nll - self.baseline_,
+            nll=raw.nll,
+            observed=x_raw,
+            expected=self.scaler_.inverse_transform(raw.expected),
+            feature_names=self.feature_names_,
+        )
+
+    def score(self, X, conditions=None) -> ScoreResult:
+        """Scores, per-feature contributions and expected values for every row."""
+        return self.score_matrix(*self.prepare(X, conditions))
+
+    def decision_function(self, X, conditions=None) -> np.ndarray:
+        """Anomaly score −log p̂(x) per row, in nats: higher = more anomalous."""
+        return self.score(X, conditions).scores
+
+    def predict(self, X, conditions=None) -> np.ndarray:
+        """1 for rows scoring above the calibrated threshold, else 0."""
+        return self.score(X, conditions).is_anomaly.astype("int64")
+
+    def explain(self, X, conditions=None, *, centered: bool = True) -> np.ndarray:
+        """n_rows × n_features contributions: higher = more responsible for the row's score.
+
+        ``centered=False`` gives the raw per-feature negative log-likelihood terms.
+        """
+        result = self.score(X, conditions)
+        return result.contributions if centered else result.nll
+
+    # -- threshold ----------------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float:
+        self._check_fitted()
+        return self.threshold_.value
+
+    def set_threshold(self, value: float) -> VAEDetector:
+        """Override the calibrated threshold (recorded as method "manual")."""
+        self._check_fitted()
+        if not math.isfinite(value):
+            raise ValueError("threshold must be a finite number")
+        self.threshold_ = Threshold(float(value), "manual", {}, 0)
+        return self
+
+    def calibrate(self, X, conditions=None, *, method: str | None = None, target_fpr: float | None = None, risk: float | None = None) -> Threshold:
+        """Re-calibrate the threshold on fresh normal data (e.g. a larger held-out set)."""
+        scores = self.score(X, conditions).scores
+        self.threshold_ = calibrate(
+            scores,
+            method or self.threshold_method,
+            target_fpr=target_fpr if target_fpr is not None else self.target_fpr,
+            risk=risk if risk is not None else self.risk,
+        )
+        self.score_reference_ = np.quantile(scores, REFERENCE_LEVELS)
+        return self.threshold_
+
+    # -- latent space and generation ------------------------------------------------------------
+
+    def encode(self, X, conditions=None) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means μ and standard deviations σ of q(z | x) per row."""
+        from keras import ops
+
+        x_raw, c = self.prepare(X, conditions)
+        x = self.scaler_.transform(x_raw).astype("float32")
+        z_mean, z_log_var = self.model_.encode(x, c)
+        return ops.convert_to_numpy(z_mean).astype("float64"), np.exp(0.5 * ops.convert_to_numpy(z_log_var)).astype("float64")
+
+    def decode(self, z, conditions=None, *, noise: bool = False, seed: int | None = None) -> np.ndarray:
+        """Map latent points through the decoder alone, back to the user's units.
+
+        With ``noise`` the output is a draw from p(x | z) rather than its mean.
+        """
+        from keras import ops
+
+        self._check_fitted()
+        z = np.asarray(z, dtype="float32").reshape(-1, self.latent_dim)
+        c = self._conditions_for(z.shape[0], conditions)
+        mean, log_var = self.model_.decode(z, c)
+        mean = ops.convert_to_numpy(mean).astype("float64")
+        if noise:
+            rng = np.random.default_rng(seed)
+            std = np.exp(0.5 * ops.convert_to_numpy(log_var).astype("float64"))
+            mean = mean + std * rng.standard_normal(mean.shape)
+        return self.scaler_.inverse_transform(mean)
+
+    def sample(self, n: int, conditions=None, *, noise: bool = True, seed: int | None = None) -> np.ndarray:
+        """Generate n synthetic rows: z ~ N(0, I) through the decoder (and its noise)."""
+        self._check_fitted()
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        z = rng.standard_normal((n, self.latent_dim))
+        return self.decode(z, conditions, noise=noise, seed=rng.integers(2**31))
+
+    def interpolate(self, a, b, steps: int = 10, conditions=None) -> np.ndarray:
+        """Decoded points on the straight line between the latent means of rows a and b."""
+        if steps < 2:
+            raise ValueError("steps must be at least 2")
+        mu_a, _ = self.encode(_one_row(a, self), None if conditions is None else conditions)
+        mu_b, _ = self.encode(_one_row(b, self), None if conditions is None else conditions)
+        t = np.linspace(0.0, 1.0, steps)[:, None]
+        return self.decode((1.0 - t) * mu_a + t * mu_b, conditions)
+
+    def _conditions_for(self, n: int, conditions) -> np.ndarray | None:
+        if not self.conditions_.columns:
+            return None
+        if conditions is None:
+            raise DataError(f"this model is conditional: pass conditions for {', '.join(self.conditions_.names)}")
+        if isinstance(conditions, dict) and all(not isinstance(v, list | tuple | np.ndarray) for v in conditions.values()):
+            conditions = {k: [v] * n for k, v in conditions.items()}
+        c = self.conditions_.transform(conditions)
+        if c.shape[0] == 1 and n > 1:
+            c = np.repeat(c, n, axis=0)
+        if c.shape[0] != n:
+            raise DataError(f"conditions have {c.shape[0]} rows, expected 1 or {n}")
+        return c
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Write a model bundle directory: model.keras + bundle.json."""
+        from vaeguard.bundle import save_bundle
+
+        self._check_fitted()
+        save_bundle(self, path)
+
+    @classmethod
+    def load(cls, path) -> VAEDetector:
+        """Load and validate a bundle; a corrupt or incompatible one raises BundleError."""
+        from vaeguard.bundle import load_bundle
+
+        return load_bundle(path)
+
+
+def _one_row(row, detector: VAEDetector):
+    if isinstance(row, dict):
+        return [row]
+    arr = np.asarray(row)
+    if arr.ndim == 1:
+        return arr.reshape(1, -1)
+    if hasattr(row, "iloc"):
+        return row.iloc[:1]
+    return arr[:1]
+
+
+def _same_shapes(a, b) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(x.shape == y.shape for x, y in zip(wa, wb, strict=True))
+
+
+def fingerprint(x: np.ndarray, c: np.ndarray | None = None) -> dict[str, Any]:
+    """Row count and SHA-256 of the training data, to tell which data a model learned from."""
+    h = hashlib.sha256(np.ascontiguousarray(x, dtype="float64").tobytes())
+    if c is not None:
+        h.update(np.ascontiguousarray(c, dtype="float32").tobytes())
+    return {"rows": int(x.shape[0]), "sha256": h.hexdigest()}

@@ -1,0 +1,117 @@
+"""Reading and writing the tabular files the CLI works with: CSV and JSON Lines.
+
+Files are read into a column mapping (name → list of cells) that `vaeguard.data` validates,
+so a bad cell is reported with its row and column whatever the format.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from vaeguard.errors import DataError
+
+FORMATS = ("csv", "jsonl")
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv", ".txt"):
+        return "csv"
+    raise DataError(f"{path}: unknown file type {suffix or '(none)'}; use .csv or .jsonl")
+
+
+def read_records(path) -> list[dict[str, Any]]:
+    """All rows of a CSV or JSONL file as dicts, in file order."""
+    return list(iter_records(path))
+
+
+def iter_records(path) -> Iterator[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a CSV or JSONL file")
+    fmt = detect_format(path)
+    count = 0
+    with open(path, newline="", encoding="utf-8") as f:
+        try:
+            rows = _iter_csv(f, path) if fmt == "csv" else _iter_jsonl(f, path)
+            for row in rows:
+                count += 1
+                yield row
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if count == 0:
+        raise DataError(f"{path}: the file has no data rows")
+
+
+def _iter_csv(f, path: Path) -> Iterator[dict[str, Any]]:
+    sample = f.read(4096)
+    f.seek(0)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in sample and "," not in sample) else ","
+    reader = csv.reader(f, delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise DataError(f"{path}: the first line must be a header of column names")
+    for line_no, cells in enumerate(reader, start=2):
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise DataError(f"{path}, line {line_no}: {len(cells)} cells but the header has {len(header)} columns")
+        yield dict(zip(header, cells, strict=True))
+
+
+def _iter_jsonl(f, path: Path) -> Iterator[dict[str, Any]]:
+    for line_no, line in enumerate(f, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
+        yield row
+
+
+def to_columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Records → column mapping; a key absent from a row becomes None (reported as missing)."""
+    names: dict[str, None] = {}
+    for row in records:
+        names.update(dict.fromkeys(row))
+    return {name: [row.get(name) for row in records] for name in names}
+
+
+def read_table(path) -> dict[str, list[Any]]:
+    return to_columns(read_records(path))
+
+
+def write_jsonl(path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows as JSON Lines (atomically: a crash leaves the old file or none)."""
+    from vaeguard.bundle import write_atomic
+
+    lines = [json.dumps(row, separators=(",", ":"), allow_nan=False) for row in rows]
+    write_atomic(Path(path), ("\n".join(lines) + ("\n" if lines else "")).encode())
+    return len(lines)
+
+
+def write_csv(path, header: list[str], rows: Iterable[list[Any]]) -> None:
+    import io as _io
+
+    from vaeguard.bundle import write_atomic
+
+    buf = _io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(Path(path), buf.getvalue().encode())

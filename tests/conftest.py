@@ -1,0 +1,65 @@
+"""Shared fixtures: a real Kafka-protocol broker on loopback, a small trained model bundle."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """One embedded Tansu broker for the session (topics are cheap: use unique names per test)."""
+    from vaeguard.broker import EmbeddedBroker
+
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(log_path=log) as b:
+        yield b
+
+
+@pytest.fixture
+def fresh_broker(tmp_path):
+    """A broker of the test's own, for tests that pause or kill it."""
+    from vaeguard.broker import EmbeddedBroker
+
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
+        yield b
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    """Poll until condition() is truthy; fail the test with `message` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {message}")
+        time.sleep(interval)
+
+
+def make_normal_data(n: int = 2000, seed: int = 0, n_features: int = 4) -> np.ndarray:
+    """Correlated Gaussian data: a 2-D latent factor mixed into n_features plus noise."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 2))
+    mix = np.random.default_rng(1234).standard_normal((2, n_features))
+    return z @ mix + 0.1 * rng.standard_normal((n, n_features))
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory):
+    """A quickly trained bundle on 4 correlated features named a, b, c, d."""
+    from vaeguard import VAEDetector
+
+    x = make_normal_data()
+    data = {name: x[:, j] for j, name in enumerate("abcd")}
+    det = VAEDetector(epochs=30, hidden=(32, 16), latent_dim=4, mc_samples=16, seed=0).fit(data)
+    path = tmp_path_factory.mktemp("bundle") / "model"
+    det.save(path)
+    return path

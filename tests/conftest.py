@@ -32,7 +32,12 @@ def fresh_broker(tmp_path):
         yield b
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str = "condition",
+):
     """Poll until condition() is truthy; fail the test with `message` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:

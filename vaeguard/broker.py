@@ -6,6 +6,7 @@ protocol on loopback, in memory, started in well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -71,14 +72,18 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise VaeguardError(f"the embedded broker exited with code {self.process.returncode} on start")
+                raise VaeguardError(
+                    f"the embedded broker exited with code {self.process.returncode} on start"
+                )
             try:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
                 return self
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise VaeguardError(f"the embedded broker did not listen on {self.bootstrap_servers} within {timeout:.0f}s")
+        raise VaeguardError(
+            f"the embedded broker did not listen on {self.bootstrap_servers} within {timeout:.0f}s"
+        )
 
     def pause(self) -> None:
         if self.process:
@@ -92,10 +97,8 @@ class EmbeddedBroker:
         if self.process is None:
             return
         if self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)

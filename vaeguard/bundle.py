@@ -31,7 +31,9 @@ MANIFEST_FILE = "bundle.json"
 
 
 def library_versions() -> dict[str, str | None]:
-    import keras
+    from vaeguard._quiet import import_keras
+
+    keras = import_keras()
 
     def version(dist: str) -> str | None:
         try:
@@ -91,7 +93,9 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
     if path.exists() and not path.is_dir():
         raise BundleError(f"cannot write a bundle to {path}: it is a file")
     if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST_FILE).exists():
-        raise BundleError(f"refusing to write a bundle into {path}: the folder is not empty and holds no bundle")
+        raise BundleError(
+            f"refusing to write a bundle into {path}: the folder is not empty and holds no bundle"
+        )
     path.mkdir(parents=True, exist_ok=True)
 
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".keras")
@@ -118,12 +122,16 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
         "threshold": detector.threshold_.to_dict(),
         "baseline": [float(v) for v in detector.baseline_],
         "score_reference": [float(v) for v in detector.score_reference_],
-        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in detector.get_params().items()},
+        "params": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in detector.get_params().items()
+        },
         "training": {**detector.training_info_, "history": detector.history_},
         "data_fingerprint": detector.training_info_.get("data_fingerprint"),
         "extra": extra if extra is not None else getattr(detector, "bundle_extra_", {}),
     }
-    write_atomic(path / MANIFEST_FILE, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
+    write_atomic(
+        path / MANIFEST_FILE, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode()
+    )
     return path
 
 
@@ -133,16 +141,22 @@ def read_manifest(path) -> dict[str, Any]:
     if not path.exists():
         raise BundleError(f"no model bundle at {path}: the path does not exist")
     if not path.is_dir():
-        raise BundleError(f"no model bundle at {path}: expected a directory with {MANIFEST_FILE} and {MODEL_FILE}")
+        raise BundleError(
+            f"no model bundle at {path}: expected a directory with {MANIFEST_FILE} and {MODEL_FILE}"
+        )
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleError(f"no model bundle at {path}: {MANIFEST_FILE} is missing")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"corrupt bundle at {path}: {MANIFEST_FILE} is not valid JSON ({exc})") from None
+        raise BundleError(
+            f"corrupt bundle at {path}: {MANIFEST_FILE} is not valid JSON ({exc})"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"corrupt bundle at {path}: {MANIFEST_FILE} is not a vaeguard bundle manifest")
+        raise BundleError(
+            f"corrupt bundle at {path}: {MANIFEST_FILE} is not a vaeguard bundle manifest"
+        )
     version = manifest.get("format_version")
     if not isinstance(version, int):
         raise BundleError(f"corrupt bundle at {path}: format_version is missing")
@@ -162,20 +176,30 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         return m[key]
 
     features = need("features", list)
-    if not features or not all(isinstance(f, str) for f in features) or len(set(features)) != len(features):
-        raise BundleError(f"corrupt bundle at {path}: field 'features' must list unique feature names")
+    if (
+        not features
+        or not all(isinstance(f, str) for f in features)
+        or len(set(features)) != len(features)
+    ):
+        raise BundleError(
+            f"corrupt bundle at {path}: field 'features' must list unique feature names"
+        )
     n = len(features)
     need("conditions", list)
     scaler = need("scaler", dict)
     for key in ("center", "scale"):
         values = scaler.get(key)
         if not isinstance(values, list) or len(values) != n or not all(_finite(v) for v in values):
-            raise BundleError(f"corrupt bundle at {path}: scaler.{key} must hold {n} finite numbers")
+            raise BundleError(
+                f"corrupt bundle at {path}: scaler.{key} must hold {n} finite numbers"
+            )
     if any(v <= 0 for v in scaler["scale"]):
         raise BundleError(f"corrupt bundle at {path}: scaler.scale must be positive")
     threshold = need("threshold", dict)
     if not _finite(threshold.get("value")) or not isinstance(threshold.get("method"), str):
-        raise BundleError(f"corrupt bundle at {path}: threshold must have a finite value and a method")
+        raise BundleError(
+            f"corrupt bundle at {path}: threshold must have a finite value and a method"
+        )
     baseline = need("baseline", list)
     if len(baseline) != n or not all(_finite(v) for v in baseline):
         raise BundleError(f"corrupt bundle at {path}: baseline must hold {n} finite numbers")
@@ -184,7 +208,9 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
     need("model_sha256", str)
     keras_version = str(m["versions"].get("keras", ""))
     if keras_version.split(".")[0] != "3":
-        raise BundleError(f"incompatible bundle at {path}: written by Keras {keras_version or '?'}, this reads Keras 3")
+        raise BundleError(
+            f"incompatible bundle at {path}: written by Keras {keras_version or '?'}, this reads Keras 3"
+        )
 
 
 def _finite(v: Any) -> bool:
@@ -193,24 +219,28 @@ def _finite(v: Any) -> bool:
 
 def load_bundle(path):
     """Load a bundle into a ready `VAEDetector`, verifying the model file against the manifest."""
-    import keras
-
+    from vaeguard._quiet import import_keras
     from vaeguard.detector import VAEDetector
     from vaeguard.model.vae import VAE
     from vaeguard.preprocessing import ConditionEncoder, RobustScaler
     from vaeguard.thresholds import Threshold
 
+    keras = import_keras()
     path = Path(path)
     m = read_manifest(path)
     model_path = path / m.get("model_file", MODEL_FILE)
     if not model_path.is_file():
         raise BundleError(f"corrupt bundle at {path}: {model_path.name} is missing")
     if sha256_file(model_path) != m["model_sha256"]:
-        raise BundleError(f"corrupt bundle at {path}: {model_path.name} does not match its recorded SHA-256")
+        raise BundleError(
+            f"corrupt bundle at {path}: {model_path.name} does not match its recorded SHA-256"
+        )
     try:
         model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for a bad archive
-        raise BundleError(f"corrupt bundle at {path}: cannot load {model_path.name} ({type(exc).__name__}: {exc})") from None
+        raise BundleError(
+            f"corrupt bundle at {path}: cannot load {model_path.name} ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(model, VAE):
         raise BundleError(f"corrupt bundle at {path}: {model_path.name} is not a vaeguard VAE")
 
@@ -233,7 +263,9 @@ def load_bundle(path):
     detector.conditions_ = conditions
     detector.threshold_ = Threshold.from_dict(m["threshold"])
     detector.baseline_ = np.asarray(m["baseline"], dtype="float64")
-    detector.score_reference_ = np.asarray(m.get("score_reference") or [detector.threshold_.value], dtype="float64")
+    detector.score_reference_ = np.asarray(
+        m.get("score_reference") or [detector.threshold_.value], dtype="float64"
+    )
     training = dict(m.get("training", {}))
     detector.history_ = training.pop("history", {})
     detector.training_info_ = training

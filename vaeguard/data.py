@@ -26,7 +26,12 @@ def column_names(data: Any) -> list[str] | None:
         return [str(c) for c in data.columns]
     if isinstance(data, Mapping):
         return [str(k) for k in data]
-    if isinstance(data, Sequence) and not isinstance(data, str | bytes) and data and isinstance(data[0], Mapping):
+    if (
+        isinstance(data, Sequence)
+        and not isinstance(data, str | bytes)
+        and data
+        and isinstance(data[0], Mapping)
+    ):
         names: dict[str, None] = {}
         for row in data:
             names.update(dict.fromkeys(map(str, row)))
@@ -66,7 +71,9 @@ def _check_cell(value: Any, data: Any, i: int, name: str) -> float:
         try:
             out = float(str(value).strip())
         except ValueError:
-            raise DataError(f"{_row_label(data, i)}, column {name!r}: {value!r} is not a number") from None
+            raise DataError(
+                f"{_row_label(data, i)}, column {name!r}: {value!r} is not a number"
+            ) from None
     if math.isnan(out):
         raise DataError(f"{_row_label(data, i)}, column {name!r}: NaN is not allowed")
     if math.isinf(out):
@@ -78,7 +85,11 @@ def numeric_column(data: Any, name: str) -> np.ndarray:
     """A named column as float64, or a DataError naming the first bad row."""
     raw = get_column(data, name)
     try:
-        values = raw.astype("float64") if raw.dtype != object else np.asarray(raw.tolist(), dtype="float64")
+        values = (
+            raw.astype("float64")
+            if raw.dtype != object
+            else np.asarray(raw.tolist(), dtype="float64")
+        )
     except (TypeError, ValueError):
         values = None
     if values is not None and np.isfinite(values).all():
@@ -88,7 +99,9 @@ def numeric_column(data: Any, name: str) -> np.ndarray:
     raise DataError(f"column {name!r} contains values that are not finite numbers")  # unreachable
 
 
-def feature_matrix(data: Any, feature_names: Sequence[str] | None, *, what: str = "feature") -> tuple[np.ndarray, list[str]]:
+def feature_matrix(
+    data: Any, feature_names: Sequence[str] | None, *, what: str = "feature"
+) -> tuple[np.ndarray, list[str]]:
     """Validated float64 matrix of the given features, in the given order.
 
     Named input (DataFrame, mapping, records) is matched by column name; a bare 2-D array is
@@ -111,9 +124,15 @@ def feature_matrix(data: Any, feature_names: Sequence[str] | None, *, what: str 
 
     array = np.asarray(data, dtype=object) if not isinstance(data, np.ndarray) else data
     if array.ndim == 1:
-        array = array.reshape(-1, 1) if feature_names is not None and len(feature_names) == 1 else array.reshape(1, -1)
+        array = (
+            array.reshape(-1, 1)
+            if feature_names is not None and len(feature_names) == 1
+            else array.reshape(1, -1)
+        )
     if array.ndim != 2:
-        raise DataError(f"expected a 2-D table of rows × {what}s, got an array of shape {array.shape}")
+        raise DataError(
+            f"expected a 2-D table of rows × {what}s, got an array of shape {array.shape}"
+        )
     if array.shape[0] == 0:
         raise DataError("no rows in the input")
     if feature_names is None:

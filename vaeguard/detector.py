@@ -172,9 +172,10 @@ class VAEDetector:
         a DataFrame, a mapping of column → values, or a numeric array. ``init_from`` warm-starts
         from another fitted detector's weights when the architectures match.
         """
-        import keras
-
+        from vaeguard._quiet import import_keras
         from vaeguard.model.vae import VAE, KLWarmup
+
+        keras = import_keras()
 
         self._validate_params()
         x_raw, names = feature_matrix(X, feature_names)

@@ -54,7 +54,9 @@ def iter_records(path) -> Iterator[dict[str, Any]]:
 def _iter_csv(f, path: Path) -> Iterator[dict[str, Any]]:
     sample = f.read(4096)
     f.seek(0)
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in sample and "," not in sample) else ","
+    delimiter = (
+        "\t" if path.suffix.lower() == ".tsv" or ("\t" in sample and "," not in sample) else ","
+    )
     reader = csv.reader(f, delimiter=delimiter)
     try:
         header = next(reader)
@@ -67,7 +69,9 @@ def _iter_csv(f, path: Path) -> Iterator[dict[str, Any]]:
         if not cells or all(not c.strip() for c in cells):
             continue
         if len(cells) != len(header):
-            raise DataError(f"{path}, line {line_no}: {len(cells)} cells but the header has {len(header)} columns")
+            raise DataError(
+                f"{path}, line {line_no}: {len(cells)} cells but the header has {len(header)} columns"
+            )
         yield dict(zip(header, cells, strict=True))
 
 
@@ -80,7 +84,9 @@ def _iter_jsonl(f, path: Path) -> Iterator[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from None
         if not isinstance(row, dict):
-            raise DataError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
+            raise DataError(
+                f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}"
+            )
         yield row
 
 

@@ -11,10 +11,16 @@ from collections.abc import Sequence
 
 NORMAL = "normal"
 #: (name, minimum margin in nats), ascending. A score above the threshold has at least the first.
-DEFAULT_BANDS: tuple[tuple[str, float], ...] = (("warning", 0.0), ("major", 5.0), ("critical", 15.0))
+DEFAULT_BANDS: tuple[tuple[str, float], ...] = (
+    ("warning", 0.0),
+    ("major", 5.0),
+    ("critical", 15.0),
+)
 
 
-def severity(score: float, threshold: float, bands: Sequence[tuple[str, float]] = DEFAULT_BANDS) -> str:
+def severity(
+    score: float, threshold: float, bands: Sequence[tuple[str, float]] = DEFAULT_BANDS
+) -> str:
     """The band of a score: "normal" at or below the threshold, else the highest band reached."""
     if not score > threshold:
         return NORMAL

@@ -19,6 +19,8 @@ from vaeguard.errors import DataError
 METHODS = ("quantile", "spot")
 #: SPOT needs this many peaks for the GPD fit to mean anything; fewer falls back to a quantile.
 MIN_PEAKS = 10
+#: SPOT lowers its initial level, when the sample is small, to keep at least this many peaks.
+TARGET_PEAKS = 30
 
 
 @dataclass
@@ -40,7 +42,12 @@ class Threshold:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Threshold:
-        return cls(float(d["value"]), str(d["method"]), dict(d.get("params", {})), int(d.get("calibration_rows", 0)))
+        return cls(
+            float(d["value"]),
+            str(d["method"]),
+            dict(d.get("params", {})),
+            int(d.get("calibration_rows", 0)),
+        )
 
 
 def _clean(scores) -> np.ndarray:
@@ -68,13 +75,16 @@ def spot_threshold(scores, risk: float = 1e-3, init_level: float = 0.98) -> Thre
     if not 0.5 <= init_level < 1.0:
         raise ValueError("init_level must be in [0.5, 1)")
     s = _clean(scores)
+    init_level = max(0.5, min(init_level, 1.0 - TARGET_PEAKS / s.size))
     t = float(np.quantile(s, init_level))
     peaks = s[s > t] - t
     n, n_peaks = s.size, peaks.size
     if n_peaks < MIN_PEAKS:
         fallback = quantile_threshold(s, max(risk, 1.0 / n))
         fallback.method = "quantile"
-        fallback.params.update({"fallback_from": "spot", "reason": f"only {n_peaks} peaks over the initial threshold"})
+        fallback.params.update(
+            {"fallback_from": "spot", "reason": f"only {n_peaks} peaks over the initial threshold"}
+        )
         return fallback
     gamma, sigma = fit_gpd(peaks)
     ratio = risk * n / n_peaks
@@ -82,11 +92,20 @@ def spot_threshold(scores, risk: float = 1e-3, init_level: float = 0.98) -> Thre
         value = t - sigma * math.log(ratio)
     else:
         value = t + (sigma / gamma) * (ratio ** (-gamma) - 1.0)
-    params = {"risk": risk, "init_level": init_level, "initial_threshold": t, "gamma": gamma, "sigma": sigma, "peaks": int(n_peaks)}
+    params = {
+        "risk": risk,
+        "init_level": init_level,
+        "initial_threshold": t,
+        "gamma": gamma,
+        "sigma": sigma,
+        "peaks": int(n_peaks),
+    }
     return Threshold(float(value), "spot", params, int(n))
 
 
-def calibrate(scores, method: str = "quantile", *, target_fpr: float = 0.01, risk: float = 1e-3) -> Threshold:
+def calibrate(
+    scores, method: str = "quantile", *, target_fpr: float = 0.01, risk: float = 1e-3
+) -> Threshold:
     if method == "quantile":
         return quantile_threshold(scores, target_fpr)
     if method == "spot":
@@ -122,12 +141,17 @@ def fit_gpd(peaks: np.ndarray) -> tuple[float, float]:
         return float(np.mean(1.0 / s) * (1.0 + np.mean(np.log(s))) - 1.0)
 
     eps = 1e-8 / max(y_mean, 1e-12)
-    intervals = [(-1.0 / y_max + eps, -eps), (eps, 2.0 * (y_mean - y_min) / (y_min**2) if y_mean > y_min else 1.0)]
+    intervals = [
+        (-1.0 / y_max + eps, -eps),
+        (eps, 2.0 * (y_mean - y_min) / (y_min**2) if y_mean > y_min else 1.0),
+    ]
     roots: list[float] = []
     for lo, hi in intervals:
         if not lo < hi:
             continue
-        grid = np.concatenate([np.linspace(lo, hi, 200), np.geomspace(abs(lo), abs(hi), 200) * np.sign(lo)])
+        grid = np.concatenate(
+            [np.linspace(lo, hi, 200), np.geomspace(abs(lo), abs(hi), 200) * np.sign(lo)]
+        )
         grid = np.unique(grid[(grid >= min(lo, hi)) & (grid <= max(lo, hi))])
         values = np.array([w(x) for x in grid])
         for k in np.nonzero(np.sign(values[:-1]) * np.sign(values[1:]) < 0)[0]:

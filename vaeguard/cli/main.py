@@ -32,7 +32,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Anomaly detection on Kafka streams with a variational autoencoder."""
 
@@ -65,7 +67,10 @@ def main() -> None:
         typer.echo("vaeguard: interrupted", err=True)
         sys.exit(130)
     except OSError as exc:
-        typer.echo(f"vaeguard: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", err=True)
+        typer.echo(
+            f"vaeguard: error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}",
+            err=True,
+        )
         sys.exit(1)
 
 

@@ -1,7 +1,459 @@
-"""Placeholder: this command group is filled in by its issue."""
+"""Model commands: train, score, evaluate, generate, interpolate, inspect, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
 
 import typer
 
+from vaeguard.errors import DataError
+
+#: Columns with these names are record metadata, never features unless asked for explicitly.
+RESERVED = ("key", "ts", "timestamp")
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise DataError("an empty column list was given")
+    return names
+
+
+def _same(a: Any, b: str) -> bool:
+    """Label comparison that treats 0, 0.0 and "0" from CSV or JSON as equal."""
+    if isinstance(a, float) and a.is_integer():
+        a = int(a)
+    return str(a).strip() == b.strip()
+
+
+def _is_text_column(values: list[Any]) -> bool:
+    """True when no cell of the column reads as a number (a label or name column, not bad data)."""
+    for value in values:
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            return False
+        try:
+            float(str(value))
+            return False
+        except ValueError:
+            continue
+    return True
+
+
+def _load_table(path: Path) -> dict[str, list[Any]]:
+    from vaeguard.io import read_table
+
+    return read_table(path)
+
+
+def _subset(table: dict[str, list[Any]], keep: list[bool]) -> dict[str, list[Any]]:
+    return {k: [v for v, k_ in zip(col, keep, strict=True) if k_] for k, col in table.items()}
+
+
+def _labels(table: dict[str, list[Any]], column: str, normal_value: str) -> list[int]:
+    if column not in table:
+        raise DataError(f"label column {column!r} not found; columns are: {', '.join(table)}")
+    labels = []
+    for i, value in enumerate(table[column]):
+        if value is None or str(value).strip() == "":
+            raise DataError(f"row {i + 1}, column {column!r}: label is missing")
+        labels.append(0 if _same(value, normal_value) else 1)
+    return labels
+
+
+def _load_model(path: Path):
+    from vaeguard.detector import VAEDetector
+
+    return VAEDetector.load(path)
+
+
+def train(
+    data: Path = typer.Option(..., "--data", help="CSV or JSONL of (mostly) normal rows."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
+    features: str | None = typer.Option(
+        None,
+        "--features",
+        help="Comma-separated feature columns (default: all but label, conditions, key, ts).",
+    ),
+    conditions: str | None = typer.Option(
+        None, "--conditions", help="Comma-separated condition columns (conditional VAE)."
+    ),
+    label_column: str | None = typer.Option(
+        None, "--label-column", help="Train only on rows whose label equals --normal-value."
+    ),
+    normal_value: str = typer.Option("0", "--normal-value", help="Label value of normal rows."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=1, help="Maximum epochs (early stopping may end sooner)."
+    ),
+    latent_dim: int | None = typer.Option(None, "--latent-dim", min=1),
+    hidden: str | None = typer.Option(None, "--hidden", help="Encoder widths, e.g. 64,32."),
+    mc_samples: int | None = typer.Option(
+        None, "--mc-samples", min=1, help="Monte-Carlo draws L in the score."
+    ),
+    threshold_method: str | None = typer.Option(
+        None, "--threshold-method", help="quantile or spot."
+    ),
+    target_fpr: float | None = typer.Option(
+        None, "--target-fpr", help="False-positive rate for the quantile threshold."
+    ),
+    risk: float | None = typer.Option(None, "--risk", help="Tail risk for the SPOT threshold."),
+    seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a detector on normal data and write a model bundle."""
+    from rich.console import Console
+
+    from vaeguard.detector import VAEDetector
+
+    console = Console(stderr=True)
+    table = _load_table(data)
+    n_rows = len(next(iter(table.values())))
+    if label_column:
+        labels = _labels(table, label_column, normal_value)
+        table = _subset(table, [lab == 0 for lab in labels])
+        if not table or not next(iter(table.values())):
+            raise DataError(f"no rows have {label_column} = {normal_value!r}")
+    condition_names = _split(conditions) or []
+    for name in condition_names:
+        if name not in table:
+            raise DataError(f"condition column {name!r} not found; columns are: {', '.join(table)}")
+    feature_names = _split(features)
+    if feature_names is None:
+        excluded = {label_column, *condition_names, *RESERVED}
+        candidates = [c for c in table if c not in excluded]
+        text = [c for c in candidates if _is_text_column(table[c])]
+        if text:
+            console.print(f"ignoring text column(s) {', '.join(text)}: name them with --conditions to condition on them")
+        feature_names = [c for c in candidates if c not in text]
+        if not feature_names:
+            raise DataError("no feature columns left; name them with --features")
+    else:
+        for name in feature_names:
+            if name not in table:
+                raise DataError(
+                    f"feature column {name!r} not found; columns are: {', '.join(table)}"
+                )
+
+    params: dict[str, Any] = {"seed": seed}
+    for name, value in (
+        ("epochs", epochs),
+        ("latent_dim", latent_dim),
+        ("mc_samples", mc_samples),
+        ("threshold_method", threshold_method),
+        ("target_fpr", target_fpr),
+        ("risk", risk),
+    ):
+        if value is not None:
+            params[name] = value
+    if hidden:
+        try:
+            params["hidden"] = tuple(int(h) for h in hidden.split(","))
+        except ValueError:
+            raise DataError(f"--hidden must be comma-separated integers, got {hidden!r}") from None
+    try:
+        detector = VAEDetector(**params)
+        detector._validate_params()
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+    x = {name: table[name] for name in feature_names}
+    c = {name: table[name] for name in condition_names} if condition_names else None
+    started = time.monotonic()
+    callbacks = [] if quiet else [_progress_callback(console, detector.epochs)]
+    try:
+        detector.fit(x, c, feature_names=feature_names, callbacks=callbacks)
+    finally:
+        for cb in callbacks:
+            cb.close()
+    detector.save(out)
+    _print_summary(console, detector, out, n_rows, time.monotonic() - started)
+
+
+def _progress_callback(console, epochs: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vaeguard._quiet import import_keras
+
+    keras = import_keras()
+
+    class RichProgress(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.progress = Progress(
+                TextColumn("[bold]training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
+            self.task = self.progress.add_task("train", total=epochs, info="")
+            self.progress.start()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            info = "  ".join(f"{k} {logs[k]:.3f}" for k in ("loss", "val_loss", "kl") if k in logs)
+            self.progress.update(self.task, completed=epoch + 1, info=info)
+
+        def close(self):
+            self.progress.stop()
+
+    return RichProgress()
+
+
+def _print_summary(console, detector, out: Path, n_rows: int, seconds: float) -> None:
+    from rich.table import Table
+
+    info = detector.training_info_
+    t = Table(title="vaeguard model trained", show_header=False, title_justify="left")
+    t.add_row("bundle", str(out))
+    t.add_row(
+        "rows",
+        f"{n_rows} read, {info['train_rows']} trained on, {info['validation_rows']} held out",
+    )
+    t.add_row("features", ", ".join(detector.feature_names_))
+    if detector.conditions_.columns:
+        t.add_row(
+            "conditions", ", ".join(f"{c.name} ({c.kind})" for c in detector.conditions_.columns)
+        )
+    t.add_row(
+        "epochs", f"{info['epochs_run']} of {detector.epochs} (early stopping on validation ELBO)"
+    )
+    final = info["final"]
+    t.add_row(
+        "final loss",
+        "  ".join(
+            f"{k} {final[k]:.3f}"
+            for k in ("reconstruction", "kl", "val_reconstruction", "val_kl")
+            if k in final
+        ),
+    )
+    th = detector.threshold_
+    t.add_row(
+        "threshold",
+        f"{th.value:.3f} ({th.method}, {', '.join(f'{k}={v}' for k, v in th.params.items() if k in ('target_fpr', 'risk'))}; {th.calibration_rows} held-out rows)",
+    )
+    t.add_row("time", f"{seconds:.1f} s")
+    console.print(t)
+
+
+def score(
+    model: Path = typer.Option(..., "--model", help="Model bundle directory."),
+    data: Path = typer.Option(..., "--data", help="CSV or JSONL to score."),
+    out: Path = typer.Option(..., "--out", help="JSONL output, one line per input row."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Contributing features per row."),
+) -> None:
+    """Score every row: score, threshold, is_anomaly, severity and top contributions."""
+    from vaeguard.severity import severity
+
+    detector = _load_model(model)
+    table = _load_table(data)
+    result = detector.score(table)
+    keys = table.get("key")
+    stamps = table.get("ts") or table.get("timestamp")
+    rows = []
+    for i in range(len(result)):
+        s = float(result.scores[i])
+        row: dict[str, Any] = {"row": i + 1}
+        if keys is not None:
+            row["key"] = keys[i]
+        if stamps is not None:
+            row["ts"] = stamps[i]
+        row.update(
+            score=s,
+            threshold=result.threshold,
+            is_anomaly=bool(s > result.threshold),
+            severity=severity(s, result.threshold),
+            contributions=result.top_contributions(i, top_k),
+        )
+        rows.append(row)
+    from vaeguard.io import write_jsonl
+
+    write_jsonl(out, rows)
+    flagged = sum(r["is_anomaly"] for r in rows)
+    typer.echo(
+        f"scored {len(rows)} rows, {flagged} above the threshold {result.threshold:.3f} → {out}",
+        err=True,
+    )
+
+
+def evaluate(
+    model: Path = typer.Option(..., "--model"),
+    data: Path = typer.Option(..., "--data", help="Labelled CSV or JSONL."),
+    label_column: str = typer.Option(..., "--label-column"),
+    normal_value: str = typer.Option(
+        "0", "--normal-value", help="Label value of normal rows; any other value is an anomaly."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """ROC-AUC, average precision, precision / recall / F1 at the bundle threshold, best F1."""
+    from vaeguard.evaluation import evaluate as run_evaluation
+
+    detector = _load_model(model)
+    table = _load_table(data)
+    labels = _labels(table, label_column, normal_value)
+    scores = detector.decision_function(table)
+    result = run_evaluation(labels, scores, detector.threshold)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=f"evaluation on {data} ({result.rows} rows, {result.anomalies} anomalous)",
+        title_justify="left",
+    )
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for name, value in (
+        ("ROC-AUC", result.roc_auc),
+        ("average precision", result.average_precision),
+        (f"precision @ {result.threshold:.3f}", result.precision),
+        (f"recall @ {result.threshold:.3f}", result.recall),
+        (f"F1 @ {result.threshold:.3f}", result.f1),
+        (f"best F1 (@ {result.best_f1_threshold:.3f})", result.best_f1),
+    ):
+        t.add_row(name, f"{value:.4f}")
+    Console().print(t)
+
+
+def _parse_conditions(values: list[str]) -> dict[str, str] | None:
+    if not values:
+        return None
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise DataError(f"--condition takes NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _write_rows(path: Path, names: list[str], matrix) -> None:
+    from vaeguard.io import detect_format, write_csv, write_jsonl
+
+    if detect_format(path) == "csv":
+        write_csv(path, names, ([float(v) for v in row] for row in matrix))
+    else:
+        write_jsonl(
+            path, ({n: float(v) for n, v in zip(names, row, strict=True)} for row in matrix)
+        )
+
+
+def generate(
+    model: Path = typer.Option(..., "--model"),
+    n: int = typer.Option(..., "-n", "--n", min=1, help="Rows to generate."),
+    out: Path = typer.Option(..., "--out", help="CSV or JSONL."),
+    condition: list[str] = typer.Option(
+        [], "--condition", help="NAME=VALUE for a conditional model (repeatable)."
+    ),
+    seed: int | None = typer.Option(None, "--seed"),
+    mean_only: bool = typer.Option(
+        False, "--mean-only", help="Decoder means instead of draws from p(x|z)."
+    ),
+) -> None:
+    """Generate synthetic normal rows: z ~ N(0, I) through the decoder."""
+    detector = _load_model(model)
+    rows = detector.sample(n, _parse_conditions(condition), noise=not mean_only, seed=seed)
+    _write_rows(out, detector.feature_names_, rows)
+    typer.echo(f"generated {n} rows → {out}", err=True)
+
+
+def interpolate(
+    model: Path = typer.Option(..., "--model"),
+    data: Path = typer.Option(..., "--data", help="CSV or JSONL holding the two end rows."),
+    start: int = typer.Option(1, "--from-row", min=1, help="1-based row number of the start."),
+    end: int = typer.Option(2, "--to-row", min=1, help="1-based row number of the end."),
+    steps: int = typer.Option(10, "--steps", min=2),
+    out: Path = typer.Option(..., "--out", help="CSV or JSONL."),
+) -> None:
+    """Decode the straight line between two rows' latent means."""
+    from vaeguard.io import read_records
+
+    detector = _load_model(model)
+    records = read_records(data)
+    for row in (start, end):
+        if row > len(records):
+            raise DataError(f"row {row} does not exist: {data} has {len(records)} rows")
+    conditions = None
+    if detector.conditions_.columns:
+        conditions = {name: [records[start - 1].get(name)] for name in detector.conditions_.names}
+    path = detector.interpolate(records[start - 1], records[end - 1], steps, conditions)
+    _write_rows(out, detector.feature_names_, path)
+    typer.echo(f"interpolated {steps} points between rows {start} and {end} → {out}", err=True)
+
+
+def inspect(
+    model: Path = typer.Option(..., "--model"),
+    as_json: bool = typer.Option(False, "--json", help="Print the validated manifest as JSON."),
+) -> None:
+    """Validate a bundle and show what it holds."""
+    detector = _load_model(model)
+    m = detector.manifest_
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"model bundle {model}", show_header=False, title_justify="left")
+    t.add_row("created", m["created_at"])
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
+    t.add_row("features", ", ".join(m["features"]))
+    if m["conditions"]:
+        t.add_row("conditions", ", ".join(f"{c['name']} ({c['kind']})" for c in m["conditions"]))
+    th = m["threshold"]
+    t.add_row("threshold", f"{th['value']:.4f} ({th['method']}, {th['params']})")
+    p = m["params"]
+    t.add_row(
+        "architecture",
+        f"hidden {p['hidden']}, latent {p['latent_dim']}, β {p['beta']}, L = {p['mc_samples']} MC draws",
+    )
+    training = m.get("training", {})
+    t.add_row(
+        "training",
+        f"{training.get('train_rows')} rows, {training.get('epochs_run')} epochs, best val loss {training.get('best_val_loss')}",
+    )
+    fp = m.get("data_fingerprint") or {}
+    t.add_row("data", f"{fp.get('rows')} rows, sha256 {str(fp.get('sha256', ''))[:16]}…")
+    t.add_row("model file", f"{m['model_file']} sha256 {m['model_sha256'][:16]}… (verified)")
+    Console().print(t)
+
+
+def report(
+    model: Path = typer.Option(..., "--model"),
+    out: Path = typer.Option(..., "--out", help="Directory for the PNG files."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Rows to plot scores and latent means of."
+    ),
+    label_column: str | None = typer.Option(None, "--label-column"),
+    normal_value: str = typer.Option("0", "--normal-value"),
+) -> None:
+    """Pictures: training curves, score histogram with threshold, 2-D latent map."""
+    import numpy as np
+
+    from vaeguard.report import write_report
+
+    detector = _load_model(model)
+    table = labels = None
+    if data is not None:
+        table = _load_table(data)
+        if label_column:
+            labels = np.asarray(_labels(table, label_column, normal_value))
+    elif label_column:
+        raise DataError("--label-column needs --data")
+    for path in write_report(detector, out, table, labels):
+        typer.echo(str(path))
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    for command in (train, score, evaluate, generate, interpolate, inspect, report):
+        app.command()(command)

@@ -75,7 +75,12 @@ def _load_model(path: Path):
 
 def train(
     data: Path = typer.Option(..., "--data", help="CSV or JSONL of (mostly) normal rows."),
-    out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
+    out: Path | None = typer.Option(None, "--out", help="Bundle directory to write."),
+    registry: Path | None = typer.Option(
+        None,
+        "--registry",
+        help="Register the model as a new version in this registry (created if missing; made current if it has none).",
+    ),
     features: str | None = typer.Option(
         None,
         "--features",
@@ -112,6 +117,8 @@ def train(
     from vaeguard.detector import VAEDetector
 
     console = Console(stderr=True)
+    if out is None and registry is None:
+        raise DataError("say where the model goes: --out DIR and/or --registry DIR")
     table = _load_table(data)
     n_rows = len(next(iter(table.values())))
     if label_column:
@@ -129,7 +136,9 @@ def train(
         candidates = [c for c in table if c not in excluded]
         text = [c for c in candidates if _is_text_column(table[c])]
         if text:
-            console.print(f"ignoring text column(s) {', '.join(text)}: name them with --conditions to condition on them")
+            console.print(
+                f"ignoring text column(s) {', '.join(text)}: name them with --conditions to condition on them"
+            )
         feature_names = [c for c in candidates if c not in text]
         if not feature_names:
             raise DataError("no feature columns left; name them with --features")
@@ -171,8 +180,19 @@ def train(
     finally:
         for cb in callbacks:
             cb.close()
-    detector.save(out)
-    _print_summary(console, detector, out, n_rows, time.monotonic() - started)
+    destinations = []
+    if out is not None:
+        detector.save(out)
+        destinations.append(str(out))
+    if registry is not None:
+        from vaeguard.registry import ModelRegistry, is_registry
+
+        reg = ModelRegistry(registry, create=not is_registry(registry))
+        version = reg.register(detector, {"source": "train", "training_data": str(data)})
+        destinations.append(
+            f"{registry} as {version}{' (current)' if reg.current() == version else ''}"
+        )
+    _print_summary(console, detector, "; ".join(destinations), n_rows, time.monotonic() - started)
 
 
 def _progress_callback(console, epochs: int):
@@ -208,12 +228,12 @@ def _progress_callback(console, epochs: int):
     return RichProgress()
 
 
-def _print_summary(console, detector, out: Path, n_rows: int, seconds: float) -> None:
+def _print_summary(console, detector, out: str, n_rows: int, seconds: float) -> None:
     from rich.table import Table
 
     info = detector.training_info_
     t = Table(title="vaeguard model trained", show_header=False, title_justify="left")
-    t.add_row("bundle", str(out))
+    t.add_row("written to", out)
     t.add_row(
         "rows",
         f"{n_rows} read, {info['train_rows']} trained on, {info['validation_rows']} held out",

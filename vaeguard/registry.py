@@ -109,13 +109,19 @@ class ModelRegistry:
     # -- locking ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, *, blocking: bool = True) -> Iterator[None]:
-        """Exclusive lock for mutations (also used by retrain jobs to never run two at once)."""
-        with open(self.root / ".lock", "a+") as f:
+    def lock(self, name: str = "registry", *, blocking: bool = True) -> Iterator[None]:
+        """An exclusive, cross-process lock: "registry" guards mutations, "retrain" guards jobs.
+
+        flock locks belong to the open file, so the two names never block each other and a
+        crashed holder releases its lock with its process.
+        """
+        with open(self.root / f".{name}.lock", "a+") as f:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
-                raise RegistryError(f"registry {self.root} is locked by another process") from None
+                raise RegistryError(
+                    f"registry {self.root}: the {name} lock is held by another process"
+                ) from None
             try:
                 yield
             finally:

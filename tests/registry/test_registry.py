@@ -110,7 +110,7 @@ def test_lock_excludes_other_processes(tmp_path):
     holder.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(RegistryError, match="locked by another process"), reg.lock(blocking=False):
+        with pytest.raises(RegistryError, match="lock is held by another process"), reg.lock(blocking=False):
             pass
     finally:
         release.set()

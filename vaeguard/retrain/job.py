@@ -1,0 +1,269 @@
+"""One retraining run: window → filter → candidate → gate → register and promote (or refuse)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import Counter, Gauge
+
+from vaeguard.errors import VaeguardError
+from vaeguard.registry import ModelRegistry, RegistryError
+from vaeguard.retrain.gate import check_candidate
+from vaeguard.retrain.settings import RetrainSettings
+from vaeguard.retrain.window import WindowData, read_window
+
+log = logging.getLogger("vaeguard.retrain")
+
+RUNS = Counter(
+    "vaeguard_retrain_runs_total",
+    "Retraining runs by outcome (promoted, rejected, refused, failed).",
+    ["outcome"],
+)
+LAST_RUN = Gauge(
+    "vaeguard_retrain_last_run_timestamp_seconds",
+    "Unix time of the last retraining run, by outcome.",
+    ["outcome"],
+)
+
+
+class RetrainRefused(VaeguardError):
+    """The job would not train: too little data, too much of it anomalous, or already running."""
+
+    exit_code = 3
+
+
+class RetrainRejected(VaeguardError):
+    """A candidate was trained but failed the validation gate; the current model stays."""
+
+    exit_code = 4
+
+
+@dataclass
+class RetrainOutcome:
+    status: str  # promoted | rejected | refused
+    current: str | None
+    candidate: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    window: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def summary(self) -> str:
+        if self.status == "promoted":
+            return f"retrained: {self.candidate} promoted (was {self.current})"
+        what = (
+            "refused"
+            if self.status == "refused"
+            else f"candidate rejected, {self.current} stays current"
+        )
+        return f"retraining {what}: {'; '.join(self.reasons)}"
+
+
+def decode_json_object(value: bytes | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        record = json.loads(value)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+class RetrainJob:
+    """Retrains the current model of a registry on the recent window of the input topics.
+
+    ``on_failure`` receives the outcome of a rejected candidate (the daemon routes it to the
+    alert sinks). Two jobs never run at once: a second one, in this process or another, is
+    refused while the registry's "retrain" lock is held.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: RetrainSettings,
+        kafka_config: dict[str, Any],
+        topics: list[str],
+        *,
+        decode: Callable[[bytes], dict[str, Any] | None] = decode_json_object,
+        on_failure: Callable[[RetrainOutcome], None] | None = None,
+    ):
+        self.registry = registry
+        self.settings = settings
+        self.kafka_config = kafka_config
+        self.topics = list(topics)
+        self.decode = decode
+        self.on_failure = on_failure
+
+    def run(self) -> RetrainOutcome:
+        """Run once; refusals and rejections come back as outcomes (and are counted and logged)."""
+        started = time.time()
+        try:
+            with self.registry.lock("retrain", blocking=False):
+                outcome = self._run()
+        except RegistryError as exc:
+            if "lock is held" in str(exc):
+                outcome = RetrainOutcome(
+                    "refused", None, reasons=["another retraining job is running"]
+                )
+            else:
+                raise
+        except RetrainRefused as exc:
+            outcome = RetrainOutcome("refused", self._current_name(), reasons=[str(exc)])
+        except Exception:
+            RUNS.labels("failed").inc()
+            LAST_RUN.labels("failed").set(time.time())
+            raise
+        outcome.metrics.setdefault("seconds", round(time.time() - started, 3))
+        RUNS.labels(outcome.status).inc()
+        LAST_RUN.labels(outcome.status).set(time.time())
+        (log.info if outcome.status == "promoted" else log.warning)(
+            outcome.summary, extra={"retrain": outcome.to_json()}
+        )
+        if outcome.status == "rejected" and self.on_failure is not None:
+            try:
+                self.on_failure(outcome)
+            except Exception:
+                log.exception("could not send the retraining failure alert")
+        return outcome
+
+    def _current_name(self) -> str | None:
+        try:
+            return self.registry.current()
+        except RegistryError:
+            return None
+
+    def _run(self) -> RetrainOutcome:
+        from vaeguard.detector import VAEDetector
+
+        s = self.settings
+        current, current_name = self.registry.load()
+        window = read_window(
+            self.kafka_config,
+            self.topics,
+            window_s=s.window_seconds,
+            max_records=s.max_records,
+            decode=self.decode,
+            idle_timeout_s=s.poll_timeout_s,
+        )
+        x, c_table, skipped = self._table(current, window)
+        info = {**window.describe(), "skipped_invalid": skipped}
+        n = x.shape[0]
+        if n < s.min_records:
+            raise RetrainRefused(
+                f"the window ({s.window}) holds {n} usable records, fewer than min_records = {s.min_records}"
+            )
+        c = current.conditions_.transform(c_table) if c_table is not None else None
+        verdict = current.score_matrix(x, c)
+        flagged = verdict.is_anomaly
+        share = float(flagged.mean())
+        info["anomalous_share"] = share
+        if share > s.max_anomalous_share:
+            raise RetrainRefused(
+                f"{share:.1%} of the window is anomalous under {current_name} (limit {s.max_anomalous_share:.0%}): "
+                "an incident must not become the new normal"
+            )
+        keep = ~flagged
+        x_norm = x[keep]
+        c_norm = (
+            None
+            if c_table is None
+            else {
+                k: [v for v, kk in zip(col, keep, strict=True) if kk] for k, col in c_table.items()
+            }
+        )
+        n_norm = x_norm.shape[0]
+        if n_norm < s.min_records:
+            raise RetrainRefused(
+                f"after dropping anomalous records {n_norm} remain, fewer than min_records = {s.min_records}"
+            )
+        n_hold = max(1, round(n_norm * s.holdout_fraction))
+        split = n_norm - n_hold  # records are in time order: the most recent are held out
+        params = current.get_params()
+        if s.epochs is not None:
+            params["epochs"] = s.epochs
+        candidate = VAEDetector(**params)
+        features = {name: x_norm[:split, j] for j, name in enumerate(current.feature_names_)}
+        conditions = None if c_norm is None else {k: v[:split] for k, v in c_norm.items()}
+        categorical = [col.name for col in current.conditions_.columns if col.kind == "categorical"]
+        candidate.fit(
+            features,
+            conditions,
+            feature_names=current.feature_names_,
+            categorical=categorical,
+            init_from=current if s.warm_start else None,
+        )
+        c_hold = None
+        if c_norm is not None:
+            c_hold = candidate.conditions_.transform({k: v[split:] for k, v in c_norm.items()})
+        c_hold_current = (
+            None
+            if c_norm is None
+            else current.conditions_.transform({k: v[split:] for k, v in c_norm.items()})
+        )
+        gate = check_candidate(
+            candidate,
+            current,
+            x_norm[split:],
+            c_hold,
+            c_hold_current,
+            fpr_tolerance=s.fpr_tolerance,
+            score_margin=s.score_margin,
+        )
+        metrics = {**gate.metrics, "train_rows": split, "anomalous_share": share}
+        if not gate.passed:
+            return RetrainOutcome(
+                "rejected", current_name, reasons=gate.reasons, metrics=metrics, window=info
+            )
+        lineage = {
+            "source": "retrain",
+            "parent": current_name,
+            "training_window": {
+                "topics": self.topics,
+                "start_ms": window.start_ms,
+                "end_ms": window.end_ms,
+                "records": n,
+                "used": split,
+            },
+            "validation": metrics,
+        }
+        version = self.registry.register(candidate, lineage, make_current=False)
+        self.registry.promote(version, reason="retrain")
+        return RetrainOutcome("promoted", current_name, version, metrics=metrics, window=info)
+
+    @staticmethod
+    def _table(current, window: WindowData):
+        """Feature matrix (valid records only, time order kept) and condition columns."""
+        features = current.feature_names_
+        cond_names = current.conditions_.names
+        rows, cond_rows, skipped = [], [], 0
+        for record in window.records:
+            values = [_number(record.get(f)) for f in features]
+            if any(v is None for v in values) or any(record.get(cn) is None for cn in cond_names):
+                skipped += 1
+                continue
+            rows.append(values)
+            cond_rows.append([record.get(cn) for cn in cond_names])
+        x = np.asarray(rows, dtype="float64").reshape(-1, len(features))
+        c_table = (
+            {cn: [r[i] for r in cond_rows] for i, cn in enumerate(cond_names)}
+            if cond_names
+            else None
+        )
+        return x, c_table, skipped

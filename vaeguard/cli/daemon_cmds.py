@@ -1,7 +1,126 @@
-"""Placeholder: this command group is filled in by its issue."""
+"""Daemon commands: `run` (the streaming daemon), `broker`, `demo`, `replay`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
 
 import typer
 
+from vaeguard.errors import VaeguardError
+
+log = logging.getLogger("vaeguard.daemon")
+
+
+def run(
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="YAML settings file (see config/vaeguard.yaml); VAEGUARD_<SECTION>__<FIELD> "
+        "environment variables override it.",
+    ),
+) -> None:
+    """Score Kafka topics continuously: records in, score records and dead letters out."""
+    from vaeguard.config import load_settings
+    from vaeguard.daemon.app import Daemon
+    from vaeguard.daemon.logs import configure_logging
+
+    settings = load_settings(config)
+    configure_logging(settings.logging.level)
+    daemon = Daemon(settings)
+    signals = {"count": 0}
+
+    def on_signal(signum, frame) -> None:
+        signals["count"] += 1
+        name = signal.Signals(signum).name
+        if signals["count"] > 1:
+            log.error("second signal: exiting at once", extra={"signal": name})
+            logging.shutdown()
+            import os
+
+            os._exit(1)
+        daemon.stop(reason=name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.start_watchdog()
+    try:
+        daemon.run()
+    except VaeguardError as exc:
+        log.error("daemon stopped by an error", extra={"error": str(exc)})
+        raise
+    except Exception:
+        log.exception("daemon crashed")
+        raise typer.Exit(1) from None
+
+
+def broker(
+    port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0 = any free port)."),
+) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) on loopback until Ctrl-C."""
+    from vaeguard.broker import EmbeddedBroker
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with EmbeddedBroker(port=port) as b:
+        typer.echo(f"embedded Kafka broker listening on {b.bootstrap_servers} (Ctrl-C to stop)")
+        typer.echo(f"  export VAEGUARD_KAFKA__BOOTSTRAP_SERVERS={b.bootstrap_servers}")
+        while not stop.wait(0.5):
+            if b.process is not None and b.process.poll() is not None:
+                raise VaeguardError(f"the embedded broker exited with code {b.process.returncode}")
+    typer.echo("broker stopped")
+
+
+def replay(
+    data: Path = typer.Option(..., "--data", help="CSV or JSONL file of records."),
+    topic: str = typer.Option(..., "--topic", help="Topic to produce to."),
+    rate: float | None = typer.Option(None, "--rate", help="Records per second (default: as fast as possible)."),
+    bootstrap: str = typer.Option(
+        "127.0.0.1:9092",
+        "--bootstrap",
+        envvar="VAEGUARD_KAFKA__BOOTSTRAP_SERVERS",
+        help="Kafka bootstrap HOST:PORT.",
+    ),
+    key_field: str | None = typer.Option(
+        None, "--key-field", help="Field whose value becomes the message key (the entity)."
+    ),
+) -> None:
+    """Produce a file's rows to a topic as JSON, optionally paced (backfills, load tests)."""
+    from vaeguard.daemon.replay import file_rows
+    from vaeguard.daemon.replay import replay as do_replay
+
+    count, seconds = do_replay(
+        file_rows(data),
+        topic,
+        bootstrap,
+        rate=rate,
+        key_field=key_field,
+        progress=lambda n: typer.echo(f"  {n} records…", err=True),
+    )
+    typer.echo(
+        f"produced {count} records to {topic} in {seconds:.1f}s ({count / max(seconds, 1e-9):,.0f} records/s)"
+    )
+
+
+def demo(
+    seconds: float = typer.Option(
+        45.0, "--seconds", help="How long to stream the live workload after training."
+    ),
+    entities: int = typer.Option(6, "--entities", help="How many hosts the workload simulates."),
+    seed: int = typer.Option(7, "--seed", help="Seed of the synthetic workload."),
+) -> None:
+    """Watch vaeguard work end to end: broker, workload, training, daemon, live anomalies."""
+    from vaeguard.daemon.demo import run_demo
+
+    run_demo(seconds=seconds, entities=entities, seed=seed)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("run")(run)
+    app.command("broker")(broker)
+    app.command("replay")(replay)
+    app.command("demo")(demo)

@@ -1,7 +1,52 @@
-"""Placeholder: this command group is filled in by its issue."""
+"""`vaeguard nab`: run the streaming window detector over a NAB corpus, write NAB result files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
+from vaeguard.errors import ConfigError
+
+
+def nab(
+    data_dir: Path = typer.Option(..., "--data-dir", help="Folder of <category>/<series>.csv (timestamp,value)."),
+    out: Path = typer.Option(..., "--out", help="Results folder: writes OUT/NAME/<category>/NAME_<series>.csv."),
+    detector_name: str = typer.Option("vaeguard", "--detector-name", help="NAME of the detector in the results."),
+    jobs: int = typer.Option(2, "--jobs", min=1, help="Worker processes (series run in parallel)."),
+    params: Path | None = typer.Option(
+        None,
+        "--params",
+        help="JSON file overriding the detector's NAB configuration (applies to every series).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="Print only the summary line."),
+) -> None:
+    """Score every series of a NAB corpus causally (NAB's rules) and write its result files.
+
+    Labels for the ``label`` column come from a combined_labels.json in DATA_DIR or above it.
+    """
+    from vaeguard.timeseries.nab import merged_params, run_nab
+
+    overrides = None
+    if params is not None:
+        try:
+            overrides = json.loads(params.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"--params {params}: not valid JSON ({exc})") from None
+    config = merged_params(overrides)
+
+    def progress(result) -> None:
+        if not quiet:
+            s = result["series"]
+            typer.echo(f"{s.key}: {len(result['stamps'])} rows in {result['seconds']:.1f} s")
+
+    run = run_nab(data_dir, out, detector_name, params=config, jobs=jobs, progress=progress)
+    typer.echo(
+        f"{len(run.results)} series, {run.rows} rows in {run.seconds:.1f} s "
+        f"({jobs} job{'s' if jobs > 1 else ''}) → {out / detector_name}"
+    )
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command()(nab)

@@ -1,0 +1,177 @@
+"""vaeguard-email: vaeguard alerts as email over SMTP (STARTTLS or implicit TLS, with auth).
+
+Install ``pip install vaeguard-email`` (or ``pip install -e plugins/email``) and configure::
+
+    alerts:
+      sinks:
+        - name: ops-mail
+          type: email
+          host: smtp.example.com
+          port: 587                 # STARTTLS; use 465 with tls: implicit
+          username: alerts@example.com
+          password: app-password    # a secret
+          from_addr: vaeguard <alerts@example.com>
+          to_addrs: [oncall@example.com]
+
+One message per alert, ``multipart/alternative`` with a plain-text and an HTML body, the
+subject ``[vaeguard] [FIRING critical] cpu_util on host-7``, and ``Message-ID`` / ``References``
+headers derived from the alert id so a mail client threads an episode's firing, repeats and
+resolve together. TLS is required by default (``tls: starttls``) and certificates are
+verified (``ca_file`` for a private CA). SMTP 4xx answers and network errors are retried;
+5xx answers (a rejected sender or recipient, failed authentication) are permanent.
+"""
+
+from __future__ import annotations
+
+import html
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Literal
+
+from pydantic import FilePath, SecretStr, field_validator
+
+from vaeguard.alerts.model import Alert
+from vaeguard.alerts.sink import PermanentSinkError, RetryableSinkError, Sink, SinkSettings
+
+__version__ = "0.1.0"
+
+
+class EmailSettings(SinkSettings):
+    host: str
+    port: int = 587
+    #: ``starttls`` (upgrade a plain connection, port 587), ``implicit`` (TLS from the first
+    #: byte, port 465) or ``none`` (loopback relays only).
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    from_addr: str
+    to_addrs: list[str]
+    subject_prefix: str = "[vaeguard]"
+    #: CA bundle for a private certificate authority; ``verify_tls: false`` only for tests.
+    ca_file: FilePath | None = None
+    verify_tls: bool = True
+
+    @field_validator("to_addrs")
+    @classmethod
+    def _recipients(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must list at least one recipient")
+        return v
+
+
+def _fmt(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4g}"
+
+
+def text_body(alert: Alert) -> str:
+    lines = [alert.summary, ""]
+    if alert.score is not None:
+        lines.append(f"Score:     {_fmt(alert.score)} (threshold {_fmt(alert.threshold)}, peak {_fmt(alert.peak_score)})")
+    lines += [
+        f"Status:    {alert.status} ({alert.severity})",
+        f"Stream:    {alert.stream}",
+        f"Entity:    {alert.entity or '-'}",
+        f"First:     {alert.first_seen.isoformat()}",
+        f"Last:      {alert.last_seen.isoformat()}",
+    ]
+    if alert.resolved_at:
+        lines.append(f"Resolved:  {alert.resolved_at.isoformat()}")
+    if alert.top_features:
+        lines += ["", "Top features (observed vs expected):"]
+        lines += [f"  {c.feature}: {_fmt(c.observed)} vs {_fmt(c.expected)}" for c in alert.top_features]
+    lines += ["", f"Alert id: {alert.id}", f"Model: {alert.model_version or '-'}"]
+    return "\n".join(lines) + "\n"
+
+
+def html_body(alert: Alert) -> str:
+    e = html.escape
+    color = {"critical": "#b00020", "major": "#e65100", "warning": "#f9a825"}.get(alert.severity, "#555")
+    if alert.status == "resolved":
+        color = "#2e7d32"
+    rows = "".join(
+        f"<tr><td>{e(c.feature)}</td><td>{e(_fmt(c.observed))}</td><td>{e(_fmt(c.expected))}</td></tr>"
+        for c in alert.top_features
+    )
+    table = (
+        "<table border='1' cellpadding='4' cellspacing='0'><tr><th>feature</th><th>observed</th>"
+        f"<th>expected</th></tr>{rows}</table>"
+        if rows
+        else ""
+    )
+    return (
+        f"<html><body><h2 style='color:{color}'>{e(alert.title)}</h2>"
+        f"<p>{e(alert.summary)}</p>{table}"
+        f"<p style='color:#777'>alert {e(alert.id)} · model {e(alert.model_version or '-')}</p>"
+        "</body></html>"
+    )
+
+
+class EmailSink(Sink):
+    """SMTP: one multipart (text + HTML) message per alert, over STARTTLS with auth."""
+
+    Settings = EmailSettings
+    max_batch = 1
+
+    def _tls_context(self) -> ssl.SSLContext:
+        s = self.settings
+        context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+        if not s.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def message(self, alert: Alert) -> EmailMessage:
+        s = self.settings
+        msg = EmailMessage()
+        msg["Subject"] = f"{s.subject_prefix} {alert.title}".strip()
+        msg["From"] = s.from_addr
+        msg["To"] = ", ".join(s.to_addrs)
+        msg["Date"] = formatdate(localtime=False)
+        domain = s.from_addr.rpartition("@")[2].strip("> ") or "vaeguard.local"
+        msg["Message-ID"] = make_msgid(idstring=f"{alert.id}.{alert.status}", domain=domain)
+        thread = f"<{alert.id}@{domain}>"
+        msg["References"] = thread
+        msg["In-Reply-To"] = thread
+        msg["X-Vaeguard-Alert-Id"] = alert.id
+        msg.set_content(text_body(alert))
+        msg.add_alternative(html_body(alert), subtype="html")
+        return msg
+
+    def send(self, alerts: list[Alert]) -> None:
+        s = self.settings
+        timeout = self.context.timeout_s
+        try:
+            if s.tls == "implicit":
+                smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=timeout, context=self._tls_context())
+            else:
+                smtp = smtplib.SMTP(s.host, s.port, timeout=timeout)
+            with smtp:
+                if s.tls == "starttls":
+                    smtp.starttls(context=self._tls_context())
+                if s.username is not None and s.password is not None:
+                    smtp.login(s.username, s.password.get_secret_value())
+                for alert in alerts:
+                    smtp.send_message(self.message(alert))
+        except smtplib.SMTPResponseException as exc:
+            detail = f"SMTP {exc.smtp_code} from {s.host}:{s.port}: {_text(exc.smtp_error)}"
+            if 400 <= exc.smtp_code < 500:
+                raise RetryableSinkError(detail) from None
+            raise PermanentSinkError(detail) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = sorted({code for code, _ in exc.recipients.values()})
+            detail = f"every recipient refused by {s.host}:{s.port} (SMTP {codes})"
+            if all(400 <= c < 500 for c in codes):
+                raise RetryableSinkError(detail) from None
+            raise PermanentSinkError(detail) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise PermanentSinkError(f"{s.host}:{s.port}: {exc}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise PermanentSinkError(f"TLS certificate of {s.host}:{s.port} not trusted: {exc.verify_message}") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise RetryableSinkError(f"cannot send through {s.host}:{s.port}: {type(exc).__name__}: {exc}") from None
+
+
+def _text(raw: bytes | str) -> str:
+    return (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))[:200]

@@ -1,0 +1,92 @@
+"""The [0, 1] anomaly likelihood: bounded, reacts to a spike, per entity, survives a snapshot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from vaeguard.errors import ConfigError, DataError
+from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec, log10_normal_tail
+
+
+def noise(n: int, seed: int = 0) -> np.ndarray:
+    return 50.0 + 5.0 * np.random.default_rng(seed).standard_normal(n)
+
+
+@pytest.mark.parametrize("estimator", ["tail", "gaussian"])
+def test_outputs_stay_in_0_1_and_a_spike_stands_out(estimator):
+    lik = AnomalyLikelihood(estimator=estimator, short=3, history=500, min_history=50)
+    normal = lik.update_many(["a"] * 400, noise(400))
+    assert normal[:50].tolist() == [0.0] * 50  # no opinion before min_history scores
+    spike = lik.update("a", 500.0)
+    assert 0.0 <= normal.min() and normal.max() <= 1.0
+    assert np.quantile(normal[50:], 0.99) < 0.4
+    assert spike > 0.9 and spike > normal.max()
+    extreme = [lik.update("a", s) for s in (1e300, math.inf, math.nan, -math.inf, -1e300)]
+    assert all(0.0 <= v <= 1.0 for v in extreme)
+
+
+def test_linear_output_is_one_minus_the_tail_probability():
+    lik = AnomalyLikelihood(estimator="gaussian", short=1, history=200, min_history=100, output="linear")
+    lik.update_many(["a"] * 200, noise(200, seed=3))
+    mid = lik.update("a", 50.0)
+    assert 0.2 < mid < 0.8
+    assert lik.update("a", 200.0) > 0.999
+
+
+def test_entities_have_their_own_history():
+    lik = AnomalyLikelihood(short=1, history=300, min_history=50)
+    quiet, loud = noise(300, 1), 1000.0 + 200.0 * np.random.default_rng(2).standard_normal(300)
+    keys = ["quiet", "loud"] * 300
+    lik.update_many(keys, np.ravel(np.column_stack([quiet, loud])))
+    # 500 is huge for "quiet" and tiny for "loud"
+    assert lik.update("quiet", 500.0) > 0.5
+    assert lik.update("loud", 500.0) < 0.1
+
+
+def test_suppression_reports_an_incident_once():
+    lik = AnomalyLikelihood(short=1, history=300, min_history=50, suppress=20)
+    lik.update_many(["a"] * 300, noise(300))
+    outs = lik.update_many(["a"] * 10, [400.0] * 10)
+    assert outs[0] > 0.5 and outs[1:].tolist() == [0.0] * 9
+    outs = lik.update_many(["a"] * 30, noise(30, seed=9))
+    assert lik.update("a", 2000.0) > outs.max()  # a bigger one still gets through
+
+
+def test_log10_normal_tail_is_accurate_far_out():
+    assert log10_normal_tail(0.0) == pytest.approx(math.log10(0.5))
+    assert log10_normal_tail(4.0) == pytest.approx(math.log10(3.167124e-05), rel=1e-4)
+    assert log10_normal_tail(10.0) == pytest.approx(math.log10(7.619853e-24), rel=1e-3)
+    assert math.isfinite(log10_normal_tail(1e6))
+
+
+def test_snapshot_restore_gives_identical_outputs():
+    spec = LikelihoodSpec(short=5, history=100, min_history=20, refresh=7, suppress=15)
+    lik = AnomalyLikelihood(spec)
+    scores = np.concatenate([noise(260), [300.0, 310.0], noise(40, seed=4)])
+    keys = ["a", "b"] * (len(scores) // 2)
+    lik.update_many(keys[:253], scores[:253])
+    text = json.dumps(lik.snapshot(), allow_nan=False)
+    restored = AnomalyLikelihood.restore(json.loads(text))
+    a = lik.update_many(keys[253:], scores[253:])
+    b = restored.update_many(keys[253:], scores[253:])
+    np.testing.assert_array_equal(a, b)
+    assert a.max() > 0.5  # the snapshot was taken mid-stream, with live statistics
+
+
+def test_reseed_rebuilds_the_history_from_past_scores():
+    lik = AnomalyLikelihood(short=1, history=200, min_history=50)
+    lik.reseed("a", noise(200))
+    assert lik.update("a", 400.0) > 0.5  # no warm-up after a reseed
+
+
+def test_bad_spec_and_state_are_refused():
+    with pytest.raises(ConfigError, match="estimator"):
+        LikelihoodSpec(estimator="magic")
+    with pytest.raises(ConfigError, match="min_history"):
+        LikelihoodSpec(history=10, min_history=20)
+    with pytest.raises(DataError, match="not a likelihood-state"):
+        AnomalyLikelihood.restore({"format": "nope"})

@@ -1,0 +1,133 @@
+"""`vaeguard nab` on a two-series mini corpus in NAB's layout, and its error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from vaeguard.cli.main import app
+from vaeguard.timeseries.nab import merged_params, probation_rows
+
+FAST = {
+    "detector": {
+        "window": 8,
+        "hidden": [16],
+        "latent_dim": 2,
+        "train_steps": 40,
+        "retrain_steps": 20,
+        "mc_samples": 4,
+        "likelihood": {"history": 100, "min_history": 20},
+    },
+    "stream": {"retrain_growth": 2.0},
+}
+ROWS = {"catA/s1": 300, "catB/s2": 240}
+LABELLED = "catA/s1.csv"
+LABEL_ROW = 250
+
+
+def stamp(i: int) -> str:
+    return (datetime(2015, 9, 1) + timedelta(minutes=5 * i)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nab")
+    rng = np.random.default_rng(0)
+    for name, n in ROWS.items():
+        path = root / "data" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = 50 + 10 * np.sin(np.arange(n) / 12) + rng.standard_normal(n)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["timestamp", "value"])
+            w.writerows([stamp(i), f"{v:.3f}"] for i, v in enumerate(values))
+    # beside the data folder, as in NAB's repository
+    (root / "combined_labels.json").write_text(json.dumps({LABELLED: [stamp(LABEL_ROW) + ".000000"], "catB/s2.csv": []}))
+    (root / "fast.json").write_text(json.dumps(FAST))
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(corpus):
+    out = corpus / "results"
+    result = CliRunner().invoke(
+        app,
+        ["nab", "--data-dir", str(corpus / "data"), "--out", str(out), "--detector-name", "vg", "--jobs", "1", "--params", str(corpus / "fast.json")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 series, 540 rows" in result.output
+    return out
+
+
+def test_result_files_follow_nab_layout_and_columns(results):
+    for name, n in ROWS.items():
+        category, series = name.split("/")
+        path = results / "vg" / category / f"vg_{series}.csv"
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["timestamp", "value", "anomaly_score", "label"]
+        body = rows[1:]
+        assert len(body) == n
+        assert [r[0] for r in body] == [stamp(i) for i in range(n)]
+        scores = np.array([float(r[2]) for r in body])
+        assert ((scores >= 0) & (scores <= 1)).all()
+        assert (scores[: probation_rows(n)] == 0).all()
+        assert scores[probation_rows(n) :].max() > 0
+        labels = [int(r[3]) for r in body]
+        expected = [1 if name + ".csv" == LABELLED and i == LABEL_ROW else 0 for i in range(n)]
+        assert labels == expected
+        assert not list(path.parent.glob("*.tmp"))
+
+
+def test_default_params_are_valid_and_overrides_are_checked():
+    params = merged_params({"detector": {"likelihood": {"short": 3}}})
+    assert params["detector"]["likelihood"]["short"] == 3
+    assert params["detector"]["window"] == merged_params()["detector"]["window"]
+    assert math.isfinite(params["stream"]["retrain_growth"])
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-c", "from vaeguard.cli.main import main; main()", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "fragment", "code"),
+    [
+        ("empty", "no <category>/<series>.csv files", 1),
+        ("bad_csv", "expected the header 'timestamp,value'", 1),
+        ("bad_params", "NAB params: detector", 2),
+        ("bad_field", "window: must be at least 2", 2),
+    ],
+)
+def test_bad_input_gives_one_clear_line(tmp_path, setup, fragment, code):
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    args = ["nab", "--data-dir", data, "--out", tmp_path / "out", "--detector-name", "vg", "--jobs", "1"]
+    if setup != "empty":
+        (data / "cat" / "s.csv").write_text("time,val\n1,2\n" if setup == "bad_csv" else "timestamp,value\n2015-01-01 00:00:00,1\n")
+    if setup == "bad_params":
+        (tmp_path / "p.json").write_text(json.dumps({"detector": {"no_such_knob": 1}}))
+        args += ["--params", tmp_path / "p.json"]
+    if setup == "bad_field":
+        (tmp_path / "p.json").write_text(json.dumps({"detector": {"window": 1}}))
+        args += ["--params", tmp_path / "p.json"]
+    result = run_cli(*args)
+    assert result.returncode == code
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vaeguard: error: ") and fragment in lines[0]

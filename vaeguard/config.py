@@ -1,0 +1,404 @@
+"""The daemon's settings: one pydantic-settings model, read from YAML and the environment.
+
+Precedence: environment variables ``VAEGUARD_<SECTION>__<FIELD>`` override the YAML file given
+with ``--config``, which overrides the defaults below. Every section forbids unknown keys, so a
+typo fails loudly instead of silently running with a default. `load_settings` turns any
+validation failure into one `ConfigError` line that names the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from vaeguard.alerts.settings import AlertsSettings
+from vaeguard.errors import ConfigError
+from vaeguard.severity import DEFAULT_BANDS, NORMAL
+
+ENV_PREFIX = "VAEGUARD_"
+ENV_DELIMITER = "__"
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|gpu:\d+)$")
+
+
+def _topic(name: str) -> str:
+    if not _TOPIC_RE.match(name) or name in (".", ".."):
+        raise ValueError(
+            f"{name!r} is not a valid Kafka topic name (ASCII letters, digits, '.', '_', '-')"
+        )
+    return name
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class KafkaSettings(_Section):
+    """Where records come from and where verdicts go; security settings pass to kafka-python."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    input_topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["metrics"])
+    output_topic: str = "vaeguard.scores"
+    dlq_topic: str = "vaeguard.dlq"
+    group_id: str = "vaeguard"
+    client_id: str = "vaeguard"
+    #: Static membership (KIP-345): a restarted daemon with the same id takes its partitions
+    #: back at once instead of waiting for a rebalance. Must be unique per running daemon.
+    group_instance_id: str | None = None
+    #: 6 s is the broker's default minimum; with 1 s heartbeats a crashed daemon's partitions
+    #: move to the others within ~6 s, and a restart resumes well within 15 s.
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    max_poll_interval_ms: int = Field(60000, ge=1000)
+    request_timeout_ms: int = Field(10000, ge=1000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: FilePath | None = None
+    ssl_certfile: FilePath | None = None
+    ssl_keyfile: FilePath | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, v: str) -> str:
+        servers = [s.strip() for s in v.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("must name at least one HOST:PORT")
+        for s in servers:
+            host, sep, port = s.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{s!r} is not HOST:PORT")
+        return ",".join(servers)
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _topics_from_text(cls, v: Any) -> Any:
+        """Accept a JSON list (the documented env form) or a comma-separated string."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"is not a valid JSON list ({exc.msg})") from None
+            return [t.strip() for t in text.split(",") if t.strip()]
+        return v
+
+    @field_validator("input_topics")
+    @classmethod
+    def _topics(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must list at least one topic")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a topic twice")
+        return [_topic(t) for t in v]
+
+    @field_validator("output_topic", "dlq_topic")
+    @classmethod
+    def _one_topic(cls, v: str) -> str:
+        return _topic(v)
+
+    @field_validator("group_id", "client_id")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("group_instance_id")
+    @classmethod
+    def _instance(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not _INSTANCE_RE.match(v) or v in (".", ".."):
+            raise ValueError(
+                f"{v!r} is not a valid instance id (ASCII letters, digits, '.', '_', '-')"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        loops = {self.output_topic, self.dlq_topic} & set(self.input_topics)
+        if loops:
+            field = "output_topic" if self.output_topic in loops else "dlq_topic"
+            raise ValueError(f"{field}: {', '.join(sorted(loops))} is also an input topic")
+        if self.output_topic == self.dlq_topic:
+            raise ValueError("dlq_topic: must differ from output_topic")
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms: must be at most a third of session_timeout_ms ({self.session_timeout_ms})"
+            )
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism is None:
+                raise ValueError(
+                    f"sasl_mechanism: security_protocol {self.security_protocol} needs one"
+                )
+            if not self.sasl_plain_username or self.sasl_plain_password is None:
+                missing = "sasl_plain_username" if not self.sasl_plain_username else "sasl_plain_password"
+                raise ValueError(f"{missing}: sasl_mechanism {self.sasl_mechanism} needs it")
+        return self
+
+    def client_config(self) -> dict[str, Any]:
+        """Connection and security options shared by every kafka-python client we create."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol.startswith("SASL"):
+            config["sasl_mechanism"] = self.sasl_mechanism
+            config["sasl_plain_username"] = self.sasl_plain_username
+            config["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()  # type: ignore[union-attr]
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            config["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                value = getattr(self, name)
+                if value is not None:
+                    config[name] = str(value)
+            if self.ssl_password is not None:
+                config["ssl_password"] = self.ssl_password.get_secret_value()
+        return config
+
+
+class ModelSettings(_Section):
+    """Which model scores the stream, and on which device."""
+
+    #: A model bundle directory (`vaeguard train` output).
+    path: Path | None = None
+    device: str = "auto"
+    #: How often to check the model path for a new version (0 = never).
+    reload_interval_s: float = Field(30.0, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"{v!r} is not one of auto, cpu, gpu:N")
+        return v
+
+
+class ScoringSettings(_Section):
+    """Batching (tuned by benchmarks/throughput.py), explanations and severity."""
+
+    batch_max_records: int = Field(2000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(50, ge=0, le=60_000)
+    top_k: int = Field(3, ge=0)
+    max_record_bytes: int = Field(262_144, ge=64)
+    #: Severity name → minimum margin above the threshold, in nats (ascending, first is 0).
+    severity_bands: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_BANDS))
+
+    @field_validator("severity_bands")
+    @classmethod
+    def _bands(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("must define at least one band")
+        margins = list(v.values())
+        if margins[0] != 0:
+            raise ValueError("the first band must start at margin 0")
+        if any(b <= a for a, b in zip(margins, margins[1:], strict=False)):
+            raise ValueError("margins must increase strictly")
+        if NORMAL in v:
+            raise ValueError(f"{NORMAL!r} is implicit (at or below the threshold)")
+        return v
+
+    @property
+    def bands(self) -> tuple[tuple[str, float], ...]:
+        return tuple(self.severity_bands.items())
+
+
+class HttpSettings(_Section):
+    """The ops listener: /healthz, /readyz, /metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    #: 0 picks any free port (logged at start).
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class Settings(BaseSettings):
+    """Everything `vaeguard run` needs. See config/vaeguard.yaml for a commented example."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        validate_default=True,
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    #: Seconds SIGTERM / SIGINT may take to finish the in-flight batch, commit and close.
+    shutdown_grace_s: float = Field(30.0, gt=0)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        # The YAML file arrives as init arguments (see load_settings); the environment wins.
+        return (env_settings, init_settings)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON-safe data with every secret masked, for the start-up log."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings from an optional YAML file and the environment; one `ConfigError` if invalid.
+
+    ``overrides`` (section → mapping) are merged over the YAML, under the environment.
+    """
+    data: dict[str, Any] = read_yaml(config_file) if config_file else {}
+    for section, values in overrides.items():
+        if isinstance(values, Mapping) and isinstance(data.get(section), Mapping):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, data, config_file)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_settings_error(exc)) from None
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def env_name(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + ENV_DELIMITER.join(str(p).upper() for p in loc)
+
+
+def _env_source(loc: tuple[Any, ...]) -> str | None:
+    """The environment variable that set this location (or a parent of it), if any."""
+    upper = {k.upper(): k for k in os.environ}
+    for depth in range(len(loc), 0, -1):
+        name = env_name(loc[:depth])
+        if name in upper:
+            return upper[name]
+    return None
+
+
+def _in_yaml(data: Mapping[str, Any], loc: tuple[Any, ...]) -> bool:
+    node: Any = data
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def describe_errors(exc: ValidationError, data: Mapping[str, Any], config_file) -> str:
+    """One line naming each invalid setting, its problem and where its value came from."""
+    parts = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            msg = msg.removeprefix(prefix)
+        # Cross-field checks name their field as "field: problem"; move it into the location.
+        head, sep, rest = msg.partition(": ")
+        if sep and head in _known_fields((*loc, head)):
+            loc, msg = (*loc, head), rest
+        dotted = ".".join(str(p) for p in loc) or "(settings)"
+        env = _env_source(loc)
+        if env:
+            origin = f" (from environment variable {env})"
+        elif config_file and _in_yaml(data, loc):
+            origin = f" (in {config_file})"
+        else:
+            origin = ""
+        if err["type"] == "extra_forbidden":
+            known = _known_fields(loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            if close:
+                hint = f"; did you mean {close[0]}?"
+            else:
+                hint = f"; known settings here: {', '.join(known)}" if known else ""
+            parts.append(f"unknown setting {dotted}{origin}{hint}")
+        elif err["type"] == "missing":
+            parts.append(f"missing setting {dotted}")
+        else:
+            parts.append(f"invalid setting {dotted}{origin}: {msg}")
+    return "; ".join(parts)
+
+
+def _describe_settings_error(exc: SettingsError) -> str:
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else None
+    names = sorted(
+        k
+        for k in os.environ
+        if k.upper().startswith(ENV_PREFIX + ((field or "").upper() + ENV_DELIMITER if field else ""))
+    )
+    where = f" (check {', '.join(names)})" if names else ""
+    return f"invalid setting {field or '(environment)'}: a value from the environment is not valid JSON{where}"

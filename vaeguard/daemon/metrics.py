@@ -1,0 +1,55 @@
+"""Prometheus metrics of the daemon (default registry, served at /metrics).
+
+Defined once at import: a process runs one daemon, and re-registering a name would fail.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECORDS_CONSUMED = Counter(
+    "vaeguard_records_consumed", "Records read from the input topics.", ["topic"]
+)
+RECORDS_SCORED = Counter("vaeguard_records_scored", "Records scored (one score record each).")
+RECORDS_ANOMALOUS = Counter(
+    "vaeguard_records_anomalous", "Scored records above the model's threshold."
+)
+RECORDS_DEAD_LETTERED = Counter(
+    "vaeguard_records_dead_lettered",
+    "Records sent to the dead-letter topic, by reason.",
+    ["reason"],
+)
+BATCH_DURATION = Histogram(
+    "vaeguard_batch_duration_seconds",
+    "Time from a batch's poll to its commit.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+BATCH_RECORDS = Histogram(
+    "vaeguard_batch_records",
+    "Records per batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)
+CONSUMER_LAG = Gauge(
+    "vaeguard_consumer_lag",
+    "Records in the partition not yet processed (high watermark − next offset).",
+    ["topic", "partition"],
+)
+MODEL_INFO = Gauge("vaeguard_model_info", "The model version in service (value 1).", ["version"])
+MODEL_LOAD_FAILURES = Counter(
+    "vaeguard_model_load_failures", "Model (re)loads refused; the previous model kept serving."
+)
+RETRIES = Counter(
+    "vaeguard_retries",
+    "Retries of a batch step after a failure (produce, alert, commit, connect).",
+    ["stage"],
+)
+PARTITIONS_ASSIGNED = Gauge("vaeguard_partitions_assigned", "Input partitions this daemon owns.")
+READY = Gauge("vaeguard_ready", "1 when /readyz reports ready.")
+LAST_COMMIT = Gauge(
+    "vaeguard_last_commit_timestamp_seconds", "Unix time of the last successful offset commit."
+)
+
+
+def set_model_version(version: str) -> None:
+    MODEL_INFO.clear()
+    MODEL_INFO.labels(version=version).set(1)

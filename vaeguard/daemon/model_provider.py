@@ -1,0 +1,166 @@
+"""The model in service, loaded and swapped off the scoring path.
+
+The pipeline asks `current()` once per batch and uses that `ActiveModel` for the whole batch,
+so a new version takes over only between batches. Loading, validating and warming a model run
+on the provider's own thread; a model that fails any of it is refused and the previous one
+keeps serving.
+
+`BundleModelProvider` serves a bundle directory and reloads it when its `bundle.json` changes.
+Other sources (a registry's CURRENT pointer) override `locate()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from vaeguard.daemon import metrics
+from vaeguard.daemon.featurize import Featurizer, featurizer_for
+from vaeguard.errors import VaeguardError
+
+log = logging.getLogger("vaeguard.daemon.model")
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    detector: Any  # VAEDetector
+    version: str
+    featurizer: Featurizer
+    path: Path
+
+
+class ModelProvider(Protocol):
+    def start(self) -> None: ...
+    def current(self) -> ActiveModel | None: ...
+    def wait_ready(self, timeout: float) -> ActiveModel | None: ...
+    def close(self) -> None: ...
+
+
+class BundleModelProvider:
+    """Loads the bundle at ``path`` on a background thread; polls it every ``reload_interval_s``.
+
+    ``failure`` holds the error that stopped the first load (no model can ever serve then).
+    """
+
+    def __init__(self, path: Path, device: str = "auto", reload_interval_s: float = 30.0):
+        self.path = Path(path)
+        self.device = device
+        self.reload_interval_s = reload_interval_s
+        self.failure: BaseException | None = None
+        self._active: ActiveModel | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vaeguard-model", daemon=True)
+
+    # -- what subclasses change -----------------------------------------------------------------
+
+    def locate(self) -> tuple[Path, str]:
+        """(bundle directory, version) of the model that should serve; cheap, no model load."""
+        from vaeguard.bundle import read_manifest
+
+        manifest = read_manifest(self.path)
+        return self.path, manifest["model_sha256"][:12]
+
+    # -- the pipeline's side ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def current(self) -> ActiveModel | None:
+        return self._active
+
+    def wait_ready(self, timeout: float) -> ActiveModel | None:
+        self._ready.wait(timeout)
+        if self.failure is not None:
+            raise self.failure
+        return self._active
+
+    @property
+    def loaded(self) -> bool:
+        return self._active is not None
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- the loader thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            from vaeguard.daemon.device import select_device
+
+            select_device(self.device)
+            path, version = self.locate()
+            self._install(self.load(path, version))
+        except BaseException as exc:  # reported to the pipeline, which stops the daemon
+            self.failure = exc
+            if not isinstance(exc, VaeguardError):
+                log.exception("model load failed")
+            self._ready.set()
+            return
+        self._ready.set()
+        while self.reload_interval_s > 0 and not self._stop.wait(self.reload_interval_s):
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Load the located model if it differs from the active one; True if it swapped in."""
+        try:
+            path, version = self.locate()
+            if self._active is not None and version == self._active.version:
+                return False
+            log.info("new model version found", extra={"version": version, "path": str(path)})
+            self._install(self.load(path, version))
+            return True
+        except Exception as exc:
+            metrics.MODEL_LOAD_FAILURES.inc()
+            log.error(
+                "model refused; the current model keeps serving",
+                extra={
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "serving": self._active.version if self._active else None,
+                },
+            )
+            return False
+
+    def load(self, path: Path, version: str) -> ActiveModel:
+        """Load, validate and warm a model (compiles every batch-size bucket of the scorer)."""
+        from vaeguard.bundle import load_bundle
+        from vaeguard.model.scoring import BUCKETS
+
+        started = time.monotonic()
+        detector = load_bundle(path)
+        featurizer = featurizer_for(detector)
+        center = detector.scaler_.center
+        width = detector.conditions_.width
+        for size in BUCKETS:
+            x = np.repeat(center[None, :], size, axis=0)
+            c = np.zeros((size, width), dtype="float32") if width else None
+            scores = detector.score_matrix(x, c).scores
+            if not np.isfinite(scores).all():
+                raise VaeguardError(f"model at {path} produces non-finite scores on its own median")
+        log.info(
+            "model loaded",
+            extra={
+                "version": version,
+                "path": str(path),
+                "features": detector.feature_names_,
+                "conditions": detector.conditions_.names,
+                "threshold": detector.threshold_.value,
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )
+        return ActiveModel(detector, version, featurizer, Path(path))
+
+    def _install(self, model: ActiveModel) -> None:
+        previous = self._active
+        self._active = model
+        metrics.set_model_version(model.version)
+        if previous is not None:
+            log.info(
+                "model swapped", extra={"from_version": previous.version, "to_version": model.version}
+            )

@@ -1,0 +1,604 @@
+"""The daemon's loop: poll → decode → dead-letter → score → produce → flush → alert → commit.
+
+One thread, one batch at a time. A batch's offsets are committed only after every score record
+and dead letter of the batch is acknowledged by the broker (acks=all) and the alert layer has
+accepted its records, so a crash at any moment replays what was not finished (at-least-once)
+and loses nothing. Rebalance callbacks run inside ``poll()``, i.e. between batches: at that
+point every processed record is committed, so a revocation has nothing to flush; records that
+were polled but not processed yet for a revoked partition are dropped (the new owner reads them
+from the committed offset).
+
+Failures of the broker or the alert layer are retried with capped exponential backoff while
+`/readyz` reports not ready; nothing needs an operator to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from kafka import ConsumerRebalanceListener
+
+from vaeguard.config import Settings
+from vaeguard.daemon import metrics
+from vaeguard.daemon.model_provider import ActiveModel, ModelProvider
+from vaeguard.daemon.records import (
+    DeadLetter,
+    build_scored,
+    decode_messages,
+    dlq_headers,
+    encode_scored,
+    entity_of,
+    output_key,
+    timestamp_of,
+)
+from vaeguard.errors import VaeguardError
+from vaeguard.scored import ScoredRecord
+
+log = logging.getLogger("vaeguard.daemon")
+
+#: How long an idle poll blocks: bounds how fast the loop notices a stop request.
+IDLE_POLL_MS = 200
+#: Scaled inputs are clipped to ±this many robust σ before scoring, so an absurd but finite
+#: value (1e300) scores as "extremely anomalous" instead of overflowing float32 to inf / NaN.
+CLIP_SIGMAS = 1e6
+
+
+class ShutdownExpired(VaeguardError):
+    """The shutdown grace ran out before the in-flight batch could be finished."""
+
+
+@dataclass
+class Shutdown:
+    """A stop request and the monotonic deadline by which the daemon must be gone."""
+
+    grace_s: float
+    requested: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None
+
+    def request(self) -> None:
+        if not self.requested.is_set():
+            self.deadline = time.monotonic() + self.grace_s
+            self.requested.set()
+
+    def expired(self, margin: float = 0.0) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline - margin
+
+    def remaining(self, default: float) -> float:
+        if self.deadline is None:
+            return default
+        return max(0.0, min(default, self.deadline - time.monotonic()))
+
+
+@dataclass
+class Stats:
+    """Running totals (also in /metrics); read by the demo and the benchmark in-process."""
+
+    consumed: int = 0
+    scored: int = 0
+    anomalous: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    duplicates_possible: int = 0
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Tracks the assignment. Runs on kafka-python's IO thread while the loop sits in poll()."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self.pipeline._revoked(set(revoked), lost=False)
+
+    def on_partitions_lost(self, lost) -> None:
+        self.pipeline._revoked(set(lost), lost=True)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.pipeline._assigned(set(assigned))
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        provider: ModelProvider,
+        alert_layer: Any,
+        shutdown: Shutdown,
+        *,
+        on_batch: Callable[[list[ScoredRecord], list[DeadLetter]], None] | None = None,
+    ):
+        self.settings = settings
+        self.kafka = settings.kafka
+        self.scoring = settings.scoring
+        self.provider = provider
+        self.alert_layer = alert_layer
+        self.shutdown = shutdown
+        self.on_batch = on_batch
+        self.consumer = None
+        self.producer = None
+        self.stats = Stats()
+        self.assignment: set[Any] = set()
+        self._recently_revoked: set[Any] = set()
+        self._positions: dict[Any, int] = {}
+        self._last_broker_ok = 0.0
+        self._broker_ok = False
+        self._last_metrics_check = 0.0
+        self._bands = settings.scoring.bands
+        self._model: ActiveModel | None = None
+        self._task_id = settings.kafka.group_instance_id or settings.kafka.client_id
+
+    # -- readiness ------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        model = self.provider.current()
+        details = {
+            "model_loaded": model is not None,
+            "model_version": model.version if model else None,
+            "partitions_assigned": len(self.assignment),
+            "broker_reachable": self.broker_reachable,
+            "stopping": self.shutdown.requested.is_set(),
+        }
+        ready = (
+            model is not None
+            and bool(self.assignment)
+            and details["broker_reachable"]
+            and not details["stopping"]
+        )
+        metrics.READY.set(1 if ready else 0)
+        return ready, details
+
+    @property
+    def broker_reachable(self) -> bool:
+        window = max(3 * self.kafka.heartbeat_interval_ms / 1000, 5.0)
+        return self._broker_ok and time.monotonic() - self._last_broker_ok < window
+
+    def _broker_up(self) -> None:
+        self._broker_ok = True
+        self._last_broker_ok = time.monotonic()
+
+    def _broker_down(self) -> None:
+        self._broker_ok = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Process batches until a stop is requested; then finish, commit and close."""
+        try:
+            if not self._connect():
+                return
+            while not self.shutdown.requested.is_set():
+                batch = self._poll()
+                if batch:
+                    self._process(batch)
+                else:
+                    self._idle()
+        finally:
+            self._close()
+
+    def _connect(self) -> bool:
+        from kafka import KafkaConsumer, KafkaProducer
+        from kafka.errors import KafkaError
+
+        common = self.kafka.client_config()
+        attempt = 0
+        while not self.shutdown.requested.is_set():
+            try:
+                if self.producer is None:
+                    self.producer = KafkaProducer(
+                        **common,
+                        acks="all",
+                        linger_ms=5,
+                        batch_size=256 * 1024,
+                        max_block_ms=self.kafka.request_timeout_ms,
+                        delivery_timeout_ms=3 * self.kafka.request_timeout_ms,
+                        bootstrap_timeout_ms=5_000,
+                    )
+                consumer = KafkaConsumer(
+                    **common,
+                    group_id=self.kafka.group_id,
+                    group_instance_id=self.kafka.group_instance_id,
+                    enable_auto_commit=False,
+                    auto_offset_reset=self.kafka.auto_offset_reset,
+                    session_timeout_ms=self.kafka.session_timeout_ms,
+                    heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
+                    max_poll_interval_ms=self.kafka.max_poll_interval_ms,
+                    max_poll_records=self.scoring.batch_max_records,
+                    bootstrap_timeout_ms=5_000,
+                )
+                consumer.subscribe(self.kafka.input_topics, listener=_Listener(self))
+                self.consumer = consumer
+                self._broker_up()
+                log.info(
+                    "connected to Kafka",
+                    extra={
+                        "bootstrap_servers": self.kafka.bootstrap_servers,
+                        "topics": self.kafka.input_topics,
+                        "group_id": self.kafka.group_id,
+                        "group_instance_id": self.kafka.group_instance_id,
+                    },
+                )
+                return True
+            except (KafkaError, OSError) as exc:
+                self._broker_down()
+                attempt += 1
+                metrics.RETRIES.labels(stage="connect").inc()
+                delay = _backoff(attempt)
+                log.warning(
+                    "cannot reach Kafka; retrying",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay},
+                )
+                self.shutdown.requested.wait(delay)
+        return False
+
+    def _close(self) -> None:
+        timeout = self.shutdown.remaining(10.0)
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False, timeout_ms=int(timeout * 1000))
+            except Exception as exc:
+                log.warning("consumer close failed", extra={"error": str(exc)})
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout=self.shutdown.remaining(10.0))
+            except Exception as exc:
+                log.warning("producer close failed", extra={"error": str(exc)})
+        self.assignment = set()
+        metrics.PARTITIONS_ASSIGNED.set(0)
+
+    # -- rebalance callbacks (IO thread, during poll) -----------------------------------------
+
+    def _assigned(self, assigned: set[Any]) -> None:
+        self.assignment |= assigned
+        self._broker_up()
+        metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
+        log.info("partitions assigned", extra={"partitions": _names(assigned), "total": len(self.assignment)})
+
+    def _revoked(self, revoked: set[Any], lost: bool) -> None:
+        self.assignment -= revoked
+        self._recently_revoked |= revoked
+        for tp in revoked:
+            self._positions.pop(tp, None)
+            try:
+                metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+        metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
+        log.info(
+            "partitions lost" if lost else "partitions revoked",
+            extra={"partitions": _names(revoked), "total": len(self.assignment)},
+        )
+
+    # -- one batch --------------------------------------------------------------------------------
+
+    def _poll(self) -> dict[Any, list[Any]]:
+        """Up to batch_max_records, waiting at most batch_max_wait_ms after the first record."""
+        limit = self.scoring.batch_max_records
+        batch = self._poll_once(IDLE_POLL_MS, limit)
+        if not batch:
+            return batch
+        count = sum(len(v) for v in batch.values())
+        deadline = time.monotonic() + self.scoring.batch_max_wait_ms / 1000
+        while count < limit and not self.shutdown.requested.is_set():
+            wait_ms = int((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                break
+            more = self._poll_once(wait_ms, limit - count)
+            if self._recently_revoked:
+                for tp in self._recently_revoked:
+                    count -= len(batch.pop(tp, []))
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                count += len(records)
+            if not more:
+                break
+        return batch
+
+    def _poll_once(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        from kafka.errors import KafkaError
+
+        self._recently_revoked = set()
+        try:
+            records = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            self._broker_down()
+            metrics.RETRIES.labels(stage="poll").inc()
+            log.warning("poll failed; retrying", extra={"error": f"{type(exc).__name__}: {exc}"})
+            self.shutdown.requested.wait(1.0)
+            return {}
+        if records:
+            self._broker_up()
+        return records
+
+    def _idle(self) -> None:
+        failure = getattr(self.provider, "failure", None)
+        if failure is not None:
+            raise failure
+        now = time.monotonic()
+        if now - self._last_metrics_check < 1.0:
+            return
+        self._last_metrics_check = now
+        self.assignment = set(self.consumer.assignment())
+        metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
+        try:
+            coordinator = self.consumer.metrics().get("consumer-coordinator-metrics", {})
+            heartbeat_ago = float(coordinator.get("last-heartbeat-seconds-ago", float("inf")))
+        except Exception:
+            heartbeat_ago = float("inf")
+        if heartbeat_ago < max(2 * self.kafka.heartbeat_interval_ms / 1000, 2.0):
+            self._broker_up()
+        self._update_lag()
+
+    def _update_lag(self) -> None:
+        for tp in list(self.assignment):
+            try:
+                high = self.consumer.highwater(tp)
+            except Exception:
+                continue
+            position = self._positions.get(tp)
+            if high is None or position is None:
+                continue
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+
+    def _active_model(self) -> ActiveModel:
+        model = self.provider.current()
+        while model is None:
+            model = self.provider.wait_ready(0.5)
+            if model is None and self.shutdown.expired():
+                raise ShutdownExpired("stopped before the model finished loading")
+        if self._model is None or model.version != self._model.version:
+            log.info("scoring with model", extra={"version": model.version})
+        self._model = model
+        return model
+
+    def _process(self, batch: dict[Any, list[Any]]) -> None:
+        started = time.perf_counter()
+        model = self._active_model()
+        messages = [m for records in batch.values() for m in records]
+        for tp, records in batch.items():
+            metrics.RECORDS_CONSUMED.labels(topic=tp.topic).inc(len(records))
+
+        kept, objects, dead = decode_messages(messages, self.scoring.max_record_bytes)
+        scored: list[ScoredRecord] = []
+        scored_messages: list[Any] = []
+        scored_objects: list[dict[str, Any]] = []
+        if objects:
+            entities = [entity_of(m, o) for m, o in zip(kept, objects, strict=True)]
+            timestamps = [timestamp_of(m, o) for m, o in zip(kept, objects, strict=True)]
+            features = model.featurizer.transform(objects, entities, timestamps)
+            for r in features.rejected:
+                dead.append(
+                    DeadLetter(
+                        kept[r.index],
+                        r.reason,
+                        r.error_class,
+                        r.detail,
+                        stage_class=f"{type(model.featurizer).__module__}.{type(model.featurizer).__name__}",
+                    )
+                )
+            if len(features.keep):
+                keep = features.keep.tolist()
+                scored_messages = [kept[i] for i in keep]
+                scored_objects = [objects[i] for i in keep]
+                scored = self._score(
+                    model,
+                    features,
+                    scored_messages,
+                    scored_objects,
+                    [entities[i] for i in keep],
+                    [timestamps[i] for i in keep],
+                )
+
+        outputs: list[tuple[str, bytes | None, bytes, list | None]] = [
+            (
+                self.kafka.dlq_topic,
+                d.message.key,
+                d.message.value if d.message.value is not None else b"",
+                dlq_headers(d, self.kafka.group_id, self._task_id),
+            )
+            for d in dead
+        ]
+        out_topic = self.kafka.output_topic
+        outputs.extend(
+            (out_topic, output_key(m, o), encode_scored(r), None)
+            for m, o, r in zip(scored_messages, scored_objects, scored, strict=True)
+        )
+        self._produce(outputs)
+        self._alert(scored)
+        self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+
+        n_anomalous = sum(1 for r in scored if r.is_anomaly)
+        metrics.RECORDS_SCORED.inc(len(scored))
+        metrics.RECORDS_ANOMALOUS.inc(n_anomalous)
+        for d in dead:
+            metrics.RECORDS_DEAD_LETTERED.labels(reason=d.reason).inc()
+            log.info(
+                "record dead-lettered",
+                extra={
+                    "reason": d.reason,
+                    "detail": d.detail,
+                    "topic": d.message.topic,
+                    "partition": d.message.partition,
+                    "offset": d.message.offset,
+                },
+            )
+        self.stats.consumed += len(messages)
+        self.stats.scored += len(scored)
+        self.stats.anomalous += n_anomalous
+        self.stats.dead_lettered += len(dead)
+        self.stats.batches += 1
+        metrics.BATCH_RECORDS.observe(len(messages))
+        metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+        self._update_lag()
+        if self.on_batch is not None:
+            self.on_batch(scored, dead)
+
+    def _score(
+        self, model: ActiveModel, features, messages, objects, entities, timestamps
+    ) -> list[ScoredRecord]:
+        """Score the featurized rows in one batched call and build their score records."""
+        det = model.detector
+        x = features.x
+        center, scale = det.scaler_.center, det.scaler_.scale
+        x_in = np.clip(x, center - CLIP_SIGMAS * scale, center + CLIP_SIGMAS * scale)
+        if features.mask is None:
+            result = det.score_matrix(x_in, features.c)
+            contributions, expected = result.contributions, result.expected
+            scores = result.scores
+        else:
+            raw = det.scorer(det.scaler_.transform(x_in).astype("float32"), features.c, features.mask)
+            scores = raw.score
+            contributions = raw.nll - det.baseline_
+            expected = det.scaler_.inverse_transform(raw.expected)
+        return build_scored(
+            messages,
+            objects,
+            entities,
+            timestamps,
+            scores,
+            det.threshold_.value,
+            contributions,
+            x,
+            expected,
+            det.feature_names_,
+            top_k=self.scoring.top_k,
+            bands=self._bands,
+            model_version=model.version,
+        )
+
+    # -- the three steps that must succeed before a commit --------------------------------------
+
+    def _produce(self, outputs: list[tuple[str, bytes | None, bytes, list | None]]) -> None:
+        from kafka.errors import KafkaError
+
+        pending = outputs
+        attempt = 0
+        while pending:
+            futures = []
+            error: BaseException | None = None
+            for i, (topic, key, value, headers) in enumerate(pending):
+                try:
+                    futures.append(self.producer.send(topic, value=value, key=key, headers=headers))
+                except KafkaError as exc:  # metadata or buffer wait timed out
+                    error = exc
+                    futures.extend([None] * (len(pending) - i))
+                    break
+            self._flush(futures)
+            failed = []
+            for item, future in zip(pending, futures, strict=True):
+                if future is None or not future.succeeded():
+                    failed.append(item)
+                    if error is None and future is not None and future.is_done:
+                        error = future.exception
+            if not failed:
+                self._broker_up()
+                return
+            self._broker_down()
+            attempt += 1
+            self._retry_wait(
+                "produce", attempt, error, {"failed": len(failed), "of": len(pending)}
+            )
+            pending = failed
+
+    def _flush(self, futures) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        while True:
+            try:
+                self.producer.flush(timeout=1.0)
+            except KafkaTimeoutError:
+                pass
+            if all(f is None or f.is_done for f in futures):
+                return
+            self._broker_down()
+            if self.shutdown.expired(margin=1.0):
+                raise ShutdownExpired(
+                    "shutdown grace expired while waiting for the broker to acknowledge a batch; "
+                    "it was not committed and will be replayed"
+                )
+
+    def _alert(self, scored: list[ScoredRecord]) -> None:
+        attempt = 0
+        while True:
+            try:
+                self.alert_layer.process(scored)
+                return
+            except Exception as exc:
+                attempt += 1
+                self._retry_wait("alert", attempt, exc, {"records": len(scored)})
+
+    def _commit(self, next_offsets: dict[Any, int]) -> None:
+        from kafka import OffsetAndMetadata
+        from kafka.errors import (
+            CommitFailedError,
+            FencedInstanceIdError,
+            IllegalGenerationError,
+            KafkaError,
+            RebalanceInProgressError,
+            UnknownMemberIdError,
+        )
+
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}
+        attempt = 0
+        while True:
+            try:
+                self.consumer.commit(offsets, timeout_ms=self.kafka.request_timeout_ms)
+                break
+            except (
+                CommitFailedError,
+                IllegalGenerationError,
+                UnknownMemberIdError,
+                RebalanceInProgressError,
+                FencedInstanceIdError,
+            ) as exc:
+                # The group moved on: the partitions' new owner replays from the last commit.
+                # Nothing is lost (this batch is already produced); a few records score twice.
+                self.stats.duplicates_possible += sum(1 for _ in offsets)
+                log.warning(
+                    "commit refused after a rebalance; the new owner will replay this batch",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "partitions": _names(offsets)},
+                )
+                return
+            except KafkaError as exc:
+                if not (getattr(exc, "retriable", False) or "Timeout" in type(exc).__name__):
+                    raise
+                self._broker_down()
+                attempt += 1
+                self._retry_wait("commit", attempt, exc, {"partitions": _names(offsets)})
+        self._broker_up()
+        metrics.LAST_COMMIT.set_to_current_time()
+        self._positions.update(next_offsets)
+
+    def _retry_wait(self, stage: str, attempt: int, error: BaseException | None, extra: dict) -> None:
+        metrics.RETRIES.labels(stage=stage).inc()
+        if self.shutdown.expired(margin=1.0):
+            raise ShutdownExpired(
+                f"shutdown grace expired while retrying the {stage} step; the batch was not "
+                "committed and will be replayed"
+            )
+        delay = _backoff(attempt)
+        if self.shutdown.deadline is not None:
+            delay = min(delay, max(0.0, self.shutdown.deadline - time.monotonic() - 1.0))
+        log.warning(
+            f"{stage} failed; retrying",
+            extra={
+                "error": f"{type(error).__name__}: {error}" if error else None,
+                "attempt": attempt,
+                "retry_in_s": round(delay, 2),
+                **extra,
+            },
+        )
+        time.sleep(delay)
+
+
+def _backoff(attempt: int, base: float = 0.25, cap: float = 5.0) -> float:
+    return min(cap, base * 2 ** (attempt - 1))
+
+
+def _names(tps) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)

@@ -1,0 +1,477 @@
+"""Records → windows: the per-entity state of window mode, with bounded memory.
+
+Each entity (``key`` of a record) keeps the last few values of its metrics on a regular time
+grid; the model input of a point is the window of the W grid slots ending at it, scaled by the
+entity's own online statistics, with a mask that marks the slots nobody reported.
+
+Time policy (documented in docs and tests, applied per entity):
+
+* **Grid.** ``interval="auto"`` infers the sampling interval from the entity's first
+  ``infer_points`` points (median positive gap); a number fixes it (seconds); ``"rows"`` puts
+  every point in the next slot whatever its timestamp (arrival order, no gaps). A point's slot
+  is ``round((t - origin) / interval)``. The points used to infer the grid are replayed into it
+  but get no window of their own (they are warm-up).
+* **Gaps.** Slots skipped by a jump forward are missing: NaN in the state, masked in the window,
+  counted in ``stats["missing_slots"]``.
+* **Same slot twice.** The newer values overwrite per metric (a record carrying only some
+  metrics merges with the one already there), counted as ``duplicates``; the record is scored.
+* **Late / out-of-order.** A point older than the newest slot is inserted if its slot is at
+  most ``max_lateness`` slots back (default: the window length), and scored with the window
+  ending at its own slot (windows already emitted are not revised); counted as
+  ``late_inserted``. Older points are rejected with reason ``late_record`` and counted in
+  ``late_dropped``. In ``"rows"`` mode an out-of-order timestamp is only counted.
+* **Warm-up and sparse windows.** A point gets a window when at least ``min_observed`` of the
+  window's W slots are observed (slots before the entity's first point count as missing);
+  otherwise it only updates the state (counted in ``sparse``; points waiting for the grid to
+  be inferred in ``pending``).
+* **Bounded state.** At most ``max_entities`` entities are kept, least recently seen evicted
+  first (counted in ``evicted``); each holds ``window + max_lateness`` slots.
+
+``normalize=False`` passes values through unscaled (for metrics already on a common scale).
+
+The state is plain data: `snapshot()` gives a JSON-safe dict and `restore()` takes it back, so
+a daemon can persist it and resume after a restart with identical windows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vaeguard.errors import ConfigError, DataError
+from vaeguard.timeseries.conditions import TimeConditions, to_epoch_seconds
+from vaeguard.timeseries.normalization import OnlineScaler
+
+STATE_FORMAT = "vaeguard-window-state"
+STATE_VERSION = 1
+#: Scaled inputs are clipped to ±this many σ so an absurd but finite value stays finite in float32.
+CLIP_SIGMAS = 1e6
+
+# Rejection reasons; the first four match the daemon's dead-letter codes (vaeguard.daemon.records.Reason).
+MISSING_FEATURE = "missing_feature"
+NON_NUMERIC = "non_numeric_feature"
+NON_FINITE = "non_finite"
+INVALID_FIELD = "invalid_field"
+LATE_RECORD = "late_record"
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How records become windows; the same spec must be used to train and to score."""
+
+    window: int = 32
+    metrics: tuple[str, ...] = ("value",)
+    conditions: tuple[str, ...] = ()
+    interval: float | str = "auto"
+    max_lateness: int | None = None
+    min_observed: float = 0.5
+    max_entities: int = 10_000
+    entity_field: str = "key"
+    time_field: str = "ts"
+    infer_points: int = 8
+    normalize: bool = True
+    norm_memory: int = 5000
+    norm_clip: float = 5.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "conditions", tuple(self.conditions))
+        if self.window < 2:
+            raise ConfigError(f"window: must be at least 2, got {self.window}")
+        if not self.metrics:
+            raise ConfigError("metrics: name at least one metric")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ConfigError("metrics: names must be unique")
+        if isinstance(self.interval, str):
+            if self.interval not in ("auto", "rows"):
+                raise ConfigError(f"interval: 'auto', 'rows' or seconds > 0, got {self.interval!r}")
+        elif not (isinstance(self.interval, int | float) and self.interval > 0):
+            raise ConfigError(f"interval: 'auto', 'rows' or seconds > 0, got {self.interval!r}")
+        if self.max_lateness is not None and self.max_lateness < 0:
+            raise ConfigError("max_lateness: must be >= 0 slots")
+        if not 0.0 < self.min_observed <= 1.0:
+            raise ConfigError("min_observed: must be in (0, 1]")
+        if self.max_entities < 1:
+            raise ConfigError("max_entities: must be at least 1")
+        if self.infer_points < 2:
+            raise ConfigError("infer_points: must be at least 2")
+        TimeConditions(self.conditions)  # validates the names
+
+    @property
+    def lateness(self) -> int:
+        return self.window if self.max_lateness is None else int(self.max_lateness)
+
+    @property
+    def capacity(self) -> int:
+        """Slots kept per entity: the window plus how far back a late point may land."""
+        return self.window + self.lateness
+
+    @property
+    def n_features(self) -> int:
+        return self.window * len(self.metrics)
+
+    @property
+    def feature_names(self) -> list[str]:
+        w = self.window
+        return [f"{m}[t-{w - 1 - j}]" if j < w - 1 else f"{m}[t]" for m in self.metrics for j in range(w)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["metrics"] = list(self.metrics)
+        d["conditions"] = list(self.conditions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WindowSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"window spec: unknown field(s) {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+@dataclass
+class Rejection:
+    """A record that cannot enter the state (same fields as the daemon's featurizer rejections)."""
+
+    index: int
+    reason: str
+    error_class: str
+    detail: str
+
+
+@dataclass
+class WindowBatch:
+    """Model input for the records of a batch that have a window.
+
+    ``x`` (rows × W·M, scale-free, missing slots 0), ``mask`` (1 = observed), ``c`` (time
+    conditions or None), ``keep`` (index of the record each row reports on), ``entities`` and
+    ``ts`` (epoch seconds) of each row, and the records that were refused.
+    """
+
+    x: np.ndarray
+    mask: np.ndarray
+    c: np.ndarray | None
+    keep: np.ndarray
+    entities: list[str]
+    ts: np.ndarray
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.keep.shape[0])
+
+
+class _Entity:
+    """Grid, ring buffer of raw values (NaN = missing) and scaler of one entity."""
+
+    __slots__ = ("buf", "end", "interval", "last_ts", "origin", "pending", "scaler")
+
+    def __init__(self, spec: WindowSpec):
+        self.buf = np.full((spec.capacity, len(spec.metrics)), np.nan)
+        self.end = -1  # newest slot
+        self.origin: float | None = None
+        self.interval: float | None = None if spec.interval == "auto" else (
+            None if spec.interval == "rows" else float(spec.interval)
+        )
+        self.last_ts = -math.inf
+        self.pending: list[tuple[float, list[float]]] = []
+        self.scaler = OnlineScaler(len(spec.metrics), spec.norm_memory, spec.norm_clip)
+
+
+class WindowFeaturizer:
+    """Per-entity windows for a stream of records; see the module docstring for the policy."""
+
+    STAT_NAMES = (
+        "points",
+        "windows",
+        "pending",
+        "sparse",
+        "missing_slots",
+        "duplicates",
+        "late_inserted",
+        "late_dropped",
+        "out_of_order",
+        "evicted",
+        "rejected",
+    )
+
+    def __init__(self, spec: WindowSpec | None = None, **kwargs):
+        self.spec = spec if spec is not None else WindowSpec(**kwargs)
+        self.time_conditions = TimeConditions(self.spec.conditions)
+        self._entities: OrderedDict[str, _Entity] = OrderedDict()
+        self.stats = dict.fromkeys(self.STAT_NAMES, 0)
+
+    # -- the daemon's call ---------------------------------------------------------------------
+
+    def update_and_featurize(self, records: Sequence[dict[str, Any]]) -> WindowBatch:
+        """Feed a batch of decoded records (in arrival order) and return the windows they close."""
+        spec = self.spec
+        rows: list[np.ndarray] = []
+        keep: list[int] = []
+        ents: list[str] = []
+        stamps: list[float] = []
+        rejected: list[Rejection] = []
+        for i, record in enumerate(records):
+            parsed = self._parse(i, record)
+            if isinstance(parsed, Rejection):
+                rejected.append(parsed)
+                continue
+            key, t, values = parsed
+            window = self._push(key, t, values)
+            if isinstance(window, Rejection):
+                window.index = i
+                rejected.append(window)
+            elif window is not None:
+                rows.append(window)
+                keep.append(i)
+                ents.append(key)
+                stamps.append(t)
+        self.stats["rejected"] += len(rejected)
+        self.stats["windows"] += len(rows)
+        d = spec.n_features
+        raw = np.stack(rows) if rows else np.zeros((0, d))
+        mask = np.isfinite(raw)
+        x = np.where(mask, np.clip(raw, -CLIP_SIGMAS, CLIP_SIGMAS), 0.0).astype("float32")
+        ts = np.asarray(stamps, dtype="float64")
+        c = self.time_conditions.encode(ts) if self.time_conditions.width else None
+        return WindowBatch(
+            x=x,
+            mask=mask.astype("float32"),
+            c=c,
+            keep=np.asarray(keep, dtype="int64"),
+            entities=ents,
+            ts=ts,
+            rejected=rejected,
+        )
+
+    # -- parsing -------------------------------------------------------------------------------
+
+    def _parse(self, i: int, record: Any):
+        spec = self.spec
+        if not isinstance(record, dict):
+            return Rejection(i, INVALID_FIELD, "TypeError", "record is not a JSON object")
+        key = record.get(spec.entity_field)
+        key = "" if key is None else (key if isinstance(key, str) else json.dumps(key, sort_keys=True))
+        if record.get(spec.time_field) is None:
+            return Rejection(i, MISSING_FEATURE, "KeyError", f"timestamp {spec.time_field!r} is missing")
+        try:
+            t = to_epoch_seconds(record[spec.time_field])
+        except DataError as exc:
+            return Rejection(i, INVALID_FIELD, "ValueError", f"{spec.time_field!r}: {exc}")
+        values: list[float] = []
+        for name in spec.metrics:
+            value = record.get(name)
+            if value is None:
+                values.append(math.nan)
+                continue
+            try:
+                if isinstance(value, bool) or not isinstance(value, int | float | str):
+                    raise TypeError
+                number = float(value)
+            except (TypeError, ValueError):
+                text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                return Rejection(i, NON_NUMERIC, "TypeError", f"metric {name!r} is not a number: {text}")
+            except OverflowError:
+                number = math.inf
+            if math.isinf(number):
+                return Rejection(i, NON_FINITE, "ValueError", f"metric {name!r} is {number} (±inf is not allowed)")
+            values.append(number)  # NaN is a missing point, like null
+        if all(math.isnan(v) for v in values):
+            return Rejection(i, MISSING_FEATURE, "KeyError", f"none of the metrics {', '.join(spec.metrics)} is present")
+        return key, t, values
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _entity(self, key: str) -> _Entity:
+        entity = self._entities.get(key)
+        if entity is not None:
+            self._entities.move_to_end(key)
+            return entity
+        if len(self._entities) >= self.spec.max_entities:
+            self._entities.popitem(last=False)
+            self.stats["evicted"] += 1
+        entity = _Entity(self.spec)
+        self._entities[key] = entity
+        return entity
+
+    def _push(self, key: str, t: float, values: list[float]):
+        """Put one point into its entity's grid; return its window, a Rejection, or None."""
+        spec = self.spec
+        entity = self._entity(key)
+        self.stats["points"] += 1
+        if t < entity.last_ts:
+            self.stats["out_of_order"] += 1
+        if spec.interval == "rows":
+            entity.last_ts = max(entity.last_ts, t)
+            return self._place(entity, entity.end + 1, values, emit=True)
+        if entity.origin is None and entity.interval is not None:
+            entity.origin = t  # a configured grid starts at the entity's first point
+        if entity.origin is None:
+            entity.pending.append((t, values))
+            entity.last_ts = max(entity.last_ts, t)
+            self.stats["pending"] += 1
+            self._start_grid(entity)
+            return None
+        entity.last_ts = max(entity.last_ts, t)
+        k = int(round((t - entity.origin) / entity.interval))
+        if k < entity.end - spec.lateness:
+            self.stats["late_dropped"] += 1
+            return Rejection(
+                -1,
+                LATE_RECORD,
+                "ValueError",
+                f"timestamp {t:.0f} is {entity.end - k} slots behind the newest point of entity "
+                f"{key!r} (at most {spec.lateness} allowed)",
+            )
+        return self._place(entity, k, values, emit=True)
+
+    def _start_grid(self, entity: _Entity) -> None:
+        """Once enough points are pending, infer the interval, fix the grid and replay them."""
+        if len(entity.pending) < self.spec.infer_points:
+            return
+        stamps = np.unique(np.array([p[0] for p in entity.pending]))
+        gaps = np.diff(stamps)
+        gaps = gaps[gaps > 0]
+        if gaps.size == 0:
+            return
+        entity.interval = float(np.median(gaps))
+        pending = sorted(entity.pending, key=lambda p: p[0])
+        entity.pending = []
+        entity.origin = pending[0][0]
+        for t, values in pending:
+            k = int(round((t - entity.origin) / entity.interval))
+            self._place(entity, k, values, emit=False)
+
+    def _place(self, entity: _Entity, k: int, values: list[float], *, emit: bool):
+        spec = self.spec
+        cap = spec.capacity
+        v = np.asarray(values, dtype="float64")
+        if k > entity.end:
+            skipped = min(k - entity.end - 1, cap) if entity.end >= 0 else 0
+            if skipped:
+                self.stats["missing_slots"] += k - entity.end - 1
+                idx = np.arange(entity.end + 1, entity.end + 1 + skipped) % cap
+                entity.buf[idx] = np.nan
+            if k - entity.end - 1 >= cap:
+                entity.buf[:] = np.nan
+            entity.buf[k % cap] = v
+            entity.end = k
+        else:
+            slot = entity.buf[k % cap]
+            if np.isfinite(slot).any():
+                self.stats["duplicates"] += 1
+            else:
+                self.stats["late_inserted"] += 1
+            entity.buf[k % cap] = np.where(np.isnan(v), slot, v)
+        window = None
+        if emit:
+            window = self._window(entity, k)
+        entity.scaler.update(v)
+        return window
+
+    def _window(self, entity: _Entity, k: int) -> np.ndarray | None:
+        """Scaled window ending at slot k (flattened metric-major), or None if not scorable."""
+        spec = self.spec
+        w = spec.window
+        idx = np.arange(k - w + 1, k + 1) % spec.capacity
+        raw = entity.buf[idx]  # (W, M)
+        observed = np.isfinite(raw)
+        if observed.mean() < spec.min_observed:
+            self.stats["sparse"] += 1
+            return None
+        if spec.normalize:
+            raw = entity.scaler.transform(raw)
+        return raw.T.reshape(-1)
+
+    # -- snapshot / restore --------------------------------------------------------------------
+
+    @property
+    def n_entities(self) -> int:
+        return len(self._entities)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as a JSON-safe dict (NaN → null), entities in LRU order."""
+        cap = self.spec.capacity
+        entities = []
+        for key, e in self._entities.items():
+            recent = None
+            if e.end >= 0:
+                idx = np.arange(e.end - cap + 1, e.end + 1) % cap
+                recent = _nan_to_none(e.buf[idx])
+            entities.append(
+                {
+                    "key": key,
+                    "origin": e.origin,
+                    "interval": e.interval,
+                    "end": e.end,
+                    "last_ts": None if math.isinf(e.last_ts) else e.last_ts,
+                    "recent": recent,
+                    "pending": [[t, _nan_to_none(np.asarray(v))] for t, v in e.pending],
+                    "scaler": e.scaler.to_dict(),
+                }
+            )
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "spec": self.spec.to_dict(),
+            "stats": dict(self.stats),
+            "entities": entities,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.snapshot(), allow_nan=False, separators=(",", ":"))
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> WindowFeaturizer:
+        """A featurizer continuing exactly where `snapshot()` left off."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise DataError("not a window-state snapshot (format field missing or wrong)")
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"window-state version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
+        try:
+            featurizer = cls(WindowSpec.from_dict(state["spec"]))
+            spec = featurizer.spec
+            cap = spec.capacity
+            for name in cls.STAT_NAMES:
+                featurizer.stats[name] = int(state["stats"].get(name, 0))
+            for item in state["entities"]:
+                e = _Entity(spec)
+                e.origin = item["origin"]
+                e.interval = item["interval"]
+                e.end = int(item["end"])
+                e.last_ts = -math.inf if item["last_ts"] is None else float(item["last_ts"])
+                if item["recent"] is not None:
+                    recent = _none_to_nan(item["recent"], (cap, len(spec.metrics)))
+                    e.buf[np.arange(e.end - cap + 1, e.end + 1) % cap] = recent
+                e.pending = [(float(t), list(_none_to_nan(v, (len(spec.metrics),)))) for t, v in item["pending"]]
+                e.scaler.load_dict(item["scaler"])
+                featurizer._entities[str(item["key"])] = e
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"window-state snapshot is corrupt: {exc}") from None
+        return featurizer
+
+    @classmethod
+    def from_json(cls, text: str) -> WindowFeaturizer:
+        try:
+            state = json.loads(text)
+        except ValueError as exc:
+            raise DataError(f"window-state snapshot is not JSON: {exc}") from None
+        return cls.restore(state)
+
+
+def _nan_to_none(a: np.ndarray) -> list:
+    return np.where(np.isnan(a), None, a).tolist()
+
+
+def _none_to_nan(items: Any, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.array(items, dtype=object)
+    arr = np.where(arr == None, np.nan, arr).astype("float64")  # noqa: E711 (elementwise)
+    if arr.shape != shape:
+        raise ValueError(f"expected shape {shape}, got {arr.shape}")
+    return arr

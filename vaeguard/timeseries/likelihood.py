@@ -1,0 +1,268 @@
+"""Raw window scores → a [0, 1] anomaly likelihood: how unusual the recent scores are.
+
+After Numenta's anomaly likelihood (Ahmad et al., 2017): a raw score alone is hard to
+threshold, because what is "high" differs between entities and drifts with the model. So each
+entity keeps a bounded history of its own raw scores; the likelihood of a point is the
+Gaussian probability that the mean of the last ``short`` scores falls below what that history
+says is usual: ``Φ((mean_short − μ) / σ)``, μ and σ estimated from moving averages of the
+history (robustly, by median and MAD, unless ``robust=False``), refreshed every ``refresh``
+points. Until an entity has ``min_history`` scores the likelihood is 0 (no opinion yet).
+
+``output="log"`` maps the likelihood L to ``−log10(1 − L) / 10`` (Numenta's log likelihood),
+which spreads the interesting region 0.99 … 0.9999999999 over [0.2, 1]. ``refractory`` (> 0)
+keeps an alarm from repeating: after a point at or above ``alarm`` the next ``refractory``
+points of that entity are capped just below it, so one incident reads as one alert.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from vaeguard.errors import ConfigError, DataError
+
+STATE_FORMAT = "vaeguard-likelihood-state"
+STATE_VERSION = 1
+_MAD_TO_SIGMA = 1.4826
+_LOG_FLOOR = 1e-10
+
+
+@dataclass(frozen=True)
+class LikelihoodSpec:
+    """Parameters of the likelihood post-processing (the same for every entity)."""
+
+    estimator: str = "tail"  # "tail" | "gaussian"
+    short: int = 10
+    history: int = 2000
+    min_history: int = 100
+    refresh: int = 25
+    robust: bool = False
+    tail_quantile: float = 0.95
+    min_std: float = 0.1
+    output: str = "log"  # "log" | "linear"
+    decades: float = 10.0
+    suppress: int = 0
+    max_entities: int = 10_000
+
+    def __post_init__(self):
+        if self.estimator not in ("tail", "gaussian"):
+            raise ConfigError(f"estimator: 'tail' or 'gaussian', got {self.estimator!r}")
+        if self.short < 1:
+            raise ConfigError("short: must be at least 1")
+        if self.history < max(self.short, 2):
+            raise ConfigError("history: must be at least max(short, 2)")
+        if not 1 <= self.min_history <= self.history:
+            raise ConfigError("min_history: must be between 1 and history")
+        if self.refresh < 1:
+            raise ConfigError("refresh: must be at least 1")
+        if not 0.5 <= self.tail_quantile < 1.0:
+            raise ConfigError("tail_quantile: must be in [0.5, 1)")
+        if self.min_std <= 0:
+            raise ConfigError("min_std: must be > 0")
+        if self.output not in ("log", "linear"):
+            raise ConfigError(f"output: 'log' or 'linear', got {self.output!r}")
+        if self.decades <= 0:
+            raise ConfigError("decades: must be > 0")
+        if self.suppress < 0:
+            raise ConfigError("suppress: must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LikelihoodSpec:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"likelihood spec: unknown field(s) {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class _History:
+    __slots__ = ("averages", "count", "dropped", "fit", "peaks", "recent", "since_refresh")
+
+    def __init__(self, spec: LikelihoodSpec):
+        self.recent: deque[float] = deque(maxlen=spec.short)
+        self.averages: deque[float] = deque(maxlen=spec.history)
+        self.fit: tuple | None = None  # the estimator's parameters, refreshed periodically
+        self.since_refresh = 0
+        self.dropped: list[float] = []  # averages that left the history since the last refresh
+        self.count = 0  # points seen (ages the entries of `peaks`)
+        self.peaks: deque[tuple[int, float]] = deque()  # sliding max of the last `suppress` outputs
+
+
+def log10_normal_tail(z: float) -> float:
+    """log10 P(Z > z) for a standard normal, accurate far into the tail."""
+    if z < 5.0:
+        return math.log10(max(0.5 * math.erfc(z / math.sqrt(2.0)), 1e-300))
+    # Mills ratio: P(Z > z) ≈ φ(z) / z · (1 − 1/z²)
+    log_tail = -0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi)) + math.log1p(-1.0 / (z * z))
+    return log_tail / math.log(10.0)
+
+
+class AnomalyLikelihood:
+    """Per-entity post-processing of raw scores into [0, 1]; bounded, snapshot-able state."""
+
+    def __init__(self, spec: LikelihoodSpec | None = None, **kwargs):
+        self.spec = spec if spec is not None else LikelihoodSpec(**kwargs)
+        self._state: OrderedDict[str, _History] = OrderedDict()
+        self.evicted = 0
+
+    def _history(self, key: str) -> _History:
+        h = self._state.get(key)
+        if h is not None:
+            self._state.move_to_end(key)
+            return h
+        if len(self._state) >= self.spec.max_entities:
+            self._state.popitem(last=False)
+            self.evicted += 1
+        h = _History(self.spec)
+        self._state[key] = h
+        return h
+
+    def _refresh(self, h: _History, values: np.ndarray | None = None) -> None:
+        """Re-estimate what is usual for this entity from its history of averaged scores."""
+        spec = self.spec
+        if values is None:
+            values = np.fromiter(h.averages, dtype="float64", count=len(h.averages))
+        values = np.sort(values)
+        if spec.estimator == "gaussian":
+            if spec.robust:
+                center = float(np.median(values))
+                spread = _MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
+            else:
+                center, spread = float(values.mean()), float(values.std())
+            h.fit = (center, max(spread, spec.min_std))
+        else:
+            n = values.shape[0]
+            u = float(values[int(spec.tail_quantile * (n - 1))])
+            above = values[values > u] - u
+            beta = float(above.mean()) if above.size else 0.0
+            beta = max(beta, spec.min_std)
+            log10_pu = math.log10((n - int(np.searchsorted(values, u, side="left")) + 1) / (n + 1))
+            h.fit = (values, u, beta, log10_pu)
+        h.since_refresh = 0
+        h.dropped = []
+
+    def _log10_tail(self, h: _History, average: float) -> float:
+        """log10 of the probability of an average at least this high, under the history."""
+        if self.spec.estimator == "gaussian":
+            center, spread = h.fit
+            return log10_normal_tail((average - center) / spread)
+        values, u, beta, log10_pu = h.fit
+        if average <= u:
+            n = values.shape[0]
+            return math.log10((n - int(np.searchsorted(values, average, side="left")) + 1) / (n + 1))
+        return log10_pu - (average - u) / (beta * math.log(10.0))
+
+    def update(self, key: str, score: float) -> float:
+        """Feed one raw score of an entity and return its likelihood output in [0, 1]."""
+        spec = self.spec
+        h = self._history(key)
+        if not math.isfinite(score):
+            score = 1e30 if score > 0 else (h.recent[-1] if h.recent else 0.0)
+        h.recent.append(float(score))
+        average = sum(h.recent) / len(h.recent)
+        log10_tail = 0.0
+        if len(h.averages) >= spec.min_history:
+            if h.fit is None or h.since_refresh >= spec.refresh:
+                self._refresh(h)
+            log10_tail = min(self._log10_tail(h, average), 0.0)
+        if h.fit is not None and len(h.averages) == spec.history:
+            h.dropped.append(h.averages[0])
+        h.averages.append(average)
+        h.since_refresh += 1
+        out = self._output(log10_tail)
+        if spec.suppress:
+            out = self._suppress(h, out)
+        return out
+
+    def _suppress(self, h: _History, out: float) -> float:
+        """0 unless `out` beats every output of the entity's last `suppress` points."""
+        peaks = h.peaks
+        while peaks and peaks[0][0] <= h.count - self.spec.suppress:
+            peaks.popleft()
+        recent_max = peaks[0][1] if peaks else 0.0
+        while peaks and peaks[-1][1] <= out:
+            peaks.pop()
+        peaks.append((h.count, out))
+        h.count += 1
+        return out if out > recent_max else 0.0
+
+    def _output(self, log10_tail: float) -> float:
+        if self.spec.output == "linear":
+            return 1.0 - 10.0**log10_tail
+        return min(1.0, -log10_tail / self.spec.decades)
+
+    def update_many(self, keys: Sequence[str], scores: Iterable[float]) -> np.ndarray:
+        """`update` for a batch in arrival order (entities may interleave)."""
+        return np.array([self.update(k, float(s)) for k, s in zip(keys, scores, strict=True)], dtype="float64")
+
+    def reseed(self, key: str, past_scores: Iterable[float]) -> None:
+        """Replace an entity's history with these past raw scores (e.g. after a model swap).
+
+        Raw scores of a new model are not comparable with the old model's, so the history is
+        rebuilt from the new model's scores of recent past windows; the suppression state stays.
+        """
+        h = self._history(key)
+        fresh = _History(self.spec)
+        fresh.count, fresh.peaks = h.count, h.peaks
+        for s in past_scores:
+            s = float(s) if math.isfinite(s) else 1e30
+            fresh.recent.append(s)
+            fresh.averages.append(sum(fresh.recent) / len(fresh.recent))
+        self._state[key] = fresh
+
+    # -- snapshot / restore --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "spec": self.spec.to_dict(),
+            "evicted": self.evicted,
+            "entities": [
+                {
+                    "key": key,
+                    "recent": list(h.recent),
+                    "averages": list(h.averages),
+                    "since_refresh": h.since_refresh if h.fit is not None else None,
+                    "dropped": list(h.dropped),
+                    "count": h.count,
+                    "peaks": [list(p) for p in h.peaks],
+                }
+                for key, h in self._state.items()
+            ],
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> AnomalyLikelihood:
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise DataError("not a likelihood-state snapshot (format field missing or wrong)")
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"likelihood-state version {state.get('version')!r} is not supported")
+        try:
+            out = cls(LikelihoodSpec.from_dict(state["spec"]))
+            out.evicted = int(state.get("evicted", 0))
+            for item in state["entities"]:
+                h = _History(out.spec)
+                h.recent.extend(float(v) for v in item["recent"])
+                h.averages.extend(float(v) for v in item["averages"])
+                if item["since_refresh"] is not None:
+                    # Rebuild the estimate exactly as it was: the history at the last refresh is
+                    # what has left it since, then all but the points added after.
+                    lag = int(item["since_refresh"])
+                    kept = list(h.averages)[: len(h.averages) - lag]
+                    out._refresh(h, np.asarray([float(v) for v in item["dropped"]] + kept))
+                    h.since_refresh = lag
+                    h.dropped = [float(v) for v in item["dropped"]]
+                h.count = int(item["count"])
+                h.peaks.extend((int(i), float(v)) for i, v in item["peaks"])
+                out._state[str(item["key"])] = h
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"likelihood-state snapshot is corrupt: {exc}") from None
+        return out

@@ -28,4 +28,14 @@ def import_keras():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    _quiet_tensorflow_logger()
     return keras
+
+
+def _quiet_tensorflow_logger() -> None:
+    """TensorFlow's Python logger warns about retracing each time a model is loaded and warmed
+    (every batch-size bucket traces once, by design); keep only its errors."""
+    if "tensorflow" in sys.modules and not os.environ.get("VAEGUARD_TF_VERBOSE"):
+        import logging
+
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)

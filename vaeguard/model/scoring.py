@@ -64,8 +64,10 @@ def reconstruction_terms(model, x, c, mask, epsilon):
     if mask is not None:
         nll = nll * ops.expand_dims(mask, 0)
     log_p = -ops.sum(nll, axis=-1)  # (L, n)
-    log_p_hat = ops.logsumexp(log_p, axis=0) - ops.log(ops.cast(n_draws, log_p.dtype))
-    weights = ops.expand_dims(ops.softmax(log_p, axis=0), -1)  # (L, n, 1)
+    log_sum = ops.logsumexp(log_p, axis=0)
+    log_p_hat = log_sum - ops.log(ops.cast(n_draws, log_p.dtype))
+    # softmax over the draws, spelled out: keras.ops.softmax warns when L = 1.
+    weights = ops.expand_dims(ops.exp(log_p - log_sum), -1)  # (L, n, 1)
     return -log_p_hat, ops.sum(weights * nll, axis=0), ops.sum(weights * mean, axis=0)
 
 

@@ -50,7 +50,9 @@ class InstalledPlugins:
 def _installed(module: str, entry_point: str) -> bool:
     if importlib.util.find_spec(module) is None:
         return False
-    return any(ep.name == entry_point for ep in importlib.metadata.entry_points(group="vaeguard.sinks"))
+    return any(
+        ep.name == entry_point for ep in importlib.metadata.entry_points(group="vaeguard.sinks")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +66,11 @@ def sink_plugins(tmp_path_factory) -> InstalledPlugins:
     copies = []
     for d in missing:
         copy = sources / d.replace("/", "-")
-        shutil.copytree(ROOT / d, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "tests", "__pycache__"))
+        shutil.copytree(
+            ROOT / d,
+            copy,
+            ignore=shutil.ignore_patterns("build", "*.egg-info", "tests", "__pycache__"),
+        )
         copies.append(str(copy))
     command = [
         sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",

@@ -28,7 +28,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import odds  # noqa: E402
+import odds
 
 LS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -74,11 +74,15 @@ def main(argv=None) -> int:
         print(f"  {name}: " + " ".join(f"L={L}:{roc[L][-1]:.3f}" for L in LS), file=sys.stderr)
 
     print(f"Sets: {', '.join(sets)}; split seed {args.seed}; {args.draw_sets} draw sets per L.\n")
-    print("| L | mean ROC-AUC | score noise (σ across draws / σ across rows) | Spearman between draw sets | rows/s at batch 4096 |")
+    print(
+        "| L | mean ROC-AUC | score noise (σ across draws / σ across rows) | Spearman between draw sets | rows/s at batch 4096 |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for L in LS:
         rate = f"{speed[L]:,.0f}" if L in speed else ""
-        print(f"| {L} | {np.mean(roc[L]):.4f} | {np.mean(noise[L]):.4f} | {np.mean(rank[L]):.4f} | {rate} |")
+        print(
+            f"| {L} | {np.mean(roc[L]):.4f} | {np.mean(noise[L]):.4f} | {np.mean(rank[L]):.4f} | {rate} |"
+        )
     return 0
 
 

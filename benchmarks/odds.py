@@ -25,6 +25,7 @@ scikit-learn).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -77,7 +78,7 @@ def split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """60% of the normal rows train; the other normal rows and every anomaly test."""
     rng = np.random.default_rng(seed)
     normal = rng.permutation(np.flatnonzero(y == 0))
-    n_train = int(round(TRAIN_SHARE * len(normal)))
+    n_train = round(TRAIN_SHARE * len(normal))
     train = np.sort(normal[:n_train])
     test = np.sort(np.concatenate([normal[n_train:], np.flatnonzero(y == 1)]))
     return train, test
@@ -215,7 +216,9 @@ def measure_throughput(ours, peer, x_pool: np.ndarray, min_seconds: float) -> li
     for size in BATCH_SIZES:
         batch = x_pool[rng.integers(0, len(x_pool), size=size)]
         row: dict[str, Any] = {"batch_size": size}
-        row["vaeguard_decision_function"] = rows_per_second(ours.decision_function, batch, min_seconds)
+        row["vaeguard_decision_function"] = rows_per_second(
+            ours.decision_function, batch, min_seconds
+        )
         row["vaeguard_score_matrix"] = rows_per_second(
             lambda b: ours.score_matrix(b), batch, min_seconds
         )
@@ -230,7 +233,9 @@ def measure_throughput(ours, peer, x_pool: np.ndarray, min_seconds: float) -> li
 def run(args) -> Results:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    results = Results(list(args.sets), list(args.seeds), list(args.detectors), dict(args.vae_params))
+    results = Results(
+        list(args.sets), list(args.seeds), list(args.detectors), dict(args.vae_params)
+    )
     results.versions = versions()
     started = time.perf_counter()
     throughput_set = args.throughput_set or max(args.sets, key=lambda s: load_set(s)[0].shape[0])
@@ -267,7 +272,11 @@ def run(args) -> Results:
                     attribution = planted_hit_rate(det, x[train], x[normal_test], seed)
                     attribution.dataset = name
                     results.attribution.append(attribution)
-                if name == throughput_set and seed == args.seeds[0] and det_name in ("vaeguard", "pyod_vae"):
+                if (
+                    name == throughput_set
+                    and seed == args.seeds[0]
+                    and det_name in ("vaeguard", "pyod_vae")
+                ):
                     kept[det_name] = det
                     kept["x_test"] = x[test]
     if not args.no_throughput and "vaeguard" in kept:
@@ -284,10 +293,8 @@ def versions() -> dict[str, str]:
 
     out = {}
     for dist in ("vaeguard", "keras", "tensorflow", "pyod", "torch", "scikit-learn", "numpy"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -306,11 +313,15 @@ def summary(results: Results) -> dict[str, dict[str, dict[str, float]]]:
         out[metric] = {}
         for det in results.detectors:
             per_set = {
-                s: _mean(getattr(r, metric) for r in results.runs if r.detector == det and r.dataset == s)
+                s: _mean(
+                    getattr(r, metric) for r in results.runs if r.detector == det and r.dataset == s
+                )
                 for s in results.sets
             }
             per_set["mean"] = _mean(per_set.values())
-            per_set["total"] = float(sum(getattr(r, metric) for r in results.runs if r.detector == det))
+            per_set["total"] = float(
+                sum(getattr(r, metric) for r in results.runs if r.detector == det)
+            )
             out[metric][det] = per_set
     return out
 
@@ -334,7 +345,12 @@ def markdown(results: Results) -> str:
             label = f"**{name}**" if name == "mean" else name
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["### Time (seconds per fit / per scoring of the test part, mean over seeds)", "", head, rule]
+    lines += [
+        "### Time (seconds per fit / per scoring of the test part, mean over seeds)",
+        "",
+        head,
+        rule,
+    ]
     for name in [*results.sets, "total"]:
         cells = []
         for d in dets:
@@ -366,7 +382,10 @@ def markdown(results: Results) -> str:
             "| set | rows | vaeguard `explain` | peer: largest \\|z-score\\| | constant features skipped |",
             "|---|---:|---:|---:|---:|",
         ]
-        rate = lambda items, key: sum(getattr(a, key) for a in items) / max(sum(a.rows for a in items), 1)  # noqa: E731
+
+        def rate(items, key):
+            return sum(getattr(a, key) for a in items) / max(sum(a.rows for a in items), 1)
+
         for name in results.sets:
             items = [a for a in results.attribution if a.dataset == name]
             skipped = max((a.skipped_constant_features for a in items), default=0)
@@ -396,16 +415,34 @@ def to_json(results: Results) -> dict[str, Any]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sets", default=",".join(SETS), help="comma-separated ODDS sets (default: all eleven)")
+    p.add_argument(
+        "--sets", default=",".join(SETS), help="comma-separated ODDS sets (default: all eleven)"
+    )
     p.add_argument("--seeds", default="0,1", help="comma-separated split seeds (default: 0,1)")
-    p.add_argument("--detectors", default=",".join(DETECTORS), help=f"comma-separated, from {', '.join(DETECTORS)}")
-    p.add_argument("--vae-params", default="{}", help='JSON overrides for VAEDetector, e.g. \'{"latent_dim": 4}\'')
+    p.add_argument(
+        "--detectors",
+        default=",".join(DETECTORS),
+        help=f"comma-separated, from {', '.join(DETECTORS)}",
+    )
+    p.add_argument(
+        "--vae-params",
+        default="{}",
+        help="JSON overrides for VAEDetector, e.g. '{\"latent_dim\": 4}'",
+    )
     p.add_argument("--json", dest="json_path", help="also write the results as JSON to this file")
-    p.add_argument("--throughput-set", help="set whose fitted models are timed (default: the largest selected)")
-    p.add_argument("--throughput-seconds", type=float, default=2.0, help="timing per batch size and detector")
+    p.add_argument(
+        "--throughput-set", help="set whose fitted models are timed (default: the largest selected)"
+    )
+    p.add_argument(
+        "--throughput-seconds", type=float, default=2.0, help="timing per batch size and detector"
+    )
     p.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
-    p.add_argument("--no-attribution", action="store_true", help="skip the planted-anomaly attribution test")
-    p.add_argument("-q", "--quiet", dest="verbose", action="store_false", help="no per-run progress on stderr")
+    p.add_argument(
+        "--no-attribution", action="store_true", help="skip the planted-anomaly attribution test"
+    )
+    p.add_argument(
+        "-q", "--quiet", dest="verbose", action="store_false", help="no per-run progress on stderr"
+    )
     args = p.parse_args(argv)
     args.sets = [s for s in args.sets.split(",") if s]
     unknown = sorted(set(args.sets) - set(SETS))

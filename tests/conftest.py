@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+
+from vaeguard.alerts.testing import wait_until
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -39,14 +40,10 @@ def wait_for(
     message: str = "condition",
 ):
     """Poll until condition() is truthy; fail the test with `message` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {message}")
-        time.sleep(interval)
+    try:
+        return wait_until(condition, timeout, message, interval=interval)
+    except AssertionError as exc:
+        pytest.fail(str(exc))
 
 
 def make_normal_data(n: int = 2000, seed: int = 0, n_features: int = 4) -> np.ndarray:

@@ -112,3 +112,14 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
+    """Create topics with the given partition counts (auto-creation would make them 1-partition)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, n, 1) for name, n in partitions.items()])
+    finally:
+        admin.close()

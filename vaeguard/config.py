@@ -9,6 +9,7 @@ validation failure into one `ConfigError` line that names the setting and where 
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from vaeguard.alerts.settings import AlertsSettings
 from vaeguard.errors import ConfigError
+from vaeguard.retrain.settings import RetrainSettings
 from vaeguard.severity import DEFAULT_BANDS, NORMAL
 
 ENV_PREFIX = "VAEGUARD_"
@@ -157,7 +159,9 @@ class KafkaSettings(_Section):
                     f"sasl_mechanism: security_protocol {self.security_protocol} needs one"
                 )
             if not self.sasl_plain_username or self.sasl_plain_password is None:
-                missing = "sasl_plain_username" if not self.sasl_plain_username else "sasl_plain_password"
+                missing = (
+                    "sasl_plain_username" if not self.sasl_plain_username else "sasl_plain_password"
+                )
                 raise ValueError(f"{missing}: sasl_mechanism {self.sasl_mechanism} needs it")
         return self
 
@@ -187,7 +191,8 @@ class KafkaSettings(_Section):
 class ModelSettings(_Section):
     """Which model scores the stream, and on which device."""
 
-    #: A model bundle directory (`vaeguard train` output).
+    #: A model bundle directory (`vaeguard train --out`) or a model registry
+    #: (`vaeguard train --registry`), whose CURRENT version the daemon follows.
     path: Path | None = None
     device: str = "auto"
     #: How often to check the model path for a new version (0 = never).
@@ -206,11 +211,17 @@ class ScoringSettings(_Section):
     """Batching (tuned by benchmarks/throughput.py), explanations and severity."""
 
     batch_max_records: int = Field(2000, ge=1, le=100_000)
-    batch_max_wait_ms: int = Field(50, ge=0, le=60_000)
+    batch_max_wait_ms: int = Field(20, ge=0, le=60_000)
     top_k: int = Field(3, ge=0)
     max_record_bytes: int = Field(262_144, ge=64)
     #: Severity name → minimum margin above the threshold, in nats (ascending, first is 0).
     severity_bands: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_BANDS))
+    #: Window-mode models: folder of the per-entity state snapshot (windows, online scalers,
+    #: likelihood histories), written before each commit and restored at start. None = memory
+    #: only (after a restart each entity fills its window again before it is scored).
+    state_dir: Path | None = None
+    #: Seconds between two saves of that state; offsets are committed with each save.
+    state_interval_s: float = Field(5.0, ge=0)
 
     @field_validator("severity_bands")
     @classmethod
@@ -220,7 +231,7 @@ class ScoringSettings(_Section):
         margins = list(v.values())
         if margins[0] != 0:
             raise ValueError("the first band must start at margin 0")
-        if any(b <= a for a, b in zip(margins, margins[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(margins)):
             raise ValueError("margins must increase strictly")
         if NORMAL in v:
             raise ValueError(f"{NORMAL!r} is implicit (at or below the threshold)")
@@ -268,6 +279,8 @@ class Settings(BaseSettings):
     #: Seconds SIGTERM / SIGINT may take to finish the in-flight batch, commit and close.
     shutdown_grace_s: float = Field(30.0, gt=0)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    #: Periodic retraining, drift-triggered retraining (model.path must be a registry).
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -320,7 +333,9 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections, not {type(data).__name__}"
+        )
     return data
 
 
@@ -398,7 +413,9 @@ def _describe_settings_error(exc: SettingsError) -> str:
     names = sorted(
         k
         for k in os.environ
-        if k.upper().startswith(ENV_PREFIX + ((field or "").upper() + ENV_DELIMITER if field else ""))
+        if k.upper().startswith(
+            ENV_PREFIX + ((field or "").upper() + ENV_DELIMITER if field else "")
+        )
     )
     where = f" (check {', '.join(names)})" if names else ""
     return f"invalid setting {field or '(environment)'}: a value from the environment is not valid JSON{where}"

@@ -191,7 +191,9 @@ class VAEDetector:
             condition_encoder = ConditionEncoder.fit(conditions, set(categorical or ()))
             overlap = set(condition_encoder.names) & set(names)
             if overlap:
-                raise DataError(f"column(s) used both as feature and condition: {', '.join(sorted(overlap))}")
+                raise DataError(
+                    f"column(s) used both as feature and condition: {', '.join(sorted(overlap))}"
+                )
         c_all = condition_encoder.transform(conditions) if conditions is not None else None
         if c_all is not None and c_all.shape[0] != n:
             raise DataError(f"conditions have {c_all.shape[0]} rows but the features have {n}")
@@ -200,7 +202,7 @@ class VAEDetector:
             keras.utils.set_random_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(n)
-        n_val = max(1, int(round(n * self.validation_fraction))) if self.validation_fraction > 0 else 0
+        n_val = max(1, round(n * self.validation_fraction)) if self.validation_fraction > 0 else 0
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
 
         scaler = RobustScaler.fit(x_raw)
@@ -218,10 +220,13 @@ class VAEDetector:
             max_log_var=self.max_log_var,
             seed=self.seed,
         )
-        if init_from is not None and init_from.model_ is not None:
-            if init_from.model_.get_config() == model.get_config() or _same_shapes(init_from.model_, model):
-                model.set_weights(init_from.model_.get_weights())
-                model.kl_weight.assign(self.beta)
+        warm = init_from is not None and init_from.model_ is not None
+        if warm and (
+            init_from.model_.get_config() == model.get_config()
+            or _same_shapes(init_from.model_, model)
+        ):
+            model.set_weights(init_from.model_.get_weights())
+            model.kl_weight.assign(self.beta)
         model.compile(optimizer=keras.optimizers.Adam(self.learning_rate))
 
         def inputs(idx):
@@ -262,22 +267,28 @@ class VAEDetector:
         calib_idx = val_idx if n_val else train_idx
         raw = self._raw_scores(x[calib_idx], None if c_all is None else c_all[calib_idx])
         self.baseline_ = np.median(raw.nll, axis=0)
-        self.threshold_ = calibrate(raw.score, self.threshold_method, target_fpr=self.target_fpr, risk=self.risk)
+        self.threshold_ = calibrate(
+            raw.score, self.threshold_method, target_fpr=self.target_fpr, risk=self.risk
+        )
         self.score_reference_ = np.quantile(raw.score, REFERENCE_LEVELS)
         self.training_info_ = {
             "rows": int(n),
-            "train_rows": int(len(train_idx)),
+            "train_rows": len(train_idx),
             "validation_rows": int(n_val),
             "epochs_run": len(history.epoch),
             "final": {k: vs[-1] for k, vs in self.history_.items()},
-            "best_val_loss": min(self.history_["val_loss"]) if "val_loss" in self.history_ else None,
+            "best_val_loss": min(self.history_["val_loss"])
+            if "val_loss" in self.history_
+            else None,
             "data_fingerprint": fingerprint(x_raw, c_all),
         }
         return self
 
     def _validate_params(self) -> None:
         if self.threshold_method not in ("quantile", "spot"):
-            raise ValueError(f"threshold_method must be 'quantile' or 'spot', got {self.threshold_method!r}")
+            raise ValueError(
+                f"threshold_method must be 'quantile' or 'spot', got {self.threshold_method!r}"
+            )
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("validation_fraction must be in [0, 1)")
         for name in ("latent_dim", "epochs", "batch_size", "mc_samples"):
@@ -290,7 +301,9 @@ class VAEDetector:
 
     def _check_fitted(self) -> None:
         if self.model_ is None:
-            raise NotFittedError("this VAEDetector is not fitted yet: call fit() or VAEDetector.load()")
+            raise NotFittedError(
+                "this VAEDetector is not fitted yet: call fit() or VAEDetector.load()"
+            )
 
     @property
     def scorer(self):
@@ -299,7 +312,9 @@ class VAEDetector:
         if getattr(self, "_scorer", None) is None:
             from vaeguard.model.scoring import Scorer
 
-            self._scorer = Scorer(self.model_, self.mc_samples, seed=0 if self.seed is None else self.seed)
+            self._scorer = Scorer(
+                self.model_, self.mc_samples, seed=0 if self.seed is None else self.seed
+            )
         return self._scorer
 
     def _raw_scores(self, x_scaled: np.ndarray, c: np.ndarray | None):
@@ -316,10 +331,14 @@ class VAEDetector:
         if self.conditions_.columns:
             source = conditions if conditions is not None else X
             if conditions is None and not hasattr(X, "columns") and not isinstance(X, dict | list):
-                raise DataError(f"this model is conditional: pass conditions for {', '.join(self.conditions_.names)}")
+                raise DataError(
+                    f"this model is conditional: pass conditions for {', '.join(self.conditions_.names)}"
+                )
             c = self.conditions_.transform(source)
             if c.shape[0] != x_raw.shape[0]:
-                raise DataError(f"conditions have {c.shape[0]} rows but the features have {x_raw.shape[0]}")
+                raise DataError(
+                    f"conditions have {c.shape[0]} rows but the features have {x_raw.shape[0]}"
+                )
         return x_raw, c
 
     def score_matrix(self, x_raw: np.ndarray, c: np.ndarray | None = None) -> ScoreResult:
@@ -370,7 +389,15 @@ class VAEDetector:
         self.threshold_ = Threshold(float(value), "manual", {}, 0)
         return self
 
-    def calibrate(self, X, conditions=None, *, method: str | None = None, target_fpr: float | None = None, risk: float | None = None) -> Threshold:
+    def calibrate(
+        self,
+        X,
+        conditions=None,
+        *,
+        method: str | None = None,
+        target_fpr: float | None = None,
+        risk: float | None = None,
+    ) -> Threshold:
         """Re-calibrate the threshold on fresh normal data (e.g. a larger held-out set)."""
         scores = self.score(X, conditions).scores
         self.threshold_ = calibrate(
@@ -391,9 +418,13 @@ class VAEDetector:
         x_raw, c = self.prepare(X, conditions)
         x = self.scaler_.transform(x_raw).astype("float32")
         z_mean, z_log_var = self.model_.encode(x, c)
-        return ops.convert_to_numpy(z_mean).astype("float64"), np.exp(0.5 * ops.convert_to_numpy(z_log_var)).astype("float64")
+        return ops.convert_to_numpy(z_mean).astype("float64"), np.exp(
+            0.5 * ops.convert_to_numpy(z_log_var)
+        ).astype("float64")
 
-    def decode(self, z, conditions=None, *, noise: bool = False, seed: int | None = None) -> np.ndarray:
+    def decode(
+        self, z, conditions=None, *, noise: bool = False, seed: int | None = None
+    ) -> np.ndarray:
         """Map latent points through the decoder alone, back to the user's units.
 
         With ``noise`` the output is a draw from p(x | z) rather than its mean.
@@ -411,7 +442,9 @@ class VAEDetector:
             mean = mean + std * rng.standard_normal(mean.shape)
         return self.scaler_.inverse_transform(mean)
 
-    def sample(self, n: int, conditions=None, *, noise: bool = True, seed: int | None = None) -> np.ndarray:
+    def sample(
+        self, n: int, conditions=None, *, noise: bool = True, seed: int | None = None
+    ) -> np.ndarray:
         """Generate n synthetic rows: z ~ N(0, I) through the decoder (and its noise)."""
         self._check_fitted()
         if n < 1:
@@ -433,8 +466,12 @@ class VAEDetector:
         if not self.conditions_.columns:
             return None
         if conditions is None:
-            raise DataError(f"this model is conditional: pass conditions for {', '.join(self.conditions_.names)}")
-        if isinstance(conditions, dict) and all(not isinstance(v, list | tuple | np.ndarray) for v in conditions.values()):
+            raise DataError(
+                f"this model is conditional: pass conditions for {', '.join(self.conditions_.names)}"
+            )
+        if isinstance(conditions, dict) and all(
+            not isinstance(v, list | tuple | np.ndarray) for v in conditions.values()
+        ):
             conditions = {k: [v] * n for k, v in conditions.items()}
         c = self.conditions_.transform(conditions)
         if c.shape[0] == 1 and n > 1:
@@ -482,7 +519,12 @@ def fit_inputs(train: dict, val: dict | None, *, batch_size: int, seed: int | No
 
     if keras.backend.backend() != "tensorflow":
         validation = None if val is None else (val,)
-        return {"x": train, "validation_data": validation, "batch_size": batch_size, "shuffle": True}
+        return {
+            "x": train,
+            "validation_data": validation,
+            "batch_size": batch_size,
+            "shuffle": True,
+        }
     import tensorflow as tf
 
     data = tf.data.Dataset.from_tensor_slices(train)
@@ -491,7 +533,11 @@ def fit_inputs(train: dict, val: dict | None, *, batch_size: int, seed: int | No
     if val is not None:
         validation = tf.data.Dataset.from_tensor_slices(val).batch(4096)
     # shuffle=False only tells Keras not to expect to shuffle: the pipeline reshuffles itself.
-    return {"x": data.batch(batch_size).prefetch(2), "validation_data": validation, "shuffle": False}
+    return {
+        "x": data.batch(batch_size).prefetch(2),
+        "validation_data": validation,
+        "shuffle": False,
+    }
 
 
 def _same_shapes(a, b) -> bool:

@@ -46,7 +46,9 @@ class RobustScaler:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RobustScaler:
-        return cls(np.asarray(d["center"], dtype="float64"), np.asarray(d["scale"], dtype="float64"))
+        return cls(
+            np.asarray(d["center"], dtype="float64"), np.asarray(d["scale"], dtype="float64")
+        )
 
 
 @dataclass
@@ -124,7 +126,12 @@ class ConditionEncoder:
                 values = numeric_column(data, name)
                 scaler = RobustScaler.fit(values.reshape(-1, 1))
                 columns.append(
-                    ConditionColumn(name, "numeric", center=float(scaler.center[0]), scale=float(scaler.scale[0]))
+                    ConditionColumn(
+                        name,
+                        "numeric",
+                        center=float(scaler.center[0]),
+                        scale=float(scaler.scale[0]),
+                    )
                 )
         return cls(columns)
 

@@ -26,6 +26,8 @@ class ScoredRecord:
     ``contributions`` lists the top features as dicts with ``feature``, ``observed``,
     ``expected``, ``contribution`` (excess nats) and ``share`` (of the positive excess).
     ``labels`` carries string fields of the input (conditions, tags) for alert routing.
+    ``anomaly_likelihood`` (window-mode models that configure one): how unusual the entity's
+    recent scores are against its own history, in [0, 1]; absent from the JSON when None.
     """
 
     key: str | None
@@ -38,9 +40,10 @@ class ScoredRecord:
     model_version: str
     source: Source
     labels: dict[str, str] = field(default_factory=dict)
+    anomaly_likelihood: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "key": self.key,
             "ts": self.ts,
             "score": self.score,
@@ -51,3 +54,6 @@ class ScoredRecord:
             "model_version": self.model_version,
             "source": self.source.to_json(),
         }
+        if self.anomaly_likelihood is not None:
+            out["anomaly_likelihood"] = self.anomaly_likelihood
+        return out

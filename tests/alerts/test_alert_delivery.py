@@ -10,11 +10,11 @@ import uuid
 
 import pytest
 
+from tests.conftest import wait_for
 from vaeguard.alerts.layer import AlertDeliveryError
 from vaeguard.alerts.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from vaeguard.alerts.spool import Spool
 from vaeguard.alerts.testing import HTTPCapture, free_port, make_record
-from tests.conftest import wait_for
 
 from .conftest import read_jsonl
 
@@ -44,8 +44,14 @@ def test_webhook_posts_signed_alert_json_with_custom_headers(capture, make_layer
     [request] = capture.received
     assert request.path == "/hook"
     assert request.headers["content-type"] == "application/json"
-    assert request.headers["x-team"] == "sre" and request.headers["authorization"] == "Bearer t0ken-xyz"
-    timestamp, signature = request.headers[TIMESTAMP_HEADER.lower()], request.headers[SIGNATURE_HEADER.lower()]
+    assert (
+        request.headers["x-team"] == "sre"
+        and request.headers["authorization"] == "Bearer t0ken-xyz"
+    )
+    timestamp, signature = (
+        request.headers[TIMESTAMP_HEADER.lower()],
+        request.headers[SIGNATURE_HEADER.lower()],
+    )
     assert abs(int(timestamp) - time.time()) < 60
     assert signature.startswith("sha256=")
     assert verify_signature("s3cr3t-key", timestamp, request.body, signature)
@@ -53,7 +59,11 @@ def test_webhook_posts_signed_alert_json_with_custom_headers(capture, make_layer
     assert not verify_signature("s3cr3t-key", timestamp, request.body + b" ", signature)
     assert not verify_signature("s3cr3t-key", str(int(timestamp) - 3600), request.body, signature)
     alert = request.json()
-    assert alert["entity"] == "h1" and alert["status"] == "firing" and alert["top_features"][0]["feature"] == "cpu_user"
+    assert (
+        alert["entity"] == "h1"
+        and alert["status"] == "firing"
+        and alert["top_features"][0]["feature"] == "cpu_user"
+    )
     assert request.body == json.dumps(alert, sort_keys=True, separators=(",", ":")).encode()
     logs = caplog.text + repr(layer.health())
     assert "s3cr3t-key" not in logs and "t0ken-xyz" not in logs
@@ -82,7 +92,11 @@ def test_server_down_for_good_spools_and_a_restart_delivers(tmp_path, make_layer
     first.process([make_record("h1", False)])
     spool = Spool(tmp_path / "spool", "hook")
     pending = spool.pending()
-    assert [(e.alert.entity, e.alert.status) for e in pending] == [("h1", "firing"), ("h2", "firing"), ("h1", "resolved")]
+    assert [(e.alert.entity, e.alert.status) for e in pending] == [
+        ("h1", "firing"),
+        ("h2", "firing"),
+        ("h1", "resolved"),
+    ]
     assert "attempts failed" in pending[0].reason or "behind" in pending[0].reason
     first.close()
 
@@ -107,10 +121,15 @@ def test_recovery_without_restart_redelivers_in_order(make_layer):
     layer.process([make_record("h1", False)])  # breaker open: straight to the spool, in order
     assert layer.health()["sinks"]["hook"]["spool_backlog"] == 2
     with HTTPCapture(port=port) as server:
-        wait_for(lambda: len(server.received) == 2, timeout=20, message="redelivery after the cool-down")
+        wait_for(
+            lambda: len(server.received) == 2, timeout=20, message="redelivery after the cool-down"
+        )
         assert [r.json()["status"] for r in server.received] == ["firing", "resolved"]
         hook = lambda: layer.health()["sinks"]["hook"]  # noqa: E731
-        wait_for(lambda: hook()["breaker"] == "closed" and hook()["spool_backlog"] == 0, message="drained")
+        wait_for(
+            lambda: hook()["breaker"] == "closed" and hook()["spool_backlog"] == 0,
+            message="drained",
+        )
         layer.process([make_record("h3", True)])  # live again: delivered before process() returns
         assert len(server.received) == 3 and hook()["spooled"] == 2
 
@@ -118,24 +137,37 @@ def test_recovery_without_restart_redelivers_in_order(make_layer):
 def test_open_breaker_spools_without_calling_the_sink(capture, make_layer):
     capture.status = 500
     layer = make_layer(
-        {"sinks": [webhook(capture.url)], "delivery": {"retries": 5, "breaker_failures": 3, "breaker_cooldown_s": 60}}
+        {
+            "sinks": [webhook(capture.url)],
+            "delivery": {"retries": 5, "breaker_failures": 3, "breaker_cooldown_s": 60},
+        }
     )
     layer.process([make_record("h1", True)])
     assert len(capture.requests) == 3  # the breaker opened after 3 failures, before retries ran out
     layer.process([make_record(f"x{i}", True) for i in range(10)])
     assert len(capture.requests) == 3
     health = layer.health()["sinks"]["hook"]
-    assert health["breaker"] == "open" and health["spool_backlog"] == 11 and "HTTP 500" in health["last_error"]
+    assert (
+        health["breaker"] == "open"
+        and health["spool_backlog"] == 11
+        and "HTTP 500" in health["last_error"]
+    )
 
 
-def test_permanent_rejection_is_parked_not_retried_and_does_not_block(capture, make_layer, tmp_path):
+def test_permanent_rejection_is_parked_not_retried_and_does_not_block(
+    capture, make_layer, tmp_path
+):
     capture.fail_next(1, status=400)
     layer = make_layer({"sinks": [webhook(capture.url)]})
     layer.process([make_record("bad", True), make_record("good", True)])
     assert len(capture.requests) == 2  # 400 is not retried
     assert [r.json()["entity"] for r in capture.received] == ["good"]
     [parked] = Spool(tmp_path / "spool", "hook").pending()
-    assert parked.alert.entity == "bad" and parked.reason.startswith("rejected: ") and "HTTP 400" in parked.reason
+    assert (
+        parked.alert.entity == "bad"
+        and parked.reason.startswith("rejected: ")
+        and "HTTP 400" in parked.reason
+    )
     layer.process([make_record("later", True)])  # parked entries do not hold the sink back
     assert [r.json()["entity"] for r in capture.received] == ["good", "later"]
     assert layer.health()["sinks"]["hook"]["spool_parked"] == 1
@@ -143,23 +175,35 @@ def test_permanent_rejection_is_parked_not_retried_and_does_not_block(capture, m
 
 def test_slow_sink_cannot_stall_process_beyond_max_wait(capture, make_layer, tmp_path):
     capture.hold()  # the server accepts requests and does not answer until released
-    layer = make_layer({"sinks": [webhook(capture.url)], "delivery": {"max_wait_s": 0.3, "timeout_s": 30}})
+    layer = make_layer(
+        {"sinks": [webhook(capture.url)], "delivery": {"max_wait_s": 0.3, "timeout_s": 30}}
+    )
     layer.process([make_record("h1", True)])
     # process() returned while the server still holds the request: the alert is in the spool.
     assert capture.waiting == 1 and not capture.requests
     spool = Spool(tmp_path / "spool", "hook")
     assert [e.alert.entity for e in spool.pending()] == ["h1"]
-    layer.process([make_record(f"h{i}", True) for i in range(2, 6)])  # behind the backlog: spooled at once
+    layer.process(
+        [make_record(f"h{i}", True) for i in range(2, 6)]
+    )  # behind the backlog: spooled at once
     assert len(spool.pending()) == 5 and capture.waiting == 1
     capture.release()
     wait_for(lambda: len(capture.received) == 5, message="the backlog to drain")
     wait_for(lambda: not spool.pending(), message="the spool to empty")
-    assert sorted(r.json()["entity"] for r in capture.received) == [f"h{i}" for i in range(1, 6)]  # once each
+    assert sorted(r.json()["entity"] for r in capture.received) == [
+        f"h{i}" for i in range(1, 6)
+    ]  # once each
 
 
 def test_full_spool_makes_process_raise_and_health_say_so(make_layer):
     port = free_port()
-    layer = make_layer({"sinks": [webhook(f"http://127.0.0.1:{port}")], "spool_max_mb": 0.001, "delivery": {"retries": 0}})
+    layer = make_layer(
+        {
+            "sinks": [webhook(f"http://127.0.0.1:{port}")],
+            "spool_max_mb": 0.001,
+            "delivery": {"retries": 0},
+        }
+    )
     with pytest.raises(AlertDeliveryError, match="spool of sink 'hook' is full"):
         layer.process([make_record(f"h{i}", True) for i in range(20)])
     health = layer.health()
@@ -170,7 +214,13 @@ def test_full_spool_makes_process_raise_and_health_say_so(make_layer):
 
 def test_file_sink_rotates_by_size_and_keeps_backups(tmp_path, make_layer):
     path = tmp_path / "alerts.jsonl"
-    layer = make_layer({"sinks": [{"name": "f", "type": "file", "path": str(path), "max_bytes": 2048, "backups": 2}]})
+    layer = make_layer(
+        {
+            "sinks": [
+                {"name": "f", "type": "file", "path": str(path), "max_bytes": 2048, "backups": 2}
+            ]
+        }
+    )
     for i in range(12):
         layer.process([make_record(f"host-{i}", True)])
     files = sorted(p.name for p in tmp_path.glob("alerts.jsonl*"))
@@ -193,16 +243,27 @@ def test_kafka_sink_produces_keyed_alerts(broker, make_layer):
     layer.process([make_record("h1", True), make_record("h2", True)])
     layer.process([make_record("h1", False)])
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=broker.bootstrap_servers, auto_offset_reset="earliest", consumer_timeout_ms=500
+        topic,
+        bootstrap_servers=broker.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=500,
     )
     try:
         got = []
-        wait_for(lambda: got.extend(consumer) or len(got) >= 3, timeout=30, message="three alerts on the topic")
+        wait_for(
+            lambda: got.extend(consumer) or len(got) >= 3,
+            timeout=30,
+            message="three alerts on the topic",
+        )
     finally:
         consumer.close()
     values = [json.loads(m.value) for m in got]
     # Keyed by alert id: an episode's notifications stay in one partition, in order.
-    assert sorted((v["entity"], v["status"]) for v in values) == [("h1", "firing"), ("h1", "resolved"), ("h2", "firing")]
+    assert sorted((v["entity"], v["status"]) for v in values) == [
+        ("h1", "firing"),
+        ("h1", "resolved"),
+        ("h2", "firing"),
+    ]
     assert [v["status"] for v in values if v["entity"] == "h1"] == ["firing", "resolved"]
     assert all(m.key.decode() == v["id"] for m, v in zip(got, values, strict=True))
 

@@ -79,7 +79,9 @@ def test_dedup_repeat_escalation_and_resolve(tmp_path, make_layer, clock):
 
     layer.process([make_record("h1", True, severity="critical", score=40.0)])
     lines = read_jsonl(tmp_path / "f.jsonl")
-    assert len(lines) == 3 and lines[2]["peak_severity"] == "critical"  # escalation notifies at once
+    assert (
+        len(lines) == 3 and lines[2]["peak_severity"] == "critical"
+    )  # escalation notifies at once
 
     # Two normal records are not enough; an anomaly resets the count.
     layer.process([make_record("h1", False), make_record("h1", False)])
@@ -102,14 +104,18 @@ def test_dedup_repeat_escalation_and_resolve(tmp_path, make_layer, clock):
 
 
 def test_an_episode_inside_one_batch_still_fires_then_resolves(tmp_path, make_layer, clock):
-    layer = make_layer({"sinks": [file_sink(tmp_path, "f")], "resolve_after_records": 2}, clock=clock)
+    layer = make_layer(
+        {"sinks": [file_sink(tmp_path, "f")], "resolve_after_records": 2}, clock=clock
+    )
     layer.process([make_record("h1", True), make_record("h1", False), make_record("h1", False)])
     assert notes(tmp_path, "f") == [("h1", "firing"), ("h1", "resolved")]
 
 
 def test_episodes_are_per_group_and_group_by_is_configurable(tmp_path, make_layer, clock):
     layer = make_layer({"sinks": [file_sink(tmp_path, "f")]}, clock=clock)
-    layer.process([make_record("h1", True), make_record("h2", True), make_record("h1", True, topic="mem")])
+    layer.process(
+        [make_record("h1", True), make_record("h2", True), make_record("h1", True, topic="mem")]
+    )
     assert len(read_jsonl(tmp_path / "f.jsonl")) == 3
 
     by_region = make_layer(
@@ -138,7 +144,12 @@ def test_routes_first_match_stops_unless_continue(tmp_path, make_layer, clock):
     config = {
         "sinks": [file_sink(tmp_path, n) for n in ("pager", "db-team", "everything", "fallback")],
         "routes": [
-            {"name": "page", "match": {"min_severity": "critical"}, "sinks": ["pager"], "continue": True},
+            {
+                "name": "page",
+                "match": {"min_severity": "critical"},
+                "sinks": ["pager"],
+                "continue": True,
+            },
             {"match": {"entity": "db-*"}, "sinks": ["db-team"]},
             {"match": {"labels": {"region": "eu-*"}}, "sinks": ["everything"]},
             {"match": {"topic": ["mem", "disk"], "severity": "warning"}, "sinks": ["everything"]},
@@ -149,11 +160,17 @@ def test_routes_first_match_stops_unless_continue(tmp_path, make_layer, clock):
     layer.process(
         [
             make_record("db-1", True, severity="critical"),  # page, continue → db-team, stop
-            make_record("db-2", True, severity="major", labels={"region": "eu-west"}),  # db-team only
-            make_record("web-1", True, severity="major", labels={"region": "eu-west"}),  # everything
+            make_record(
+                "db-2", True, severity="major", labels={"region": "eu-west"}
+            ),  # db-team only
+            make_record(
+                "web-1", True, severity="major", labels={"region": "eu-west"}
+            ),  # everything
             make_record("web-2", True, severity="warning", topic="mem"),  # everything
             make_record("web-3", True, severity="major", topic="mem"),  # no match → fallback
-            make_record("web-4", True, severity="critical", labels={"region": "us"}),  # page, then fallback? no: matched
+            make_record(
+                "web-4", True, severity="critical", labels={"region": "us"}
+            ),  # page, then fallback? no: matched
         ]
     )
     assert sorted(e for e, _ in notes(tmp_path, "pager")) == ["db-1", "web-4"]
@@ -172,7 +189,10 @@ def test_resolve_goes_where_the_firing_went(tmp_path, make_layer, clock):
     layer = make_layer(
         {
             "sinks": [file_sink(tmp_path, "pager"), file_sink(tmp_path, "chat")],
-            "routes": [{"match": {"min_severity": "critical"}, "sinks": ["pager"]}, {"sinks": ["chat"]}],
+            "routes": [
+                {"match": {"min_severity": "critical"}, "sinks": ["pager"]},
+                {"sinks": ["chat"]},
+            ],
             "resolve_after_records": 1,
         },
         clock=clock,
@@ -189,7 +209,12 @@ def test_rate_limit_per_route_holds_back_without_losing(tmp_path, make_layer, cl
         {
             "sinks": [file_sink(tmp_path, "limited"), file_sink(tmp_path, "free")],
             "routes": [
-                {"match": {"topic": "cpu_util"}, "sinks": ["limited"], "rate_limit": {"max_alerts": 2, "per_s": 0.5}, "continue": True},
+                {
+                    "match": {"topic": "cpu_util"},
+                    "sinks": ["limited"],
+                    "rate_limit": {"max_alerts": 2, "per_s": 0.5},
+                    "continue": True,
+                },
                 {"sinks": ["free"]},
             ],
         },
@@ -212,7 +237,9 @@ def test_rate_limit_per_route_holds_back_without_losing(tmp_path, make_layer, cl
 
 
 def test_a_retried_batch_is_not_counted_twice(tmp_path, make_layer, clock):
-    layer = make_layer({"sinks": [file_sink(tmp_path, "f")], "resolve_after_records": 2}, clock=clock)
+    layer = make_layer(
+        {"sinks": [file_sink(tmp_path, "f")], "resolve_after_records": 2}, clock=clock
+    )
     layer.process([make_record("h1", True)])
     batch = [make_record("h1", False)]
     layer.process(batch)
@@ -238,7 +265,9 @@ def test_system_alerts_through_notify(tmp_path, make_layer, clock):
     )
     layer.notify(alert)
     lines = read_jsonl(tmp_path / "ops.jsonl")
-    assert len(lines) == 1 and lines[0]["kind"] == "system" and lines[0]["details"] == {"fpr": 0.041}
+    assert (
+        len(lines) == 1 and lines[0]["kind"] == "system" and lines[0]["details"] == {"fpr": 0.041}
+    )
     assert not read_jsonl(tmp_path / "data.jsonl")
     assert Alert.system("vaeguard.retrain", "x", key="run-42").id == alert.id
 

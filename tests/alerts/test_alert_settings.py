@@ -13,14 +13,27 @@ from vaeguard.errors import ConfigError
 
 
 def test_absent_section_means_one_log_sink():
-    for settings in (AlertsSettings(), AlertsSettings.from_mapping(None), AlertsSettings.from_mapping({"sinks": []})):
+    for settings in (
+        AlertsSettings(),
+        AlertsSettings.from_mapping(None),
+        AlertsSettings.from_mapping({"sinks": []}),
+    ):
         assert [(s.name, s.type) for s in settings.sinks] == [("log", "log")]
         assert settings.routes == []
 
 
 def test_issue_minimal_config_is_valid_and_its_secret_is_masked():
     settings = AlertsSettings.from_mapping(
-        {"sinks": [{"name": "ops-webhook", "type": "webhook", "url": "http://127.0.0.1:8080/hook", "secret": "change-me"}]}
+        {
+            "sinks": [
+                {
+                    "name": "ops-webhook",
+                    "type": "webhook",
+                    "url": "http://127.0.0.1:8080/hook",
+                    "secret": "change-me",
+                }
+            ]
+        }
     )
     sink = settings.sinks[0]
     assert isinstance(sink.settings, WebhookSettings)
@@ -34,9 +47,18 @@ def test_issue_minimal_config_is_valid_and_its_secret_is_masked():
     ("sink", "expected"),
     [
         ({"url": "not a url"}, "alerts.sinks[ops-webhook].url"),
-        ({"url": "http://127.0.0.1/x", "sekret": "x"}, "alerts.sinks[ops-webhook].sekret: unknown setting for a webhook sink; known settings: ca_file, headers"),
-        ({"url": "http://127.0.0.1/x", "delivery": {"retries": -1}}, "alerts.sinks[ops-webhook].delivery.retries"),
-        ({"url": "http://127.0.0.1/x", "repeat_interval_s": "soon"}, "alerts.sinks[ops-webhook].repeat_interval_s"),
+        (
+            {"url": "http://127.0.0.1/x", "sekret": "x"},
+            "alerts.sinks[ops-webhook].sekret: unknown setting for a webhook sink; known settings: ca_file, headers",
+        ),
+        (
+            {"url": "http://127.0.0.1/x", "delivery": {"retries": -1}},
+            "alerts.sinks[ops-webhook].delivery.retries",
+        ),
+        (
+            {"url": "http://127.0.0.1/x", "repeat_interval_s": "soon"},
+            "alerts.sinks[ops-webhook].repeat_interval_s",
+        ),
         ({}, "missing setting alerts.sinks[ops-webhook].url"),
     ],
 )
@@ -57,12 +79,17 @@ def test_unknown_sink_type_lists_the_installed_types():
 def test_structural_mistakes_are_named():
     cases = {
         "alerts.sinks[1].name": {"sinks": [{"name": "a", "type": "log"}, {"type": "log"}]},
-        "alerts.sinks[a].name: duplicate sink name 'a'": {"sinks": [{"name": "a", "type": "log"}, {"name": "a", "type": "log"}]},
+        "alerts.sinks[a].name: duplicate sink name 'a'": {
+            "sinks": [{"name": "a", "type": "log"}, {"name": "a", "type": "log"}]
+        },
         "alerts.routes.0.sinks: unknown sink 'nope' (configured: a)": {
             "sinks": [{"name": "a", "type": "log"}],
             "routes": [{"match": {"topic": "x"}, "sinks": ["nope"]}],
         },
-        "alerts.default_sinks: unknown sink 'b'": {"sinks": [{"name": "a", "type": "log"}], "default_sinks": ["b"]},
+        "alerts.default_sinks: unknown sink 'b'": {
+            "sinks": [{"name": "a", "type": "log"}],
+            "default_sinks": ["b"],
+        },
         "alerts.group_by": {"group_by": ["host"]},
         "unknown setting alerts.sinkz": {"sinkz": []},
     }
@@ -74,9 +101,14 @@ def test_structural_mistakes_are_named():
 
 def test_route_with_unknown_severity_fails_at_build(tmp_path):
     settings = AlertsSettings.from_mapping(
-        {"spool_dir": str(tmp_path), "routes": [{"match": {"min_severity": "catastrophic"}, "sinks": ["log"]}]}
+        {
+            "spool_dir": str(tmp_path),
+            "routes": [{"match": {"min_severity": "catastrophic"}, "sinks": ["log"]}],
+        }
     )
-    with pytest.raises(ConfigError, match=r"alerts.routes.0.match.min_severity: unknown severity 'catastrophic'"):
+    with pytest.raises(
+        ConfigError, match=r"alerts.routes.0.match.min_severity: unknown severity 'catastrophic'"
+    ):
         build_alert_layer(settings)
 
 
@@ -111,3 +143,21 @@ def test_daemon_settings_load_the_section_from_yaml_and_environment(tmp_path, mo
     with pytest.raises(ConfigError) as err:
         load_settings(cfg)
     assert "alerts.sinks[ops-webhook].url" in str(err.value)
+
+
+def test_the_example_alerts_config_is_valid(sink_plugins):
+    """config/alerts.example.yaml documents every sink type and setting, and it validates."""
+    from pathlib import Path
+
+    import yaml
+
+    example = Path(__file__).resolve().parents[2] / "config" / "alerts.example.yaml"
+    settings = AlertsSettings.from_mapping(yaml.safe_load(example.read_text())["alerts"])
+    types = {s.type for s in settings.sinks}
+    assert types == {"webhook", "file", "kafka", "slack", "pagerduty", "alertmanager", "email"}
+    text = example.read_text()
+    for field in AlertsSettings.model_fields:
+        assert f"{field}:" in text, f"alerts.{field} is not in the example"
+    for field in type(settings.delivery).model_fields:
+        assert f"{field}:" in text, f"alerts.delivery.{field} is not in the example"
+    assert "change-me" not in str(settings.model_dump(mode="json"))

@@ -7,7 +7,14 @@ import pytest
 
 from tests.conftest import make_normal_data
 
-FAST = {"epochs": 60, "hidden": (32, 16), "latent_dim": 2, "mc_samples": 16, "patience": 15, "seed": 0}
+FAST = {
+    "epochs": 60,
+    "hidden": (32, 16),
+    "latent_dim": 2,
+    "mc_samples": 16,
+    "patience": 15,
+    "seed": 0,
+}
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,8 @@ def test_detector_runs_on_other_backends(backend, module):
     if python is None:
         pytest.skip(f"{module} is not installed")
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([python, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [python, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")

@@ -15,7 +15,17 @@ from typer.testing import CliRunner
 from tests.conftest import make_normal_data
 from vaeguard.cli.main import app
 
-FAST_ARGS = ["--epochs", "25", "--hidden", "32,16", "--latent-dim", "2", "--mc-samples", "8", "--quiet"]
+FAST_ARGS = [
+    "--epochs",
+    "25",
+    "--hidden",
+    "32,16",
+    "--latent-dim",
+    "2",
+    "--mc-samples",
+    "8",
+    "--quiet",
+]
 
 
 def write_csv(path, rows, header):
@@ -33,14 +43,33 @@ def labelled_csv(tmp_path_factory):
     x[-40:, 0] += 8 * x[:, 0].std()
     labels[-40:] = 1
     hosts = np.where(np.arange(len(x)) % 2, "web", "db")
-    rows = [[i, f"{a:.5f}", f"{b:.5f}", f"{c:.5f}", lab, h] for i, ((a, b, c), lab, h) in enumerate(zip(x, labels, hosts, strict=True))]
-    return write_csv(tmp_path_factory.mktemp("data") / "metrics.csv", rows, ["ts", "cpu", "mem", "io", "label", "host"])
+    rows = [
+        [i, f"{a:.5f}", f"{b:.5f}", f"{c:.5f}", lab, h]
+        for i, ((a, b, c), lab, h) in enumerate(zip(x, labels, hosts, strict=True))
+    ]
+    return write_csv(
+        tmp_path_factory.mktemp("data") / "metrics.csv",
+        rows,
+        ["ts", "cpu", "mem", "io", "label", "host"],
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(labelled_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "bundle"
-    result = CliRunner().invoke(app, ["train", "--data", str(labelled_csv), "--out", str(out), "--label-column", "label", *FAST_ARGS])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(labelled_csv),
+            "--out",
+            str(out),
+            "--label-column",
+            "label",
+            *FAST_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -64,7 +93,9 @@ def test_train_uses_only_normal_rows_and_skips_text_columns(trained):
 
 def test_score_writes_one_line_per_row_in_order(trained, labelled_csv, tmp_path):
     out = tmp_path / "scores.jsonl"
-    result = CliRunner().invoke(app, ["score", "--model", str(trained), "--data", str(labelled_csv), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["score", "--model", str(trained), "--data", str(labelled_csv), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 1200
@@ -76,7 +107,9 @@ def test_score_writes_one_line_per_row_in_order(trained, labelled_csv, tmp_path)
 
 
 def test_evaluate_json(trained, labelled_csv):
-    result = run_cli("evaluate", "--model", trained, "--data", labelled_csv, "--label-column", "label", "--json")
+    result = run_cli(
+        "evaluate", "--model", trained, "--data", labelled_csv, "--label-column", "label", "--json"
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert set(metrics) >= {"roc_auc", "average_precision", "precision", "recall", "f1", "best_f1"}
@@ -87,17 +120,52 @@ def test_evaluate_json(trained, labelled_csv):
 def test_generate_interpolate_inspect_report(trained, labelled_csv, tmp_path):
     runner = CliRunner()
     gen = tmp_path / "gen.csv"
-    assert runner.invoke(app, ["generate", "--model", str(trained), "-n", "50", "--out", str(gen)]).exit_code == 0
-    rows = list(csv.DictReader(open(gen)))
+    assert (
+        runner.invoke(
+            app, ["generate", "--model", str(trained), "-n", "50", "--out", str(gen)]
+        ).exit_code
+        == 0
+    )
+    rows = list(csv.DictReader(gen.read_text().splitlines()))
     assert len(rows) == 50 and set(rows[0]) == {"cpu", "mem", "io"}
     path = tmp_path / "path.jsonl"
-    result = runner.invoke(app, ["interpolate", "--model", str(trained), "--data", str(labelled_csv), "--from-row", "1", "--to-row", "5", "--steps", "4", "--out", str(path)])
+    result = runner.invoke(
+        app,
+        [
+            "interpolate",
+            "--model",
+            str(trained),
+            "--data",
+            str(labelled_csv),
+            "--from-row",
+            "1",
+            "--to-row",
+            "5",
+            "--steps",
+            "4",
+            "--out",
+            str(path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(path.read_text().splitlines()) == 4
     result = runner.invoke(app, ["inspect", "--model", str(trained), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["features"] == ["cpu", "mem", "io"]
     pictures = tmp_path / "report"
-    result = runner.invoke(app, ["report", "--model", str(trained), "--data", str(labelled_csv), "--label-column", "label", "--out", str(pictures)])
+    result = runner.invoke(
+        app,
+        [
+            "report",
+            "--model",
+            str(trained),
+            "--data",
+            str(labelled_csv),
+            "--label-column",
+            "label",
+            "--out",
+            str(pictures),
+        ],
+    )
     assert result.exit_code == 0, result.output
     for name in ("training.png", "scores.png", "latent.png"):
         assert (pictures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -105,10 +173,28 @@ def test_generate_interpolate_inspect_report(trained, labelled_csv, tmp_path):
 
 def test_conditional_training_from_the_cli(labelled_csv, tmp_path):
     out = tmp_path / "cond"
-    result = CliRunner().invoke(app, ["train", "--data", str(labelled_csv), "--out", str(out), "--label-column", "label", "--conditions", "host", *FAST_ARGS])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(labelled_csv),
+            "--out",
+            str(out),
+            "--label-column",
+            "label",
+            "--conditions",
+            "host",
+            *FAST_ARGS,
+        ],
+    )
     assert result.exit_code == 0, result.output
     m = json.loads((out / "bundle.json").read_text())
-    assert m["conditions"][0] == {"name": "host", "kind": "categorical", "categories": ["db", "web"]}
+    assert m["conditions"][0] == {
+        "name": "host",
+        "kind": "categorical",
+        "categories": ["db", "web"],
+    }
 
 
 def _assert_one_clear_line(result, *fragments):
@@ -121,37 +207,64 @@ def _assert_one_clear_line(result, *fragments):
 
 
 def test_missing_file(tmp_path):
-    _assert_one_clear_line(run_cli("train", "--data", tmp_path / "nope.csv", "--out", tmp_path / "m"), "nope.csv", "no such file")
+    _assert_one_clear_line(
+        run_cli("train", "--data", tmp_path / "nope.csv", "--out", tmp_path / "m"),
+        "nope.csv",
+        "no such file",
+    )
 
 
 def test_empty_file(tmp_path):
     (tmp_path / "empty.csv").write_text("")
-    _assert_one_clear_line(run_cli("train", "--data", tmp_path / "empty.csv", "--out", tmp_path / "m"), "no data rows")
+    _assert_one_clear_line(
+        run_cli("train", "--data", tmp_path / "empty.csv", "--out", tmp_path / "m"), "no data rows"
+    )
     (tmp_path / "header.csv").write_text("a,b\n")
-    _assert_one_clear_line(run_cli("train", "--data", tmp_path / "header.csv", "--out", tmp_path / "m"), "no data rows")
+    _assert_one_clear_line(
+        run_cli("train", "--data", tmp_path / "header.csv", "--out", tmp_path / "m"), "no data rows"
+    )
 
 
 def test_wrong_column_name(labelled_csv, tmp_path):
-    _assert_one_clear_line(run_cli("train", "--data", labelled_csv, "--out", tmp_path / "m", "--features", "cpu,nosuch"), "'nosuch' not found")
-    _assert_one_clear_line(run_cli("train", "--data", labelled_csv, "--out", tmp_path / "m", "--label-column", "lbl"), "'lbl' not found")
+    _assert_one_clear_line(
+        run_cli(
+            "train", "--data", labelled_csv, "--out", tmp_path / "m", "--features", "cpu,nosuch"
+        ),
+        "'nosuch' not found",
+    )
+    _assert_one_clear_line(
+        run_cli("train", "--data", labelled_csv, "--out", tmp_path / "m", "--label-column", "lbl"),
+        "'lbl' not found",
+    )
 
 
 def test_non_numeric_cell(tmp_path):
     rows = [[i, i * 0.5] for i in range(40)]
     rows[17][1] = "n/a"
     path = write_csv(tmp_path / "bad.csv", rows, ["a", "b"])
-    _assert_one_clear_line(run_cli("train", "--data", path, "--out", tmp_path / "m"), "row 18", "'b'", "'n/a' is not a number")
+    _assert_one_clear_line(
+        run_cli("train", "--data", path, "--out", tmp_path / "m"),
+        "row 18",
+        "'b'",
+        "'n/a' is not a number",
+    )
 
 
 def test_bad_jsonl_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"a": 1}\n{"a": 2\n')
-    _assert_one_clear_line(run_cli("train", "--data", path, "--out", tmp_path / "m"), "line 2", "invalid JSON")
+    _assert_one_clear_line(
+        run_cli("train", "--data", path, "--out", tmp_path / "m"), "line 2", "invalid JSON"
+    )
 
 
 def test_scoring_data_without_the_model_features(trained, tmp_path):
     path = write_csv(tmp_path / "other.csv", [[1, 2]], ["x", "y"])
-    _assert_one_clear_line(run_cli("score", "--model", trained, "--data", path, "--out", tmp_path / "s.jsonl"), "missing feature column", "'cpu'")
+    _assert_one_clear_line(
+        run_cli("score", "--model", trained, "--data", path, "--out", tmp_path / "s.jsonl"),
+        "missing feature column",
+        "'cpu'",
+    )
 
 
 def test_corrupt_bundle_from_the_cli(trained, tmp_path, labelled_csv):
@@ -160,4 +273,7 @@ def test_corrupt_bundle_from_the_cli(trained, tmp_path, labelled_csv):
     broken = tmp_path / "broken"
     shutil.copytree(trained, broken)
     (broken / "model.keras").write_bytes(b"garbage")
-    _assert_one_clear_line(run_cli("score", "--model", broken, "--data", labelled_csv, "--out", tmp_path / "s.jsonl"), "corrupt bundle")
+    _assert_one_clear_line(
+        run_cli("score", "--model", broken, "--data", labelled_csv, "--out", tmp_path / "s.jsonl"),
+        "corrupt bundle",
+    )

@@ -38,7 +38,9 @@ def test_spot_threshold_targets_its_risk(normal_data):
 
 def test_recalibrating_on_more_normal_data_reaches_small_risks(fitted, tmp_path):
     det = VAEDetector.load(_saved(fitted, tmp_path))
-    threshold = det.calibrate(make_normal_data(20000, seed=21, n_features=5), method="spot", risk=1e-3)
+    threshold = det.calibrate(
+        make_normal_data(20000, seed=21, n_features=5), method="spot", risk=1e-3
+    )
     assert threshold.method == "spot" and "note" not in threshold.params
     fpr = det.predict(make_normal_data(50000, seed=22, n_features=5)).mean()
     assert 2e-4 < fpr < 3e-3
@@ -72,14 +74,18 @@ def test_scores_are_deterministic(fitted):
     x = make_normal_data(100, seed=8, n_features=5)
     np.testing.assert_array_equal(fitted.decision_function(x), fitted.decision_function(x))
     # batch composition changes float summation order only
-    np.testing.assert_allclose(fitted.decision_function(x[:7]), fitted.decision_function(x)[:7], rtol=1e-4)
+    np.testing.assert_allclose(
+        fitted.decision_function(x[:7]), fitted.decision_function(x)[:7], rtol=1e-4
+    )
 
 
 def test_save_load_gives_identical_scores(fitted, tmp_path):
     x = make_normal_data(200, seed=9, n_features=5)
     fitted.save(tmp_path / "bundle")
     loaded = VAEDetector.load(tmp_path / "bundle")
-    np.testing.assert_allclose(loaded.decision_function(x), fitted.decision_function(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.decision_function(x), fitted.decision_function(x), rtol=1e-6, atol=1e-6
+    )
     assert loaded.threshold == fitted.threshold
     assert loaded.feature_names_ == fitted.feature_names_
     np.testing.assert_allclose(loaded.explain(x), fitted.explain(x), rtol=1e-5, atol=1e-5)
@@ -88,7 +94,9 @@ def test_save_load_gives_identical_scores(fitted, tmp_path):
 def test_generated_samples_follow_the_training_moments(fitted, normal_data):
     samples = fitted.sample(5000, seed=1)
     assert samples.shape == (5000, 5)
-    np.testing.assert_allclose(samples.mean(axis=0), normal_data.mean(axis=0), atol=0.25 * normal_data.std(axis=0).max())
+    np.testing.assert_allclose(
+        samples.mean(axis=0), normal_data.mean(axis=0), atol=0.25 * normal_data.std(axis=0).max()
+    )
     np.testing.assert_allclose(samples.std(axis=0), normal_data.std(axis=0), rtol=0.3)
     corr_true = np.corrcoef(normal_data.T)
     corr_gen = np.corrcoef(samples.T)
@@ -111,7 +119,9 @@ def test_dataframes_are_matched_by_column_name(fitted):
     x = make_normal_data(20, seed=6, n_features=5)
     frame = pd.DataFrame(x, columns=[f"x{j}" for j in range(5)])
     shuffled = frame[["x3", "x0", "x4", "x1", "x2"]]
-    np.testing.assert_allclose(fitted.decision_function(shuffled), fitted.decision_function(x), rtol=1e-6)
+    np.testing.assert_allclose(
+        fitted.decision_function(shuffled), fitted.decision_function(x), rtol=1e-6
+    )
 
 
 def test_conditional_model_separates_its_conditions():

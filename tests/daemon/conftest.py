@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from vaeguard.broker import create_topics
 
 FEATURES = ("a", "b", "c", "d")
 #: Kafka clients opened by a test; closed after it (the broker waits for open connections).
@@ -26,10 +28,8 @@ _OPEN: list = []
 def _close_clients():
     yield
     while _OPEN:
-        try:
+        with contextlib.suppress(Exception):
             _OPEN.pop().close()
-        except Exception:
-            pass
 
 
 def unique(prefix: str) -> str:
@@ -37,19 +37,17 @@ def unique(prefix: str) -> str:
 
 
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    finally:
-        admin.close()
+    create_topics(bootstrap, {name: partitions})
 
 
 def good_record(i: int) -> dict:
     """A normal-looking record for the small_bundle model (features a..d), entity h<i%5>."""
     row = _normal_rows()[i % len(_normal_rows())]
-    return {**{f: float(v) for f, v in zip(FEATURES, row, strict=True)}, "key": f"h{i % 5}", "id": i}
+    return {
+        **{f: float(v) for f, v in zip(FEATURES, row, strict=True)},
+        "key": f"h{i % 5}",
+        "id": i,
+    }
 
 
 _ROWS = None
@@ -100,7 +98,10 @@ class Collector:
 
         self.topic = topic
         self.consumer = KafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
         )
         self.messages = []
         _OPEN.append(self)
@@ -230,7 +231,9 @@ def daemons(tmp_path):
         d.stop()
 
 
-def daemon_env(bootstrap: str, bundle: Path, topics: list[str], group: str, **extra) -> dict[str, str]:
+def daemon_env(
+    bootstrap: str, bundle: Path, topics: list[str], group: str, **extra
+) -> dict[str, str]:
     out = {
         "VAEGUARD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "VAEGUARD_KAFKA__INPUT_TOPICS": json.dumps(topics),

@@ -41,7 +41,8 @@ def test_clean_run_dead_letters_readiness_and_sigterm(broker, small_bundle, daem
     group = unique("clean")
     create_topic(bs, topic, 3)
     daemon = daemons(
-        "clean", daemon_env(bs, small_bundle, [topic], group, VAEGUARD_SCORING__MAX_RECORD_BYTES=2048)
+        "clean",
+        daemon_env(bs, small_bundle, [topic], group, VAEGUARD_SCORING__MAX_RECORD_BYTES=2048),
     ).start()
 
     # /readyz: not ready until the model is loaded and partitions are assigned, then ready.
@@ -81,7 +82,9 @@ def test_clean_run_dead_letters_readiness_and_sigterm(broker, small_bundle, daem
 
     # Exactly one score record per good record, keyed like the input, with the full shape.
     out = scores.json()
-    sources = Counter((r["source"]["topic"], r["source"]["partition"], r["source"]["offset"]) for r in out)
+    sources = Counter(
+        (r["source"]["topic"], r["source"]["partition"], r["source"]["offset"]) for r in out
+    )
     assert len(sources) == n_good and set(sources.values()) == {1}
     record = out[0]
     assert set(record) == {
@@ -89,8 +92,17 @@ def test_clean_run_dead_letters_readiness_and_sigterm(broker, small_bundle, daem
         "model_version", "source",
     }  # fmt: skip
     assert len(record["contributions"]) == 3
-    assert set(record["contributions"][0]) == {"feature", "observed", "expected", "contribution", "share"}
-    assert record["model_version"] == json.loads((small_bundle / "bundle.json").read_text())["model_sha256"][:12]
+    assert set(record["contributions"][0]) == {
+        "feature",
+        "observed",
+        "expected",
+        "contribution",
+        "share",
+    }
+    assert (
+        record["model_version"]
+        == json.loads((small_bundle / "bundle.json").read_text())["model_sha256"][:12]
+    )
     for m, r in zip(scores.messages, out, strict=True):
         assert m.key == r["key"].encode() and r["key"].startswith("h")
 
@@ -116,6 +128,9 @@ def test_clean_run_dead_letters_readiness_and_sigterm(broker, small_bundle, daem
     assert daemon.metric("vaeguard_records_consumed_total") == n_good + len(POISON)
     assert daemon.metric("vaeguard_batch_duration_seconds_count") >= 1
     assert daemon.metric("vaeguard_model_info") == 1
+    body = daemon.get("/metrics")[1]
+    assert f'vaeguard_consumer_lag{{partition="0",topic="{topic}"}}' in body
+    assert 'vaeguard_sink_alerts_sent_total{sink="log"}' in body, "the default log sink's metrics"
 
     # SIGTERM: exit 0, offsets committed up to the end of every partition.
     assert daemon.terminate() == 0, daemon.log()[-3000:]

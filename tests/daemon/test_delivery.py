@@ -89,8 +89,10 @@ def test_two_daemons_split_partitions_and_survive_a_kill(broker, small_bundle, d
     a = daemons("a", env).start()
     b = daemons("b", env).start()
     wait_for(
-        lambda: a.readyz()[1].get("partitions_assigned") == 2
-        and b.readyz()[1].get("partitions_assigned") == 2,
+        lambda: (
+            a.readyz()[1].get("partitions_assigned") == 2
+            and b.readyz()[1].get("partitions_assigned") == 2
+        ),
         timeout=60,
         interval=0.2,
         message="the two daemons to own two partitions each",

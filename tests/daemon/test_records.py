@@ -44,7 +44,9 @@ def msg(value: bytes | None, key: bytes | None = None, offset: int = 0) -> Messa
     ],
 )
 def test_decode_rejects_with_reason(value, reason):
-    kept, objects, dead = decode_messages([msg(value)], max_bytes=256 if reason == Reason.OVERSIZE else 10**6)
+    kept, objects, dead = decode_messages(
+        [msg(value)], max_bytes=256 if reason == Reason.OVERSIZE else 10**6
+    )
     assert not kept and not objects
     assert [d.reason for d in dead] == [reason]
     assert dead[0].detail
@@ -101,7 +103,9 @@ def test_featurizer_conditions():
         ]
     )
     f = TabularFeaturizer(["a"], enc)
-    batch = f.transform([{"a": 1, "region": "us", "hour": 18}, {"a": 2, "hour": 3}, {"a": 3, "region": "eu"}])
+    batch = f.transform(
+        [{"a": 1, "region": "us", "hour": 18}, {"a": 2, "hour": 3}, {"a": 3, "region": "eu"}]
+    )
     assert batch.keep.tolist() == [0]
     np.testing.assert_allclose(batch.c, [[0, 1, 1.0]])
     assert sorted(r.index for r in batch.rejected) == [1, 2]

@@ -77,7 +77,11 @@ def test_secrets_are_redacted_and_passed_through(monkeypatch):
         ("", {"VAEGUARD_KAFKA__INPUT_TOPICS": '["a",'}, "invalid setting kafka.input_topics"),
         ("", {"VAEGUARD_KAFKA__INPUT_TOPICS": '["bad topic"]'}, "VAEGUARD_KAFKA__INPUT_TOPICS"),
         ("", {"VAEGUARD_MODEL__DEVICE": "tpu"}, "invalid setting model.device"),
-        ("", {"VAEGUARD_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"}, "invalid setting kafka.sasl_mechanism"),
+        (
+            "",
+            {"VAEGUARD_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"},
+            "invalid setting kafka.sasl_mechanism",
+        ),
         ("kafka:\n  ssl_cafile: /nonexistent/ca.pem\n", {}, "invalid setting kafka.ssl_cafile"),
         ("kafka: [1, 2\n", {}, "is not valid YAML at line"),
         ("- a\n- b\n", {}, "must hold a mapping"),
@@ -97,7 +101,9 @@ def test_bad_settings_name_the_field(tmp_path, monkeypatch, yaml_text, env, expe
 
 def test_env_errors_name_the_variable(monkeypatch):
     monkeypatch.setenv("VAEGUARD_KAFKA__GROUP_ID", "  ")
-    with pytest.raises(ConfigError, match=r"kafka\.group_id \(from environment variable VAEGUARD_KAFKA__GROUP_ID\)"):
+    with pytest.raises(
+        ConfigError, match=r"kafka\.group_id \(from environment variable VAEGUARD_KAFKA__GROUP_ID\)"
+    ):
         load_settings()
 
 
@@ -118,7 +124,9 @@ def test_run_exits_2_with_one_line_for_bad_yaml_and_env(tmp_path):
     cfg = write(tmp_path, "kafka:\n  bootstrap_server: localhost:9092\n")
     r = _run(["run", "--config", str(cfg)], {}, tmp_path)
     assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("vaeguard: error: unknown setting kafka.bootstrap_server")
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(
+        "vaeguard: error: unknown setting kafka.bootstrap_server"
+    )
     assert "Traceback" not in r.stderr
 
     r = _run(["run"], {"VAEGUARD_HTTP__PORT": "99999"}, tmp_path)

@@ -19,7 +19,9 @@ def detector():
     from vaeguard import VAEDetector
 
     x = make_normal_data(400, seed=3, n_features=3)
-    return VAEDetector(epochs=5, hidden=(8,), latent_dim=2, mc_samples=4).fit({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]})
+    return VAEDetector(epochs=5, hidden=(8,), latent_dim=2, mc_samples=4).fit(
+        {"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}
+    )
 
 
 def test_register_promote_rollback(detector, tmp_path):
@@ -28,7 +30,8 @@ def test_register_promote_rollback(detector, tmp_path):
     v1 = reg.register(detector, {"source": "train"})
     assert (v1, reg.current()) == ("v0001", "v0001")
     v2 = reg.register(detector, {"source": "retrain", "validation": {"fpr": 0.01}})
-    assert v2 == "v0002" and reg.current() == "v0001"  # a registry with a current version is not changed
+    # registering into a registry that has a current version does not change it
+    assert v2 == "v0002" and reg.current() == "v0001"
     reg.promote("2")
     assert reg.current() == "v0002"
     assert reg.info("v0002").lineage["parent"] == "v0001"
@@ -36,7 +39,12 @@ def test_register_promote_rollback(detector, tmp_path):
     assert reg.rollback() == "v0002"  # like `rollout undo`: undoing the undo
     loaded, version = reg.load()
     assert version == "v0002" and loaded.feature_names_ == ["a", "b", "c"]
-    assert [p["reason"] for p in reg.promotions()] == ["register", "promote", "rollback", "rollback"]
+    assert [p["reason"] for p in reg.promotions()] == [
+        "register",
+        "promote",
+        "rollback",
+        "rollback",
+    ]
 
 
 def test_versions_are_immutable_and_complete(detector, tmp_path):
@@ -110,7 +118,10 @@ def test_lock_excludes_other_processes(tmp_path):
     holder.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(RegistryError, match="lock is held by another process"), reg.lock(blocking=False):
+        with (
+            pytest.raises(RegistryError, match="lock is held by another process"),
+            reg.lock(blocking=False),
+        ):
             pass
     finally:
         release.set()
@@ -129,16 +140,43 @@ def test_cli_train_into_a_registry_and_manage_it(tmp_path):
         w.writerow(["u", "v"])
         w.writerows(x.round(5).tolist())
     runner = CliRunner()
-    args = ["train", "--data", str(data), "--registry", str(tmp_path / "reg"), "--epochs", "3", "--hidden", "8", "--latent-dim", "2", "--quiet"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--registry",
+        str(tmp_path / "reg"),
+        "--epochs",
+        "3",
+        "--hidden",
+        "8",
+        "--latent-dim",
+        "2",
+        "--quiet",
+    ]
     assert runner.invoke(app, args).exit_code == 0
     assert runner.invoke(app, args).exit_code == 0
-    listed = json.loads(runner.invoke(app, ["models", "list", "--registry", str(tmp_path / "reg"), "--json"]).output)
+    listed = json.loads(
+        runner.invoke(app, ["models", "list", "--registry", str(tmp_path / "reg"), "--json"]).output
+    )
     assert [(v["version"], v["current"]) for v in listed] == [("v0001", True), ("v0002", False)]
     assert {"version", "created_at", "current", "metrics"} <= set(listed[0])
-    assert runner.invoke(app, ["models", "promote", "v0002", "--registry", str(tmp_path / "reg")]).exit_code == 0
-    shown = json.loads(runner.invoke(app, ["models", "show", "2", "--registry", str(tmp_path / "reg")]).output)
+    assert (
+        runner.invoke(
+            app, ["models", "promote", "v0002", "--registry", str(tmp_path / "reg")]
+        ).exit_code
+        == 0
+    )
+    shown = json.loads(
+        runner.invoke(app, ["models", "show", "2", "--registry", str(tmp_path / "reg")]).output
+    )
     assert shown["current"] and shown["lineage"]["parent"] == "v0001"
-    assert runner.invoke(app, ["models", "rollback", "--registry", str(tmp_path / "reg")]).exit_code == 0
+    assert (
+        runner.invoke(app, ["models", "rollback", "--registry", str(tmp_path / "reg")]).exit_code
+        == 0
+    )
     assert ModelRegistry(tmp_path / "reg").current() == "v0001"
-    result = runner.invoke(app, ["models", "prune", "--keep", "1", "--registry", str(tmp_path / "reg")])
+    result = runner.invoke(
+        app, ["models", "prune", "--keep", "1", "--registry", str(tmp_path / "reg")]
+    )
     assert result.exit_code == 0 and "removed 0" in result.output

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 
-import numpy as np
 import pytest
 
 from tests.conftest import make_normal_data
+from tests.retrain.conftest import FEATURES, SMALL, produce, quiet_then_busy, topic_name
 from vaeguard.registry import ModelRegistry
 from vaeguard.retrain.job import RetrainJob
 from vaeguard.retrain.settings import RetrainSettings
-
-FEATURES = ("a", "b", "c", "d")
-SMALL = {"epochs": 25, "hidden": (16, 8), "latent_dim": 2, "mc_samples": 8, "patience": 10}
-
-
-def produce(broker, topic: str, rows: np.ndarray, ts_ms: int | None = None) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all", linger_ms=5)
-    ts = ts_ms or int(time.time() * 1000)
-    for i, row in enumerate(rows):
-        value = json.dumps({**dict(zip(FEATURES, map(float, row), strict=True)), "key": f"host-{i % 5}"}).encode()
-        producer.send(topic, value=value, timestamp_ms=ts)
-    producer.send(topic, value=b"not json", timestamp_ms=ts)  # skipped, not fatal
-    producer.flush()
-    producer.close()
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +29,10 @@ def registry(v1_detector, tmp_path):
 
 
 def job(registry, broker, topic, **settings):
-    s = RetrainSettings(**{"window": "1h", "min_records": 400, "poll_timeout_s": 5, "epochs": 15, **settings})
+    s = RetrainSettings(
+        **{"window": "1h", "min_records": 400, "poll_timeout_s": 5, "epochs": 15, **settings}
+    )
     return RetrainJob(registry, s, {"bootstrap_servers": broker.bootstrap_servers}, [topic])
-
-
-def topic_name() -> str:
-    return f"retrain-{uuid.uuid4().hex[:8]}"
 
 
 def test_normal_window_is_trained_gated_and_promoted(registry, broker):
@@ -63,7 +43,9 @@ def test_normal_window_is_trained_gated_and_promoted(registry, broker):
     assert (outcome.current, outcome.candidate, registry.current()) == ("v0001", "v0002", "v0002")
     lineage = registry.info("v0002").lineage
     assert lineage["parent"] == "v0001" and lineage["source"] == "retrain"
-    assert lineage["training_window"]["records"] == 1200 and lineage["training_window"]["topics"] == [topic]
+    assert lineage["training_window"]["records"] == 1200 and lineage["training_window"][
+        "topics"
+    ] == [topic]
     assert lineage["validation"]["holdout_rows"] > 0 and lineage["data_fingerprint"]["rows"] > 0
     assert outcome.window["undecodable"] == 1
     # and the operator can go back
@@ -92,13 +74,14 @@ def test_records_outside_the_window_do_not_count(registry, broker):
 
 def test_a_candidate_failing_the_gate_is_not_promoted_and_raises_an_alert(registry, broker):
     topic = topic_name()
-    produce(broker, topic, make_normal_data(1000, seed=45))
+    quiet_then_busy(broker, topic)  # see its docstring: such a candidate can never pass
     alerts = []
-    j = job(registry, broker, topic, epochs=1, warm_start=False, score_margin=0.0)
+    j = job(registry, broker, topic, epochs=3)
     j.on_failure = alerts.append
     outcome = j.run()
-    assert outcome.status == "rejected"
-    assert any("median holdout score" in r for r in outcome.reasons)
+    assert outcome.status == "rejected", outcome.summary
+    assert any("median holdout score" in r for r in outcome.reasons), outcome.reasons
+    assert outcome.metrics["candidate_median_score"] > outcome.metrics["current_median_score"] + 10
     assert registry.current() == "v0001" and registry.version_names() == ["v0001"]
     assert alerts == [outcome]
 

@@ -75,7 +75,7 @@ def test_future_rows_do_not_change_past_scores(detector):
 def test_scores_are_probationary_zero_then_bounded_and_the_spike_stands_out(detector):
     result = run_stream(detector, series(), first_fit=100, retrain_growth=2.0)
     assert np.isnan(result.raw[:100]).all() and (result.output[:100] == 0).all()
-    assert ((0 <= result.output) & (result.output <= 1)).all()
+    assert ((result.output >= 0) & (result.output <= 1)).all()
     typical = np.nanmedian(result.raw[100:])
     assert result.raw[SPIKE] > typical + 5
     assert result.output[SPIKE] > np.quantile(result.output[100:SPIKE], 0.95)

@@ -27,7 +27,9 @@ def rec(t, v, key="a", **extra):
 
 def as_window(batch, row):
     """A row of a batch back to a list with None where the mask says missing."""
-    return [None if m == 0 else float(x) for x, m in zip(batch.x[row], batch.mask[row], strict=True)]
+    return [
+        None if m == 0 else float(x) for x, m in zip(batch.x[row], batch.mask[row], strict=True)
+    ]
 
 
 def test_regular_stream_windows_end_at_each_point():
@@ -45,7 +47,9 @@ def test_regular_stream_windows_end_at_each_point():
 
 def test_gap_fills_the_window_with_masked_slots():
     f = raw()
-    b = f.update_and_featurize([rec(0, 1.0), rec(60, 2.0), rec(120, 3.0), rec(300, 6.0), rec(360, 7.0)])
+    b = f.update_and_featurize(
+        [rec(0, 1.0), rec(60, 2.0), rec(120, 3.0), rec(300, 6.0), rec(360, 7.0)]
+    )
     # 180 and 240 never came: slots 3 and 4 are missing (masked, zero in x)
     assert as_window(b, b.keep.tolist().index(3)) == [3.0, None, None, 6.0]
     assert as_window(b, b.keep.tolist().index(4)) == [None, None, 6.0, 7.0]
@@ -65,7 +69,9 @@ def test_jittered_timestamps_land_on_the_nearest_slot():
 
 def test_late_point_within_reach_is_inserted_and_scored_at_its_own_slot():
     f = raw()
-    b = f.update_and_featurize([rec(0, 0.0), rec(60, 1.0), rec(120, 2.0), rec(240, 4.0), rec(180, 3.0), rec(300, 5.0)])
+    b = f.update_and_featurize(
+        [rec(0, 0.0), rec(60, 1.0), rec(120, 2.0), rec(240, 4.0), rec(180, 3.0), rec(300, 5.0)]
+    )
     rows = dict(zip(b.keep.tolist(), range(len(b)), strict=True))
     assert as_window(b, rows[3]) == [1.0, 2.0, None, 4.0]  # emitted before the late point came
     assert as_window(b, rows[4]) == [0.0, 1.0, 2.0, 3.0]  # the late point's own window
@@ -145,7 +151,10 @@ def test_time_conditions_are_cyclic_hour_and_weekday():
     hour_sin, hour_cos, dow_sin, dow_cos = b.c[-1]
     assert hour_sin == pytest.approx(1.0, abs=1e-6) and hour_cos == pytest.approx(0.0, abs=1e-6)
     phase = 2 * math.pi * (1 + 6 / 24) / 7
-    assert (dow_sin, dow_cos) == (pytest.approx(math.sin(phase), abs=1e-6), pytest.approx(math.cos(phase), abs=1e-6))
+    assert (dow_sin, dow_cos) == (
+        pytest.approx(math.sin(phase), abs=1e-6),
+        pytest.approx(math.cos(phase), abs=1e-6),
+    )
     assert TimeConditions(("hour_of_day",)).columns == ["hour_of_day_sin", "hour_of_day_cos"]
     # midnight and 23:59:59 are neighbours on the circle
     enc = TimeConditions(("hour_of_day",)).encode([0.0, 86_399.0])
@@ -210,7 +219,13 @@ def test_snapshot_restore_continues_with_identical_windows():
         for key, scale in (("web", 50.0), ("db", 0.1)):
             if key == "db" and 40 <= i < 46:
                 continue  # a gap
-            stream.append(rec(300 * i + int(rng.integers(-20, 20)), scale * (1 + rng.standard_normal()), key=key))
+            stream.append(
+                rec(
+                    300 * i + int(rng.integers(-20, 20)),
+                    scale * (1 + rng.standard_normal()),
+                    key=key,
+                )
+            )
     stream.insert(150, rec(300 * 70, 1.0, key="web"))  # a late point, still within reach
     stream.append(rec(5, 1.0, key="new"))  # an entity still inferring its grid
     spec = WindowSpec(window=16, conditions=("hour_of_day",), infer_points=4)

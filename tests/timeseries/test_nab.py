@@ -25,6 +25,7 @@ FAST = {
         "train_steps": 40,
         "retrain_steps": 20,
         "mc_samples": 4,
+        "score_slots": 4,
         "likelihood": {"history": 100, "min_history": 20},
     },
     "stream": {"retrain_growth": 2.0},
@@ -51,7 +52,9 @@ def corpus(tmp_path_factory):
             w.writerow(["timestamp", "value"])
             w.writerows([stamp(i), f"{v:.3f}"] for i, v in enumerate(values))
     # beside the data folder, as in NAB's repository
-    (root / "combined_labels.json").write_text(json.dumps({LABELLED: [stamp(LABEL_ROW) + ".000000"], "catB/s2.csv": []}))
+    (root / "combined_labels.json").write_text(
+        json.dumps({LABELLED: [stamp(LABEL_ROW) + ".000000"], "catB/s2.csv": []})
+    )
     (root / "fast.json").write_text(json.dumps(FAST))
     return root
 
@@ -61,7 +64,19 @@ def results(corpus):
     out = corpus / "results"
     result = CliRunner().invoke(
         app,
-        ["nab", "--data-dir", str(corpus / "data"), "--out", str(out), "--detector-name", "vg", "--jobs", "1", "--params", str(corpus / "fast.json")],
+        [
+            "nab",
+            "--data-dir",
+            str(corpus / "data"),
+            "--out",
+            str(out),
+            "--detector-name",
+            "vg",
+            "--jobs",
+            "1",
+            "--params",
+            str(corpus / "fast.json"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "2 series, 540 rows" in result.output
@@ -95,6 +110,21 @@ def test_default_params_are_valid_and_overrides_are_checked():
     assert math.isfinite(params["stream"]["retrain_growth"])
 
 
+def test_a_window_shorter_than_the_scored_slots_is_refused_by_name():
+    from vaeguard.errors import ConfigError
+
+    slots = merged_params()["detector"]["score_slots"]
+    assert slots is not None
+    with pytest.raises(ConfigError, match="score_slots"):
+        merged_params({"detector": {"window": slots - 1}})
+    assert (
+        merged_params({"detector": {"window": slots - 1, "score_slots": 1}})["detector"][
+            "score_slots"
+        ]
+        == 1
+    )
+
+
 def run_cli(*args):
     return subprocess.run(
         [sys.executable, "-c", "from vaeguard.cli.main import main; main()", *map(str, args)],
@@ -117,9 +147,21 @@ def run_cli(*args):
 def test_bad_input_gives_one_clear_line(tmp_path, setup, fragment, code):
     data = tmp_path / "data"
     (data / "cat").mkdir(parents=True)
-    args = ["nab", "--data-dir", data, "--out", tmp_path / "out", "--detector-name", "vg", "--jobs", "1"]
+    args = [
+        "nab",
+        "--data-dir",
+        data,
+        "--out",
+        tmp_path / "out",
+        "--detector-name",
+        "vg",
+        "--jobs",
+        "1",
+    ]
     if setup != "empty":
-        (data / "cat" / "s.csv").write_text("time,val\n1,2\n" if setup == "bad_csv" else "timestamp,value\n2015-01-01 00:00:00,1\n")
+        (data / "cat" / "s.csv").write_text(
+            "time,val\n1,2\n" if setup == "bad_csv" else "timestamp,value\n2015-01-01 00:00:00,1\n"
+        )
     if setup == "bad_params":
         (tmp_path / "p.json").write_text(json.dumps({"detector": {"no_such_knob": 1}}))
         args += ["--params", tmp_path / "p.json"]

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from vaeguard.alerts import metrics
 from vaeguard.alerts.model import Alert
@@ -60,7 +60,7 @@ class CircuitBreaker:
     one probe; its success closes the breaker, its failure opens it again."""
 
     CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
-    _GAUGE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+    _GAUGE: ClassVar[dict[str, int]] = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
     def __init__(self, sink: str, failures: int, cooldown_s: float, clock=time.monotonic):
         self.sink = sink
@@ -176,8 +176,13 @@ class SinkWorker:
         self.delivery = delivery
         self.spool = spool
         self.rng = rng or random.Random()
-        self.breaker = CircuitBreaker(sink.name, delivery.breaker_failures, delivery.breaker_cooldown_s)
-        self.chunk_size = max(1, min(type(sink).max_batch, delivery.batch_size or type(sink).max_batch))
+        metrics.init_sink(sink.name)
+        self.breaker = CircuitBreaker(
+            sink.name, delivery.breaker_failures, delivery.breaker_cooldown_s
+        )
+        self.chunk_size = max(
+            1, min(type(sink).max_batch, delivery.batch_size or type(sink).max_batch)
+        )
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=delivery.queue_size)
         #: Spooled alerts a sink rejected permanently in this process (not retried here).
         self.parked: set[str] = set()
@@ -235,7 +240,9 @@ class SinkWorker:
         try:
             self.sink.close()
         except Exception as exc:
-            log.warning("closing a sink failed", extra={"sink": self.name, "error": describe_error(exc)})
+            log.warning(
+                "closing a sink failed", extra={"sink": self.name, "error": describe_error(exc)}
+            )
 
     # -- hand-over (caller's thread) -------------------------------------------------------
 
@@ -267,7 +274,9 @@ class SinkWorker:
     def wait(self, job: Job, deadline: float) -> None:
         """Wait for the job until ``deadline`` (monotonic); then spool what is not delivered."""
         if not job.done.wait(max(0.0, deadline - time.monotonic())):
-            self._spool_pending(job, job.items, f"not delivered within max_wait_s={self.delivery.max_wait_s:g}")
+            self._spool_pending(
+                job, job.items, f"not delivered within max_wait_s={self.delivery.max_wait_s:g}"
+            )
             self._wake()
 
     def _wake(self) -> None:
@@ -276,7 +285,9 @@ class SinkWorker:
             with contextlib.suppress(queue.Full):
                 self.queue.put_nowait(None)
 
-    def _spool_pending(self, job: Job, items: Sequence[Item], reason: str, park: bool = False) -> None:
+    def _spool_pending(
+        self, job: Job, items: Sequence[Item], reason: str, park: bool = False
+    ) -> None:
         with job.lock:
             todo = [it for it in items if it.state == "pending"]
             if todo:
@@ -365,13 +376,20 @@ class SinkWorker:
                     self._failed(exc, len(chunk))
                     if is_permanent(exc):
                         # Kept (parked) in the spool; the rest of the job goes on live.
-                        self._spool_pending(job, chunk, f"rejected: {describe_error(exc)}", park=True)
+                        self._spool_pending(
+                            job, chunk, f"rejected: {describe_error(exc)}", park=True
+                        )
                         break
                     if attempt >= retries:
-                        self._spool_rest(job, chunk, f"{retries + 1} attempts failed: {describe_error(exc)}")
+                        self._spool_rest(
+                            job, chunk, f"{retries + 1} attempts failed: {describe_error(exc)}"
+                        )
                         return
                     delay = backoff_delay(
-                        attempt, self.delivery.backoff_initial_s, self.delivery.backoff_max_s, self.rng
+                        attempt,
+                        self.delivery.backoff_initial_s,
+                        self.delivery.backoff_max_s,
+                        self.rng,
                     )
                     retry_after = getattr(exc, "retry_after", None)
                     if retry_after:
@@ -424,7 +442,10 @@ class SinkWorker:
             try:
                 self.spool.ack(late)
             except SpoolError as exc:
-                log.warning("cannot ack a delivered alert; it may be sent twice", extra={"sink": self.name, "error": str(exc)})
+                log.warning(
+                    "cannot ack a delivered alert; it may be sent twice",
+                    extra={"sink": self.name, "error": str(exc)},
+                )
             else:
                 with self._count_lock:
                     self.backlog = max(0, self.backlog - len(late))
@@ -471,7 +492,9 @@ class SinkWorker:
                     max(self.delivery.backoff_max_s, self.delivery.redelivery_interval_s),
                     self.rng,
                 )
-                delay = max(delay, self.breaker.remaining(), getattr(exc, "retry_after", None) or 0.0)
+                delay = max(
+                    delay, self.breaker.remaining(), getattr(exc, "retry_after", None) or 0.0
+                )
                 self._next_pass = time.monotonic() + delay
                 break
             try:
@@ -488,9 +511,7 @@ class SinkWorker:
             metrics.SPOOL_PENDING.labels(self.name).set(remaining)
             if not failed:
                 self._pass_failures = 0
-                self._next_pass = (
-                    time.monotonic() if self.backlog else math.inf
-                )
+                self._next_pass = time.monotonic() if self.backlog else math.inf
         if delivered:
             log.info(
                 "spooled alerts redelivered",
@@ -546,7 +567,12 @@ class SinkWorker:
                 if is_permanent(exc) or attempt == self.delivery.retries:
                     break
                 time.sleep(
-                    backoff_delay(attempt, self.delivery.backoff_initial_s, self.delivery.backoff_max_s, self.rng)
+                    backoff_delay(
+                        attempt,
+                        self.delivery.backoff_initial_s,
+                        self.delivery.backoff_max_s,
+                        self.rng,
+                    )
                 )
                 continue
             self.breaker.success()

@@ -82,7 +82,12 @@ class Episode:
             )
         else:
             summary = resolved_summary(
-                self.stream, self.entity, self.normal_streak, self.count, self.peak_score, self.peak_severity
+                self.stream,
+                self.entity,
+                self.normal_streak,
+                self.count,
+                self.peak_score,
+                self.peak_severity,
             )
         return Alert(
             id=self.id,
@@ -166,7 +171,8 @@ class AlertLayer:
             # The daemon retries a batch whose process() raised: its records are not counted twice.
             coords = {(r.source.topic, r.source.partition, r.source.offset) for r in records}
             fresh = [
-                r for r in records
+                r
+                for r in records
                 if (r.source.topic, r.source.partition, r.source.offset) not in self._last_batch
             ]
             self._last_batch = coords
@@ -194,7 +200,10 @@ class AlertLayer:
             sinks += [s for s in names if s not in sinks]
         if not sinks:
             metrics.UNROUTED.inc()
-            log.warning("alert matched no route and there are no default sinks", extra={"alert_id": alert.id})
+            log.warning(
+                "alert matched no route and there are no default sinks",
+                extra={"alert_id": alert.id},
+            )
             return
         self._deliver_notes([_Note(s, alert) for s in sinks], self.clock(), carry=False)
 
@@ -252,7 +261,9 @@ class AlertLayer:
                         closed.append((ep, to_datetime(r.ts, now)))
                 continue
             seen = to_datetime(r.ts, now)
-            source = AlertSource(topic=r.source.topic, partition=r.source.partition, offset=r.source.offset)
+            source = AlertSource(
+                topic=r.source.topic, partition=r.source.partition, offset=r.source.offset
+            )
             if ep is None:
                 ep = Episode(
                     key=key,

@@ -40,9 +40,7 @@ BREAKER_STATE = Gauge(
 BREAKER_OPENED = Counter(
     "vaeguard_sink_circuit_breaker_opened_total", "Times a sink's breaker opened.", ["sink"]
 )
-QUEUE_DEPTH = Gauge(
-    "vaeguard_sink_queue_batches", "Batches waiting for a sink's worker.", ["sink"]
-)
+QUEUE_DEPTH = Gauge("vaeguard_sink_queue_batches", "Batches waiting for a sink's worker.", ["sink"])
 
 NOTIFICATIONS = Counter(
     "vaeguard_alerts_notifications_total",
@@ -63,3 +61,25 @@ PROCESS_SECONDS = Histogram(
     "Time `process()` took for one batch (including waiting for sinks).",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+
+#: The bounded values of the ``kind`` / ``reason`` labels (see delivery._reason_label).
+FAILURE_KINDS = ("retryable", "permanent")
+SPOOL_REASONS = (
+    "retries_exhausted", "max_wait", "circuit_open", "queue_full", "backlog", "rejected",
+    "shutdown", "other",
+)  # fmt: skip
+
+
+def init_sink(name: str) -> None:
+    """Create a sink's series at zero, so dashboards and alert rules see them before the
+    first failure (Prometheus' advice for labelled counters)."""
+    for counter in (SENT, RETRIED, REDELIVERED, BREAKER_OPENED):
+        counter.labels(name)
+    for gauge in (SPOOL_PENDING, QUEUE_DEPTH):
+        gauge.labels(name)
+    LATENCY.labels(name)
+    for kind in FAILURE_KINDS:
+        FAILED.labels(name, kind)
+    for reason in SPOOL_REASONS:
+        SPOOLED.labels(name, reason)

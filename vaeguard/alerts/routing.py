@@ -77,7 +77,9 @@ class RouteRule:
             return False
         if m.severity is not None and severity not in m.severity:
             return False
-        if m.min_severity is not None and self.order.rank(severity) < self.order.rank(m.min_severity):
+        if m.min_severity is not None and self.order.rank(severity) < self.order.rank(
+            m.min_severity
+        ):
             return False
         for label, pattern in m.labels.items():
             value = alert.labels.get(label)
@@ -110,7 +112,9 @@ class Router:
             )
             self.rules.append(RouteRule(route, route.name or f"routes[{i}]", order, limiter))
         all_sinks = [s.name for s in settings.sinks]
-        self.default = list(settings.default_sinks if settings.default_sinks is not None else all_sinks)
+        self.default = list(
+            settings.default_sinks if settings.default_sinks is not None else all_sinks
+        )
 
     def route(self, alert: Alert) -> list[tuple[RouteRule | None, list[str]]]:
         """The matching routes in order (up to the first without ``continue``), each with its

@@ -262,8 +262,10 @@ def describe(exc: ValidationError, prefix: str = "alerts") -> str:
     """One line naming every invalid setting: ``invalid setting alerts.sinks[x].url: ...``."""
     parts = []
     for err in exc.errors():
-        dotted = ".".join([prefix, *(str(p) for p in err["loc"])]) if prefix else ".".join(
-            str(p) for p in err["loc"]
+        dotted = (
+            ".".join([prefix, *(str(p) for p in err["loc"])])
+            if prefix
+            else ".".join(str(p) for p in err["loc"])
         )
         msg = err["msg"]
         for p in ("Value error, ", "Assertion failed, "):
@@ -277,13 +279,17 @@ def describe(exc: ValidationError, prefix: str = "alerts") -> str:
     return "; ".join(parts)
 
 
-def _error(loc: tuple[Any, ...], message: str, value: Any, kind: str = "value_error") -> InitErrorDetails:
+def _error(
+    loc: tuple[Any, ...], message: str, value: Any, kind: str = "value_error"
+) -> InitErrorDetails:
     return InitErrorDetails(
         type=PydanticCustomError(kind, "{message}", {"message": message}), loc=loc, input=value
     )
 
 
-def _reraise(err: Any, prefix: tuple[Any, ...], known: list[str] | None = None, what: str = "") -> InitErrorDetails:
+def _reraise(
+    err: Any, prefix: tuple[Any, ...], known: list[str] | None = None, what: str = ""
+) -> InitErrorDetails:
     """A pydantic error dict as InitErrorDetails under ``prefix`` (keeps type and message)."""
     loc = (*prefix, *err["loc"])
     if err["type"] == "extra_forbidden" and known is not None:
@@ -305,19 +311,35 @@ def _validate_sink(
     from vaeguard.alerts import registry
 
     if not isinstance(raw, Mapping):
-        return None, [_error(("sinks", index), "must be a mapping with name, type and the sink's settings", raw)]
+        return None, [
+            _error(
+                ("sinks", index), "must be a mapping with name, type and the sink's settings", raw
+            )
+        ]
     name = raw.get("name")
     label = f"sinks[{name}]" if isinstance(name, str) and name else f"sinks[{index}]"
     errors: list[InitErrorDetails] = []
     if not isinstance(name, str) or not name:
         errors.append(_error((label, "name"), "every sink needs a name", name, "missing"))
     elif not _NAME_RE.match(name):
-        errors.append(_error((label, "name"), f"{name!r} is not a valid sink name (letters, digits, '.', '_', '-')", name))
+        errors.append(
+            _error(
+                (label, "name"),
+                f"{name!r} is not a valid sink name (letters, digits, '.', '_', '-')",
+                name,
+            )
+        )
     type_name = raw.get("type")
     cls = None
     if not isinstance(type_name, str) or not type_name:
         installed = ", ".join(registry.sink_types()) or "none"
-        errors.append(_error((label, "type"), f"every sink needs a type; installed sink types: {installed}", type_name))
+        errors.append(
+            _error(
+                (label, "type"),
+                f"every sink needs a type; installed sink types: {installed}",
+                type_name,
+            )
+        )
     else:
         try:
             cls = registry.load_sink_class(type_name)
@@ -333,7 +355,9 @@ def _validate_sink(
             errors.extend(_reraise(e, (label,), known, f"a {type_name} sink") for e in exc.errors())
     overrides = raw.get("delivery") or {}
     if not isinstance(overrides, Mapping):
-        errors.append(_error((label, "delivery"), "must be a mapping of delivery settings", overrides))
+        errors.append(
+            _error((label, "delivery"), "must be a mapping of delivery settings", overrides)
+        )
         overrides = {}
     else:
         base = dict(raw_delivery) if isinstance(raw_delivery, Mapping) else {}
@@ -373,11 +397,17 @@ def _check_references(settings: AlertsSettings) -> list[InitErrorDetails]:
         for sink in route.sinks:
             if sink not in names:
                 errors.append(
-                    _error(("routes", i, "sinks"), f"unknown sink {sink!r} (configured: {configured})", sink)
+                    _error(
+                        ("routes", i, "sinks"),
+                        f"unknown sink {sink!r} (configured: {configured})",
+                        sink,
+                    )
                 )
     for sink in settings.default_sinks or []:
         if sink not in names:
             errors.append(
-                _error(("default_sinks",), f"unknown sink {sink!r} (configured: {configured})", sink)
+                _error(
+                    ("default_sinks",), f"unknown sink {sink!r} (configured: {configured})", sink
+                )
             )
     return errors

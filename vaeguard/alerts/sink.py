@@ -44,7 +44,9 @@ class SinkContext:
     kafka_config: dict[str, Any] | None = None
     #: A directory the sink may keep state in.
     state_dir: Path | None = None
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("vaeguard.alerts.sink"))
+    logger: logging.Logger = field(
+        default_factory=lambda: logging.getLogger("vaeguard.alerts.sink")
+    )
 
 
 class SinkError(Exception):
@@ -95,7 +97,7 @@ class Sink(abc.ABC):
     def send(self, alerts: list[Alert]) -> None:
         """Deliver every alert, or raise. Must honour ``self.context.timeout_s``."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most sinks hold nothing to close)
         """Release connections and files. Called once, after the last `send`."""
 
     def health(self) -> dict[str, Any]:

@@ -89,7 +89,11 @@ class Spool:
         )
         try:
             with self._lock, self._locked():
-                if check_size and self.max_bytes is not None and self.size() + len(data) > self.max_bytes:
+                if (
+                    check_size
+                    and self.max_bytes is not None
+                    and self.size() + len(data) > self.max_bytes
+                ):
                     raise SpoolError(
                         f"the spool of sink {self.sink_name!r} is full "
                         f"({self.size() / 1e6:.1f} MB ≥ spool_max_mb); alerts are not being "
@@ -202,7 +206,10 @@ class Spool:
                             "reason": e.reason,
                             "at": e.at,
                         }
-                        f.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+                        f.write(
+                            json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode()
+                            + b"\n"
+                        )
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, self.path)

@@ -36,7 +36,13 @@ FAST_DELIVERY: dict[str, Any] = {
 }
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 20.0, message: str = "condition"):
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 20.0,
+    message: str = "condition",
+    *,
+    interval: float = 0.02,
+):
     """Poll ``condition`` until truthy; AssertionError naming ``message`` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -45,7 +51,7 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0, message: 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {message}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -64,11 +70,17 @@ def sample_alert(
     **overrides: Any,
 ) -> Alert:
     """A realistic anomaly alert; each call without ``offset`` is a new episode (new id)."""
-    source = AlertSource(topic=stream, partition=0, offset=next(_offsets) if offset is None else offset)
+    source = AlertSource(
+        topic=stream, partition=0, offset=next(_offsets) if offset is None else offset
+    )
     group = {"topic": stream, "entity": entity}
     top = [
-        FeatureContribution(feature="cpu_user", observed=97.0, expected=41.0, contribution=21.5, share=0.6),
-        FeatureContribution(feature="load1", observed=12.0, expected=2.5, contribution=9.1, share=0.25),
+        FeatureContribution(
+            feature="cpu_user", observed=97.0, expected=41.0, contribution=21.5, share=0.6
+        ),
+        FeatureContribution(
+            feature="load1", observed=12.0, expected=2.5, contribution=9.1, share=0.25
+        ),
     ]
     at = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
     data: dict[str, Any] = {
@@ -123,7 +135,13 @@ def make_record(
         is_anomaly=anomalous,
         severity=severity,
         contributions=[
-            {"feature": "cpu_user", "observed": 97.0, "expected": 41.0, "contribution": 21.5, "share": 0.6}
+            {
+                "feature": "cpu_user",
+                "observed": 97.0,
+                "expected": 41.0,
+                "contribution": 21.5,
+                "share": 0.6,
+            }
         ]
         if anomalous
         else [],
@@ -181,7 +199,13 @@ class HTTPCapture:
                     capture.waiting -= 1
                     status = capture._failures.pop(0) if capture._failures else capture.status
                     capture.requests.append(
-                        Request("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body, status)
+                        Request(
+                            "POST",
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            status,
+                        )
                     )
                 payload = capture.response_body if status < 300 else b'{"error":"injected"}'
                 self.send_response(status)

@@ -16,7 +16,9 @@ from vaeguard.errors import ConfigError, VaeguardError
 
 plugins = typer.Typer(help="Sink plugins (entry-point group vaeguard.sinks).", no_args_is_help=True)
 alert = typer.Typer(help="Try the configured alert sinks.", no_args_is_help=True)
-spool = typer.Typer(help="Alerts waiting in the durable spool for a sink to recover.", no_args_is_help=True)
+spool = typer.Typer(
+    help="Alerts waiting in the durable spool for a sink to recover.", no_args_is_help=True
+)
 
 CONFIG = typer.Option(..., "--config", "-c", help="The daemon's YAML config (its alerts: section).")
 JSON = typer.Option(False, "--json", help="Print a JSON array instead of a table.")
@@ -83,7 +85,11 @@ def synthetic_alert() -> Any:
         threshold=12.0,
         first_seen=now,
         last_seen=now,
-        top_features=[FeatureContribution(feature="example", observed=2.0, expected=1.0, contribution=1.0, share=1.0)],
+        top_features=[
+            FeatureContribution(
+                feature="example", observed=2.0, expected=1.0, contribution=1.0, share=1.0
+            )
+        ],
         model_version="test",
         episode=source,
         source=source,
@@ -151,7 +157,9 @@ def spool_list(
                     "stream": e.alert.stream,
                     "entity": e.alert.entity,
                     "severity": e.alert.severity,
-                    "spooled_at": dt.datetime.fromtimestamp(e.at, dt.UTC).isoformat(timespec="seconds"),
+                    "spooled_at": dt.datetime.fromtimestamp(e.at, dt.UTC).isoformat(
+                        timespec="seconds"
+                    ),
                     "reason": e.reason,
                     "summary": e.alert.summary,
                 }
@@ -169,14 +177,24 @@ def spool_list(
     for column in ("sink", "spooled", "status", "severity", "stream", "entity", "reason"):
         t.add_column(column)
     for r in rows:
-        t.add_row(r["sink"], r["spooled_at"], r["status"], r["severity"], r["stream"], r["entity"] or "", r["reason"])
+        t.add_row(
+            r["sink"],
+            r["spooled_at"],
+            r["status"],
+            r["severity"],
+            r["stream"],
+            r["entity"] or "",
+            r["reason"],
+        )
     Console().print(t)
 
 
 @spool.command("flush")
 def spool_flush(
     config: Path = CONFIG,
-    sink: list[str] | None = typer.Option(None, "--sink", "-s", help="Only these sinks (repeatable)."),
+    sink: list[str] | None = typer.Option(
+        None, "--sink", "-s", help="Only these sinks (repeatable)."
+    ),
 ) -> None:
     """Redeliver spooled alerts now (rejected ones too), with each sink's retries; exit 1 if
     any stay in the spool."""

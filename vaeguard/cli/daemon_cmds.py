@@ -78,7 +78,9 @@ def broker(
 def replay(
     data: Path = typer.Option(..., "--data", help="CSV or JSONL file of records."),
     topic: str = typer.Option(..., "--topic", help="Topic to produce to."),
-    rate: float | None = typer.Option(None, "--rate", help="Records per second (default: as fast as possible)."),
+    rate: float | None = typer.Option(
+        None, "--rate", help="Records per second (default: as fast as possible)."
+    ),
     bootstrap: str = typer.Option(
         "127.0.0.1:9092",
         "--bootstrap",

@@ -40,9 +40,25 @@ def _root(
 
 
 def _register() -> None:
-    from vaeguard.cli import alert_cmds, daemon_cmds, model_cmds, nab_cmds, registry_cmds
+    from vaeguard.cli import (
+        alert_cmds,
+        daemon_cmds,
+        model_cmds,
+        nab_cmds,
+        registry_cmds,
+        retrain_cmds,
+        window_cmds,
+    )
 
-    for module in (model_cmds, daemon_cmds, alert_cmds, registry_cmds, nab_cmds):
+    for module in (
+        model_cmds,
+        window_cmds,
+        daemon_cmds,
+        alert_cmds,
+        registry_cmds,
+        retrain_cmds,
+        nab_cmds,
+    ):
         module.register(app)
 
 

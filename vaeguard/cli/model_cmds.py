@@ -422,12 +422,21 @@ def inspect(
         typer.echo(json.dumps(m, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"model bundle {model}", show_header=False, title_justify="left")
     t.add_row("created", m["created_at"])
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
-    t.add_row("features", ", ".join(m["features"]))
+    window = (m.get("extra") or {}).get("window_mode")
+    if isinstance(window, dict):
+        t.add_row(
+            "window mode",
+            f"{window.get('window')} points of {', '.join(window.get('metrics') or [])} per "
+            f"{window.get('entity_field')} (time {window.get('time_field')}, interval "
+            f"{window.get('interval')}); likelihood {'on' if window.get('likelihood') else 'off'}",
+        )
+    t.add_row("features", escape(", ".join(m["features"])))
     if m["conditions"]:
         t.add_row("conditions", ", ".join(f"{c['name']} ({c['kind']})" for c in m["conditions"]))
     th = m["threshold"]

@@ -11,9 +11,15 @@ from vaeguard.errors import ConfigError
 
 
 def nab(
-    data_dir: Path = typer.Option(..., "--data-dir", help="Folder of <category>/<series>.csv (timestamp,value)."),
-    out: Path = typer.Option(..., "--out", help="Results folder: writes OUT/NAME/<category>/NAME_<series>.csv."),
-    detector_name: str = typer.Option("vaeguard", "--detector-name", help="NAME of the detector in the results."),
+    data_dir: Path = typer.Option(
+        ..., "--data-dir", help="Folder of <category>/<series>.csv (timestamp,value)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Results folder: writes OUT/NAME/<category>/NAME_<series>.csv."
+    ),
+    detector_name: str = typer.Option(
+        "vaeguard", "--detector-name", help="NAME of the detector in the results."
+    ),
     jobs: int = typer.Option(2, "--jobs", min=1, help="Worker processes (series run in parallel)."),
     params: Path | None = typer.Option(
         None,

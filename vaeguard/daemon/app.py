@@ -16,8 +16,13 @@ from typing import Any
 from vaeguard._version import __version__
 from vaeguard.config import Settings
 from vaeguard.daemon.alerting import make_alert_layer
+from vaeguard.daemon.drift import DriftMonitor
 from vaeguard.daemon.http import OpsServer
-from vaeguard.daemon.model_provider import BundleModelProvider, ModelProvider
+from vaeguard.daemon.model_provider import (
+    BundleModelProvider,
+    ModelProvider,
+    RegistryModelProvider,
+)
 from vaeguard.daemon.pipeline import Pipeline, Shutdown
 from vaeguard.errors import ConfigError
 
@@ -40,7 +45,13 @@ class Daemon:
         self._on_batch = on_batch
         self.pipeline: Pipeline | None = None
         self.http: OpsServer | None = None
+        self.retraining = None  # a vaeguard.retrain.service.RetrainService when enabled
         self.started = threading.Event()
+        if settings.retrain.enabled and not isinstance(self.provider, RegistryModelProvider):
+            raise ConfigError(
+                "invalid setting retrain.enabled: retraining in the daemon needs model.path to "
+                "be a model registry (create one with `vaeguard train --registry DIR`)"
+            )
 
     @property
     def http_port(self) -> int | None:
@@ -74,15 +85,39 @@ class Daemon:
     def run(self) -> None:
         """Run until stopped. Raises VaeguardError subclasses for failures an operator must fix."""
         s = self.settings
-        log.info("vaeguard daemon starting", extra={"version": __version__, "settings": s.redacted()})
+        log.info(
+            "vaeguard daemon starting", extra={"version": __version__, "settings": s.redacted()}
+        )
         alert_layer = self._alert_layer or make_alert_layer(
             s.alerts, kafka_config=s.kafka.client_config()
         )
-        self.pipeline = Pipeline(
-            s, self.provider, alert_layer, self.shutdown, on_batch=self._on_batch
+        if s.retrain.enabled:
+            from vaeguard.retrain.service import RetrainService
+
+            self.retraining = RetrainService(
+                s, alert_layer, on_promoted=getattr(self.provider, "poke", None)
+            )
+        drift = DriftMonitor.from_settings(
+            s.retrain, on_drift=self.retraining.trigger if self.retraining else None
         )
+        user_on_batch = self._on_batch
+
+        def on_batch(scored, dead) -> None:
+            model = self.pipeline._model  # the model that scored this batch
+            if scored and model is not None:
+                drift.observe(
+                    model.version,
+                    getattr(model.detector, "score_reference_", None),
+                    [r.score for r in scored],
+                )
+            if user_on_batch is not None:
+                user_on_batch(scored, dead)
+
+        self.pipeline = Pipeline(s, self.provider, alert_layer, self.shutdown, on_batch=on_batch)
         self.provider.start()
         try:
+            if self.retraining is not None:
+                self.retraining.start()
             if s.http.enabled:
                 try:
                     self.http = OpsServer(s.http.host, s.http.port, self.pipeline.readiness).start()
@@ -105,6 +140,8 @@ class Daemon:
             )
         finally:
             self.started.set()
+            if self.retraining is not None:
+                self.retraining.stop()
             self.provider.close()
             try:
                 alert_layer.close()
@@ -116,6 +153,7 @@ class Daemon:
 
 def _provider_for(settings: Settings) -> ModelProvider:
     from vaeguard.bundle import read_manifest
+    from vaeguard.registry import ModelRegistry, is_registry
 
     path = settings.model.path
     if path is None:
@@ -124,5 +162,12 @@ def _provider_for(settings: Settings) -> ModelProvider:
         )
     if not path.exists():
         raise ConfigError(f"invalid setting model.path: {path} does not exist")
+    if is_registry(path):
+        registry = ModelRegistry(path)
+        current = registry.current()
+        if current is None:
+            raise ConfigError(f"invalid setting model.path: registry {path} has no current version")
+        read_manifest(registry.path_of(current))  # a clear BundleError now, not after connecting
+        return RegistryModelProvider(path, settings.model.device, settings.model.reload_interval_s)
     read_manifest(path)  # a clear BundleError now rather than after connecting
     return BundleModelProvider(path, settings.model.device, settings.model.reload_interval_s)

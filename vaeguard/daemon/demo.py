@@ -117,6 +117,8 @@ def run_demo(seconds: float = 35.0, entities: int = 6, seed: int = 7) -> None:
                 },
                 "model": {"path": str(model_dir), "device": "auto", "reload_interval_s": 0},
                 "http": {"port": 0},
+                # Alerts are logged (to the daemon log in workdir); any spool stays in workdir.
+                "alerts": {"spool_dir": str(workdir / "spool")},
                 "shutdown_grace_s": 10,
             }
         )
@@ -140,7 +142,9 @@ def run_demo(seconds: float = 35.0, entities: int = 6, seed: int = 7) -> None:
         live_start = start_tick + backlog_ticks
         live_ticks = int(seconds * TICKS_PER_SECOND)
         incidents = workload.schedule(live_start, live_ticks, per_entity=2, lead_in=40)
-        _live(console, workload, incidents, producer, collector, state, live_start, live_ticks, daemon)
+        _live(
+            console, workload, incidents, producer, collector, state, live_start, live_ticks, daemon
+        )
 
         with console.status("waiting for the last score records…"):
             deadline = time.monotonic() + 30
@@ -170,15 +174,9 @@ def run_demo(seconds: float = 35.0, entities: int = 6, seed: int = 7) -> None:
 
 
 def _create_topics(bootstrap: str) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from vaeguard.broker import create_topics
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics(
-            [NewTopic(TOPIC, 3, 1), NewTopic(SCORES, 3, 1), NewTopic(DLQ, 1, 1)]
-        )
-    finally:
-        admin.close()
+    create_topics(bootstrap, {TOPIC: 3, SCORES: 3, DLQ: 1})
 
 
 def _train(console, workload: Workload, model_dir: Path) -> dict[str, Any]:
@@ -225,7 +223,9 @@ def _train(console, workload: Workload, model_dir: Path) -> dict[str, Any]:
 def _producer(bootstrap: str):
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024
+    )
 
 
 def _send(producer, state: DemoState, record: dict[str, Any]) -> None:
@@ -289,7 +289,9 @@ def _catch_up(console, daemon, collector: _Collector, state: DemoState) -> float
                 now = time.perf_counter()
                 first = first or now
                 last = now
-                status.update(f"catching up on the backlog: {len(state.scored):,} / {state.backlog:,} scored")
+                status.update(
+                    f"catching up on the backlog: {len(state.scored):,} / {state.backlog:,} scored"
+                )
     n = len(state.scored)
     rate = n / (last - first) if first and last and last > first else float("nan")
     flagged = sum(r["is_anomaly"] for r in state.scored.values())
@@ -312,7 +314,9 @@ def _live(console, workload, incidents, producer, collector, state, start, ticks
 
     def stream() -> None:
         began = time.perf_counter()
-        for i, (tick, records) in enumerate(workload.stream(start, ticks, incidents, seed=workload.seed + 17)):
+        for i, (tick, records) in enumerate(
+            workload.stream(start, ticks, incidents, seed=workload.seed + 17)
+        ):
             if stop.is_set():
                 break
             delay = began + i / TICKS_PER_SECOND - time.perf_counter()
@@ -333,7 +337,9 @@ def _live(console, workload, incidents, producer, collector, state, start, ticks
     feeder = threading.Thread(target=stream, daemon=True)
     feeder.start()
     try:
-        with Live(_render(state, incidents, daemon, start), console=console, refresh_per_second=8) as live:
+        with Live(
+            _render(state, incidents, daemon, start), console=console, refresh_per_second=8
+        ) as live:
             while feeder.is_alive():
                 _track(collector.poll(100), state, by_host)
                 live.update(_render(state, incidents, daemon, start))
@@ -363,12 +369,23 @@ def _track(fresh: list[dict], state: DemoState, by_host: dict[str, list[Incident
             ep.last = max(ep.last, tick)
             ep.records += 1
             if record["score"] > ep.score:
-                ep.score, ep.severity, ep.top = record["score"], record["severity"], record["contributions"]
+                ep.score, ep.severity, ep.top = (
+                    record["score"],
+                    record["severity"],
+                    record["contributions"],
+                )
             continue
-        incident = next(
-            (i for i in by_host.get(host, []) if i.start - 3 <= tick < i.end + 3), None
+        incident = next((i for i in by_host.get(host, []) if i.start - 3 <= tick < i.end + 3), None)
+        ep = Episode(
+            host,
+            tick,
+            tick,
+            record["severity"],
+            record["score"],
+            record["contributions"],
+            1,
+            incident,
         )
-        ep = Episode(host, tick, tick, record["severity"], record["score"], record["contributions"], 1, incident)
         state.open_episode[host] = ep
         state.episodes.append(ep)
 
@@ -376,7 +393,9 @@ def _track(fresh: list[dict], state: DemoState, by_host: dict[str, list[Incident
 def _features_text(top: list[dict]) -> str:
     parts = []
     for c in top[:2]:
-        parts.append(f"{c['feature']} {c['observed']:.4g} (exp {c['expected']:.4g}, {c['share']:.0%})")
+        parts.append(
+            f"{c['feature']} {c['observed']:.4g} (exp {c['expected']:.4g}, {c['share']:.0%})"
+        )
     return "; ".join(parts)
 
 
@@ -432,9 +451,7 @@ def _summary(console, state, incidents, info, backlog_rate, stats, live_start) -
         sent = state.sent.get(src)
         if sent is not None and sent.tick >= live_start:
             live[(sent.host, sent.tick)] = (record, src)
-    labels = {
-        key: any(i.entity == key[0] and i.covers(key[1]) for i in incidents) for key in live
-    }
+    labels = {key: any(i.entity == key[0] and i.covers(key[1]) for i in incidents) for key in live}
     flagged = {key: rec["is_anomaly"] for key, (rec, _) in live.items()}
     tp = sum(1 for k in live if flagged[k] and labels[k])
     fp = sum(1 for k in live if flagged[k] and not labels[k])
@@ -449,7 +466,9 @@ def _summary(console, state, incidents, info, backlog_rate, stats, live_start) -
     for inc in incidents:
         keys = [(inc.entity, t) for t in range(inc.start, inc.end) if (inc.entity, t) in live]
         hits = [k for k in keys if flagged[k]]
-        blame = Counter(live[k][0]["contributions"][0]["feature"] for k in hits if live[k][0]["contributions"])
+        blame = Counter(
+            live[k][0]["contributions"][0]["feature"] for k in hits if live[k][0]["contributions"]
+        )
         minutes = 24 * 60 // TICKS_PER_DAY
         if hits:
             detected += 1
@@ -468,9 +487,7 @@ def _summary(console, state, incidents, info, backlog_rate, stats, live_start) -
     event_recall = detected / len(incidents) if incidents else float("nan")
 
     latencies = sorted(
-        state.arrivals[src] - state.sent[src].at
-        for _, src in live.values()
-        if src in state.sent
+        state.arrivals[src] - state.sent[src].at for _, src in live.values() if src in state.sent
     )
     p50 = np.percentile(latencies, 50) * 1000 if latencies else float("nan")
     p99 = np.percentile(latencies, 99) * 1000 if latencies else float("nan")
@@ -509,10 +526,13 @@ def _summary(console, state, incidents, info, backlog_rate, stats, live_start) -
         f"{state.produced:,} produced, {len(state.scored):,} scored, "
         f"{sum(r['is_anomaly'] for r in state.scored.values()):,} flagged, "
         f"{sum(state.dead.values())} dead-lettered ({dead})"
-        + (f", {stats.duplicates_possible} possible duplicates" if stats and stats.duplicates_possible else ""),
+        + (
+            f", {stats.duplicates_possible} possible duplicates"
+            if stats and stats.duplicates_possible
+            else ""
+        ),
     )
     totals.add_row("model", f"VAE trained on {info['rows']:,} records in {info['seconds']:.0f}s")
     console.print()
     console.print(per_incident)
     console.print(totals)
-

@@ -2,9 +2,9 @@
 
 A `Featurizer` turns a batch of decoded JSON objects (with each record's entity and timestamp)
 into the matrices the detector scores, and says which records it could not use (they become
-dead letters). `TabularFeaturizer` scores each record on its own; a stateful per-entity window
-featurizer fits the same interface: ``keep`` maps every scored row back to the record it
-reports on, and records it only buffers simply have no row.
+dead letters). `TabularFeaturizer` scores each record on its own; the stateful per-entity window
+featurizer (`vaeguard.daemon.window.WindowStreamFeaturizer`) fits the same interface: ``keep``
+maps every scored row back to the record it reports on, and records it only buffers have no row.
 """
 
 from __future__ import annotations
@@ -145,7 +145,11 @@ class TabularFeaturizer:
             if problem is None:
                 for name in self.categorical_conditions:
                     if r.get(name) is None:
-                        problem = (Reason.MISSING_FEATURE, "KeyError", f"condition {name!r} is missing")
+                        problem = (
+                            Reason.MISSING_FEATURE,
+                            "KeyError",
+                            f"condition {name!r} is missing",
+                        )
                         break
             if problem is None:
                 rows.append(row)
@@ -161,6 +165,12 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def featurizer_for(detector) -> Featurizer:
-    """The featurizer a model needs (one place to dispatch on model kind, e.g. windowed models)."""
+def featurizer_for(detector, where: str = "bundle") -> Featurizer:
+    """The featurizer a model needs (one place to dispatch on model kind: tabular or window)."""
+    from vaeguard.timeseries.bundle import is_window_model
+
+    if is_window_model(detector):
+        from vaeguard.daemon.window import WindowStreamFeaturizer
+
+        return WindowStreamFeaturizer.for_bundle(detector, where)
     return TabularFeaturizer.for_detector(detector)

@@ -22,7 +22,10 @@ class OpsServer:
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="vaeguard-http", daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="vaeguard-http",
+            daemon=True,
         )
 
     @property
@@ -47,7 +50,7 @@ def _handler(readiness):
     class Handler(BaseHTTPRequestHandler):
         server_version = "vaeguard"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 self._send(200, "application/json", b'{"status":"ok"}')

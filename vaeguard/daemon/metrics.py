@@ -53,3 +53,26 @@ LAST_COMMIT = Gauge(
 def set_model_version(version: str) -> None:
     MODEL_INFO.clear()
     MODEL_INFO.labels(version=version).set(1)
+
+
+SCORE_DRIFT_PSI = Gauge(
+    "vaeguard_score_drift_psi",
+    "PSI of recent live scores against the model's calibration scores (NaN until judged).",
+)
+SCORE_DRIFT_RECORDS = Gauge(
+    "vaeguard_score_drift_window_records",
+    "Live scores in the drift window of the model in service.",
+)
+DRIFT_TRIGGERS = Counter(
+    "vaeguard_score_drift_triggers", "Times the drift PSI crossed retrain.drift_psi_threshold."
+)
+
+WINDOW_BUFFERED = Counter(
+    "vaeguard_window_buffered_records",
+    "Window mode: records that only filled their entity's window (no score record yet).",
+)
+WINDOW_REPLAYED = Counter(
+    "vaeguard_window_replayed_records",
+    "Window mode: replayed records skipped because the restored state already held them.",
+)
+WINDOW_ENTITIES = Gauge("vaeguard_window_entities", "Window mode: entities with state in memory.")

@@ -6,7 +6,7 @@ on the provider's own thread; a model that fails any of it is refused and the pr
 keeps serving.
 
 `BundleModelProvider` serves a bundle directory and reloads it when its `bundle.json` changes.
-Other sources (a registry's CURRENT pointer) override `locate()`.
+`RegistryModelProvider` follows a model registry's CURRENT pointer by overriding `locate()`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class BundleModelProvider:
         self._active: ActiveModel | None = None
         self._ready = threading.Event()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="vaeguard-model", daemon=True)
 
     # -- what subclasses change -----------------------------------------------------------------
@@ -87,6 +89,11 @@ class BundleModelProvider:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Check for a new model now rather than at the next poll (e.g. right after a promotion)."""
+        self._wake.set()
 
     # -- the loader thread --------------------------------------------------------------------
 
@@ -104,28 +111,53 @@ class BundleModelProvider:
             self._ready.set()
             return
         self._ready.set()
-        while self.reload_interval_s > 0 and not self._stop.wait(self.reload_interval_s):
+        while not self._stop.is_set():
+            # reload_interval_s = 0: no polling, only poke().
+            self._wake.wait(self.reload_interval_s or None)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             self.refresh()
 
     def refresh(self) -> bool:
-        """Load the located model if it differs from the active one; True if it swapped in."""
+        """Load the located model if it differs from the active one; True if it swapped in.
+
+        A failure is counted and logged once per distinct error, not at every poll.
+        """
+        version = None
         try:
             path, version = self.locate()
             if self._active is not None and version == self._active.version:
+                self._last_error = None
+                return False
+            if self.is_refused(version):
                 return False
             log.info("new model version found", extra={"version": version, "path": str(path)})
             self._install(self.load(path, version))
+            self._last_error = None
             return True
         except Exception as exc:
-            metrics.MODEL_LOAD_FAILURES.inc()
-            log.error(
-                "model refused; the current model keeps serving",
-                extra={
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "serving": self._active.version if self._active else None,
-                },
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            self.refuse(version, error)
+            if error != self._last_error:
+                self._last_error = error
+                metrics.MODEL_LOAD_FAILURES.inc()
+                log.error(
+                    "model refused; the current model keeps serving",
+                    extra={
+                        "error": error,
+                        "refused_version": version,
+                        "serving": self._active.version if self._active else None,
+                    },
+                )
             return False
+
+    def is_refused(self, version: str) -> bool:
+        """Whether a version already failed to load and must not be tried again."""
+        return False
+
+    def refuse(self, version: str | None, error: str) -> None:
+        """Remember a version that failed to load (a bundle may still be being written: no-op)."""
 
     def load(self, path: Path, version: str) -> ActiveModel:
         """Load, validate and warm a model (compiles every batch-size bucket of the scorer)."""
@@ -134,7 +166,10 @@ class BundleModelProvider:
 
         started = time.monotonic()
         detector = load_bundle(path)
-        featurizer = featurizer_for(detector)
+        featurizer = featurizer_for(detector, str(path))
+        warm_up = getattr(featurizer, "warm_up", None)  # window models: the masked scorer
+        if warm_up is not None:
+            warm_up()
         center = detector.scaler_.center
         width = detector.conditions_.width
         for size in BUCKETS:
@@ -162,5 +197,36 @@ class BundleModelProvider:
         metrics.set_model_version(model.version)
         if previous is not None:
             log.info(
-                "model swapped", extra={"from_version": previous.version, "to_version": model.version}
+                "model swapped",
+                extra={"from_version": previous.version, "to_version": model.version},
             )
+
+
+class RegistryModelProvider(BundleModelProvider):
+    """Serves a model registry's CURRENT version and follows it as it moves.
+
+    Versions are immutable, so one that fails to load (a corrupt file, a disk fault) is
+    refused for good: the serving version stays until CURRENT names another one.
+    """
+
+    def __init__(self, path: Path, device: str = "auto", reload_interval_s: float = 30.0):
+        from vaeguard.registry import ModelRegistry
+
+        super().__init__(path, device, reload_interval_s)
+        self.registry = ModelRegistry(path)
+        self.refused: dict[str, str] = {}
+
+    def locate(self) -> tuple[Path, str]:
+        from vaeguard.registry import RegistryError
+
+        version = self.registry.current()
+        if version is None:
+            raise RegistryError(f"registry {self.path} has no current version yet")
+        return self.registry.path_of(version), version
+
+    def is_refused(self, version: str) -> bool:
+        return version in self.refused
+
+    def refuse(self, version: str | None, error: str) -> None:
+        if version is not None:
+            self.refused[version] = error

@@ -14,6 +14,7 @@ Failures of the broker or the alert layer are retried with capped exponential ba
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -37,6 +38,7 @@ from vaeguard.daemon.records import (
     output_key,
     timestamp_of,
 )
+from vaeguard.daemon.window import WindowStateStore, WindowStreamFeaturizer
 from vaeguard.errors import VaeguardError
 from vaeguard.scored import ScoredRecord
 
@@ -85,6 +87,8 @@ class Stats:
     dead_lettered: int = 0
     batches: int = 0
     duplicates_possible: int = 0
+    buffered: int = 0  # window mode: records that only filled their entity's window
+    replayed: int = 0  # window mode: replayed records the restored state already held
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -132,6 +136,17 @@ class Pipeline:
         self._bands = settings.scoring.bands
         self._model: ActiveModel | None = None
         self._task_id = settings.kafka.group_instance_id or settings.kafka.client_id
+        #: Window mode: the featurizer holding the per-entity state, and where it is saved.
+        self._window: WindowStreamFeaturizer | None = None
+        self._state_store = (
+            WindowStateStore(settings.scoring.state_dir, settings.kafka.group_id, self._task_id)
+            if settings.scoring.state_dir is not None
+            else None
+        )
+        #: Offsets processed but not committed yet: with a state store they are committed
+        #: together with the next state save (at most every scoring.state_interval_s).
+        self._pending_offsets: dict[Any, int] = {}
+        self._last_state_save = 0.0
 
     # -- readiness ------------------------------------------------------------------------------
 
@@ -178,6 +193,7 @@ class Pipeline:
                     self._process(batch)
                 else:
                     self._idle()
+            self._save_window_state(force=True)
         finally:
             self._close()
 
@@ -257,17 +273,21 @@ class Pipeline:
         self.assignment |= assigned
         self._broker_up()
         metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
-        log.info("partitions assigned", extra={"partitions": _names(assigned), "total": len(self.assignment)})
+        log.info(
+            "partitions assigned",
+            extra={"partitions": _names(assigned), "total": len(self.assignment)},
+        )
 
     def _revoked(self, revoked: set[Any], lost: bool) -> None:
         self.assignment -= revoked
+        for tp in revoked:
+            # never committed: the partition's next owner replays those records
+            self._pending_offsets.pop(tp, None)
         self._recently_revoked |= revoked
         for tp in revoked:
             self._positions.pop(tp, None)
-            try:
+            with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
-            except KeyError:
-                pass
         metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
         log.info(
             "partitions lost" if lost else "partitions revoked",
@@ -323,6 +343,7 @@ class Pipeline:
         if now - self._last_metrics_check < 1.0:
             return
         self._last_metrics_check = now
+        self._save_window_state()
         self.assignment = set(self.consumer.assignment())
         metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
         try:
@@ -353,8 +374,44 @@ class Pipeline:
                 raise ShutdownExpired("stopped before the model finished loading")
         if self._model is None or model.version != self._model.version:
             log.info("scoring with model", extra={"version": model.version})
-        self._model = model
+            self._take_window_state(model)
+            self._model = model
+            _settle_heap()
         return model
+
+    def _take_window_state(self, model: ActiveModel) -> None:
+        """Window mode: hand the per-entity state to the model taking over (or restore it)."""
+        featurizer = model.featurizer
+        if not isinstance(featurizer, WindowStreamFeaturizer):
+            self._save_window_state(force=True)  # what the window model processed, committed
+            self._window = None
+            return
+        if self._window is not None:
+            kept = featurizer.adopt(self._window)
+            log.info(
+                "window state handed to the new model", extra={"version": model.version, **kept}
+            )
+        elif self._state_store is None:
+            log.warning(
+                "window mode without scoring.state_dir: the per-entity state lives in memory "
+                "only, so after a restart each entity fills its window again before it is scored"
+            )
+        else:
+            store = self._state_store
+            state = store.load()
+            if state is None:
+                log.info("no window state to restore yet", extra={"path": str(store.path)})
+            else:
+                try:
+                    kept = featurizer.restore(state)
+                except VaeguardError as exc:
+                    store.quarantine(str(exc))
+                else:
+                    log.info(
+                        "window state restored",
+                        extra={"path": str(store.path), "offsets": featurizer.offsets, **kept},
+                    )
+        self._window = featurizer
 
     def _process(self, batch: dict[Any, list[Any]]) -> None:
         started = time.perf_counter()
@@ -363,7 +420,19 @@ class Pipeline:
         for tp, records in batch.items():
             metrics.RECORDS_CONSUMED.labels(topic=tp.topic).inc(len(records))
 
-        kept, objects, dead = decode_messages(messages, self.scoring.max_record_bytes)
+        window = model.featurizer if isinstance(model.featurizer, WindowStreamFeaturizer) else None
+        fresh = messages
+        if window is not None:
+            fresh = [m for m in messages if not window.covers(m)]
+            if len(fresh) < len(messages):
+                skipped = len(messages) - len(fresh)
+                self.stats.replayed += skipped
+                metrics.WINDOW_REPLAYED.inc(skipped)
+                log.info(
+                    "replayed records skipped: the restored window state already holds them",
+                    extra={"records": skipped},
+                )
+        kept, objects, dead = decode_messages(fresh, self.scoring.max_record_bytes)
         scored: list[ScoredRecord] = []
         scored_messages: list[Any] = []
         scored_objects: list[dict[str, Any]] = []
@@ -381,6 +450,10 @@ class Pipeline:
                         stage_class=f"{type(model.featurizer).__module__}.{type(model.featurizer).__name__}",
                     )
                 )
+            buffered = getattr(features, "buffered", 0)
+            if buffered:
+                self.stats.buffered += buffered
+                metrics.WINDOW_BUFFERED.inc(buffered)
             if len(features.keep):
                 keep = features.keep.tolist()
                 scored_messages = [kept[i] for i in keep]
@@ -410,7 +483,16 @@ class Pipeline:
         )
         self._produce(outputs)
         self._alert(scored)
-        self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        next_offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        if window is not None:
+            window.advance(next_offsets)
+            metrics.WINDOW_ENTITIES.set(window.state.n_entities)
+        if window is not None and self._state_store is not None:
+            # The state must be on disk before the offsets it covers are committed.
+            self._pending_offsets.update(next_offsets)
+            self._save_window_state()
+        else:
+            self._commit(next_offsets)
 
         n_anomalous = sum(1 for r in scored if r.is_anomaly)
         metrics.RECORDS_SCORED.inc(len(scored))
@@ -442,6 +524,16 @@ class Pipeline:
         self, model: ActiveModel, features, messages, objects, entities, timestamps
     ) -> list[ScoredRecord]:
         """Score the featurized rows in one batched call and build their score records."""
+        if isinstance(model.featurizer, WindowStreamFeaturizer):
+            return model.featurizer.score(
+                features,
+                messages,
+                objects,
+                timestamps,
+                top_k=self.scoring.top_k,
+                bands=self._bands,
+                model_version=model.version,
+            )
         det = model.detector
         x = features.x
         center, scale = det.scaler_.center, det.scaler_.scale
@@ -451,7 +543,9 @@ class Pipeline:
             contributions, expected = result.contributions, result.expected
             scores = result.scores
         else:
-            raw = det.scorer(det.scaler_.transform(x_in).astype("float32"), features.c, features.mask)
+            raw = det.scorer(
+                det.scaler_.transform(x_in).astype("float32"), features.c, features.mask
+            )
             scores = raw.score
             contributions = raw.nll - det.baseline_
             expected = det.scaler_.inverse_transform(raw.expected)
@@ -470,6 +564,23 @@ class Pipeline:
             bands=self._bands,
             model_version=model.version,
         )
+
+    def _save_window_state(self, *, force: bool = False) -> None:
+        """Window mode: save the state, then commit the offsets it covers (when due).
+
+        Saving is throttled to scoring.state_interval_s because the state of many entities is
+        megabytes; the commit waits for the save, so a crash replays at most that interval's
+        records, which the saved state re-scores exactly as before (at-least-once duplicates).
+        """
+        if not self._pending_offsets or self._window is None or self._state_store is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_state_save < self.scoring.state_interval_s:
+            return
+        self._state_store.save(self._window)
+        self._last_state_save = now
+        offsets, self._pending_offsets = self._pending_offsets, {}
+        self._commit(offsets)
 
     # -- the three steps that must succeed before a commit --------------------------------------
 
@@ -500,19 +611,15 @@ class Pipeline:
                 return
             self._broker_down()
             attempt += 1
-            self._retry_wait(
-                "produce", attempt, error, {"failed": len(failed), "of": len(pending)}
-            )
+            self._retry_wait("produce", attempt, error, {"failed": len(failed), "of": len(pending)})
             pending = failed
 
     def _flush(self, futures) -> None:
         from kafka.errors import KafkaTimeoutError
 
         while True:
-            try:
+            with contextlib.suppress(KafkaTimeoutError):
                 self.producer.flush(timeout=1.0)
-            except KafkaTimeoutError:
-                pass
             if all(f is None or f.is_done for f in futures):
                 return
             self._broker_down()
@@ -574,7 +681,9 @@ class Pipeline:
         metrics.LAST_COMMIT.set_to_current_time()
         self._positions.update(next_offsets)
 
-    def _retry_wait(self, stage: str, attempt: int, error: BaseException | None, extra: dict) -> None:
+    def _retry_wait(
+        self, stage: str, attempt: int, error: BaseException | None, extra: dict
+    ) -> None:
         metrics.RETRIES.labels(stage=stage).inc()
         if self.shutdown.expired(margin=1.0):
             raise ShutdownExpired(
@@ -594,6 +703,18 @@ class Pipeline:
             },
         )
         time.sleep(delay)
+
+
+def _settle_heap() -> None:
+    """Collect once, then exempt everything alive (TensorFlow, Keras, the model) from the
+    cyclic garbage collector: its full collections otherwise scan that huge heap and freeze
+    every thread, the Kafka clients' included, for ~200 ms (a p99 latency spike each time,
+    benchmarks/throughput.py). Redone at each model swap so a replaced model is freed."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _backoff(attempt: int, base: float = 0.25, cap: float = 5.0) -> float:

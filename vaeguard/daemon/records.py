@@ -92,7 +92,10 @@ def decode_messages(
         except _NonFiniteLiteral as exc:
             dead.append(
                 _decode_error(
-                    m, Reason.NON_FINITE, "ValueError", f"{exc} is not a JSON number (NaN/±Infinity)"
+                    m,
+                    Reason.NON_FINITE,
+                    "ValueError",
+                    f"{exc} is not a JSON number (NaN/±Infinity)",
                 )
             )
             continue
@@ -104,7 +107,10 @@ def decode_messages(
         if type(obj) is not dict:
             dead.append(
                 _decode_error(
-                    m, Reason.NOT_AN_OBJECT, "TypeError", f"expected a JSON object, got {_json_type(obj)}"
+                    m,
+                    Reason.NOT_AN_OBJECT,
+                    "TypeError",
+                    f"expected a JSON object, got {_json_type(obj)}",
                 )
             )
             continue
@@ -230,7 +236,9 @@ def build_scored(
                     "contribution": c,
                     "share": s,
                 }
-                for j, o, e, c, s in zip(order_l[i], top_o[i], top_e[i], top_c[i], top_s[i], strict=True)
+                for j, o, e, c, s in zip(
+                    order_l[i], top_o[i], top_e[i], top_c[i], top_s[i], strict=True
+                )
             ]
             if k
             else []

@@ -21,7 +21,9 @@ class Sampling(keras.layers.Layer):
 
     def call(self, inputs):
         z_mean, z_log_var = inputs
-        epsilon = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
+        epsilon = keras.random.normal(
+            ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator
+        )
         return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 
     def compute_output_shape(self, input_shape):

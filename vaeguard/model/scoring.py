@@ -45,10 +45,7 @@ def reconstruction_terms(model, x, c, mask, epsilon):
     the score up to a feature-independent term in [0, log L].
     """
     n_draws = ops.shape(epsilon)[0]
-    if mask is not None:
-        x_in = x * mask
-    else:
-        x_in = x
+    x_in = x * mask if mask is not None else x
     z_mean, z_log_var = model.encode(x_in, c)
     sigma = ops.exp(0.5 * z_log_var)
     z = ops.expand_dims(z_mean, 0) + ops.expand_dims(sigma, 0) * ops.expand_dims(epsilon, 1)
@@ -56,7 +53,9 @@ def reconstruction_terms(model, x, c, mask, epsilon):
     z_flat = ops.reshape(z, (-1, model.latent_dim))
     c_flat = None
     if c is not None:
-        c_flat = ops.reshape(ops.tile(ops.expand_dims(c, 0), (n_draws, 1, 1)), (-1, ops.shape(c)[-1]))
+        c_flat = ops.reshape(
+            ops.tile(ops.expand_dims(c, 0), (n_draws, 1, 1)), (-1, ops.shape(c)[-1])
+        )
     mean, log_var = model.decode(z_flat, c_flat)
     mean = ops.reshape(mean, (n_draws, n, model.n_features))
     log_var = ops.reshape(log_var, (n_draws, n, model.n_features))
@@ -109,7 +108,9 @@ class Scorer:
 
         self._graph = compile_function(graph)
 
-    def __call__(self, x: np.ndarray, c: np.ndarray | None = None, mask: np.ndarray | None = None) -> RawScores:
+    def __call__(
+        self, x: np.ndarray, c: np.ndarray | None = None, mask: np.ndarray | None = None
+    ) -> RawScores:
         n = x.shape[0]
         n_cond = max(self.model.n_conditions, 1)
         if c is None:
@@ -123,11 +124,13 @@ class Scorer:
             if size == 0:
                 break
             padded = next(b for b in BUCKETS if b >= size)
-            s, l, e = self._graph(
-                _pad(x[start:stop], padded), _pad(c[start:stop], padded), _pad(mask[start:stop], padded)
+            s, nll, e = self._graph(
+                _pad(x[start:stop], padded),
+                _pad(c[start:stop], padded),
+                _pad(mask[start:stop], padded),
             )
             scores.append(ops.convert_to_numpy(s)[:size])
-            nlls.append(ops.convert_to_numpy(l)[:size])
+            nlls.append(ops.convert_to_numpy(nll)[:size])
             expected.append(ops.convert_to_numpy(e)[:size])
         if not scores:
             d = self.model.n_features

@@ -62,7 +62,9 @@ class VAE(keras.Model):
 
         init = keras.initializers.GlorotUniform(seed=seed)
         self.encoder_layers = [
-            keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=f"enc_{i}")
+            keras.layers.Dense(
+                units, activation=activation, kernel_initializer=init, name=f"enc_{i}"
+            )
             for i, units in enumerate(self.hidden)
         ]
         self.z_mean_layer = keras.layers.Dense(latent_dim, kernel_initializer=init, name="z_mean")
@@ -71,12 +73,16 @@ class VAE(keras.Model):
         )
         self.sampling = Sampling(seed=seed, name="sampling")
         self.decoder_layers = [
-            keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=f"dec_{i}")
+            keras.layers.Dense(
+                units, activation=activation, kernel_initializer=init, name=f"dec_{i}"
+            )
             for i, units in enumerate(reversed(self.hidden))
         ]
         self.dropout_layer = keras.layers.Dropout(self.dropout, seed=seed) if self.dropout else None
         self.mean_layer = keras.layers.Dense(n_features, kernel_initializer=init, name="x_mean")
-        self.log_var_raw = keras.layers.Dense(n_features, kernel_initializer=init, name="x_log_var_raw")
+        self.log_var_raw = keras.layers.Dense(
+            n_features, kernel_initializer=init, name="x_log_var_raw"
+        )
         self.log_var_bound = BoundedLogVar(min_log_var, max_log_var, name="x_log_var")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
@@ -157,7 +163,9 @@ class VAE(keras.Model):
     def _with_conditions(self, t, c):
         if self.n_conditions:
             if c is None:
-                raise ValueError(f"this model is conditional: it needs {self.n_conditions} condition values")
+                raise ValueError(
+                    f"this model is conditional: it needs {self.n_conditions} condition values"
+                )
             return ops.concatenate([t, ops.cast(c, t.dtype)], axis=-1)
         return t
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.job import Job
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -148,14 +150,47 @@ class JsonSQLAlchemyJobStore(SQLAlchemyJobStore):
         return job
 
 
-class RetrainScheduler:
-    """Runs `run` on `settings.schedule`, persisting the schedule in `state_dir/scheduler.sqlite`."""
+class DaemonThreadExecutor(BaseExecutor):
+    """Runs each job on its own daemon thread.
 
-    def __init__(self, settings: RetrainSettings, run: Callable[[], Any], *, job_id: str = JOB_ID):
+    A retraining run can take minutes; with APScheduler's thread pool the interpreter would
+    wait for it at exit and a SIGTERM could not end the daemon within its grace. A run cut
+    short this way leaves nothing behind: versions are published by one rename and the
+    registry's lock dies with the process.
+    """
+
+    def _do_submit_job(self, job, run_times) -> None:
+        def target() -> None:
+            try:
+                events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
+            except BaseException as exc:
+                self._run_job_error(job.id, exc, exc.__traceback__)
+            else:
+                self._run_job_success(job.id, events)
+
+        threading.Thread(target=target, name=f"vaeguard-{job.name}", daemon=True).start()
+
+
+class RetrainScheduler:
+    """Runs `run` on `settings.schedule`, persisting the schedule in `state_dir/scheduler.sqlite`.
+
+    ``state_dir`` defaults to ``settings.state_dir``; one of them must be given.
+    """
+
+    def __init__(
+        self,
+        settings: RetrainSettings,
+        run: Callable[[], Any],
+        *,
+        job_id: str = JOB_ID,
+        state_dir: Path | str | None = None,
+    ):
         self.settings = settings
         self.job_id = job_id
         self.run = run
-        state_dir = Path(settings.state_dir)
+        if state_dir is None and settings.state_dir is None:
+            raise ValueError("the retraining scheduler needs a state_dir for its job store")
+        state_dir = Path(state_dir if state_dir is not None else settings.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.store_path = state_dir / "scheduler.sqlite"
         self.scheduler = BackgroundScheduler(
@@ -163,6 +198,7 @@ class RetrainScheduler:
                 "default": JsonSQLAlchemyJobStore(url=f"sqlite:///{self.store_path}"),
                 "oneoff": MemoryJobStore(),
             },
+            executors={"default": DaemonThreadExecutor()},
             job_defaults={
                 "coalesce": True,
                 "max_instances": 1,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vaeguard.retrain.durations import looks_like_duration, parse_duration
 
@@ -50,8 +50,9 @@ class RetrainSettings(BaseModel):
     warm_start: bool = Field(
         True, description="Start from the current weights when the shapes match."
     )
-    state_dir: str = Field(
-        "./vaeguard-state", description="Where the scheduler's SQLite job store lives."
+    state_dir: str | None = Field(
+        None,
+        description="Where the scheduler's SQLite job store lives (null: <registry>/.state).",
     )
     misfire_grace_s: float = Field(
         3600, gt=0, description="A run missed by up to this long is caught up (once)."
@@ -63,6 +64,12 @@ class RetrainSettings(BaseModel):
     )
     drift_min_records: int = Field(
         2000, ge=100, description="Live records needed before drift is judged."
+    )
+    drift_window_records: int = Field(
+        10_000, ge=100, description="Drift compares the most recent this-many live scores."
+    )
+    drift_cooldown_s: float = Field(
+        3600, gt=0, description="At most one drift-triggered retrain per this many seconds."
     )
     poll_timeout_s: float = Field(
         10.0, gt=0, description="Give up reading the window after this long without new records."
@@ -88,6 +95,16 @@ class RetrainSettings(BaseModel):
                 f"{value!r} is neither an interval (6h) nor a cron expression (0 3 * * *): {exc}"
             ) from None
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetrainSettings:
+        if self.max_records < self.min_records:
+            raise ValueError(f"max_records: must be at least min_records ({self.min_records})")
+        if self.drift_window_records < self.drift_min_records:
+            raise ValueError(
+                f"drift_window_records: must be at least drift_min_records ({self.drift_min_records})"
+            )
+        return self
 
     @property
     def window_seconds(self) -> float:

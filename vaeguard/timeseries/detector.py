@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import DataError, NotFittedError
+from vaeguard.timeseries.conditions import TimeConditions
 from vaeguard.timeseries.featurizer import WindowFeaturizer, WindowSpec
 from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 
@@ -91,6 +92,14 @@ class WindowDetector:
         self._scorer = None
         self._initial_weights = None
         self.fits_ = 0  # fits since the last fresh start (seeds each fit's shuffling)
+        self.threshold_ = None  # set by calibrate(): what the daemon compares scores with
+        self.baseline_ = None
+        self.score_reference_ = None
+        self.training_info_: dict[str, Any] = {}
+
+    @property
+    def time_conditions(self) -> TimeConditions:
+        return TimeConditions(self.spec.conditions)
 
     # -- state objects -------------------------------------------------------------------------
 
@@ -156,12 +165,14 @@ class WindowDetector:
         if n < MIN_TRAIN_WINDOWS:
             raise DataError(f"need at least {MIN_TRAIN_WINDOWS} windows to train, got {n}")
         if x.shape[1] != self.spec.n_features:
-            raise DataError(f"windows have {x.shape[1]} values, the spec needs {self.spec.n_features}")
+            raise DataError(
+                f"windows have {x.shape[1]} values, the spec needs {self.spec.n_features}"
+            )
         if mask is None:
             mask = np.ones_like(x)
         fresh = not (warm_start and self.model_ is not None)
-        if self.model_ is None:
-            self._build()
+        if self.model_ is None or (fresh and self._initial_weights is None):
+            self._build()  # (a model loaded from a bundle has no initial weights to go back to)
         elif fresh:
             self._reinitialize()
         if fresh:
@@ -183,17 +194,35 @@ class WindowDetector:
         data = fit_inputs(inputs, None, batch_size=batch, seed=self.seed + self.fits_)
         self.model_.fit(**data, epochs=epochs, verbose=0, callbacks=callbacks)
         self.fits_ += 1
+        self.training_info_ = {
+            "windows": int(n),
+            "epochs_run": int(epochs),
+            "warm_start": not fresh,
+        }
         return self
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def raw_scores(self, x: np.ndarray, c: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+    def raw_scores(
+        self, x: np.ndarray, c: np.ndarray | None = None, mask: np.ndarray | None = None
+    ) -> np.ndarray:
         """Anomaly score (nats) of each window: higher = less likely under the model."""
+        return self.score_windows(x, c, mask)[0]
+
+    def score_windows(
+        self, x: np.ndarray, c: np.ndarray | None = None, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(score, per-slot nll, expected value) of each window; the daemon's scoring call too.
+
+        The score counts the slots ``score_slots`` names (all of them, rescaled to a full window
+        when some are missing, when it is None); masked slots add nothing to the likelihood.
+        """
         if self.model_ is None:
             raise NotFittedError("this WindowDetector is not fitted yet: call fit()")
         x = np.asarray(x, dtype="float32")
+        d = self.spec.n_features
         if x.shape[0] == 0:
-            return np.zeros(0)
+            return np.zeros(0), np.zeros((0, d)), np.zeros((0, d))
         if mask is None:
             mask = np.ones_like(x)
         mask = np.asarray(mask, dtype="float32")
@@ -201,11 +230,52 @@ class WindowDetector:
         w, m = self.spec.window, len(self.spec.metrics)
         if self.score_slots is None:
             observed = np.maximum(mask.sum(axis=1), 1.0)
-            return raw.score * (w * m) / observed
-        cols = [j * w + s for j in range(m) for s in range(w - self.score_slots, w)]
-        return raw.nll[:, cols].sum(axis=1)
+            score = raw.score * (w * m) / observed
+        else:
+            cols = [j * w + s for j in range(m) for s in range(w - self.score_slots, w)]
+            score = raw.nll[:, cols].sum(axis=1)
+        return score, raw.nll, raw.expected
 
-    def score_batch(self, batch, likelihood: AnomalyLikelihood | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def calibrate(
+        self,
+        x: np.ndarray,
+        c: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        *,
+        method: str = "quantile",
+        target_fpr: float = 0.01,
+        risk: float = 1e-3,
+    ) -> WindowDetector:
+        """Threshold (and per-slot baselines) from the scores of normal windows, for alerting."""
+        from vaeguard.detector import REFERENCE_LEVELS
+        from vaeguard.thresholds import calibrate
+
+        score, nll, _ = self.score_windows(x, c, mask)
+        if score.shape[0] < MIN_TRAIN_WINDOWS:
+            raise DataError(
+                f"need at least {MIN_TRAIN_WINDOWS} windows to calibrate, got {score.shape[0]}"
+            )
+        self.threshold_ = calibrate(score, method, target_fpr=target_fpr, risk=risk)
+        self.baseline_ = np.median(nll, axis=0)
+        self.score_reference_ = np.quantile(score, REFERENCE_LEVELS)
+        self.training_info_ = {**self.training_info_, "calibration_windows": int(score.shape[0])}
+        return self
+
+    def save(self, path, *, extra: dict[str, Any] | None = None):
+        """Write a bundle (see `vaeguard.timeseries.bundle`); the daemon serves it in window mode."""
+        from vaeguard.timeseries.bundle import save_window_bundle
+
+        return save_window_bundle(self, path, extra=extra)
+
+    @classmethod
+    def load(cls, path) -> WindowDetector:
+        from vaeguard.timeseries.bundle import load_window_bundle
+
+        return load_window_bundle(path)
+
+    def score_batch(
+        self, batch, likelihood: AnomalyLikelihood | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Raw scores of a `WindowBatch` and, with a likelihood state, their [0, 1] outputs."""
         raw = self.raw_scores(batch.x, batch.c, batch.mask)
         if likelihood is None:

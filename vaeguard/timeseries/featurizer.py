@@ -119,7 +119,11 @@ class WindowSpec:
     @property
     def feature_names(self) -> list[str]:
         w = self.window
-        return [f"{m}[t-{w - 1 - j}]" if j < w - 1 else f"{m}[t]" for m in self.metrics for j in range(w)]
+        return [
+            f"{m}[t-{w - 1 - j}]" if j < w - 1 else f"{m}[t]"
+            for m in self.metrics
+            for j in range(w)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -152,7 +156,9 @@ class WindowBatch:
 
     ``x`` (rows × W·M, scale-free, missing slots 0), ``mask`` (1 = observed), ``c`` (time
     conditions or None), ``keep`` (index of the record each row reports on), ``entities`` and
-    ``ts`` (epoch seconds) of each row, and the records that were refused.
+    ``ts`` (epoch seconds) of each row, and the records that were refused. ``center`` and
+    ``scale`` (rows × M) are the entity statistics each row was scaled with, so a value in user
+    units is ``x · scale + center`` (how the daemon explains a score in the metric's own units).
     """
 
     x: np.ndarray
@@ -162,6 +168,8 @@ class WindowBatch:
     entities: list[str]
     ts: np.ndarray
     rejected: list[Rejection] = field(default_factory=list)
+    center: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.keep.shape[0])
@@ -176,8 +184,10 @@ class _Entity:
         self.buf = np.full((spec.capacity, len(spec.metrics)), np.nan)
         self.end = -1  # newest slot
         self.origin: float | None = None
-        self.interval: float | None = None if spec.interval == "auto" else (
-            None if spec.interval == "rows" else float(spec.interval)
+        self.interval: float | None = (
+            None
+            if spec.interval == "auto"
+            else (None if spec.interval == "rows" else float(spec.interval))
         )
         self.last_ts = -math.inf
         self.pending: list[tuple[float, list[float]]] = []
@@ -206,6 +216,7 @@ class WindowFeaturizer:
         self.time_conditions = TimeConditions(self.spec.conditions)
         self._entities: OrderedDict[str, _Entity] = OrderedDict()
         self.stats = dict.fromkeys(self.STAT_NAMES, 0)
+        self._last_affine = (np.zeros(len(self.spec.metrics)), np.ones(len(self.spec.metrics)))
 
     # -- the daemon's call ---------------------------------------------------------------------
 
@@ -213,6 +224,7 @@ class WindowFeaturizer:
         """Feed a batch of decoded records (in arrival order) and return the windows they close."""
         spec = self.spec
         rows: list[np.ndarray] = []
+        affine: list[tuple[np.ndarray, np.ndarray]] = []
         keep: list[int] = []
         ents: list[str] = []
         stamps: list[float] = []
@@ -229,6 +241,7 @@ class WindowFeaturizer:
                 rejected.append(window)
             elif window is not None:
                 rows.append(window)
+                affine.append(self._last_affine)
                 keep.append(i)
                 ents.append(key)
                 stamps.append(t)
@@ -240,6 +253,7 @@ class WindowFeaturizer:
         x = np.where(mask, np.clip(raw, -CLIP_SIGMAS, CLIP_SIGMAS), 0.0).astype("float32")
         ts = np.asarray(stamps, dtype="float64")
         c = self.time_conditions.encode(ts) if self.time_conditions.width else None
+        m = len(spec.metrics)
         return WindowBatch(
             x=x,
             mask=mask.astype("float32"),
@@ -248,6 +262,8 @@ class WindowFeaturizer:
             entities=ents,
             ts=ts,
             rejected=rejected,
+            center=np.array([a[0] for a in affine]).reshape(-1, m),
+            scale=np.array([a[1] for a in affine]).reshape(-1, m),
         )
 
     # -- parsing -------------------------------------------------------------------------------
@@ -257,9 +273,15 @@ class WindowFeaturizer:
         if not isinstance(record, dict):
             return Rejection(i, INVALID_FIELD, "TypeError", "record is not a JSON object")
         key = record.get(spec.entity_field)
-        key = "" if key is None else (key if isinstance(key, str) else json.dumps(key, sort_keys=True))
+        key = (
+            ""
+            if key is None
+            else (key if isinstance(key, str) else json.dumps(key, sort_keys=True))
+        )
         if record.get(spec.time_field) is None:
-            return Rejection(i, MISSING_FEATURE, "KeyError", f"timestamp {spec.time_field!r} is missing")
+            return Rejection(
+                i, MISSING_FEATURE, "KeyError", f"timestamp {spec.time_field!r} is missing"
+            )
         try:
             t = to_epoch_seconds(record[spec.time_field])
         except DataError as exc:
@@ -276,14 +298,26 @@ class WindowFeaturizer:
                 number = float(value)
             except (TypeError, ValueError):
                 text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-                return Rejection(i, NON_NUMERIC, "TypeError", f"metric {name!r} is not a number: {text}")
+                return Rejection(
+                    i, NON_NUMERIC, "TypeError", f"metric {name!r} is not a number: {text}"
+                )
             except OverflowError:
                 number = math.inf
             if math.isinf(number):
-                return Rejection(i, NON_FINITE, "ValueError", f"metric {name!r} is {number} (±inf is not allowed)")
+                return Rejection(
+                    i,
+                    NON_FINITE,
+                    "ValueError",
+                    f"metric {name!r} is {number} (±inf is not allowed)",
+                )
             values.append(number)  # NaN is a missing point, like null
         if all(math.isnan(v) for v in values):
-            return Rejection(i, MISSING_FEATURE, "KeyError", f"none of the metrics {', '.join(spec.metrics)} is present")
+            return Rejection(
+                i,
+                MISSING_FEATURE,
+                "KeyError",
+                f"none of the metrics {', '.join(spec.metrics)} is present",
+            )
         return key, t, values
 
     # -- state ---------------------------------------------------------------------------------
@@ -319,7 +353,7 @@ class WindowFeaturizer:
             self._start_grid(entity)
             return None
         entity.last_ts = max(entity.last_ts, t)
-        k = int(round((t - entity.origin) / entity.interval))
+        k = round((t - entity.origin) / entity.interval)
         if k < entity.end - spec.lateness:
             self.stats["late_dropped"] += 1
             return Rejection(
@@ -345,7 +379,7 @@ class WindowFeaturizer:
         entity.pending = []
         entity.origin = pending[0][0]
         for t, values in pending:
-            k = int(round((t - entity.origin) / entity.interval))
+            k = round((t - entity.origin) / entity.interval)
             self._place(entity, k, values, emit=False)
 
     def _place(self, entity: _Entity, k: int, values: list[float], *, emit: bool):
@@ -387,6 +421,7 @@ class WindowFeaturizer:
             return None
         if spec.normalize:
             raw = entity.scaler.transform(raw)
+            self._last_affine = (entity.scaler.mean.copy(), entity.scaler.scale)
         return raw.T.reshape(-1)
 
     # -- snapshot / restore --------------------------------------------------------------------
@@ -433,7 +468,9 @@ class WindowFeaturizer:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise DataError("not a window-state snapshot (format field missing or wrong)")
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"window-state version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
+            raise DataError(
+                f"window-state version {state.get('version')!r} is not supported (expected {STATE_VERSION})"
+            )
         try:
             featurizer = cls(WindowSpec.from_dict(state["spec"]))
             spec = featurizer.spec
@@ -449,7 +486,10 @@ class WindowFeaturizer:
                 if item["recent"] is not None:
                     recent = _none_to_nan(item["recent"], (cap, len(spec.metrics)))
                     e.buf[np.arange(e.end - cap + 1, e.end + 1) % cap] = recent
-                e.pending = [(float(t), list(_none_to_nan(v, (len(spec.metrics),)))) for t, v in item["pending"]]
+                e.pending = [
+                    (float(t), list(_none_to_nan(v, (len(spec.metrics),))))
+                    for t, v in item["pending"]
+                ]
                 e.scaler.load_dict(item["scaler"])
                 featurizer._entities[str(item["key"])] = e
         except (KeyError, TypeError, ValueError) as exc:

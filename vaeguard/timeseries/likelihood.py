@@ -156,7 +156,9 @@ class AnomalyLikelihood:
         values, u, beta, log10_pu = h.fit
         if average <= u:
             n = values.shape[0]
-            return math.log10((n - int(np.searchsorted(values, average, side="left")) + 1) / (n + 1))
+            return math.log10(
+                (n - int(np.searchsorted(values, average, side="left")) + 1) / (n + 1)
+            )
         return log10_pu - (average - u) / (beta * math.log(10.0))
 
     def update(self, key: str, score: float) -> float:
@@ -200,7 +202,9 @@ class AnomalyLikelihood:
 
     def update_many(self, keys: Sequence[str], scores: Iterable[float]) -> np.ndarray:
         """`update` for a batch in arrival order (entities may interleave)."""
-        return np.array([self.update(k, float(s)) for k, s in zip(keys, scores, strict=True)], dtype="float64")
+        return np.array(
+            [self.update(k, float(s)) for k, s in zip(keys, scores, strict=True)], dtype="float64"
+        )
 
     def reseed(self, key: str, past_scores: Iterable[float]) -> None:
         """Replace an entity's history with these past raw scores (e.g. after a model swap).

@@ -27,7 +27,9 @@ class OnlineScaler:
 
     __slots__ = ("clip_sigmas", "count", "mean", "memory", "rel_floor", "var")
 
-    def __init__(self, n_metrics: int, memory: int = 5000, clip_sigmas: float = 5.0, rel_floor: float = 1e-3):
+    def __init__(
+        self, n_metrics: int, memory: int = 5000, clip_sigmas: float = 5.0, rel_floor: float = 1e-3
+    ):
         if memory < 2:
             raise ValueError("memory must be at least 2")
         self.memory = int(memory)
@@ -71,5 +73,7 @@ class OnlineScaler:
         for name in ("count", "mean", "var"):
             arr = np.asarray(state[name], dtype="float64")
             if arr.shape != self.mean.shape:
-                raise ValueError(f"scaler state {name!r} has shape {arr.shape}, expected {self.mean.shape}")
+                raise ValueError(
+                    f"scaler state {name!r} has shape {arr.shape}, expected {self.mean.shape}"
+                )
             setattr(self, name, arr)

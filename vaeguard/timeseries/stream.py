@@ -110,7 +110,9 @@ def model_scores(
     return out
 
 
-def apply_likelihood(scores: ModelScores, likelihood: AnomalyLikelihood, reseed: str = "first") -> np.ndarray:
+def apply_likelihood(
+    scores: ModelScores, likelihood: AnomalyLikelihood, reseed: str = "first"
+) -> np.ndarray:
     """Per-record [0, 1] outputs: the likelihood fed every scored window in arrival order.
 
     ``reseed``: "first" seeds each entity's history with the first model's scores of its past
@@ -126,7 +128,9 @@ def apply_likelihood(scores: ModelScores, likelihood: AnomalyLikelihood, reseed:
             for key, past in scores.seeds[k].items():
                 likelihood.reseed(key, past)
         if rows.size:
-            output[scores.keep[rows]] = likelihood.update_many(scores.entities[rows].tolist(), scores.raw[rows])
+            output[scores.keep[rows]] = likelihood.update_many(
+                scores.entities[rows].tolist(), scores.raw[rows]
+            )
     return output
 
 

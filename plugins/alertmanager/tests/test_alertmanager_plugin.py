@@ -32,14 +32,21 @@ def test_batches_with_labels_annotations_and_times(am, tmp_path):
     with layer_for([sink(am.url)], tmp_path / "spool", resolve_after_records=1) as layer:
         layer.process(
             [
-                make_record("web-1", True, labels={"region": "eu-west", "rack.id": "r7"}, ts="2026-01-01T12:00:00Z"),
+                make_record(
+                    "web-1",
+                    True,
+                    labels={"region": "eu-west", "rack.id": "r7"},
+                    ts="2026-01-01T12:00:00Z",
+                ),
                 make_record("web-2", True, severity="warning"),
             ]
         )
         layer.process([make_record("web-1", False, ts="2026-01-01T12:05:00Z")])
     first, second = am.received
     assert first.path == "/api/v2/alerts"
-    assert first.headers["authorization"] == "Basic " + base64.b64encode(b"vaeguard:am-pass").decode()
+    assert (
+        first.headers["authorization"] == "Basic " + base64.b64encode(b"vaeguard:am-pass").decode()
+    )
     batch = first.json()
     assert len(batch) == 2  # one request for the batch
     web1 = batch[0]
@@ -60,7 +67,10 @@ def test_batches_with_labels_annotations_and_times(am, tmp_path):
     assert batch[1]["labels"]["severity"] == "warning"
     [resolved] = second.json()
     assert resolved["labels"] == web1["labels"]  # same label set: Alertmanager resolves that alert
-    assert resolved["startsAt"] == "2026-01-01T12:00:00Z" and resolved["endsAt"] == "2026-01-01T12:05:00Z"
+    assert (
+        resolved["startsAt"] == "2026-01-01T12:00:00Z"
+        and resolved["endsAt"] == "2026-01-01T12:05:00Z"
+    )
 
 
 def test_firing_ttl_sets_ends_at(am, tmp_path):

@@ -27,7 +27,7 @@ import json
 import re
 from typing import Any
 
-from pydantic import HttpUrl, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
 from vaeguard.alerts.http import HttpPoster
 from vaeguard.alerts.model import Alert
@@ -44,7 +44,7 @@ class AlertmanagerSettings(SinkSettings):
     api_path: str = "/api/v2/alerts"
     alertname: str = "VaeguardAnomaly"
     #: Static labels added to every alert.
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = Field(default_factory=dict)
     #: Link back to where the alert came from (Alertmanager's generatorURL).
     generator_url: HttpUrl | None = None
     #: If set, firing alerts carry endsAt = now + this many seconds.
@@ -65,12 +65,16 @@ def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def am_alert(alert: Alert, settings: AlertmanagerSettings, now: dt.datetime | None = None) -> dict[str, Any]:
+def am_alert(
+    alert: Alert, settings: AlertmanagerSettings, now: dt.datetime | None = None
+) -> dict[str, Any]:
     """One entry of the POST /api/v2/alerts array."""
     labels = {label_name(k): v for k, v in alert.labels.items()}
     labels.update(
         {
-            "alertname": settings.alertname if alert.kind == "anomaly" else f"Vaeguard{alert.kind.title()}",
+            "alertname": settings.alertname
+            if alert.kind == "anomaly"
+            else f"Vaeguard{alert.kind.title()}",
             "stream": alert.stream,
             "severity": alert.severity,
             "vaeguard_id": alert.id,
@@ -93,11 +97,17 @@ def am_alert(alert: Alert, settings: AlertmanagerSettings, now: dt.datetime | No
         )
     if alert.model_version:
         annotations["model_version"] = alert.model_version
-    out: dict[str, Any] = {"labels": labels, "annotations": annotations, "startsAt": _iso(alert.first_seen)}
+    out: dict[str, Any] = {
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": _iso(alert.first_seen),
+    }
     if alert.status == "resolved":
         out["endsAt"] = _iso(alert.resolved_at or now or dt.datetime.now(dt.UTC))
     elif settings.firing_ttl_s:
-        out["endsAt"] = _iso((now or dt.datetime.now(dt.UTC)) + dt.timedelta(seconds=settings.firing_ttl_s))
+        out["endsAt"] = _iso(
+            (now or dt.datetime.now(dt.UTC)) + dt.timedelta(seconds=settings.firing_ttl_s)
+        )
     if settings.generator_url is not None:
         out["generatorURL"] = str(settings.generator_url)
     return out

@@ -18,7 +18,9 @@ class Inbox:
         self.messages = []
 
     async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope, email.message_from_bytes(envelope.content, policy=email.policy.default)))
+        self.messages.append(
+            (envelope, email.message_from_bytes(envelope.content, policy=email.policy.default))
+        )
         return "250 OK"
 
 
@@ -42,7 +44,10 @@ def smtp(ca):
     authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
 
     def authenticate(server, session, envelope, mechanism, auth_data):
-        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (b"alerts", b"smtp-pass")
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+            b"alerts",
+            b"smtp-pass",
+        )
         return AuthResult(success=ok, handled=False)
 
     inbox = Inbox()
@@ -79,7 +84,9 @@ def sink(port: int, ca_file, **extra) -> dict:
 
 def test_starttls_auth_and_text_plus_html(smtp, ca, tmp_path):
     controller, inbox = smtp
-    with layer_for([sink(controller.port, ca[1])], tmp_path / "spool", resolve_after_records=1) as layer:
+    with layer_for(
+        [sink(controller.port, ca[1])], tmp_path / "spool", resolve_after_records=1
+    ) as layer:
         layer.process([make_record("db-1", True)])
         layer.process([make_record("db-1", False)])
     (envelope, firing), (_, resolved) = inbox.messages

@@ -68,7 +68,9 @@ def _fmt(x: float | None) -> str:
 def text_body(alert: Alert) -> str:
     lines = [alert.summary, ""]
     if alert.score is not None:
-        lines.append(f"Score:     {_fmt(alert.score)} (threshold {_fmt(alert.threshold)}, peak {_fmt(alert.peak_score)})")
+        lines.append(
+            f"Score:     {_fmt(alert.score)} (threshold {_fmt(alert.threshold)}, peak {_fmt(alert.peak_score)})"
+        )
     lines += [
         f"Status:    {alert.status} ({alert.severity})",
         f"Stream:    {alert.stream}",
@@ -80,14 +82,18 @@ def text_body(alert: Alert) -> str:
         lines.append(f"Resolved:  {alert.resolved_at.isoformat()}")
     if alert.top_features:
         lines += ["", "Top features (observed vs expected):"]
-        lines += [f"  {c.feature}: {_fmt(c.observed)} vs {_fmt(c.expected)}" for c in alert.top_features]
+        lines += [
+            f"  {c.feature}: {_fmt(c.observed)} vs {_fmt(c.expected)}" for c in alert.top_features
+        ]
     lines += ["", f"Alert id: {alert.id}", f"Model: {alert.model_version or '-'}"]
     return "\n".join(lines) + "\n"
 
 
 def html_body(alert: Alert) -> str:
     e = html.escape
-    color = {"critical": "#b00020", "major": "#e65100", "warning": "#f9a825"}.get(alert.severity, "#555")
+    color = {"critical": "#b00020", "major": "#e65100", "warning": "#f9a825"}.get(
+        alert.severity, "#555"
+    )
     if alert.status == "resolved":
         color = "#2e7d32"
     rows = "".join(
@@ -144,7 +150,9 @@ class EmailSink(Sink):
         timeout = self.context.timeout_s
         try:
             if s.tls == "implicit":
-                smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=timeout, context=self._tls_context())
+                smtp = smtplib.SMTP_SSL(
+                    s.host, s.port, timeout=timeout, context=self._tls_context()
+                )
             else:
                 smtp = smtplib.SMTP(s.host, s.port, timeout=timeout)
             with smtp:
@@ -168,9 +176,13 @@ class EmailSink(Sink):
         except smtplib.SMTPNotSupportedError as exc:
             raise PermanentSinkError(f"{s.host}:{s.port}: {exc}") from None
         except ssl.SSLCertVerificationError as exc:
-            raise PermanentSinkError(f"TLS certificate of {s.host}:{s.port} not trusted: {exc.verify_message}") from None
+            raise PermanentSinkError(
+                f"TLS certificate of {s.host}:{s.port} not trusted: {exc.verify_message}"
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
-            raise RetryableSinkError(f"cannot send through {s.host}:{s.port}: {type(exc).__name__}: {exc}") from None
+            raise RetryableSinkError(
+                f"cannot send through {s.host}:{s.port}: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 def _text(raw: bytes | str) -> str:

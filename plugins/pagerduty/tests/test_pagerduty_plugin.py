@@ -17,7 +17,13 @@ def events():
 
 
 def sink(url: str, **extra) -> dict:
-    return {"name": "oncall", "type": "pagerduty", "routing_key": "R0UTINGKEY0123", "events_url": url + "/v2/enqueue", **extra}
+    return {
+        "name": "oncall",
+        "type": "pagerduty",
+        "routing_key": "R0UTINGKEY0123",
+        "events_url": url + "/v2/enqueue",
+        **extra,
+    }
 
 
 def test_trigger_then_resolve_share_a_stable_dedup_key(events, tmp_path):
@@ -35,7 +41,11 @@ def test_trigger_then_resolve_share_a_stable_dedup_key(events, tmp_path):
     assert first["summary"].startswith("cpu_util anomalous on db-1")
     assert first["custom_details"]["top_features"][0]["feature"] == "cpu_user"
     assert first["group"] == "region=eu"
-    assert bodies[2] == {"routing_key": "R0UTINGKEY0123", "event_action": "resolve", "dedup_key": bodies[0]["dedup_key"]}
+    assert bodies[2] == {
+        "routing_key": "R0UTINGKEY0123",
+        "event_action": "resolve",
+        "dedup_key": bodies[0]["dedup_key"],
+    }
 
 
 def test_server_errors_retry_and_invalid_events_are_parked(events, tmp_path):
@@ -53,7 +63,11 @@ def test_server_errors_retry_and_invalid_events_are_parked(events, tmp_path):
 def test_bad_severity_map_names_the_field():
     from vaeguard.alerts.settings import AlertsSettings
 
-    with pytest.raises(ConfigError, match=r"alerts.sinks\[oncall\].severity_map: values must be one of"):
-        AlertsSettings.from_mapping({"sinks": [sink("http://127.0.0.1:1", severity_map={"major": "sev1"})]})
+    with pytest.raises(
+        ConfigError, match=r"alerts.sinks\[oncall\].severity_map: values must be one of"
+    ):
+        AlertsSettings.from_mapping(
+            {"sinks": [sink("http://127.0.0.1:1", severity_map={"major": "sev1"})]}
+        )
     with pytest.raises(ConfigError, match=r"missing setting alerts.sinks\[oncall\].routing_key"):
         AlertsSettings.from_mapping({"sinks": [{"name": "oncall", "type": "pagerduty"}]})

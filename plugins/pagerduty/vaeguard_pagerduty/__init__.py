@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import HttpUrl, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 from vaeguard.alerts.http import HttpPoster
 from vaeguard.alerts.model import Alert
@@ -40,7 +40,9 @@ class PagerDutySettings(SinkSettings):
     routing_key: SecretStr
     events_url: HttpUrl = HttpUrl(EVENTS_URL)
     #: vaeguard severity → PagerDuty severity; unmapped ones become ``error``.
-    severity_map: dict[str, str] = {"warning": "warning", "major": "error", "critical": "critical"}
+    severity_map: dict[str, str] = Field(
+        default_factory=lambda: {"warning": "warning", "major": "error", "critical": "critical"}
+    )
     #: Shown as the event's ``client`` / ``client_url`` (e.g. a dashboard link).
     client: str = "vaeguard"
     client_url: HttpUrl | None = None
@@ -92,7 +94,9 @@ def event(alert: Alert, settings: PagerDutySettings) -> dict[str, Any]:
         "client": settings.client,
     }
     if alert.labels:
-        body["payload"]["group"] = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))[:255]
+        body["payload"]["group"] = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))[
+            :255
+        ]
     if settings.client_url is not None:
         body["client_url"] = str(settings.client_url)
     return body

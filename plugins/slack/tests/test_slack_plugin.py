@@ -20,7 +20,13 @@ def slack():
 
 
 def sink(url: str, **extra) -> dict:
-    return {"name": "team-slack", "type": "slack", "webhook_url": url + PATH, "mention": "<!here>", **extra}
+    return {
+        "name": "team-slack",
+        "type": "slack",
+        "webhook_url": url + PATH,
+        "mention": "<!here>",
+        **extra,
+    }
 
 
 def test_firing_and_resolved_messages_in_block_kit(slack, tmp_path):
@@ -29,13 +35,21 @@ def test_firing_and_resolved_messages_in_block_kit(slack, tmp_path):
         layer.process([make_record("db-1", False)])
     firing, resolved = (r.json() for r in slack.received)
     assert slack.received[0].path == PATH
-    assert firing["text"].startswith("<!here> cpu_util anomalous on db-1: score 41.2 > 12.0 (critical)")
+    assert firing["text"].startswith(
+        "<!here> cpu_util anomalous on db-1: score 41.2 > 12.0 (critical)"
+    )
     kinds = [b["type"] for b in firing["blocks"]]
     assert kinds[0] == "header" and kinds[-1] == "context" and "section" in kinds
     assert "FIRING · critical · cpu_util · db-1" in firing["blocks"][0]["text"]["text"]
-    top = [b for b in firing["blocks"] if b["type"] == "section" and "Top features" in b.get("text", {}).get("text", "")]
+    top = [
+        b
+        for b in firing["blocks"]
+        if b["type"] == "section" and "Top features" in b.get("text", {}).get("text", "")
+    ]
     assert "`cpu_user` observed *97*, expected 41" in top[0]["text"]["text"]
-    assert "RESOLVED" in resolved["blocks"][0]["text"]["text"] and not resolved["text"].startswith("<!here>")
+    assert "RESOLVED" in resolved["blocks"][0]["text"]["text"] and not resolved["text"].startswith(
+        "<!here>"
+    )
     alert_ids = [r["blocks"][-1]["elements"][0]["text"] for r in (firing, resolved)]
     assert alert_ids[0] == alert_ids[1]  # one episode, one id
 
@@ -59,5 +73,9 @@ def test_rate_limited_is_retried_and_a_revoked_webhook_is_parked(slack, tmp_path
 def test_bad_config_names_the_field():
     from vaeguard.alerts.settings import AlertsSettings
 
-    with pytest.raises(ConfigError, match=r"alerts.sinks\[team-slack\].webhook_url: .*http\(s\) URL"):
-        AlertsSettings.from_mapping({"sinks": [{"name": "team-slack", "type": "slack", "webhook_url": "hooks.slack.com"}]})
+    with pytest.raises(
+        ConfigError, match=r"alerts.sinks\[team-slack\].webhook_url: .*http\(s\) URL"
+    ):
+        AlertsSettings.from_mapping(
+            {"sinks": [{"name": "team-slack", "type": "slack", "webhook_url": "hooks.slack.com"}]}
+        )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from vaeguard.alerts.http import HttpPoster
 from vaeguard.alerts.model import Alert
@@ -31,14 +31,18 @@ from vaeguard.alerts.sink import Sink, SinkSettings
 
 __version__ = "0.1.0"
 
-_EMOJI = {"critical": ":red_circle:", "major": ":large_orange_circle:", "warning": ":large_yellow_circle:"}
+_EMOJI = {
+    "critical": ":red_circle:",
+    "major": ":large_orange_circle:",
+    "warning": ":large_yellow_circle:",
+}
 
 
 class SlackSettings(SinkSettings):
     webhook_url: SecretStr
     #: Text prepended to alerts of these severities, e.g. ``<!here>`` or ``<@U123>``.
     mention: str | None = None
-    mention_severities: list[str] = ["critical"]
+    mention_severities: list[str] = Field(default_factory=lambda: ["critical"])
     #: Overrides of the webhook's default channel / name (legacy webhooks only).
     channel: str | None = None
     username: str | None = None
@@ -61,7 +65,12 @@ def blocks(alert: Alert, mention: str | None = None) -> dict[str, Any]:
     text = alert.summary if not mention else f"{mention} {alert.summary}"
     fields = []
     if alert.score is not None and alert.threshold is not None:
-        fields.append({"type": "mrkdwn", "text": f"*Score*\n{alert.score:.2f} (threshold {alert.threshold:.2f})"})
+        fields.append(
+            {
+                "type": "mrkdwn",
+                "text": f"*Score*\n{alert.score:.2f} (threshold {alert.threshold:.2f})",
+            }
+        )
     fields.append({"type": "mrkdwn", "text": f"*First seen*\n{alert.first_seen.isoformat()}"})
     if alert.model_version:
         fields.append({"type": "mrkdwn", "text": f"*Model*\n{alert.model_version}"})
@@ -77,9 +86,17 @@ def blocks(alert: Alert, mention: str | None = None) -> dict[str, Any]:
             + (f" ({c.share:.0%} of the excess)" if c.share is not None else "")
             for c in alert.top_features
         ]
-        out.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Top features*\n" + "\n".join(lines)}})
+        out.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": "*Top features*\n" + "\n".join(lines)},
+            }
+        )
     out.append(
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"vaeguard alert `{alert.id}`"}]}
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": f"vaeguard alert `{alert.id}`"}],
+        }
     )
     return {"text": text, "blocks": out}
 
@@ -101,7 +118,11 @@ class SlackSink(Sink):
     def send(self, alerts: list[Alert]) -> None:
         s = self.settings
         for alert in alerts:
-            mention = s.mention if alert.status == "firing" and alert.severity in s.mention_severities else None
+            mention = (
+                s.mention
+                if alert.status == "firing" and alert.severity in s.mention_severities
+                else None
+            )
             message = blocks(alert, mention)
             if s.channel:
                 message["channel"] = s.channel

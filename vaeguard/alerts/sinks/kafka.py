@@ -14,7 +14,6 @@ from pydantic import FilePath, SecretStr, field_validator
 from vaeguard.alerts.model import Alert
 from vaeguard.alerts.sink import PermanentSinkError, RetryableSinkError, Sink, SinkSettings
 
-
 #: Errors another attempt cannot fix; anything else (timeouts, leaders moving, brokers down) can.
 _PERMANENT = frozenset(
     {
@@ -102,7 +101,9 @@ class KafkaSink(Sink):
                     bootstrap_timeout_ms=timeout_ms,
                 )
             except KafkaError as exc:
-                raise RetryableSinkError(f"cannot connect to Kafka: {type(exc).__name__}: {exc}") from None
+                raise RetryableSinkError(
+                    f"cannot connect to Kafka: {type(exc).__name__}: {exc}"
+                ) from None
         return self.producer
 
     def send(self, alerts: list[Alert]) -> None:

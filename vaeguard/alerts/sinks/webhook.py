@@ -13,7 +13,7 @@ import hmac
 import time
 from typing import Any
 
-from pydantic import FilePath, HttpUrl, SecretStr
+from pydantic import Field, FilePath, HttpUrl, SecretStr
 
 from vaeguard.alerts.http import HttpPoster, origin
 from vaeguard.alerts.model import Alert
@@ -54,9 +54,9 @@ class WebhookSettings(SinkSettings):
     #: HMAC key of the signature header; without it requests are unsigned.
     secret: SecretStr | None = None
     #: Extra headers sent with every request.
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = Field(default_factory=dict)
     #: Headers whose values are secrets (e.g. ``Authorization``): masked in logs and dumps.
-    secret_headers: dict[str, SecretStr] = {}
+    secret_headers: dict[str, SecretStr] = Field(default_factory=dict)
     verify_tls: bool = True
     #: CA bundle for a private certificate authority.
     ca_file: FilePath | None = None

@@ -1,0 +1,539 @@
+"""Does the daemon keep up with the consumer that feeds it? Throughput, latency and memory.
+
+Three measurements against one embedded broker (Tansu), in one run:
+
+* **throughput**: steady-state records/s of the daemon (in-process `Daemon`, the same code as
+  `vaeguard run`: decode, dead-letter checks, VAE scoring, explanations, score records produced
+  with acks=all, alert layer, offset commits) next to a **bare kafka-python consumer** that only
+  decodes each record's JSON, both reading the same pre-produced records of the same topic.
+  Steady state = the rate between 10% and 90% of the records (start-up, model loading and the
+  last partial batches excluded). Target: the daemon ≥ 0.8 × the bare consumer.
+* **latency**: records produced at a paced rate (default 1,000 records/s) to a running daemon;
+  latency = time from the producer's send to the score record's arrival at a consumer of the
+  output topic (both in a separate helper process, one clock). Target: p99 < 250 ms.
+* **memory**: peak RSS of the process running the daemon (it also hosts the harness around it:
+  an upper bound). Target: < 1 GB.
+
+The model is a VAE trained (in a child process, so its training memory is not counted) on the
+synthetic host workload of `vaeguard.synthetic` (7 metrics), with the detector's defaults
+(L = 16 Monte-Carlo draws). Optional sweeps over the batch settings (``--sweep``) informed the
+defaults of ``scoring.batch_max_records`` / ``batch_max_wait_ms``.
+
+Run: ``python benchmarks/throughput.py [--records 60000] [--partitions 4] [--rate 1000]
+[--seconds 20] [--repeats 2] [--sweep]``; prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+
+from vaeguard.broker import create_topics
+
+FEATURES_ENTITIES = 6
+
+
+# -- data and model ------------------------------------------------------------------------------
+
+
+def make_records(n: int, seed: int = 3) -> list[tuple[bytes, bytes]]:
+    """(key, JSON value) pairs of the synthetic host workload, normal and with incidents."""
+    from vaeguard.synthetic import Workload
+
+    workload = Workload(entities=FEATURES_ENTITIES, seed=seed)
+    ticks = -(-n // FEATURES_ENTITIES)
+    start = 6 * workload.ticks_per_day
+    incidents = workload.schedule(start, ticks, per_entity=max(1, ticks // 2000))
+    out = []
+    for _tick, records in workload.stream(start, ticks, incidents, seed=seed + 1):
+        for r in records:
+            out.append((str(r["key"]).encode(), json.dumps(r, separators=(",", ":")).encode()))
+    return out[:n]
+
+
+def train_bundle(path: str, seed: int = 3) -> None:
+    """Child process: fit a VAE on four normal days of the workload and save the bundle."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from vaeguard._quiet import import_keras
+
+    import_keras()
+    from vaeguard.detector import VAEDetector
+    from vaeguard.synthetic import Workload
+
+    workload = Workload(entities=FEATURES_ENTITIES, seed=seed)
+    day = workload.ticks_per_day
+    history = workload.history(0, 4 * day)
+    calibration = workload.history(4 * day, 2 * day, seed=seed + 5)
+    det = VAEDetector(epochs=15, hidden=(64, 32), latent_dim=4, seed=0).fit(history)
+    det.calibrate(calibration, method="spot", risk=1e-4)  # as `vaeguard demo` does
+    det.save(path)
+
+
+# -- Kafka helpers -------------------------------------------------------------------------------
+
+
+def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    create_topics(bootstrap, {name: partitions})
+
+
+def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024
+    )
+    try:
+        for key, value in records:
+            producer.send(topic, value, key=key)
+        producer.flush(timeout=300)
+    finally:
+        producer.close(timeout=10)
+
+
+def steady_rate(timeline: list[tuple[float, int]], total: int) -> float:
+    """records/s between the moments 10% and 90% of ``total`` had been processed."""
+    lo, hi = 0.1 * total, 0.9 * total
+    t_lo = next(t for t, n in timeline if n >= lo)
+    n_lo = next(n for t, n in timeline if n >= lo)
+    t_hi, n_hi = next((t, n) for t, n in timeline if n >= hi)
+    return (n_hi - n_lo) / (t_hi - t_lo) if t_hi > t_lo else float("nan")
+
+
+def bare_consumer(bootstrap: str, topic: str, total: int, max_records: int) -> float:
+    """The peer: a kafka-python consumer in a group that only decodes each record's JSON."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=max_records,
+    )
+    loads = json.loads
+    count = 0
+    timeline = []
+    deadline = time.monotonic() + 600
+    try:
+        while count < total and time.monotonic() < deadline:
+            for messages in consumer.poll(timeout_ms=200, max_records=max_records).values():
+                for m in messages:
+                    loads(m.value)
+                count += sum(1 for _ in messages)
+            timeline.append((time.perf_counter(), count))
+    finally:
+        consumer.close()
+    if count < total:
+        raise RuntimeError(f"the bare consumer read only {count} of {total} records")
+    return steady_rate(timeline, total)
+
+
+def consume_produce(bootstrap: str, topic: str, total: int, max_records: int) -> float:
+    """A second peer: the daemon's Kafka I/O alone. Consume, decode, and produce one small JSON
+    message per record (acks=all, flushed per poll, committed), no scoring: what kafka-python
+    itself allows a one-output-per-input daemon to reach."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    group = f"io-{uuid.uuid4().hex[:8]}"
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=max_records,
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024
+    )
+    loads, dumps = json.loads, json.dumps
+    count = 0
+    timeline = []
+    deadline = time.monotonic() + 600
+    try:
+        while count < total and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200, max_records=max_records)
+            for messages in batch.values():
+                for m in messages:
+                    obj = loads(m.value)
+                    out = {"key": obj.get("key"), "score": 0.0, "offset": m.offset}
+                    producer.send(f"{group}.out", dumps(out).encode(), key=m.key)
+                count += len(messages)
+            if batch:
+                producer.flush()
+                consumer.commit()
+            timeline.append((time.perf_counter(), count))
+    finally:
+        consumer.close()
+        producer.close(timeout=10)
+    if count < total:
+        raise RuntimeError(f"the consume-produce peer read only {count} of {total} records")
+    return steady_rate(timeline, total)
+
+
+def daemon_settings(bootstrap: str, bundle: str, topic: str, group: str, workdir: Path, **scoring):
+    from vaeguard.config import Settings
+
+    return Settings.model_validate(
+        {
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "input_topics": [topic],
+                "output_topic": f"{group}.scores",
+                "dlq_topic": f"{group}.dlq",
+                "group_id": group,
+            },
+            "model": {"path": bundle, "device": "cpu", "reload_interval_s": 0},
+            "scoring": scoring,
+            "http": {"enabled": False},
+            # Alerts of the incidents go to a JSONL file (the log sink would write to stdout).
+            "alerts": {
+                "spool_dir": str(workdir / "spool"),
+                "sinks": [{"name": "file", "type": "file", "path": str(workdir / "alerts.jsonl")}],
+            },
+            "shutdown_grace_s": 30,
+        }
+    )
+
+
+class RunningDaemon:
+    """A `Daemon` on a thread of this process, with a timeline of records processed."""
+
+    def __init__(self, settings):
+        from vaeguard.daemon.app import Daemon
+
+        self.timeline: list[tuple[float, int]] = []
+        self.count = 0
+        self.daemon = Daemon(settings, on_batch=self._on_batch)
+        self.thread = threading.Thread(target=self._run, name="bench-daemon", daemon=True)
+        self.error: BaseException | None = None
+
+    def _on_batch(self, scored, dead) -> None:
+        self.count += len(scored) + len(dead)
+        self.timeline.append((time.perf_counter(), self.count))
+
+    def _run(self) -> None:
+        try:
+            self.daemon.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> RunningDaemon:
+        self.thread.start()
+        return self
+
+    def wait_count(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count < n:
+            if self.error is not None:
+                raise self.error
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon processed {self.count} of {n} records")
+            time.sleep(0.05)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.error is not None:
+                raise self.error
+            pipeline = self.daemon.pipeline
+            if pipeline is not None and pipeline.readiness()[0]:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon did not become ready")
+            time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self.daemon.stop("benchmark done")
+        self.thread.join(60)
+
+
+def daemon_throughput(bootstrap, bundle, topic, total, workdir, **scoring) -> float:
+    group = f"thr-{uuid.uuid4().hex[:8]}"
+    with RunningDaemon(daemon_settings(bootstrap, bundle, topic, group, workdir, **scoring)) as d:
+        d.wait_count(total, timeout=900)
+    return steady_rate(d.timeline, total)
+
+
+# -- latency (the paced producer and the output reader run in a helper process) -----------------
+
+
+def paced_latency(
+    bootstrap: str, topic: str, out_topic: str, rate: float, seconds: float, q
+) -> None:
+    """Child process: produce at ``rate``/s for ``seconds``; time each record to its score."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    records = make_records(int(rate * seconds), seed=11)
+    reader = KafkaConsumer(
+        out_topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=5,
+    )
+    while not reader.assignment():
+        reader.poll(timeout_ms=100)
+    reader.seek_to_end()
+    reader.poll(timeout_ms=100)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    sent_at: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set() or len(arrived) < len(sent_at):
+            for messages in reader.poll(timeout_ms=20).values():
+                now = time.perf_counter()
+                for m in messages:
+                    # Only this run's records count (the reader may also see earlier ones).
+                    k = m.key.decode() + "|" + str(json.loads(m.value)["ts"])
+                    if k in sent_at:
+                        arrived.setdefault(k, now)
+            if stop.is_set() and time.perf_counter() > stop_at[0] + 30:
+                return
+
+    stop_at = [0.0]
+    reader_thread = threading.Thread(target=read, daemon=True)
+    reader_thread.start()
+    started = time.perf_counter()
+    for i, (key, value) in enumerate(records):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        # A unique ts per record identifies its score record (the daemon copies ts over).
+        ts = 1_700_000_000_000 + i
+        value = value[:-1] + b',"ts":' + str(ts).encode() + b"}"
+        sent_at[key.decode() + "|" + str(ts)] = time.perf_counter()
+        producer.send(topic, value, key=key)
+    producer.flush(timeout=60)
+    achieved = len(records) / (time.perf_counter() - started)
+    stop_at[0] = time.perf_counter()
+    stop.set()
+    reader_thread.join(60)
+    producer.close(timeout=10)
+    reader.close()
+    latencies = [arrived[k] - t for k, t in sent_at.items() if k in arrived]
+    q.put(
+        {"sent": len(sent_at), "received": len(latencies), "rate": achieved, "latencies": latencies}
+    )
+
+
+def daemon_latency(bootstrap, bundle, topic, rate, seconds, workdir, **scoring) -> dict:
+    group = f"lat-{uuid.uuid4().hex[:8]}"
+    settings = daemon_settings(bootstrap, bundle, topic, group, workdir, **scoring)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with RunningDaemon(settings) as d:
+        d.wait_ready()
+        # Warm-up: the first batches compile the scoring graph.
+        produce_all(bootstrap, topic, make_records(2000, seed=5))
+        d.wait_count(2000, timeout=120)
+        child = ctx.Process(
+            target=paced_latency, args=(bootstrap, topic, f"{group}.scores", rate, seconds, q)
+        )
+        child.start()
+        result = q.get(timeout=seconds + 180)
+        child.join(30)
+    return _latency_summary(result)
+
+
+def broker_latency(bootstrap, topic, rate, seconds) -> dict:
+    """The latency peer: the same paced producer and reader, the reader on the input topic
+    itself: what the broker and kafka-python take from produce to fetch, without a daemon."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    child = ctx.Process(target=paced_latency, args=(bootstrap, topic, topic, rate, seconds, q))
+    child.start()
+    result = q.get(timeout=seconds + 180)
+    child.join(30)
+    return _latency_summary(result)
+
+
+def _latency_summary(result: dict) -> dict:
+    lat = np.asarray(result["latencies"]) * 1000
+    return {
+        "sent": result["sent"],
+        "received": result["received"],
+        "rate": result["rate"],
+        "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        "max": float(lat.max()) if len(lat) else float("nan"),
+    }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", type=int, default=60_000, help="records for the throughput runs")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--rate", type=float, default=1000.0, help="paced rate of the latency run")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the latency run")
+    p.add_argument("--repeats", type=int, default=2, help="throughput runs of each side")
+    p.add_argument("--batch-max-records", type=int, default=None)
+    p.add_argument("--batch-max-wait-ms", type=int, default=None)
+    p.add_argument("--sweep", action="store_true", help="also time other batch sizes and max waits")
+    args = p.parse_args(argv)
+
+    logging.basicConfig(level=logging.ERROR)
+    from vaeguard.broker import EmbeddedBroker
+    from vaeguard.config import ScoringSettings
+
+    defaults = ScoringSettings()
+    scoring = {
+        "batch_max_records": args.batch_max_records or defaults.batch_max_records,
+        "batch_max_wait_ms": (
+            defaults.batch_max_wait_ms if args.batch_max_wait_ms is None else args.batch_max_wait_ms
+        ),
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="vaeguard-bench-"))
+    try:
+        bundle = str(workdir / "model")
+        ctx = mp.get_context("spawn")
+        trainer = ctx.Process(target=train_bundle, args=(bundle,))
+        trainer.start()
+        records = make_records(args.records)
+        trainer.join()
+        if trainer.exitcode != 0:
+            raise RuntimeError("training the benchmark model failed")
+
+        from vaeguard._quiet import import_keras
+
+        import_keras()
+        with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+            bs = broker.bootstrap_servers
+            topic = "bench.in"
+            create_topic(bs, topic, args.partitions)
+            t0 = time.perf_counter()
+            produce_all(bs, topic, records)
+            produce_s = time.perf_counter() - t0
+
+            bare, io_only, daemon = [], [], []
+            for _ in range(args.repeats):  # interleaved: every side sees the same load
+                bare.append(bare_consumer(bs, topic, len(records), scoring["batch_max_records"]))
+                io_only.append(
+                    consume_produce(bs, topic, len(records), scoring["batch_max_records"])
+                )
+                daemon.append(
+                    daemon_throughput(bs, bundle, topic, len(records), workdir, **scoring)
+                )
+            sweep = []
+            if args.sweep:
+                for size, wait in ((250, 20), (500, 20), (1000, 20), (2000, 20), (5000, 20)):
+                    r = daemon_throughput(
+                        bs, bundle, topic, len(records), workdir,
+                        batch_max_records=size, batch_max_wait_ms=wait,
+                    )  # fmt: skip
+                    sweep.append((size, wait, r))
+            lat_topic = "bench.latency"
+            create_topic(bs, lat_topic, args.partitions)
+            latency = daemon_latency(
+                bs, bundle, lat_topic, args.rate, args.seconds, workdir, **scoring
+            )
+            peer_topic = "bench.latency-peer"
+            create_topic(bs, peer_topic, args.partitions)
+            peer_latency = broker_latency(bs, peer_topic, args.rate, args.seconds)
+            load_during_latency = os.getloadavg()[0]
+            sweep_lat = []
+            if args.sweep:
+                for size, wait in ((2000, 10), (2000, 20), (2000, 50), (2000, 100)):
+                    if (size, wait) == (scoring["batch_max_records"], scoring["batch_max_wait_ms"]):
+                        continue
+                    topic_s = f"bench.latency-{size}-{wait}"
+                    create_topic(bs, topic_s, args.partitions)
+                    r = daemon_latency(
+                        bs, bundle, topic_s, args.rate, args.seconds, workdir,
+                        batch_max_records=size, batch_max_wait_ms=wait,
+                    )  # fmt: skip
+                    sweep_lat.append((size, wait, r))
+        rss = peak_rss_mb()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    bare_rate, daemon_rate = float(np.median(bare)), float(np.median(daemon))
+    io_rate = float(np.median(io_only))
+    ratio = daemon_rate / bare_rate
+    print(
+        f"## vaeguard daemon throughput, latency and memory\n\n"
+        f"{len(records):,} records × 7 metrics ({sum(len(v) for _, v in records) / len(records):.0f} "
+        f"bytes of JSON each) in {args.partitions} partitions of an embedded Tansu broker "
+        f"(produced at {len(records) / produce_s:,.0f} records/s); batch_max_records="
+        f"{scoring['batch_max_records']}, batch_max_wait_ms={scoring['batch_max_wait_ms']}; "
+        f"scoring on the CPU; {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+        f"Medians of {args.repeats} interleaved runs each.\n"
+    )
+    print(
+        "| measurement | vaeguard daemon | peer: bare consumer (JSON decode only) | target | met |"
+    )
+    print("|---|---:|---:|---|:-:|")
+    print(
+        f"| steady-state records/s | {daemon_rate:,.0f} | {bare_rate:,.0f} | "
+        f"daemon ≥ 0.8 × bare (measured {ratio:.2f}×) | {'yes' if ratio >= 0.8 else 'no'} |"
+    )
+    print(
+        f"| steady-state records/s, second peer: consume + produce one message per record, "
+        f"no scoring | {daemon_rate:,.0f} | {io_rate:,.0f} | – (measured "
+        f"{daemon_rate / io_rate:.2f}×) | – |"
+    )
+    print(
+        f"| produce→score latency p50 at {latency['rate']:,.0f} records/s "
+        f"(peer: produce→fetch, no daemon) | {latency['p50']:.0f} ms | "
+        f"{peer_latency['p50']:.0f} ms | – | – |"
+    )
+    print(
+        f"| produce→score latency p99 at {latency['rate']:,.0f} records/s "
+        f"(peer: produce→fetch, no daemon) | {latency['p99']:.0f} ms (max {latency['max']:.0f}) | "
+        f"{peer_latency['p99']:.0f} ms (max {peer_latency['max']:.0f}) | < 250 ms | "
+        f"{'yes' if latency['p99'] < 250 else 'no'} |"
+    )
+    print(
+        f"| score records received in the latency run | {latency['received']:,} of "
+        f"{latency['sent']:,} | – | all | {'yes' if latency['received'] == latency['sent'] else 'no'} |"
+    )
+    print(
+        f"| peak RSS (daemon + harness) | {rss:,.0f} MB | – | < 1024 MB | {'yes' if rss < 1024 else 'no'} |"
+    )
+    print()
+    print(f"1-minute load average at the end of the latency runs: {load_during_latency:.2f}.")
+    print("Individual runs (records/s): daemon " + ", ".join(f"{r:,.0f}" for r in daemon)
+          + "; bare consumer " + ", ".join(f"{r:,.0f}" for r in bare)
+          + "; consume + produce " + ", ".join(f"{r:,.0f}" for r in io_only))  # fmt: skip
+    if sweep:
+        print("\n| batch_max_records | batch_max_wait_ms | daemon records/s |\n|---:|---:|---:|")
+        for size, wait, r in sweep:
+            print(f"| {size} | {wait} | {r:,.0f} |")
+    if sweep_lat:
+        print(
+            "\n| batch_max_records | batch_max_wait_ms | p50 ms | p99 ms |\n|---:|---:|---:|---:|"
+        )
+        for size, wait, r in sweep_lat:
+            print(f"| {size} | {wait} | {r['p50']:.0f} | {r['p99']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Window mode end to end: `vaeguard train-window`, then `vaeguard run` on a window bundle.
+
+One small window model (W = 8, two metrics, two hosts) is trained once by the CLI; the daemon
+runs as a real subprocess against the embedded broker. Every daemon score is compared with the
+offline path (`WindowDetector` + `WindowFeaturizer` over the same records), so the two agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.daemon.conftest import (
+    Collector,
+    DaemonProcess,
+    Producer,
+    create_topic,
+    daemon_env,
+    unique,
+)
+
+WINDOW = 8
+T0 = 1_700_000_000
+HOSTS = {"web-1": 0.0, "web-2": 20.0}
+SPIKE = ("web-2", 30)  # (host, point index of the live stream) with a +60 cpu spike
+
+
+def host_points(start: int, n: int, seed: int, spike: tuple[str, int] | None = None) -> list[dict]:
+    """Points start..start+n of both hosts, interleaved, one per minute (cpu, lat)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(start, start + n):
+        for host, offset in HOSTS.items():
+            cpu = offset + 10 + 3 * math.sin(2 * math.pi * i / 24) + 0.3 * rng.standard_normal()
+            if spike is not None and (host, i - start) == spike:
+                cpu += 60
+            lat = 5 + 0.2 * rng.standard_normal()
+            out.append({"host": host, "ts": T0 + 60 * i, "cpu": cpu, "lat": lat})
+    return out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vaeguard.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`vaeguard train-window` once: a bundle directory and a registry holding the same model."""
+    root = tmp_path_factory.mktemp("window")
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in host_points(0, 300, seed=0)))
+    result = run_cli(
+        "train-window",
+        *("--data", str(data), "--metrics", "cpu,lat", "--window", str(WINDOW)),
+        *("--entity-column", "host", "--time-column", "ts", "--interval", "60"),
+        *("--steps", "60", "--hidden", "16", "--latent-dim", "2", "--mc-samples", "4"),
+        *("--likelihood-warmup", "20", "--out", str(root / "bundle")),
+        *("--registry", str(root / "registry")),
+    )
+    assert result.returncode == 0, result.stderr
+    return {"bundle": root / "bundle", "registry": root / "registry", "data": data, "cli": result}
+
+
+def offline(bundle: Path, records: list[dict]):
+    """The offline path: record index → (raw score, likelihood) for every windowed record."""
+    from vaeguard.timeseries.detector import WindowDetector
+
+    det = WindowDetector.load(bundle)
+    batch = det.featurizer().update_and_featurize(records)
+    raw = det.score_windows(batch.x, batch.c, batch.mask)[0]
+    lk = det.likelihood().update_many(batch.entities, raw)
+    return {int(i): (float(s), float(p)) for i, s, p in zip(batch.keep, raw, lk, strict=True)}
+
+
+def assert_same_scores(scores: dict[int, dict], reference: dict[int, tuple[float, float]]) -> None:
+    assert sorted(scores) == sorted(reference), "the daemon scored other records than offline"
+    for i, (raw, lk) in reference.items():
+        assert scores[i]["score"] == pytest.approx(raw, rel=1e-4, abs=1e-3), f"record {i}"
+        assert scores[i]["anomaly_likelihood"] == pytest.approx(lk, abs=1e-3), f"record {i}"
+
+
+def window_env(broker, trained, topic, group, state_dir: Path) -> dict[str, str]:
+    return daemon_env(
+        broker.bootstrap_servers,
+        trained["bundle"],
+        [topic],
+        group,
+        VAEGUARD_SCORING__STATE_DIR=str(state_dir),
+        VAEGUARD_SCORING__TOP_K=str(2 * WINDOW),
+    )
+
+
+def by_id(collector: Collector) -> dict[int, dict]:
+    return {r["source"]["offset"]: r for r in collector.json()}
+
+
+@pytest.fixture(scope="module")
+def served(broker, trained, tmp_path_factory):
+    """A daemon scoring a live stream of both hosts, with malformed records mixed in."""
+    tmp = tmp_path_factory.mktemp("served")
+    topic, group = unique("win-in"), unique("win")
+    create_topic(broker.bootstrap_servers, topic, 1)
+    good = host_points(300, 40, seed=1, spike=SPIKE)
+    bad = {
+        5: ({"host": "web-1", "ts": T0, "cpu": "high", "lat": 5.0}, "non_numeric_feature"),
+        17: ({"host": "web-2", "cpu": 30.0, "lat": 5.0}, "missing_feature"),
+        41: (b'{"host": "web-1", "cpu": ', "invalid_json"),
+    }
+    stream: list[bytes | dict] = list(good)
+    for pos in sorted(bad):
+        stream.insert(pos, bad[pos][0])
+    daemon = DaemonProcess(tmp, "daemon", window_env(broker, trained, topic, group, tmp / "state"))
+    daemon.start()
+    try:
+        producer = Producer(broker.bootstrap_servers)
+        for value in stream:
+            producer.send(topic, value)
+        producer.flush()
+        reference = offline(trained["bundle"], good)
+        scores = Collector(broker.bootstrap_servers, f"{group}.scores")
+        dlq = Collector(broker.bootstrap_servers, f"{group}.dlq")
+        scores.wait_count(len(reference), 90, "score records of the window stream")
+        dlq.wait_count(len(bad), 30, "dead letters of the malformed records")
+        assert daemon.terminate() == 0, daemon.log()[-3000:]
+    finally:
+        daemon.stop()
+    # the stream offset of each good record, in order
+    offsets = [i for i, v in enumerate(stream) if isinstance(v, dict) and v in good]
+    return {
+        "scores": {offsets.index(o): r for o, r in by_id(scores).items()},
+        "dlq": dlq.messages,
+        "bad": {pos: reason for pos, (_, reason) in bad.items()},
+        "reference": reference,
+        "good": good,
+    }
+
+
+def test_daemon_scores_a_window_bundle_like_the_offline_path(served):
+    scores, reference, good = served["scores"], served["reference"], served["good"]
+    assert_same_scores(scores, reference)
+    # Each host's first points only fill its window (no score record); all later ones are scored.
+    first_scored = {h: min(i for i in scores if good[i]["host"] == h) for h in HOSTS}
+    assert all(first_scored[h] < 2 * WINDOW for h in HOSTS)
+    for record in scores.values():
+        assert record["key"] in HOSTS
+        assert 0.0 <= record["anomaly_likelihood"] <= 1.0
+        for c in record["contributions"]:
+            assert c["metric"] in ("cpu", "lat") and -WINDOW < c["slot"] <= 0
+            assert c["feature"] == (
+                f"{c['metric']}[t]" if c["slot"] == 0 else f"{c['metric']}[t{c['slot']}]"
+            )
+    # The cpu spike is an anomaly; its slot is explained in the metric's own units (top_k = all
+    # slots here: which slot ranks first depends on how well the tiny model learned).
+    spike = 2 * SPIKE[1] + 1
+    assert good[spike]["host"] == SPIKE[0]
+    record = scores[spike]
+    assert record["is_anomaly"] and record["severity"] != "normal"
+    assert len(record["contributions"]) == 2 * WINDOW
+    newest = {(c["metric"], c["slot"]): c for c in record["contributions"]}[("cpu", 0)]
+    assert newest["feature"] == "cpu[t]"
+    assert newest["observed"] == pytest.approx(good[spike]["cpu"], rel=1e-4)
+    assert newest["observed"] - newest["expected"] > 30 and newest["contribution"] > 10
+    lat = {(c["metric"], c["slot"]): c for c in record["contributions"]}[("lat", 0)]
+    assert lat["observed"] == pytest.approx(good[spike]["lat"], rel=1e-4)
+    others = [r for i, r in scores.items() if i < spike]
+    assert sum(r["is_anomaly"] for r in others) <= 2
+
+
+def test_malformed_window_records_go_to_the_dlq_with_a_reason(served):
+    dead = {}
+    for m in served["dlq"]:
+        headers = dict(m.headers)
+        dead[int(headers["__connect.errors.offset"])] = headers
+    assert sorted(dead) == sorted(served["bad"])
+    for offset, reason in served["bad"].items():
+        headers = dead[offset]
+        assert headers["vaeguard.errors.reason"].decode() == reason
+        assert headers["__connect.errors.exception.message"]
+    assert b"timestamp" in dead[17]["__connect.errors.exception.message"]
+    assert b"cpu" in dead[5]["__connect.errors.exception.message"]
+
+
+def test_window_state_survives_a_daemon_restart(broker, trained, tmp_path):
+    topic, group = unique("win-restart"), unique("winr")
+    create_topic(broker.bootstrap_servers, topic, 1)
+    state = tmp_path / "state"
+    env = window_env(broker, trained, topic, group, state)
+    records = host_points(300, 36, seed=2)
+    half = len(records) // 2
+    reference = offline(trained["bundle"], records)
+    producer = Producer(broker.bootstrap_servers)
+    scores = Collector(broker.bootstrap_servers, f"{group}.scores")
+
+    first = DaemonProcess(tmp_path, "first", env).start()
+    for r in records[:half]:
+        producer.send(topic, r)
+    producer.flush()
+    scores.wait_count(sum(1 for i in reference if i < half), 90, "scores before the restart")
+    assert first.terminate() == 0, first.log()[-3000:]
+    assert list(state.glob("*.window-state.json")), "no state snapshot was written"
+
+    second = DaemonProcess(tmp_path, "second", env).start()
+    for r in records[half:]:
+        producer.send(topic, r)
+    producer.flush()
+    scores.wait_count(len(reference), 90, "scores after the restart")
+    assert second.terminate() == 0, second.log()[-3000:]
+    got = by_id(scores)
+    assert len(got) == len(scores.messages), "a record was scored twice"
+    # Same records scored as in one uninterrupted run (no host refilled its window after the
+    # restart), with the same raw scores and likelihoods (windows, scalers, histories restored).
+    assert_same_scores(got, reference)
+    assert half in got and half + 1 in got
+    assert any(line.get("msg") == "window state restored" for line in second.log_lines())
+
+
+def test_replayed_records_are_not_fed_twice_and_hot_swaps_keep_compatible_state(trained):
+    """The at-least-once seam in process: a replay after a crash between snapshot and commit."""
+    from collections import namedtuple
+
+    from vaeguard.bundle import load_bundle
+    from vaeguard.daemon.featurize import featurizer_for
+    from vaeguard.daemon.window import WindowStreamFeaturizer
+
+    TP = namedtuple("TP", "topic partition")
+    Msg = namedtuple("Msg", "topic partition offset")
+    vae = load_bundle(trained["bundle"])
+    records = host_points(300, 24, seed=3)
+    half = len(records) // 2
+
+    def feed(f: WindowStreamFeaturizer, start: int, stop: int):
+        msgs = [Msg("t", 0, i) for i in range(start, stop)]
+        fresh = [m for m in msgs if not f.covers(m)]
+        batch = f.transform(
+            [records[m.offset] for m in fresh], [None] * len(fresh), [None] * len(fresh)
+        )
+        f.advance({TP("t", 0): stop})
+        raw = f.detector.score_windows(batch.x, batch.c, batch.mask)[0]
+        return {fresh[i].offset: float(s) for i, s in zip(batch.keep, raw, strict=True)}
+
+    straight = featurizer_for(vae)
+    expected = feed(straight, 0, len(records))
+
+    crashed = featurizer_for(vae)
+    before = feed(crashed, 0, half)
+    saved = json.loads(json.dumps(crashed.snapshot()))  # what the state file holds
+    restarted = featurizer_for(vae)
+    assert restarted.restore(saved)["windows"]
+    # the uncommitted batch is replayed from the committed offset: its records are skipped
+    assert feed(restarted, half - 4, half) == {}
+    after = feed(restarted, half, len(records))
+    assert {**before, **after} == pytest.approx(expected, rel=1e-5)
+
+    # hot swap: same window spec keeps the windows; another window length starts fresh
+    same = featurizer_for(vae)
+    assert same.adopt(restarted)["windows"] and same.state.n_entities == len(HOSTS)
+    other = WindowStreamFeaturizer(
+        type(restarted.detector)(window=WINDOW + 1, metrics=("cpu", "lat"))
+    )
+    kept = other.adopt(restarted)
+    assert not kept["windows"] and other.state.n_entities == 0
+    assert other.offsets == restarted.offsets
+
+
+def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained, tmp_path):
+    from vaeguard.registry import ModelRegistry
+    from vaeguard.timeseries.bundle import is_window_model, load_window_bundle
+
+    assert "window model trained" in trained["cli"].stderr
+    det = load_window_bundle(trained["bundle"])
+    assert det.spec.window == WINDOW and det.spec.metrics == ("cpu", "lat")
+    assert det.spec.entity_field == "host" and det.use_likelihood
+    assert math.isfinite(det.threshold_.value)
+    registry = ModelRegistry(trained["registry"])
+    vae, version = registry.load()
+    assert version == "v0001" and is_window_model(vae)
+    inspect = run_cli("inspect", "--model", str(trained["bundle"]))
+    assert inspect.returncode == 0 and "window mode" in inspect.stdout
+    assert "cpu[t-7]" in inspect.stdout
+
+    bad = run_cli(
+        "train-window",
+        "--data",
+        str(trained["data"]),
+        "--metrics",
+        "cpu,mem",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == [
+        "vaeguard: error: column 'mem' not found; columns are: cpu, host, lat, ts"
+    ]
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps(r) + "\n" for r in host_points(0, 12, seed=0)))
+    bad = run_cli(
+        "train-window",
+        "--data",
+        str(short),
+        "--metrics",
+        "cpu",
+        "--entity-column",
+        "host",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert bad.returncode != 0 and "too few to train" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,95 @@
+"""Retraining inside the daemon: the scheduled job, early runs on drift, alerts on failure.
+
+Runs only when ``retrain.enabled`` and ``model.path`` is a registry. The job trains on its own
+thread (`DaemonThreadExecutor`), off the scoring path; a promotion pokes the model provider so
+the new version takes over at the next batch boundary instead of the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vaeguard.registry import ModelRegistry
+from vaeguard.retrain.job import RetrainJob, RetrainOutcome
+from vaeguard.retrain.notify import outcome_alert, send_alert
+from vaeguard.retrain.scheduler import RetrainScheduler
+
+log = logging.getLogger("vaeguard.retrain")
+
+#: The job store's folder inside the registry when ``retrain.state_dir`` is not set.
+STATE_DIR = ".state"
+
+
+class RetrainService:
+    def __init__(
+        self,
+        settings: Any,  # vaeguard.config.Settings
+        alert_layer: Any,
+        *,
+        on_promoted: Callable[[], None] | None = None,
+    ):
+        self.registry = ModelRegistry(settings.model.path)
+        self.alert_layer = alert_layer
+        self.on_promoted = on_promoted
+        self.job = RetrainJob(
+            self.registry,
+            settings.retrain,
+            settings.kafka.client_config(),
+            settings.kafka.input_topics,
+            on_failure=self._rejected,
+        )
+        state_dir = settings.retrain.state_dir or Path(settings.model.path) / STATE_DIR
+        self.scheduler = RetrainScheduler(settings.retrain, self.run_once, state_dir=state_dir)
+        self.last_outcome: RetrainOutcome | None = None
+
+    def start(self) -> None:
+        self.scheduler.start()
+        log.info(
+            "retraining scheduled in the daemon",
+            extra={
+                "schedule": self.job.settings.schedule,
+                "next_run": str(self.scheduler.next_run_time()),
+                "job_store": str(self.scheduler.store_path),
+            },
+        )
+
+    def trigger(self, psi: float) -> None:
+        """An early run (drift crossed its level); the scheduler skips it if one is pending."""
+        self.scheduler.run_soon(f"score drift PSI {psi:.3f}")
+
+    def stop(self) -> None:
+        """Stop scheduling; a run in progress is abandoned with the process (nothing half-done
+        can become current)."""
+        self.scheduler.shutdown(wait=False)
+
+    def run_once(self) -> RetrainOutcome | None:
+        try:
+            outcome = self.job.run()
+        except Exception as exc:  # counted as "failed" by the job
+            log.error(
+                "retraining run failed",
+                extra={"error": f"{type(exc).__name__}: {exc}"},
+                exc_info=not isinstance(exc, OSError),
+            )
+            send_alert(
+                self.alert_layer,
+                outcome_alert(
+                    f"retraining failed: {type(exc).__name__}: {exc}",
+                    str(self.registry.root),
+                    {"status": "failed", "error": str(exc)},
+                ),
+            )
+            return None
+        self.last_outcome = outcome
+        if outcome.status == "promoted" and self.on_promoted is not None:
+            self.on_promoted()
+        return outcome
+
+    def _rejected(self, outcome: RetrainOutcome) -> None:
+        send_alert(
+            self.alert_layer,
+            outcome_alert(outcome.summary, str(self.registry.root), outcome.to_json()),
+        )

@@ -286,6 +286,15 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
     registry = ModelRegistry(trained["registry"])
     vae, version = registry.load()
     assert version == "v0001" and is_window_model(vae)
+    # Scheduled retraining covers row models only: refused up front, naming the way out.
+    from vaeguard.retrain.job import RetrainJob
+    from vaeguard.retrain.settings import RetrainSettings
+
+    outcome = RetrainJob(
+        registry, RetrainSettings(), {"bootstrap_servers": "127.0.0.1:9"}, []
+    ).run()
+    assert outcome.status == "refused" and "train-window" in outcome.reasons[0]
+    assert registry.current() == "v0001"
     inspect = run_cli("inspect", "--model", str(trained["bundle"]))
     assert inspect.returncode == 0 and "window mode" in inspect.stdout
     assert "cpu[t-7]" in inspect.stdout

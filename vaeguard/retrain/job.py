@@ -18,6 +18,7 @@ from vaeguard.registry import ModelRegistry, RegistryError
 from vaeguard.retrain.gate import check_candidate
 from vaeguard.retrain.settings import RetrainSettings
 from vaeguard.retrain.window import WindowData, read_window
+from vaeguard.timeseries.bundle import is_window_model
 
 log = logging.getLogger("vaeguard.retrain")
 
@@ -154,6 +155,11 @@ class RetrainJob:
 
         s = self.settings
         current, current_name = self.registry.load()
+        if is_window_model(current):
+            raise RetrainRefused(
+                f"{current_name} is a window-mode model: scheduled retraining covers row models "
+                "only; retrain it with `vaeguard train-window --registry` instead"
+            )
         window = read_window(
             self.kafka_config,
             self.topics,

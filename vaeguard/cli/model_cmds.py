@@ -180,6 +180,20 @@ def train(
     finally:
         for cb in callbacks:
             cb.close()
+    where = write_model(
+        detector, detector, out, registry, {"source": "train", "training_data": str(data)}
+    )
+    _print_summary(console, detector, where, n_rows, time.monotonic() - started)
+
+
+def write_model(
+    detector, as_bundle, out: Path | None, registry: Path | None, provenance: dict
+) -> str:
+    """Save ``detector`` to ``out`` and/or register ``as_bundle`` in ``registry``; say where.
+
+    ``as_bundle`` is what the registry stores: the detector itself, or the bundle view of a
+    window-mode detector (`vaeguard.timeseries.bundle.bundle_view`).
+    """
     destinations = []
     if out is not None:
         detector.save(out)
@@ -188,11 +202,10 @@ def train(
         from vaeguard.registry import ModelRegistry, is_registry
 
         reg = ModelRegistry(registry, create=not is_registry(registry))
-        version = reg.register(detector, {"source": "train", "training_data": str(data)})
-        destinations.append(
-            f"{registry} as {version}{' (current)' if reg.current() == version else ''}"
-        )
-    _print_summary(console, detector, "; ".join(destinations), n_rows, time.monotonic() - started)
+        version = reg.register(as_bundle, provenance)
+        current = " (current)" if reg.current() == version else ""
+        destinations.append(f"{registry} as {version}{current}")
+    return "; ".join(destinations)
 
 
 def _progress_callback(console, epochs: int):

@@ -183,21 +183,12 @@ def train_window(
         "late_points_skipped": len(batch.rejected),
         "training_data": str(data),
     }
-    destinations = []
-    if out is not None:
-        detector.save(out)
-        destinations.append(str(out))
-    if registry is not None:
-        from vaeguard.registry import ModelRegistry, is_registry
-        from vaeguard.timeseries.bundle import bundle_view
+    from vaeguard.cli.model_cmds import write_model
+    from vaeguard.timeseries.bundle import bundle_view
 
-        reg = ModelRegistry(registry, create=not is_registry(registry))
-        version = reg.register(
-            bundle_view(detector), {"source": "train-window", "training_data": str(data)}
-        )
-        current = " (current)" if reg.current() == version else ""
-        destinations.append(f"{registry} as {version}{current}")
-    _summary(console, detector, "; ".join(destinations), len(records), featurizer, split, n_cal)
+    provenance = {"source": "train-window", "training_data": str(data)}
+    where = write_model(detector, bundle_view(detector), out, registry, provenance)
+    _summary(console, detector, where, len(records), featurizer, split, n_cal)
     console.print(f"time {time.monotonic() - started:.1f} s")
 
 

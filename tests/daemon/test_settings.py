@@ -145,3 +145,17 @@ def test_defaults_are_consistent():
     s = Settings()
     assert s.kafka.heartbeat_interval_ms * 3 <= s.kafka.session_timeout_ms
     assert s.http.host == "127.0.0.1"
+
+
+def test_the_consumer_never_waits_longer_than_a_batch_does(monkeypatch):
+    """A fetch may sit at the broker for fetch_max_wait_ms: with the 500 ms default every
+    record would wait that long on a quiet topic, whatever batch_max_wait_ms says."""
+    from vaeguard.daemon.pipeline import Pipeline, Shutdown
+
+    monkeypatch.setenv("VAEGUARD_SCORING__BATCH_MAX_WAIT_MS", "35")
+    pipeline = Pipeline(
+        load_settings(None), provider=None, alert_layer=None, shutdown=Shutdown(grace_s=30)
+    )
+    options = pipeline.consumer_options()
+    assert options["fetch_max_wait_ms"] == 35
+    assert options["enable_auto_commit"] is False

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from vaeguard.alerts.testing import wait_until
 from vaeguard.broker import create_topics
 
 FEATURES = ("a", "b", "c", "d")
@@ -171,12 +172,15 @@ class DaemonProcess:
         return code, (json.loads(body) if body else {})
 
     def wait_ready(self, timeout: float = 40.0) -> None:
-        wait_for(
-            lambda: self.readyz()[0] == 200 or self.proc.poll() is not None,
-            timeout=timeout,
-            interval=0.1,
-            message=f"daemon ready on :{self.port}",
-        )
+        try:
+            wait_until(
+                lambda: self.readyz()[0] == 200 or self.proc.poll() is not None,
+                timeout,
+                f"daemon ready on :{self.port}",
+                interval=0.1,
+            )
+        except AssertionError as exc:
+            pytest.fail(f"{exc}; /readyz says {self.readyz()}; log tail:\n{self.log()[-3000:]}")
         assert self.proc.poll() is None, f"daemon exited early:\n{self.log()[-3000:]}"
 
     def metric(self, name: str, labels: str = "") -> float:

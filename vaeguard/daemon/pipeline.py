@@ -198,7 +198,7 @@ class Pipeline:
             self._close()
 
     def _connect(self) -> bool:
-        from kafka import KafkaConsumer, KafkaProducer
+        from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
         common = self.kafka.client_config()
@@ -206,15 +206,7 @@ class Pipeline:
         while not self.shutdown.requested.is_set():
             try:
                 if self.producer is None:
-                    self.producer = KafkaProducer(
-                        **common,
-                        acks="all",
-                        linger_ms=5,
-                        batch_size=256 * 1024,
-                        max_block_ms=self.kafka.request_timeout_ms,
-                        delivery_timeout_ms=3 * self.kafka.request_timeout_ms,
-                        bootstrap_timeout_ms=5_000,
-                    )
+                    self.producer = self._new_producer()
                 consumer = KafkaConsumer(**common, **self.consumer_options())
                 consumer.subscribe(self.kafka.input_topics, listener=_Listener(self))
                 self.consumer = consumer
@@ -284,6 +276,43 @@ class Pipeline:
         )
 
     # -- one batch --------------------------------------------------------------------------------
+
+    def _new_producer(self):
+        from kafka import KafkaProducer
+
+        return KafkaProducer(
+            **self.kafka.client_config(),
+            acks="all",
+            linger_ms=5,
+            batch_size=256 * 1024,
+            max_block_ms=self.kafka.request_timeout_ms,
+            delivery_timeout_ms=self._delivery_timeout_ms,
+            bootstrap_timeout_ms=5_000,
+        )
+
+    @property
+    def _delivery_timeout_ms(self) -> int:
+        return 3 * self.kafka.request_timeout_ms
+
+    def _replace_producer(self, reason: str) -> None:
+        """Swap in a new producer; the old one is closed off the scoring path.
+
+        Records it still holds are not acknowledged, so the caller resends them on the new one
+        (duplicates at worst, as at-least-once allows; nothing is committed before an ack).
+        """
+        from kafka.errors import KafkaError
+
+        old, self.producer = self.producer, None
+        metrics.RETRIES.labels(stage="producer_reset").inc()
+        log.warning("replacing the Kafka producer", extra={"reason": reason})
+        if old is not None:
+            threading.Thread(
+                target=old.close, kwargs={"timeout": 0}, name="vaeguard-producer-close", daemon=True
+            ).start()
+        try:
+            self.producer = self._new_producer()
+        except KafkaError as exc:  # the broker is still away: the produce retry tries again
+            log.warning("could not create a Kafka producer yet", extra={"error": str(exc)})
 
     def consumer_options(self) -> dict[str, Any]:
         """The group consumer's settings beyond the connection ones."""
@@ -599,7 +628,12 @@ class Pipeline:
         while pending:
             futures = []
             error: BaseException | None = None
+            if self.producer is None:
+                self._replace_producer("no producer after an earlier reset")
             for i, (topic, key, value, headers) in enumerate(pending):
+                if self.producer is None:  # still none: the broker is away, retry below
+                    futures = [None] * len(pending)
+                    break
                 try:
                     futures.append(self.producer.send(topic, value=value, key=key, headers=headers))
                 except KafkaError as exc:  # metadata or buffer wait timed out
@@ -622,8 +656,20 @@ class Pipeline:
             pending = failed
 
     def _flush(self, futures) -> None:
+        """Wait for every future to resolve, or for the producer to break its own contract.
+
+        kafka-python resolves each record within the delivery timeout, acknowledged or failed;
+        after a broker freeze its producer was seen to hold a batch unresolved for good on a
+        live connection (tests/daemon/test_delivery.py, the frozen broker). Past the delivery
+        timeout plus one request timeout the producer is replaced and the batch resent.
+        """
         from kafka.errors import KafkaTimeoutError
 
+        if self.producer is None:
+            return
+        overdue_at = (
+            time.monotonic() + (self._delivery_timeout_ms + self.kafka.request_timeout_ms) / 1000
+        )
         while True:
             with contextlib.suppress(KafkaTimeoutError):
                 self.producer.flush(timeout=1.0)
@@ -635,6 +681,9 @@ class Pipeline:
                     "shutdown grace expired while waiting for the broker to acknowledge a batch; "
                     "it was not committed and will be replayed"
                 )
+            if time.monotonic() > overdue_at:
+                self._replace_producer("records unresolved past the delivery timeout")
+                return
 
     def _alert(self, scored: list[ScoredRecord]) -> None:
         attempt = 0

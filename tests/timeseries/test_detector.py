@@ -95,3 +95,27 @@ def test_unfitted_and_too_small_training_sets_are_refused():
         det.raw_scores(np.zeros((3, 12)))
     with pytest.raises(DataError, match="at least"):
         det.fit(np.zeros((5, 12)), np.zeros((5, 2)))
+
+
+def test_views_take_the_most_surprised_model_and_one_view_is_the_plain_likelihood():
+    from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
+    from vaeguard.timeseries.stream import ModelScores, apply_likelihood, apply_likelihood_views
+
+    rng = np.random.default_rng(0)
+    n = 400
+    keep = np.arange(50, n)
+    ents = np.array([""] * keep.size, dtype=object)
+
+    def view(spike_at):
+        raw = rng.normal(10, 1, keep.size)
+        raw[spike_at - 50] = 40.0
+        seeds = [{"": rng.normal(10, 1, 100)}]
+        return ModelScores(n, keep, ents, raw, trained_at=[50], seeds=seeds)
+
+    spec = LikelihoodSpec(estimator="gaussian", short=1, history=100, min_history=50, decades=6)
+    a, b = view(200), view(300)
+    alone = apply_likelihood(a, AnomalyLikelihood(spec))
+    np.testing.assert_array_equal(alone, apply_likelihood_views([a], AnomalyLikelihood(spec)))
+    both = apply_likelihood_views([a, b], AnomalyLikelihood(spec))
+    assert both[200] == 1.0 and both[300] == 1.0  # each view's spike gets through
+    assert (both[:50] == 0).all() and alone[300] < 1.0

@@ -92,3 +92,13 @@ def test_bad_spec_and_state_are_refused():
         LikelihoodSpec(history=10, min_history=20)
     with pytest.raises(DataError, match="not a likelihood-state"):
         AnomalyLikelihood.restore({"format": "nope"})
+
+
+def test_update_is_emit_of_the_log10_tail():
+    spec = LikelihoodSpec(estimator="gaussian", short=1, history=200, min_history=50, suppress=10)
+    one, two = AnomalyLikelihood(spec), AnomalyLikelihood(spec)
+    scores = np.concatenate([noise(250), [400.0, 30.0, 500.0]])
+    a = one.update_many(["a"] * scores.size, scores)
+    b = [two.emit("a", two.log10_tail("a", float(s))) for s in scores]
+    np.testing.assert_array_equal(a, b)
+    assert two.log10_tail("a", 50.0) <= 0.0

@@ -110,6 +110,18 @@ def test_default_params_are_valid_and_overrides_are_checked():
     assert math.isfinite(params["stream"]["retrain_growth"])
 
 
+def test_the_seasonal_view_can_be_switched_off_and_is_checked():
+    from vaeguard.errors import ConfigError
+
+    assert merged_params()["seasonal"]["periods"] >= 1
+    assert merged_params({"seasonal": None})["seasonal"] is None
+    assert merged_params({"seasonal": {"periods": 2}})["seasonal"]["period"] == 86_400.0
+    with pytest.raises(ConfigError, match="seasonal"):
+        merged_params({"seasonal": {"no_such_knob": 1}})
+    with pytest.raises(ConfigError, match="periods"):
+        merged_params({"seasonal": {"periods": 0}})
+
+
 def test_a_window_shorter_than_the_scored_slots_is_refused_by_name():
     from vaeguard.errors import ConfigError
 

@@ -163,6 +163,10 @@ class AnomalyLikelihood:
 
     def update(self, key: str, score: float) -> float:
         """Feed one raw score of an entity and return its likelihood output in [0, 1]."""
+        return self.emit(key, self.log10_tail(key, score))
+
+    def log10_tail(self, key: str, score: float) -> float:
+        """Feed one raw score; return log10 of its tail probability (0 = no opinion yet)."""
         spec = self.spec
         h = self._history(key)
         if not math.isfinite(score):
@@ -178,9 +182,13 @@ class AnomalyLikelihood:
             h.dropped.append(h.averages[0])
         h.averages.append(average)
         h.since_refresh += 1
+        return log10_tail
+
+    def emit(self, key: str, log10_tail: float) -> float:
+        """The [0, 1] output of a tail probability (possibly combined over several models)."""
         out = self._output(log10_tail)
-        if spec.suppress:
-            out = self._suppress(h, out)
+        if self.spec.suppress:
+            out = self._suppress(self._history(key), out)
         return out
 
     def _suppress(self, h: _History, out: float) -> float:

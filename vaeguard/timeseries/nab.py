@@ -40,9 +40,12 @@ LABELS_FILE = "combined_labels.json"
 #: The one configuration used for every series, chosen on the same 25 shared series it is
 #: graded on (NAB has no held-out split here; see benchmarks/RESULTS-nab.md for what was tried):
 #: a VAE over the last 32 rows conditioned on the hour of day, scored on the newest 16 slots
-#: (a spike counts while it is recent, not for all 32 rows); its scores become a Gaussian tail
-#: probability against the last 1000 scores (saturating at 1e-4), and an output is kept only
-#: when it beats every output of the previous 200 rows, so one incident reads as one alert.
+#: (a spike counts while it is recent, not for all 32 rows), plus a second VAE of the same shape
+#: whose windows add the seasonal residual (value − median of the same time on the previous 3
+#: days, `SeasonalResidual`), so a missing daily peak is visible. Each model's scores become a
+#: Gaussian tail probability against its last 1000 scores; the smaller of the two wins
+#: (saturating at 1e-6), and an output is kept only when it beats every output of the previous
+#: 200 rows, so one incident reads as one alert. ``"seasonal": None`` runs the first model alone.
 NAB_PARAMS: dict[str, Any] = {
     "detector": {
         "window": 32,
@@ -60,10 +63,11 @@ NAB_PARAMS: dict[str, Any] = {
             "short": 1,
             "history": 1000,
             "min_history": 100,
-            "decades": 4.0,
+            "decades": 6.0,
             "suppress": 200,
         },
     },
+    "seasonal": {"period": 86_400.0, "periods": 3, "tolerance": 3_600.0},
     "stream": {
         "retrain_growth": 2.0,
         "retrain_max_gap": None,
@@ -85,9 +89,13 @@ def merged_params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         unknown = set(overrides) - set(params)
         if unknown:
             raise ConfigError(
-                f"NAB params: unknown section(s) {', '.join(sorted(unknown))}; use detector, stream"
+                f"NAB params: unknown section(s) {', '.join(sorted(unknown))}; "
+                "use detector, seasonal, stream"
             )
         for section, values in overrides.items():
+            if section == "seasonal" and (values is None or params[section] is None):
+                params[section] = values
+                continue
             if not isinstance(values, dict):
                 raise ConfigError(f"NAB params: {section} must be an object")
             for key, value in values.items():
@@ -99,11 +107,31 @@ def merged_params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         WindowDetector(**params["detector"])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"NAB params: detector: {exc}") from None
+    if params["seasonal"] is not None:
+        from vaeguard.timeseries.seasonal import SeasonalResidual
+
+        try:
+            SeasonalResidual(**params["seasonal"])
+            WindowDetector(**seasonal_detector(params["detector"]))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"NAB params: seasonal: {exc}") from None
     allowed = set(inspect.signature(model_scores).parameters) - {"detector", "records", "first_fit"}
     unknown = set(params["stream"]) - allowed - {"reseed"}
     if unknown:
         raise ConfigError(f"NAB params: stream: unknown field(s) {', '.join(sorted(unknown))}")
     return params
+
+
+def seasonal_detector(detector: dict[str, Any]) -> dict[str, Any]:
+    """The second model's parameters: the first model's, with the seasonal residual as a metric."""
+    metrics = list(detector.get("metrics", ["value"]))
+    if SEASONAL_FIELD not in metrics:
+        metrics.append(SEASONAL_FIELD)
+    return {**detector, "metrics": metrics}
+
+
+#: The record field `SeasonalResidual` fills in for the second model.
+SEASONAL_FIELD = "seasonal"
 
 
 def probation_rows(n: int) -> int:
@@ -203,33 +231,44 @@ def write_result(path: Path, stamps, values, scores: np.ndarray, labels: np.ndar
 _DETECTORS: dict[str, Any] = {}
 
 
-def _detector(params: dict[str, Any]):
+def _detector(detector: dict[str, Any]):
     """One detector per worker and configuration: reusing it avoids rebuilding the graphs."""
     from vaeguard.timeseries.detector import WindowDetector
 
-    key = json.dumps(params["detector"], sort_keys=True)
+    key = json.dumps(detector, sort_keys=True)
     if key not in _DETECTORS:
-        _DETECTORS[key] = WindowDetector(**params["detector"])
+        _DETECTORS[key] = WindowDetector(**detector)
     return _DETECTORS[key]
 
 
 def score_series(series: Series, params: dict[str, Any]) -> dict[str, Any]:
     """Run the detector over one series; returns the scores and timings."""
-    from vaeguard.timeseries.stream import run_stream
+    from vaeguard.timeseries.seasonal import SeasonalResidual
+    from vaeguard.timeseries.stream import apply_likelihood_views, run_stream
 
     started = time.perf_counter()
     stamps, values = read_series(series.path)
     records = [{"ts": s, "value": float(v)} for s, v in zip(stamps, values, strict=True)]
-    detector = _detector(params)
-    result = run_stream(
-        detector, records, first_fit=probation_rows(len(records)), **params["stream"]
-    )
+    detector = _detector(params["detector"])
+    stream = dict(params["stream"])
+    reseed = stream.pop("reseed", "first")
+    first_fit = probation_rows(len(records))
+    result = run_stream(detector, records, first_fit=first_fit, reseed=reseed, **stream)
+    output = result.output
+    if params.get("seasonal") is not None:
+        seasonal = SeasonalResidual(**params["seasonal"], field=SEASONAL_FIELD)
+        second = _detector(seasonal_detector(params["detector"]))
+        other = run_stream(
+            second, seasonal.enrich(records), first_fit=first_fit, reseed=reseed, **stream
+        )
+        views = [result.model_scores, other.model_scores]
+        output = apply_likelihood_views(views, detector.likelihood(), reseed)
     return {
         "series": series,
         "stamps": stamps,
         "values": values,
         "raw": result.raw,
-        "scores": np.clip(result.output, 0.0, 1.0),
+        "scores": np.clip(output, 0.0, 1.0),
         "trained_at": result.trained_at,
         "model_scores": result.model_scores,
         "stats": result.stats,

@@ -134,6 +134,41 @@ def apply_likelihood(
     return output
 
 
+def apply_likelihood_views(
+    views: Sequence[ModelScores], likelihood: AnomalyLikelihood, reseed: str = "first"
+) -> np.ndarray:
+    """Per-record [0, 1] outputs of several models of the same records: the most surprised wins.
+
+    Each view's raw scores get their own tail probability (their scales differ); a record's
+    output is that of the smallest one, then ``likelihood``'s saturation and suppression apply,
+    so an incident seen by both views is still one alert.
+    """
+    if reseed not in RESEED_MODES:
+        raise ValueError(f"reseed must be one of {RESEED_MODES}")
+    n = views[0].n_records
+    tails = np.zeros(n)
+    entity = np.full(n, None, dtype=object)
+    for scores in views:
+        if scores.n_records != n:
+            raise ValueError("every view must score the same records")
+        state = AnomalyLikelihood(likelihood.spec)
+        bounds = [*scores.trained_at, n]
+        for k, start in enumerate(scores.trained_at):
+            rows = np.flatnonzero((scores.keep >= start) & (scores.keep < bounds[k + 1]))
+            if reseed == "always" or (reseed == "first" and k == 0):
+                for key, past in scores.seeds[k].items():
+                    state.reseed(key, past)
+            for i, key, raw in zip(
+                scores.keep[rows], scores.entities[rows], scores.raw[rows], strict=True
+            ):
+                tails[i] = min(tails[i], state.log10_tail(key, float(raw)))
+                entity[i] = key
+    output = np.zeros(n)
+    for i in np.flatnonzero(entity != None):  # noqa: E711 (elementwise)
+        output[i] = likelihood.emit(entity[i], tails[i])
+    return output
+
+
 def run_stream(
     detector: WindowDetector,
     records: Sequence[dict[str, Any]],

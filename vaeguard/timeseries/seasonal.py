@@ -1,0 +1,79 @@
+"""A seasonal-residual metric: how far a value is from the same time one, two, … periods ago.
+
+A 32-row window cannot see that "it should be at the daily peak now" (a missing peak looks
+like a calm window). Subtracting the median of the values at the same time of the previous
+``periods`` periods gives the window that context; the median (not the value one period ago)
+keeps a past incident from being replayed as a new one a period later.
+
+Causal: a point's residual uses earlier points only. Memory is bounded to ``periods`` periods of
+one stream (one entity); points with no earlier period seen yet get no residual (missing).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vaeguard.errors import ConfigError
+from vaeguard.timeseries.conditions import to_epoch_seconds
+
+
+class SeasonalResidual:
+    """``value − median(value at t − k·period, k = 1 … periods)`` of one stream, online.
+
+    The value "at" a past time is the latest point at or before it, if at most ``tolerance``
+    seconds older (irregular sampling); lags with no such point are skipped.
+    """
+
+    def __init__(
+        self,
+        period: float = 86_400.0,
+        periods: int = 3,
+        tolerance: float = 3_600.0,
+        *,
+        source: str = "value",
+        field: str = "seasonal",
+        time_field: str = "ts",
+    ):
+        if not period > 0 or periods < 1 or tolerance < 0:
+            raise ConfigError("seasonal: need period > 0, periods >= 1 and tolerance >= 0")
+        self.period = float(period)
+        self.periods = int(periods)
+        self.tolerance = float(tolerance)
+        self.source, self.field, self.time_field = source, field, time_field
+        self._ts: list[float] = []
+        self._values: list[float] = []
+
+    def update(self, t: float, value: float) -> float:
+        """Residual of a point (NaN when no earlier period is known), then remember it."""
+        lags = []
+        for k in range(1, self.periods + 1):
+            target = t - k * self.period
+            j = bisect.bisect_right(self._ts, target) - 1
+            if j >= 0 and self._ts[j] >= target - self.tolerance:
+                lags.append(self._values[j])
+        out = value - float(np.median(lags)) if lags else float("nan")
+        if np.isfinite(value) and (not self._ts or t >= self._ts[-1]):
+            self._ts.append(t)
+            self._values.append(value)
+            horizon = t - self.periods * self.period - self.tolerance
+            if self._ts[0] < horizon and len(self._ts) > 64:
+                cut = bisect.bisect_left(self._ts, horizon)
+                del self._ts[:cut], self._values[:cut]
+        return out
+
+    def enrich(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Copies of the records (in arrival order) with the residual under ``field``."""
+        out = []
+        for record in records:
+            value = record.get(self.source)
+            enriched = dict(record)
+            if value is not None:
+                residual = self.update(to_epoch_seconds(record[self.time_field]), float(value))
+                if np.isfinite(residual):
+                    enriched[self.field] = residual
+            out.append(enriched)
+        return out

@@ -40,7 +40,7 @@ MODEL_LOAD_FAILURES = Counter(
 )
 RETRIES = Counter(
     "vaeguard_retries",
-    "Retries of a batch step after a failure (produce, alert, commit, connect).",
+    "Retries of a batch step after a failure (produce, alert, commit, connect; producer_reset: a wedged producer replaced).",
     ["stage"],
 )
 PARTITIONS_ASSIGNED = Gauge("vaeguard_partitions_assigned", "Input partitions this daemon owns.")

@@ -114,6 +114,7 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
         "format_version": FORMAT_VERSION,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
+        "kind": getattr(detector, "model_kind_", "tabular"),
         "model_file": MODEL_FILE,
         "model_sha256": sha256_file(path / MODEL_FILE),
         "features": list(detector.feature_names_),
@@ -205,12 +206,34 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         raise BundleError(f"corrupt bundle at {path}: baseline must hold {n} finite numbers")
     need("params", dict)
     need("versions", dict)
+    kind = model_kind(m)
+    if kind not in KINDS:
+        raise BundleError(
+            f"corrupt bundle at {path}: kind {kind!r} is not one of {', '.join(KINDS)}"
+        )
+    if kind == "window" and not isinstance((m.get("extra") or {}).get("window_mode"), dict):
+        raise BundleError(f"corrupt bundle at {path}: a window model without extra.window_mode")
     need("model_sha256", str)
     keras_version = str(m["versions"].get("keras", ""))
     if keras_version.split(".")[0] != "3":
         raise BundleError(
             f"incompatible bundle at {path}: written by Keras {keras_version or '?'}, this reads Keras 3"
         )
+
+
+#: The model kinds a bundle can hold (``bundle.json``'s ``kind``); `vaeguard.serving.load_serving`
+#: dispatches on it.
+KINDS = ("tabular", "window")
+
+
+def model_kind(manifest: dict[str, Any]) -> str:
+    """The kind of model a manifest describes (bundles written before ``kind`` existed are
+    told apart by ``extra.window_mode``)."""
+    kind = manifest.get("kind")
+    if kind is None:
+        extra = manifest.get("extra")
+        return "window" if isinstance(extra, dict) and "window_mode" in extra else "tabular"
+    return kind if isinstance(kind, str) else repr(kind)
 
 
 def _finite(v: Any) -> bool:

@@ -155,7 +155,9 @@ class ConditionEncoder:
                     if k is not None:
                         out[i, offset + k] = 1.0
             else:
-                out[:, offset] = (numeric_column(data, col.name) - col.center) / col.scale
+                scaled = (numeric_column(data, col.name) - col.center) / col.scale
+                # ±1e6 robust σ: an absurd but finite value must not overflow float32 to inf
+                out[:, offset] = np.clip(scaled, -1e6, 1e6)
             offset += col.width
         return out
 

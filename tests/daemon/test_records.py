@@ -1,70 +1,47 @@
-"""Decoding, featurizing and score-record building, without a broker."""
+"""The batch step without a broker: decoding, featurizing, score records, dead letters."""
 
 from __future__ import annotations
 
 import json
 from collections import namedtuple
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from vaeguard.daemon.featurize import TabularFeaturizer
-from vaeguard.daemon.records import (
-    Reason,
-    build_scored,
-    decode_messages,
-    dlq_headers,
-    encode_scored,
-    entity_of,
-    output_key,
-    timestamp_of,
-)
+from vaeguard.daemon.batch import StepSettings, process
+from vaeguard.daemon.records import DeadLetter, dlq_headers, dlq_output, encode_scored
+from vaeguard.ingest import Reason, Rejection
 from vaeguard.preprocessing import ConditionColumn, ConditionEncoder
+from vaeguard.scored import Source
+from vaeguard.serving import Inbound, TabularServing
+from vaeguard.serving.tabular import entity_of
 from vaeguard.severity import DEFAULT_BANDS, severity
 
 Message = namedtuple("Message", "topic partition offset key value headers timestamp")
+STEP = StepSettings("out", "dlq", 1024, 3, DEFAULT_BANDS, "grp", "inst")
 
 
 def msg(value: bytes | None, key: bytes | None = None, offset: int = 0) -> Message:
     return Message("t", 0, offset, key, value, [], 1700000000000)
 
 
-@pytest.mark.parametrize(
-    ("value", "reason"),
-    [
-        (None, Reason.EMPTY),
-        (b"\xc3\x28", Reason.INVALID_UTF8),
-        (b'{"a":', Reason.INVALID_JSON),
-        (b"[" * 100_000, Reason.INVALID_JSON),
-        (b"42", Reason.NOT_AN_OBJECT),
-        (b"null", Reason.NOT_AN_OBJECT),
-        (b'{"a": NaN}', Reason.NON_FINITE),
-        (b'{"x": {"y": Infinity}}', Reason.NON_FINITE),
-        (b'{"a": 1}' + b" " * 300, Reason.OVERSIZE),
-    ],
-)
-def test_decode_rejects_with_reason(value, reason):
-    kept, objects, dead = decode_messages(
-        [msg(value)], max_bytes=256 if reason == Reason.OVERSIZE else 10**6
+def stub(features, conditions=None) -> TabularServing:
+    """A tabular serving without a model: enough to featurize."""
+    det = SimpleNamespace(
+        feature_names_=list(features), conditions_=conditions or ConditionEncoder([])
     )
-    assert not kept and not objects
-    assert [d.reason for d in dead] == [reason]
-    assert dead[0].detail
+    return TabularServing(det)
 
 
-def test_decode_keeps_objects_in_order():
-    messages = [msg(json.dumps({"a": i}).encode(), offset=i) for i in range(5)]
-    messages.insert(2, msg(b"oops", offset=99))
-    kept, objects, dead = decode_messages(messages, max_bytes=1024)
-    assert [m.offset for m in kept] == [0, 1, 2, 3, 4]
-    assert [o["a"] for o in objects] == [0, 1, 2, 3, 4]
-    assert [d.message.offset for d in dead] == [99]
+def items(records) -> list[Inbound]:
+    return [Inbound(r, Source("t", 0, i)) for i, r in enumerate(records)]
 
 
-def test_featurizer_fast_and_checked_paths_agree():
-    f = TabularFeaturizer(["a", "b"])
+def test_featurize_fast_and_checked_paths_agree():
+    f = stub(["a", "b"])
     good = [{"a": 1, "b": 2.5}, {"a": True, "b": "3"}, {"a": -1e3, "b": 0}]
-    batch = f.transform(good)
+    batch = f.featurize(items(good))
     assert batch.rejected == [] and batch.keep.tolist() == [0, 1, 2]
     np.testing.assert_array_equal(batch.x, [[1, 2.5], [1, 3], [-1e3, 0]])
 
@@ -77,10 +54,12 @@ def test_featurizer_fast_and_checked_paths_agree():
         {"a": float("nan"), "b": 2},
         {"a": "inf", "b": 2},
         {"a": 10**400, "b": 2},
-        {"a": 3, "b": 4},
+        {"a": "", "b": 2},
+        {"a": 1, "b": 2, "ts": "nan"},
+        {"a": 3, "b": 4, "ts": "2026-12-01T10:00:00Z"},
     ]
-    batch = f.transform(records)
-    assert batch.keep.tolist() == [0, 8]
+    batch = f.featurize(items(records))
+    assert batch.keep.tolist() == [0, 10]
     np.testing.assert_array_equal(batch.x, [[1, 2], [3, 4]])
     reasons = {r.index: r.reason for r in batch.rejected}
     assert reasons == {
@@ -91,27 +70,33 @@ def test_featurizer_fast_and_checked_paths_agree():
         5: Reason.NON_FINITE,
         6: Reason.NON_FINITE,
         7: Reason.NON_FINITE,
+        8: Reason.MISSING_FEATURE,
+        9: Reason.INVALID_TIMESTAMP,
     }
     assert "'b'" in next(r.detail for r in batch.rejected if r.index == 1)
+    assert batch.timestamps == [None, "2026-12-01T10:00:00Z"]
 
 
-def test_featurizer_conditions():
+def test_featurize_conditions_and_an_all_rejected_batch():
     enc = ConditionEncoder(
         [
             ConditionColumn("region", "categorical", categories=["eu", "us"]),
             ConditionColumn("hour", "numeric", center=12.0, scale=6.0),
         ]
     )
-    f = TabularFeaturizer(["a"], enc)
-    batch = f.transform(
-        [{"a": 1, "region": "us", "hour": 18}, {"a": 2, "hour": 3}, {"a": 3, "region": "eu"}]
+    f = stub(["a"], enc)
+    batch = f.featurize(
+        items([{"a": 1, "region": "us", "hour": 18}, {"a": 2, "hour": 3}, {"a": 3, "region": "eu"}])
     )
     assert batch.keep.tolist() == [0]
     np.testing.assert_allclose(batch.c, [[0, 1, 1.0]])
     assert sorted(r.index for r in batch.rejected) == [1, 2]
+    # every record refused: an empty condition matrix, not an exception
+    none = f.featurize(items([{"a": "x", "region": "eu", "hour": 1}]))
+    assert len(none) == 0 and none.c.shape == (0, enc.width)
 
 
-def test_build_scored_matches_score_result_and_severity(small_bundle):
+def test_score_records_match_score_result_and_severity(small_bundle):
     from tests.conftest import make_normal_data
     from vaeguard import VAEDetector
 
@@ -119,33 +104,85 @@ def test_build_scored_matches_score_result_and_severity(small_bundle):
     x = make_normal_data(n=64, seed=3)
     x[:5] += 8.0  # some clear anomalies
     result = det.score_matrix(x)
-    messages = [msg(b"{}", key=b"k%d" % i, offset=i) for i in range(64)]
-    objects = [{"host": "web", "n": 1} for _ in range(64)]
-    entities = [entity_of(m, o) for m, o in zip(messages, objects, strict=True)]
-    scored = build_scored(
-        messages, objects, entities, [timestamp_of(m, o) for m, o in zip(messages, objects, strict=True)],
-        result.scores, result.threshold, result.contributions, result.observed, result.expected,
-        det.feature_names_, top_k=3, bands=DEFAULT_BANDS, model_version="v1",
-    )  # fmt: skip
+    serving = TabularServing(det, "v1")
+    names = det.feature_names_
+    messages = [
+        msg(json.dumps({**dict(zip(names, row.tolist(), strict=True)), "host": "web"}).encode(),
+            key=b"k%d" % i, offset=i)
+        for i, row in enumerate(x)
+    ]  # fmt: skip
+    out = process(serving, messages, StepSettings("out", "dlq", 4096, 3, DEFAULT_BANDS, "g", "i"))
+    scored = out.scored
+    assert len(scored) == 64 and not out.dead
     assert sum(r.is_anomaly for r in scored) >= 5
     for i, r in enumerate(scored):
-        assert r.contributions == result.top_contributions(i, 3)
+        expected = result.top_contributions(i, 3)
+        assert [c["feature"] for c in r.contributions] == [c["feature"] for c in expected]
+        assert r.score == pytest.approx(result.scores[i], rel=1e-5)
         assert r.severity == severity(result.scores[i], result.threshold)
         assert r.key == f"k{i}" and r.ts == 1700000000000 and r.labels == {"host": "web"}
-        assert r.source.offset == i
         assert json.loads(encode_scored(r))["source"] == {"topic": "t", "partition": 0, "offset": i}
+    assert [o[0] for o in out.outputs] == ["out"] * 64
 
 
-def test_keys_and_headers():
-    m = msg(b"{}", key=None)
-    assert output_key(m, {"key": "db-1"}) == b"db-1" and entity_of(m, {"key": "db-1"}) == "db-1"
-    assert output_key(msg(b"{}", key=b"k"), {"key": "other"}) == b"k"
-    assert entity_of(msg(b"{}", key=b"k"), {}) == "k" and output_key(m, {}) is None
-    _, _, dead = decode_messages([Message("in", 3, 17, b"k", b"nope", [("h", b"v")], 0)], 1024)
-    headers = dict(dlq_headers(dead[0], connector="grp", task="inst"))
+def test_keys_and_dead_letter_headers():
+    m = Inbound({"key": "db-1"}, Source("t", 0, 0))
+    assert entity_of(m) == "db-1"
+    assert entity_of(Inbound({}, Source("t", 0, 0), key=b"k")) == "k"
+    assert entity_of(Inbound({"key": {"b": 1, "a": [2]}}, Source("t", 0, 0))) == '{"a":[2],"b":1}'
+    dead = DeadLetter(
+        Message("in", 3, 17, b"k", b"nope", [("h", b"v")], 0),
+        Rejection(Reason.INVALID_JSON, "json.JSONDecodeError", "Expecting value"),
+    )
+    headers = dict(dlq_headers(dead, connector="grp", task="inst"))
     assert headers["h"] == b"v"
     assert headers["__connect.errors.topic"] == b"in"
     assert headers["__connect.errors.partition"] == b"3"
     assert headers["__connect.errors.offset"] == b"17"
     assert headers["__connect.errors.connector.name"] == b"grp"
     assert headers["vaeguard.errors.reason"] == Reason.INVALID_JSON.encode()
+
+
+@pytest.mark.parametrize("limit", [2_000, 10_000, 1_048_576])
+def test_a_dead_letter_too_large_for_the_producer_is_cut_to_fit(limit):
+    big = b"x" * 3_000_000
+    dead = DeadLetter(
+        Message("in", 0, 5, b"k" * 100, big, [("trace", b"t" * 5000)], 0),
+        Rejection(Reason.OVERSIZE, "ValueError", "the value is too large"),
+    )
+    _, key, value, headers = dlq_output(dead, "dlq", "grp", "inst", limit)
+    size = len(key or b"") + len(value) + sum(len(k) + len(v) + 16 for k, v in headers)
+    assert size <= limit
+    names = dict(headers)
+    assert names["vaeguard.errors.truncated"] == b"3000000"
+    assert names["vaeguard.errors.reason"] == b"oversize"
+    assert big.startswith(value)
+
+
+def test_a_failure_inside_scoring_costs_only_its_record(small_bundle):
+    """Bisection: the rows that make the model raise become processing_error dead letters."""
+    from vaeguard import VAEDetector
+
+    serving = TabularServing(VAEDetector.load(small_bundle), "v1")
+    real_score = serving.score
+
+    def flaky(features, kept, **kw):
+        if any(it.record.get("poison") for it in kept):
+            raise RuntimeError("boom: a bug of ours")
+        return real_score(features, kept, **kw)
+
+    serving.score = flaky
+    names = serving.feature_names
+    records = [{**dict.fromkeys(names, 0.5), "n": i} for i in range(20)]
+    records[3]["poison"] = records[17]["poison"] = True
+    messages = [msg(json.dumps(r).encode(), offset=i) for i, r in enumerate(records)]
+    out = process(serving, messages, STEP)
+    assert [r.source.offset for r in out.scored] == [i for i in range(20) if i not in (3, 17)]
+    assert [(d.message.offset, d.reason) for d in out.dead] == [
+        (3, "processing_error"),
+        (17, "processing_error"),
+    ]
+    headers = dict(dlq_headers(out.dead[0], "grp", "inst"))
+    assert headers["__connect.errors.exception.class.name"] == b"RuntimeError"
+    assert b"boom" in headers["__connect.errors.exception.message"]
+    assert out.isolated >= 2

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import wait_for
 from tests.daemon.conftest import (
     Collector,
     DaemonProcess,
@@ -230,33 +231,35 @@ def test_replayed_records_are_not_fed_twice_and_hot_swaps_keep_compatible_state(
     """The at-least-once seam in process: a replay after a crash between snapshot and commit."""
     from collections import namedtuple
 
-    from vaeguard.bundle import load_bundle
-    from vaeguard.daemon.featurize import featurizer_for
-    from vaeguard.daemon.window import WindowStreamFeaturizer
+    from vaeguard.scored import Source
+    from vaeguard.serving import Inbound, WindowServing, load_serving
 
     TP = namedtuple("TP", "topic partition")
-    Msg = namedtuple("Msg", "topic partition offset")
-    vae = load_bundle(trained["bundle"])
     records = host_points(300, 24, seed=3)
     half = len(records) // 2
 
-    def feed(f: WindowStreamFeaturizer, start: int, stop: int):
-        msgs = [Msg("t", 0, i) for i in range(start, stop)]
-        fresh = [m for m in msgs if not f.covers(m)]
-        batch = f.transform(
-            [records[m.offset] for m in fresh], [None] * len(fresh), [None] * len(fresh)
-        )
+    def load() -> WindowServing:
+        return load_serving(trained["bundle"], "v1")
+
+    def feed(f: WindowServing, start: int, stop: int):
+        fresh = [
+            Inbound(records[i], Source("t", 0, i))
+            for i in range(start, stop)
+            if not f.covers(Source("t", 0, i))
+        ]
+        batch = f.featurize(fresh)
         f.advance({TP("t", 0): stop})
         raw = f.detector.score_windows(batch.x, batch.c, batch.mask)[0]
-        return {fresh[i].offset: float(s) for i, s in zip(batch.keep, raw, strict=True)}
+        return {fresh[i].source.offset: float(s) for i, s in zip(batch.keep, raw, strict=True)}
 
-    straight = featurizer_for(vae)
+    straight = load()
+    assert straight.kind == "window" and straight.stateful
     expected = feed(straight, 0, len(records))
 
-    crashed = featurizer_for(vae)
+    crashed = load()
     before = feed(crashed, 0, half)
     saved = json.loads(json.dumps(crashed.snapshot()))  # what the state file holds
-    restarted = featurizer_for(vae)
+    restarted = load()
     assert restarted.restore(saved)["windows"]
     # the uncommitted batch is replayed from the committed offset: its records are skipped
     assert feed(restarted, half - 4, half) == {}
@@ -264,13 +267,11 @@ def test_replayed_records_are_not_fed_twice_and_hot_swaps_keep_compatible_state(
     assert {**before, **after} == pytest.approx(expected, rel=1e-5)
 
     # hot swap: same window spec keeps the windows; another window length starts fresh
-    same = featurizer_for(vae)
-    assert same.adopt(restarted)["windows"] and same.state.n_entities == len(HOSTS)
-    other = WindowStreamFeaturizer(
-        type(restarted.detector)(window=WINDOW + 1, metrics=("cpu", "lat"))
-    )
+    same = load()
+    assert same.adopt(restarted)["windows"] and same.n_entities == len(HOSTS)
+    other = WindowServing(type(restarted.detector)(window=WINDOW + 1, metrics=("cpu", "lat")))
     kept = other.adopt(restarted)
-    assert not kept["windows"] and other.state.n_entities == 0
+    assert not kept["windows"] and other.n_entities == 0
     assert other.offsets == restarted.offsets
 
 
@@ -286,6 +287,7 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
     registry = ModelRegistry(trained["registry"])
     vae, version = registry.load()
     assert version == "v0001" and is_window_model(vae)
+    assert json.loads((trained["bundle"] / "bundle.json").read_text())["kind"] == "window"
     # Scheduled retraining covers row models only: refused up front, naming the way out.
     from vaeguard.retrain.job import RetrainJob
     from vaeguard.retrain.settings import RetrainSettings
@@ -327,3 +329,86 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
     )
     assert bad.returncode != 0 and "too few to train" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_window_daemon_survives_a_poison_corpus(broker, trained, tmp_path):
+    """Every malformed kind, interleaved and alone: dead-lettered with its reason; every
+    input offset is a score record, a dead letter or a buffered point; the daemon stays up."""
+    from tests.daemon.test_poison import dlq_reasons
+
+    topic, group = unique("winpoison-in"), unique("winpoison")
+    create_topic(broker.bootstrap_servers, topic, 1)
+    good = host_points(300, 30, seed=5)
+    base = {"host": "web-1", "ts": T0 + 60 * 400, "cpu": 10.0, "lat": 5.0}
+
+    def raw(field: str, literal: str) -> bytes:
+        body = json.dumps({k: v for k, v in base.items() if k != field})
+        return (body[:-1] + f', "{field}": {literal}}}').encode()
+
+    poison = [
+        ({**base, "ts": "nan"}, "invalid_timestamp"),
+        ({**base, "ts": 1e300}, "invalid_timestamp"),
+        ({**base, "ts": "9999-12-31T23:59:59"}, "invalid_timestamp"),
+        ({**base, "ts": True}, "invalid_timestamp"),
+        ({**base, "ts": [T0]}, "invalid_timestamp"),
+        (raw("ts", "1" * 5000), "integer_too_long"),
+        (raw("cpu", "1e400"), "non_finite"),
+        (raw("lat", "-Infinity"), "non_finite"),
+        ({**base, "cpu": "abc"}, "non_numeric_feature"),
+        ({"host": "web-1", "cpu": 1.0}, "missing_feature"),
+        ({"host": "web-1", "ts": T0 + 60 * 400}, "missing_feature"),
+        ({"host": "web-2", "ts": T0, "cpu": 1.0, "lat": 1.0}, "late_record"),
+        (b"[" * 100_000, "too_deep"),
+        (b"\xc3\x28", "invalid_utf8"),
+        (b"[]", "not_an_object"),
+        (b"", "empty_value"),
+    ]
+    odd_but_valid = [
+        {"host": "web-9", "ts": T0 + 60 * 300, "cpu": 1e154, "lat": -1e300},
+        {"host": "web-9\r\nBcc: x@example.com", "ts": "2023-11-14T22:13:20Z", "cpu": "12.5"},
+        {"host": {"nested": ["key"]}, "ts": T0 + 60 * 301, "cpu": 3, "lat": 4},
+    ]
+    daemon = DaemonProcess(
+        tmp_path, "daemon", window_env(broker, trained, topic, group, tmp_path / "s")
+    )
+    daemon.start()
+    try:
+        producer = Producer(broker.bootstrap_servers)
+        expected: dict[int, str] = {}
+        offset = 0
+        for i, point in enumerate(good):
+            producer.send(topic, point)
+            offset += 1
+            if i < len(poison):
+                value, reason = poison[i]
+                producer.send(topic, value)
+                expected[offset] = reason
+                offset += 1
+        for value in odd_but_valid:
+            producer.send(topic, value)
+            offset += 1
+        producer.flush()
+        dlq = Collector(broker.bootstrap_servers, f"{group}.dlq")
+        dlq.wait_count(len(poison), 60, "dead letters of the poison")
+        for value, reason in poison[:6]:  # batches of poison only
+            producer.send(topic, value)
+            expected[offset] = reason
+            offset += 1
+        producer.flush()
+        dlq.wait_count(len(poison) + 6, 60, "dead letters of the poison-only batches")
+        scores = Collector(broker.bootstrap_servers, f"{group}.scores")
+
+        def accounted() -> bool:
+            buffered = daemon.metric("vaeguard_window_buffered_records_total")
+            return len(scores.drain()) + len(dlq.drain()) + buffered >= offset
+
+        wait_for(accounted, timeout=60, interval=0.1, message="every input offset accounted for")
+        assert dlq_reasons(dlq) == expected
+        scored = {r["source"]["offset"] for r in scores.json()}
+        assert not scored & set(expected)
+        buffered = daemon.metric("vaeguard_window_buffered_records_total")
+        assert len(scored) + len(expected) + buffered == offset
+        assert daemon.proc.poll() is None, daemon.log()[-3000:]
+        assert daemon.terminate() == 0, daemon.log()[-3000:]
+    finally:
+        daemon.stop()

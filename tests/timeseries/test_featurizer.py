@@ -184,7 +184,7 @@ def test_bad_records_are_rejected_with_a_reason_and_change_nothing():
     assert len(b) == 0
     assert [r.reason for r in b.rejected] == [
         "missing_feature",
-        "invalid_field",
+        "invalid_timestamp",
         "non_numeric_feature",
         "non_finite",
         "missing_feature",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,39 +283,104 @@ def score(
     data: Path = typer.Option(..., "--data", help="CSV or JSONL to score."),
     out: Path = typer.Option(..., "--out", help="JSONL output, one line per input row."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Contributing features per row."),
+    max_record_bytes: int = typer.Option(
+        262_144, "--max-record-bytes", min=64, help="Largest row accepted (as the daemon's)."
+    ),
 ) -> None:
-    """Score every row: score, threshold, is_anomaly, severity and top contributions."""
-    from vaeguard.severity import severity
+    """Score every row exactly as the daemon would: a score record per scored row, a
+    refusal (reason and detail) per row the daemon would dead-letter."""
+    from vaeguard.daemon.batch import StepSettings, process
+    from vaeguard.io import csv_header, iter_raw_rows, write_jsonl
+    from vaeguard.serving import load_serving
+    from vaeguard.severity import DEFAULT_BANDS
 
-    detector = _load_model(model)
-    table = _load_table(data)
-    result = detector.score(table)
-    keys = table.get("key")
-    stamps = table.get("ts") or table.get("timestamp")
-    rows = []
-    for i in range(len(result)):
-        s = float(result.scores[i])
-        row: dict[str, Any] = {"row": i + 1}
-        if keys is not None:
-            row["key"] = keys[i]
-        if stamps is not None:
-            row["ts"] = stamps[i]
-        row.update(
-            score=s,
-            threshold=result.threshold,
-            is_anomaly=bool(s > result.threshold),
-            severity=severity(s, result.threshold),
-            contributions=result.top_contributions(i, top_k),
-        )
-        rows.append(row)
-    from vaeguard.io import write_jsonl
+    serving = load_serving(model, _version_of(model))
+    header = csv_header(data) if data.is_file() else None
+    if header is not None:
+        missing = [f for f in serving.required_fields if f not in header]
+        if missing:
+            raise DataError(
+                f"{data}: missing feature column(s) {', '.join(map(repr, missing))}; "
+                f"the file has {', '.join(map(repr, header))}"
+            )
+    step = StepSettings(
+        output_topic="",
+        dlq_topic="",
+        max_record_bytes=max_record_bytes,
+        top_k=top_k,
+        bands=DEFAULT_BANDS,
+        connector="vaeguard-score",
+        task="cli",
+        max_request_size=2**62,
+    )
+    rows: list[dict[str, Any]] = []
+    chunk: list[_FileRow] = []
+    source = str(data)
 
+    def flush() -> None:
+        if not chunk:
+            return
+        result = process(serving, chunk, step)
+        by_offset: dict[int, dict[str, Any]] = {}
+        for d in result.dead:
+            by_offset[d.message.offset] = {
+                "row": d.message.offset,
+                "rejected": {"reason": d.reason, "detail": d.detail},
+            }
+        for r in result.scored:
+            record = r.to_json()
+            record.pop("source")
+            by_offset[r.source.offset] = {"row": r.source.offset, **record}
+        rows.extend(by_offset[k] for k in sorted(by_offset))
+        chunk.clear()
+
+    n_read = 0
+    for line_no, raw in iter_raw_rows(data):
+        n_read += 1
+        if isinstance(raw, str):
+            flush()  # keep the output in row order
+            detail = f"line {line_no}: {raw}"
+            rows.append({"row": n_read, "rejected": {"reason": "invalid_field", "detail": detail}})
+            continue
+        chunk.append(_FileRow(source, 0, n_read, None, raw, None, None))
+        if len(chunk) >= 4096:
+            flush()
+    flush()
+    if n_read == 0:
+        raise DataError(f"{data}: the file has no data rows")
     write_jsonl(out, rows)
-    flagged = sum(r["is_anomaly"] for r in rows)
+    flagged = sum(1 for r in rows if r.get("is_anomaly"))
+    refused = sum(1 for r in rows if "rejected" in r)
+    buffered = n_read - len(rows)
+    threshold = next((r["threshold"] for r in rows if "threshold" in r), None)
     typer.echo(
-        f"scored {len(rows)} rows, {flagged} above the threshold {result.threshold:.3f} → {out}",
+        f"scored {len(rows) - refused} rows, {flagged} above the threshold"
+        + (f" {threshold:.3f}" if threshold is not None else "")
+        + (f", {refused} refused" if refused else "")
+        + (f", {buffered} only filled windows" if buffered else "")
+        + f" → {out}",
         err=True,
     )
+
+
+@dataclass(frozen=True)
+class _FileRow:
+    """A file row dressed as a Kafka message, so it takes the daemon's batch step as is
+    (``offset`` is the row's number, from 1)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp: int | None
+    headers: list | None
+
+
+def _version_of(path: Path) -> str:
+    from vaeguard.bundle import read_manifest
+
+    return read_manifest(path)["model_sha256"][:12]
 
 
 def evaluate(

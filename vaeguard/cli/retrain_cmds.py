@@ -51,7 +51,11 @@ def retrain(
         )
     registry = ModelRegistry(path)
     job = RetrainJob(
-        registry, settings.retrain, settings.kafka.client_config(), settings.kafka.input_topics
+        registry,
+        settings.retrain,
+        settings.kafka.client_config(),
+        settings.kafka.input_topics,
+        max_record_bytes=settings.scoring.max_record_bytes,
     )
     try:
         outcome = job.run()

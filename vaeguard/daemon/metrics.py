@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from vaeguard.ingest import Reason
+
 RECORDS_CONSUMED = Counter(
     "vaeguard_records_consumed", "Records read from the input topics.", ["topic"]
 )
@@ -18,6 +20,12 @@ RECORDS_DEAD_LETTERED = Counter(
     "vaeguard_records_dead_lettered",
     "Records sent to the dead-letter topic, by reason.",
     ["reason"],
+)
+for _reason in Reason:  # every reason shows in /metrics from the start, at 0
+    RECORDS_DEAD_LETTERED.labels(reason=str(_reason))
+ALERT_RECORD_ERRORS = Counter(
+    "vaeguard_alert_record_errors",
+    "Scored records the alert layer failed on with an error (logged; no alert was raised).",
 )
 BATCH_DURATION = Histogram(
     "vaeguard_batch_duration_seconds",
@@ -76,3 +84,11 @@ WINDOW_REPLAYED = Counter(
     "Window mode: replayed records skipped because the restored state already held them.",
 )
 WINDOW_ENTITIES = Gauge("vaeguard_window_entities", "Window mode: entities with state in memory.")
+HTTP_CONNECTIONS_DROPPED = Counter(
+    "vaeguard_http_connections_dropped",
+    "Ops listener connections dropped: busy (over http.max_connections, answered 503) or "
+    "timeout (no complete request within http.request_timeout_s).",
+    ["reason"],
+)
+for _reason in ("busy", "timeout"):
+    HTTP_CONNECTIONS_DROPPED.labels(_reason)

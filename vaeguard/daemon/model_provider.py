@@ -16,22 +16,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Protocol
 
 from vaeguard.daemon import metrics
-from vaeguard.daemon.featurize import Featurizer, featurizer_for
 from vaeguard.errors import VaeguardError
+from vaeguard.serving import Serving, load_serving
 
 log = logging.getLogger("vaeguard.daemon.model")
 
 
 @dataclass(frozen=True)
 class ActiveModel:
-    detector: Any  # VAEDetector
+    serving: Serving
     version: str
-    featurizer: Featurizer
     path: Path
 
 
@@ -161,35 +158,22 @@ class BundleModelProvider:
 
     def load(self, path: Path, version: str) -> ActiveModel:
         """Load, validate and warm a model (compiles every batch-size bucket of the scorer)."""
-        from vaeguard.bundle import load_bundle
-        from vaeguard.model.scoring import BUCKETS
-
         started = time.monotonic()
-        detector = load_bundle(path)
-        featurizer = featurizer_for(detector, str(path))
-        warm_up = getattr(featurizer, "warm_up", None)  # window models: the masked scorer
-        if warm_up is not None:
-            warm_up()
-        center = detector.scaler_.center
-        width = detector.conditions_.width
-        for size in BUCKETS:
-            x = np.repeat(center[None, :], size, axis=0)
-            c = np.zeros((size, width), dtype="float32") if width else None
-            scores = detector.score_matrix(x, c).scores
-            if not np.isfinite(scores).all():
-                raise VaeguardError(f"model at {path} produces non-finite scores on its own median")
+        serving = load_serving(path, version)
+        try:
+            serving.warm_up()
+        except VaeguardError as exc:
+            raise VaeguardError(f"model at {path} refused: {exc}") from None
         log.info(
             "model loaded",
             extra={
                 "version": version,
                 "path": str(path),
-                "features": detector.feature_names_,
-                "conditions": detector.conditions_.names,
-                "threshold": detector.threshold_.value,
+                "kind": serving.kind,
                 "seconds": round(time.monotonic() - started, 2),
             },
         )
-        return ActiveModel(detector, version, featurizer, Path(path))
+        return ActiveModel(serving, version, Path(path))
 
     def _install(self, model: ActiveModel) -> None:
         previous = self._active

@@ -1,6 +1,8 @@
-"""The daemon's loop: poll → decode → dead-letter → score → produce → flush → alert → commit.
+"""The daemon's Kafka side: poll → batch step → produce → flush → alert → checkpoint / commit.
 
-One thread, one batch at a time. A batch's offsets are committed only after every score record
+One thread, one batch at a time. What happens to the records of a batch (decode, featurize,
+score, dead letters) is the pure batch step (`vaeguard.daemon.batch`), which no record can make
+raise; when offsets are committed is the checkpoint policy (`vaeguard.daemon.checkpoint`). A batch's offsets are committed only after every score record
 and dead letter of the batch is acknowledged by the broker (acks=all) and the alert layer has
 accepted its records, so a crash at any moment replays what was not finished (at-least-once)
 and loses nothing. Rebalance callbacks run inside ``poll()``, i.e. between batches: at that
@@ -22,23 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from kafka import ConsumerRebalanceListener
 
 from vaeguard.config import Settings
+from vaeguard.daemon import batch as batch_step
 from vaeguard.daemon import metrics
+from vaeguard.daemon.checkpoint import Checkpoint, StateStore
 from vaeguard.daemon.model_provider import ActiveModel, ModelProvider
-from vaeguard.daemon.records import (
-    DeadLetter,
-    build_scored,
-    decode_messages,
-    dlq_headers,
-    encode_scored,
-    entity_of,
-    output_key,
-    timestamp_of,
-)
-from vaeguard.daemon.window import WindowStateStore, WindowStreamFeaturizer
+from vaeguard.daemon.records import DeadLetter
 from vaeguard.errors import VaeguardError
 from vaeguard.scored import ScoredRecord
 
@@ -46,9 +39,8 @@ log = logging.getLogger("vaeguard.daemon")
 
 #: How long an idle poll blocks: bounds how fast the loop notices a stop request.
 IDLE_POLL_MS = 200
-#: Scaled inputs are clipped to ±this many robust σ before scoring, so an absurd but finite
-#: value (1e300) scores as "extremely anomalous" instead of overflowing float32 to inf / NaN.
-CLIP_SIGMAS = 1e6
+#: The producer's largest request (kafka-python's default): dead letters are cut to fit it.
+MAX_REQUEST_SIZE = 1_048_576
 
 
 class ShutdownExpired(VaeguardError):
@@ -136,17 +128,22 @@ class Pipeline:
         self._bands = settings.scoring.bands
         self._model: ActiveModel | None = None
         self._task_id = settings.kafka.group_instance_id or settings.kafka.client_id
-        #: Window mode: the featurizer holding the per-entity state, and where it is saved.
-        self._window: WindowStreamFeaturizer | None = None
-        self._state_store = (
-            WindowStateStore(settings.scoring.state_dir, settings.kafka.group_id, self._task_id)
+        self._step = batch_step.StepSettings(
+            output_topic=settings.kafka.output_topic,
+            dlq_topic=settings.kafka.dlq_topic,
+            max_record_bytes=settings.scoring.max_record_bytes,
+            top_k=settings.scoring.top_k,
+            bands=tuple(settings.scoring.bands),
+            connector=settings.kafka.group_id,
+            task=self._task_id,
+            max_request_size=MAX_REQUEST_SIZE,
+        )
+        store = (
+            StateStore(settings.scoring.state_dir, settings.kafka.group_id, self._task_id)
             if settings.scoring.state_dir is not None
             else None
         )
-        #: Offsets processed but not committed yet: with a state store they are committed
-        #: together with the next state save (at most every scoring.state_interval_s).
-        self._pending_offsets: dict[Any, int] = {}
-        self._last_state_save = 0.0
+        self.checkpoint = Checkpoint(store, settings.scoring.state_interval_s, self._commit)
 
     # -- readiness ------------------------------------------------------------------------------
 
@@ -193,7 +190,7 @@ class Pipeline:
                     self._process(batch)
                 else:
                     self._idle()
-            self._save_window_state(force=True)
+            self.checkpoint.flush()
         finally:
             self._close()
 
@@ -261,9 +258,7 @@ class Pipeline:
 
     def _revoked(self, revoked: set[Any], lost: bool) -> None:
         self.assignment -= revoked
-        for tp in revoked:
-            # never committed: the partition's next owner replays those records
-            self._pending_offsets.pop(tp, None)
+        self.checkpoint.revoked(revoked)
         self._recently_revoked |= revoked
         for tp in revoked:
             self._positions.pop(tp, None)
@@ -285,6 +280,7 @@ class Pipeline:
             acks="all",
             linger_ms=5,
             batch_size=256 * 1024,
+            max_request_size=MAX_REQUEST_SIZE,
             max_block_ms=self.kafka.request_timeout_ms,
             delivery_timeout_ms=self._delivery_timeout_ms,
             bootstrap_timeout_ms=5_000,
@@ -379,7 +375,7 @@ class Pipeline:
         if now - self._last_metrics_check < 1.0:
             return
         self._last_metrics_check = now
-        self._save_window_state()
+        self.checkpoint.tick()
         self.assignment = set(self.consumer.assignment())
         metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
         try:
@@ -410,125 +406,36 @@ class Pipeline:
                 raise ShutdownExpired("stopped before the model finished loading")
         if self._model is None or model.version != self._model.version:
             log.info("scoring with model", extra={"version": model.version})
-            self._take_window_state(model)
+            self.checkpoint.take_over(model.serving, model.version)
             self._model = model
             _settle_heap()
         return model
 
-    def _take_window_state(self, model: ActiveModel) -> None:
-        """Window mode: hand the per-entity state to the model taking over (or restore it)."""
-        featurizer = model.featurizer
-        if not isinstance(featurizer, WindowStreamFeaturizer):
-            self._save_window_state(force=True)  # what the window model processed, committed
-            self._window = None
-            return
-        if self._window is not None:
-            kept = featurizer.adopt(self._window)
-            log.info(
-                "window state handed to the new model", extra={"version": model.version, **kept}
-            )
-        elif self._state_store is None:
-            log.warning(
-                "window mode without scoring.state_dir: the per-entity state lives in memory "
-                "only, so after a restart each entity fills its window again before it is scored"
-            )
-        else:
-            store = self._state_store
-            state = store.load()
-            if state is None:
-                log.info("no window state to restore yet", extra={"path": str(store.path)})
-            else:
-                try:
-                    kept = featurizer.restore(state)
-                except VaeguardError as exc:
-                    store.quarantine(str(exc))
-                else:
-                    log.info(
-                        "window state restored",
-                        extra={"path": str(store.path), "offsets": featurizer.offsets, **kept},
-                    )
-        self._window = featurizer
-
     def _process(self, batch: dict[Any, list[Any]]) -> None:
         started = time.perf_counter()
         model = self._active_model()
+        serving = model.serving
         messages = [m for records in batch.values() for m in records]
         for tp, records in batch.items():
             metrics.RECORDS_CONSUMED.labels(topic=tp.topic).inc(len(records))
 
-        window = model.featurizer if isinstance(model.featurizer, WindowStreamFeaturizer) else None
-        fresh = messages
-        if window is not None:
-            fresh = [m for m in messages if not window.covers(m)]
-            if len(fresh) < len(messages):
-                skipped = len(messages) - len(fresh)
-                self.stats.replayed += skipped
-                metrics.WINDOW_REPLAYED.inc(skipped)
-                log.info(
-                    "replayed records skipped: the restored window state already holds them",
-                    extra={"records": skipped},
-                )
-        kept, objects, dead = decode_messages(fresh, self.scoring.max_record_bytes)
-        scored: list[ScoredRecord] = []
-        scored_messages: list[Any] = []
-        scored_objects: list[dict[str, Any]] = []
-        if objects:
-            entities = [entity_of(m, o) for m, o in zip(kept, objects, strict=True)]
-            timestamps = [timestamp_of(m, o) for m, o in zip(kept, objects, strict=True)]
-            features = model.featurizer.transform(objects, entities, timestamps)
-            for r in features.rejected:
-                dead.append(
-                    DeadLetter(
-                        kept[r.index],
-                        r.reason,
-                        r.error_class,
-                        r.detail,
-                        stage_class=f"{type(model.featurizer).__module__}.{type(model.featurizer).__name__}",
-                    )
-                )
-            buffered = getattr(features, "buffered", 0)
-            if buffered:
-                self.stats.buffered += buffered
-                metrics.WINDOW_BUFFERED.inc(buffered)
-            if len(features.keep):
-                keep = features.keep.tolist()
-                scored_messages = [kept[i] for i in keep]
-                scored_objects = [objects[i] for i in keep]
-                scored = self._score(
-                    model,
-                    features,
-                    scored_messages,
-                    scored_objects,
-                    [entities[i] for i in keep],
-                    [timestamps[i] for i in keep],
-                )
-
-        outputs: list[tuple[str, bytes | None, bytes, list | None]] = [
-            (
-                self.kafka.dlq_topic,
-                d.message.key,
-                d.message.value if d.message.value is not None else b"",
-                dlq_headers(d, self.kafka.group_id, self._task_id),
+        result = batch_step.process(serving, messages, self._step)
+        if result.replayed:
+            self.stats.replayed += result.replayed
+            metrics.WINDOW_REPLAYED.inc(result.replayed)
+            log.info(
+                "replayed records skipped: the restored window state already holds them",
+                extra={"records": result.replayed},
             )
-            for d in dead
-        ]
-        out_topic = self.kafka.output_topic
-        outputs.extend(
-            (out_topic, output_key(m, o), encode_scored(r), None)
-            for m, o, r in zip(scored_messages, scored_objects, scored, strict=True)
-        )
-        self._produce(outputs)
+        if result.buffered:
+            self.stats.buffered += result.buffered
+            metrics.WINDOW_BUFFERED.inc(result.buffered)
+        scored, dead = result.scored, result.dead
+        self._produce(result.outputs)
         self._alert(scored)
-        next_offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-        if window is not None:
-            window.advance(next_offsets)
-            metrics.WINDOW_ENTITIES.set(window.state.n_entities)
-        if window is not None and self._state_store is not None:
-            # The state must be on disk before the offsets it covers are committed.
-            self._pending_offsets.update(next_offsets)
-            self._save_window_state()
-        else:
-            self._commit(next_offsets)
+        self.checkpoint.done(serving, {tp: records[-1].offset + 1 for tp, records in batch.items()})
+        if serving.stateful:
+            metrics.WINDOW_ENTITIES.set(serving.n_entities)
 
         n_anomalous = sum(1 for r in scored if r.is_anomaly)
         metrics.RECORDS_SCORED.inc(len(scored))
@@ -555,68 +462,6 @@ class Pipeline:
         self._update_lag()
         if self.on_batch is not None:
             self.on_batch(scored, dead)
-
-    def _score(
-        self, model: ActiveModel, features, messages, objects, entities, timestamps
-    ) -> list[ScoredRecord]:
-        """Score the featurized rows in one batched call and build their score records."""
-        if isinstance(model.featurizer, WindowStreamFeaturizer):
-            return model.featurizer.score(
-                features,
-                messages,
-                objects,
-                timestamps,
-                top_k=self.scoring.top_k,
-                bands=self._bands,
-                model_version=model.version,
-            )
-        det = model.detector
-        x = features.x
-        center, scale = det.scaler_.center, det.scaler_.scale
-        x_in = np.clip(x, center - CLIP_SIGMAS * scale, center + CLIP_SIGMAS * scale)
-        if features.mask is None:
-            result = det.score_matrix(x_in, features.c)
-            contributions, expected = result.contributions, result.expected
-            scores = result.scores
-        else:
-            raw = det.scorer(
-                det.scaler_.transform(x_in).astype("float32"), features.c, features.mask
-            )
-            scores = raw.score
-            contributions = raw.nll - det.baseline_
-            expected = det.scaler_.inverse_transform(raw.expected)
-        return build_scored(
-            messages,
-            objects,
-            entities,
-            timestamps,
-            scores,
-            det.threshold_.value,
-            contributions,
-            x,
-            expected,
-            det.feature_names_,
-            top_k=self.scoring.top_k,
-            bands=self._bands,
-            model_version=model.version,
-        )
-
-    def _save_window_state(self, *, force: bool = False) -> None:
-        """Window mode: save the state, then commit the offsets it covers (when due).
-
-        Saving is throttled to scoring.state_interval_s because the state of many entities is
-        megabytes; the commit waits for the save, so a crash replays at most that interval's
-        records, which the saved state re-scores exactly as before (at-least-once duplicates).
-        """
-        if not self._pending_offsets or self._window is None or self._state_store is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_state_save < self.scoring.state_interval_s:
-            return
-        self._state_store.save(self._window)
-        self._last_state_save = now
-        offsets, self._pending_offsets = self._pending_offsets, {}
-        self._commit(offsets)
 
     # -- the three steps that must succeed before a commit --------------------------------------
 
@@ -686,14 +531,32 @@ class Pipeline:
                 return
 
     def _alert(self, scored: list[ScoredRecord]) -> None:
+        """Hand the batch to the alert layer. A delivery failure (no sink and no spool took
+        the alerts) is retried; any other error is a record the layer cannot take, so the batch
+        is retried record by record and a record that still fails is logged and counted (its
+        score record is on the output topic already): it must not block the stream."""
+        from vaeguard.alerts.layer import AlertDeliveryError
+
         attempt = 0
         while True:
             try:
                 self.alert_layer.process(scored)
                 return
-            except Exception as exc:
+            except AlertDeliveryError as exc:
                 attempt += 1
                 self._retry_wait("alert", attempt, exc, {"records": len(scored)})
+            except Exception as exc:
+                if len(scored) > 1:
+                    for record in scored:
+                        self._alert([record])
+                    return
+                metrics.ALERT_RECORD_ERRORS.inc()
+                log.error(
+                    "the alert layer could not take a scored record; no alert for it",
+                    exc_info=exc,
+                    extra={"source": scored[0].source.to_json() if scored else None},
+                )
+                return
 
     def _commit(self, next_offsets: dict[Any, int]) -> None:
         from kafka import OffsetAndMetadata

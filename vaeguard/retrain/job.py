@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import collections
+import functools
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -14,6 +14,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 
 from vaeguard.errors import VaeguardError
+from vaeguard.ingest import Rejection, decode
 from vaeguard.registry import ModelRegistry, RegistryError
 from vaeguard.retrain.gate import check_candidate
 from vaeguard.retrain.settings import RetrainSettings
@@ -70,21 +71,12 @@ class RetrainOutcome:
         return f"retraining {what}: {'; '.join(self.reasons)}"
 
 
-def decode_json_object(value: bytes | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    try:
-        record = json.loads(value)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+#: The daemon's default scoring.max_record_bytes.
+DEFAULT_MAX_RECORD_BYTES = 262_144
 
 
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
+def _decode(value: bytes | None, max_bytes: int) -> dict[str, Any] | Rejection:
+    return decode(value, max_bytes)
 
 
 class RetrainJob:
@@ -102,14 +94,17 @@ class RetrainJob:
         kafka_config: dict[str, Any],
         topics: list[str],
         *,
-        decode: Callable[[bytes], dict[str, Any] | None] = decode_json_object,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        decode: Callable[[bytes | None], dict[str, Any] | Rejection] | None = None,
         on_failure: Callable[[RetrainOutcome], None] | None = None,
     ):
+        """``decode``: the ingestion contract's `vaeguard.ingest.decode` with the daemon's
+        ``max_record_bytes`` unless given, so retraining reads what the daemon scores."""
         self.registry = registry
         self.settings = settings
         self.kafka_config = kafka_config
         self.topics = list(topics)
-        self.decode = decode
+        self.decode = decode or functools.partial(_decode, max_bytes=max_record_bytes)
         self.on_failure = on_failure
 
     def run(self) -> RetrainOutcome:
@@ -169,7 +164,11 @@ class RetrainJob:
             idle_timeout_s=s.poll_timeout_s,
         )
         x, c_table, skipped = self._table(current, window)
-        info = {**window.describe(), "skipped_invalid": skipped}
+        info = {
+            **window.describe(),
+            "skipped_invalid": sum(skipped.values()),
+            "rejected_by_reason": dict(window.rejected + skipped),
+        }
         n = x.shape[0]
         if n < s.min_records:
             raise RetrainRefused(
@@ -255,16 +254,21 @@ class RetrainJob:
 
     @staticmethod
     def _table(current, window: WindowData):
-        """Feature matrix (valid records only, time order kept) and condition columns."""
+        """Feature matrix (records the daemon would score, time order kept), condition columns
+        and the refused records counted by reason (the same rules as the daemon's)."""
+        from vaeguard.serving.tabular import TabularServing
+
+        serving = TabularServing(current)
         features = current.feature_names_
         cond_names = current.conditions_.names
-        rows, cond_rows, skipped = [], [], 0
+        rows, cond_rows = [], []
+        skipped: collections.Counter[str] = collections.Counter()
         for record in window.records:
-            values = [_number(record.get(f)) for f in features]
-            if any(v is None for v in values) or any(record.get(cn) is None for cn in cond_names):
-                skipped += 1
+            row = serving.check(record)
+            if isinstance(row, Rejection):
+                skipped[str(row.reason)] += 1
                 continue
-            rows.append(values)
+            rows.append(row[: len(features)])
             cond_rows.append([record.get(cn) for cn in cond_names])
         x = np.asarray(rows, dtype="float64").reshape(-1, len(features))
         c_table = (

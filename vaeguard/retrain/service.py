@@ -39,6 +39,7 @@ class RetrainService:
             settings.retrain,
             settings.kafka.client_config(),
             settings.kafka.input_topics,
+            max_record_bytes=settings.scoring.max_record_bytes,
             on_failure=self._rejected,
         )
         state_dir = settings.retrain.state_dir or Path(settings.model.path) / STATE_DIR

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ class WindowData:
     end_ms: int = 0
     read: int = 0
     undecodable: int = 0
+    #: Refused records by reason (the ingestion contract's `Reason` codes).
+    rejected: Counter = field(default_factory=Counter)
     older: int = 0
     truncated: bool = False
     partitions: int = 0
@@ -45,7 +48,7 @@ def read_window(
     *,
     window_s: float,
     max_records: int,
-    decode: Callable[[bytes], dict[str, Any] | None],
+    decode: Callable[[bytes | None], Any],
     idle_timeout_s: float = 10.0,
     now_ms: int | None = None,
 ) -> WindowData:
@@ -95,8 +98,9 @@ def read_window(
                         data.older += message.timestamp < start_ms
                         continue
                     record = decode(message.value)
-                    if record is None:
+                    if not isinstance(record, dict):  # a Rejection (or None)
                         data.undecodable += 1
+                        data.rejected[str(getattr(record, "reason", "undecodable"))] += 1
                         continue
                     if len(kept) == kept.maxlen:
                         data.truncated = True

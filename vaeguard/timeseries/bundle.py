@@ -38,6 +38,7 @@ class _BundleView:
     history_: dict[str, Any]
     params: dict[str, Any]
     bundle_extra_: dict[str, Any] = field(default_factory=dict)
+    model_kind_: str = "window"
 
     def get_params(self) -> dict[str, Any]:
         return self.params
@@ -84,7 +85,12 @@ def save_window_bundle(detector, path, *, extra: dict[str, Any] | None = None) -
 
 
 def is_window_model(vae_detector) -> bool:
-    """Whether a loaded bundle (a `VAEDetector`) is a window-mode model."""
+    """Whether a loaded bundle (a `VAEDetector`) is a window-mode model (``kind`` says so)."""
+    from vaeguard.bundle import model_kind
+
+    manifest = getattr(vae_detector, "manifest_", None)
+    if manifest is not None:
+        return model_kind(manifest) == "window"
     extra = getattr(vae_detector, "bundle_extra_", None) or {}
     return isinstance(extra.get(WINDOW_KEY), dict)
 

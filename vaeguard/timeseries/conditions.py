@@ -57,31 +57,16 @@ class TimeConditions:
 
 
 def to_epoch_seconds(value: Any) -> float:
-    """A record's timestamp as epoch seconds.
+    """A record's timestamp as epoch seconds (the ingestion contract's rule,
+    `vaeguard.ingest.to_timestamp`); also takes `datetime` objects. Naive times are UTC.
+    Raises `DataError` otherwise."""
+    from vaeguard.ingest import Rejection, to_timestamp
 
-    Accepts numbers (epoch seconds), ISO 8601 strings ("2014-04-01 00:05:00", "...Z",
-    "+02:00"), and `datetime` objects. Naive times are UTC. Raises `DataError` otherwise.
-    """
-    if isinstance(value, bool):
-        raise DataError(f"timestamp must be a number or an ISO 8601 string, got {value!r}")
-    if isinstance(value, int | float):
-        number = float(value)
-        if not math.isfinite(number):
-            raise DataError(f"timestamp is {number}")
-        return number
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        try:
-            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise DataError(f"timestamp {value!r} is not ISO 8601 or epoch seconds") from None
-        value = parsed
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        return value.timestamp()
-    raise DataError(f"timestamp must be a number or an ISO 8601 string, got {type(value).__name__}")
+        value = value.timestamp()
+    seconds = to_timestamp(value)
+    if isinstance(seconds, Rejection):
+        raise DataError(seconds.detail)
+    return seconds

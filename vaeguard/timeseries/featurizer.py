@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
-from vaeguard.timeseries.conditions import TimeConditions, to_epoch_seconds
+from vaeguard.ingest import Reason, Rejection, entity_text, to_number, to_timestamp
+from vaeguard.timeseries.conditions import TimeConditions
 from vaeguard.timeseries.normalization import OnlineScaler
 
 STATE_FORMAT = "vaeguard-window-state"
@@ -53,12 +54,12 @@ STATE_VERSION = 1
 #: Scaled inputs are clipped to ±this many σ so an absurd but finite value stays finite in float32.
 CLIP_SIGMAS = 1e6
 
-# Rejection reasons; the first four match the daemon's dead-letter codes (vaeguard.daemon.records.Reason).
-MISSING_FEATURE = "missing_feature"
-NON_NUMERIC = "non_numeric_feature"
-NON_FINITE = "non_finite"
-INVALID_FIELD = "invalid_field"
-LATE_RECORD = "late_record"
+# Rejection reasons: the ingestion contract's (vaeguard.ingest.Reason), as plain names.
+MISSING_FEATURE = Reason.MISSING_FEATURE
+NON_NUMERIC = Reason.NON_NUMERIC
+NON_FINITE = Reason.NON_FINITE
+INVALID_FIELD = Reason.INVALID_FIELD
+LATE_RECORD = Reason.LATE_RECORD
 
 
 @dataclass(frozen=True)
@@ -141,16 +142,6 @@ class WindowSpec:
 
 
 @dataclass
-class Rejection:
-    """A record that cannot enter the state (same fields as the daemon's featurizer rejections)."""
-
-    index: int
-    reason: str
-    error_class: str
-    detail: str
-
-
-@dataclass
 class WindowBatch:
     """Model input for the records of a batch that have a window.
 
@@ -230,16 +221,15 @@ class WindowFeaturizer:
         stamps: list[float] = []
         rejected: list[Rejection] = []
         for i, record in enumerate(records):
-            parsed = self._parse(i, record)
-            if isinstance(parsed, Rejection):
-                rejected.append(parsed)
-                continue
-            key, t, values = parsed
-            window = self._push(key, t, values)
+            try:
+                parsed = self._parse(record)
+                window = parsed if isinstance(parsed, Rejection) else self._push(*parsed)
+            except Exception as exc:  # a bug here must cost one record, not the stream
+                window = Rejection(Reason.PROCESSING_ERROR, type(exc).__name__, str(exc)[:500])
             if isinstance(window, Rejection):
-                window.index = i
-                rejected.append(window)
+                rejected.append(window.at(i))
             elif window is not None:
+                key, t, _ = parsed
                 rows.append(window)
                 affine.append(self._last_affine)
                 keep.append(i)
@@ -268,52 +258,28 @@ class WindowFeaturizer:
 
     # -- parsing -------------------------------------------------------------------------------
 
-    def _parse(self, i: int, record: Any):
+    def _parse(self, record: Any):
+        """(entity, epoch seconds, metric values with NaN for missing) or a `Rejection`."""
         spec = self.spec
         if not isinstance(record, dict):
-            return Rejection(i, INVALID_FIELD, "TypeError", "record is not a JSON object")
+            return Rejection(INVALID_FIELD, "TypeError", "record is not a JSON object")
         key = record.get(spec.entity_field)
-        key = (
-            ""
-            if key is None
-            else (key if isinstance(key, str) else json.dumps(key, sort_keys=True))
-        )
+        key = "" if key is None else entity_text(key)
         if record.get(spec.time_field) is None:
             return Rejection(
-                i, MISSING_FEATURE, "KeyError", f"timestamp {spec.time_field!r} is missing"
+                MISSING_FEATURE, "KeyError", f"timestamp {spec.time_field!r} is missing"
             )
-        try:
-            t = to_epoch_seconds(record[spec.time_field])
-        except DataError as exc:
-            return Rejection(i, INVALID_FIELD, "ValueError", f"{spec.time_field!r}: {exc}")
+        t = to_timestamp(record[spec.time_field], repr(spec.time_field))
+        if isinstance(t, Rejection):
+            return t
         values: list[float] = []
         for name in spec.metrics:
-            value = record.get(name)
-            if value is None:
-                values.append(math.nan)
-                continue
-            try:
-                if isinstance(value, bool) or not isinstance(value, int | float | str):
-                    raise TypeError
-                number = float(value)
-            except (TypeError, ValueError):
-                text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-                return Rejection(
-                    i, NON_NUMERIC, "TypeError", f"metric {name!r} is not a number: {text}"
-                )
-            except OverflowError:
-                number = math.inf
-            if math.isinf(number):
-                return Rejection(
-                    i,
-                    NON_FINITE,
-                    "ValueError",
-                    f"metric {name!r} is {number} (±inf is not allowed)",
-                )
-            values.append(number)  # NaN is a missing point, like null
+            number = to_number(record.get(name), f"metric {name!r}")
+            if isinstance(number, Rejection):
+                return number
+            values.append(math.nan if number is None else number)  # missing point, like null
         if all(math.isnan(v) for v in values):
             return Rejection(
-                i,
                 MISSING_FEATURE,
                 "KeyError",
                 f"none of the metrics {', '.join(spec.metrics)} is present",
@@ -357,7 +323,6 @@ class WindowFeaturizer:
         if k < entity.end - spec.lateness:
             self.stats["late_dropped"] += 1
             return Rejection(
-                -1,
                 LATE_RECORD,
                 "ValueError",
                 f"timestamp {t:.0f} is {entity.end - k} slots behind the newest point of entity "

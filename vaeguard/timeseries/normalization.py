@@ -15,6 +15,8 @@ import numpy as np
 
 #: Points an entity needs before its statistics are trusted enough to winsorize updates.
 WARMUP_POINTS = 30
+#: Largest magnitude the statistics learn from (see `OnlineScaler.update`).
+MAX_ABS = 1e150
 
 
 class OnlineScaler:
@@ -50,7 +52,9 @@ class OnlineScaler:
         seen = np.isfinite(values)
         if not seen.any():
             return
-        x = np.where(seen, values, self.mean)
+        # Beyond ±1e150 the squared deviation would overflow float64 and poison the state
+        # with inf / NaN (which no snapshot can hold): such a value is learned as ±1e150.
+        x = np.clip(np.where(seen, values, self.mean), -MAX_ABS, MAX_ABS)
         if self.clip_sigmas > 0:
             warm = self.count >= WARMUP_POINTS
             if warm.any():

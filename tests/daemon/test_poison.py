@@ -1,0 +1,175 @@
+"""No input stops the stream: poison records on the real broker, and a SIGKILL loop.
+
+A conditional tabular model (features a..d, a categorical ``host`` and a numeric ``hour``
+condition) is served by `vaeguard run` as a subprocess. Every malformed kind of record is sent
+interleaved with good ones and also as batches made only of poison; the daemon must stay up,
+dead-letter each bad record with its reason, score every good one, and account for every
+input offset.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tests.conftest import make_normal_data, wait_for
+from tests.daemon.conftest import (
+    Collector,
+    Producer,
+    create_topic,
+    daemon_env,
+    unique,
+)
+from tests.daemon.poison import fix_values, tabular_poison
+
+HOSTS = ("web", "db")
+
+
+@pytest.fixture(scope="module")
+def conditional_bundle(tmp_path_factory):
+    from vaeguard import VAEDetector
+
+    x = make_normal_data(n=1200, seed=5)
+    features = {name: x[:, j] for j, name in enumerate("abcd")}
+    conditions = {
+        "host": [HOSTS[i % 2] for i in range(len(x))],
+        "hour": [float(i % 24) for i in range(len(x))],
+    }
+    det = VAEDetector(epochs=10, hidden=(16,), latent_dim=2, mc_samples=4, seed=0)
+    det.fit(features, conditions, categorical=["host"])
+    path = tmp_path_factory.mktemp("cond") / "model"
+    det.save(path)
+    return path
+
+
+def good(i: int) -> dict:
+    row = make_normal_data(n=1, seed=1000 + i)[0]
+    return {
+        **{f: float(v) for f, v in zip("abcd", row, strict=True)},
+        "host": HOSTS[i % 2],
+        "hour": i % 24,
+        "key": f"{HOSTS[i % 2]}-{i % 3}",
+        "ts": 1_790_000_000 + i,
+        "id": i,
+    }
+
+
+def dlq_reasons(collector: Collector) -> dict[int, str]:
+    out = {}
+    for m in collector.messages:
+        headers = dict(m.headers)
+        out[int(headers["__connect.errors.offset"])] = headers["vaeguard.errors.reason"].decode()
+    return out
+
+
+def test_poison_corpus_on_a_conditional_tabular_daemon(broker, conditional_bundle, daemons):
+    from kafka import KafkaProducer
+
+    bs = broker.bootstrap_servers
+    topic, group = unique("poison-in"), unique("poison")
+    create_topic(bs, topic, 1)
+    daemon = daemons("poison", daemon_env(bs, conditional_bundle, [topic], group)).start()
+    daemon.wait_ready()
+    scores = Collector(bs, f"{group}.scores")
+    dlq = Collector(bs, f"{group}.dlq")
+    producer = Producer(bs)
+
+    poison = fix_values(tabular_poison(good(0)))
+    # also accepted, as by retraining and `vaeguard score`: numbers as decimal strings
+    extra_good = [
+        {**good(900), "a": "12.5", "b": " -3 "},
+        {**good(901), "key": "web-1\r\nBcc: evil@example.com"},  # a key is data, not a header
+        {**good(902), "ts": "2026-12-01T10:00:00Z"},
+        {**good(903), "ts": 1_790_000_000_123},  # epoch milliseconds
+    ]
+    expected: dict[int, str] = {}  # offset → "scored" or the dead-letter reason
+    offset = 0
+
+    def send(value, outcome):
+        nonlocal offset
+        producer.send(topic, value, key=b"tombstone" if value is None else None)
+        expected[offset] = outcome
+        offset += 1
+
+    # 1. interleaved with good records
+    for i, (value, reason) in enumerate(poison):
+        send(good(i + 1), "scored")
+        send(value, reason)
+    for record in extra_good:
+        send(record, "scored")
+    producer.flush()
+    n_good = sum(1 for v in expected.values() if v == "scored")
+    scores.wait_count(n_good, 60, "score records of the good records")
+    dlq.wait_count(len(poison), 60, "dead letters of the poison")
+    # 2. batches made only of poison (the daemon is idle, so each lands in a batch of its own)
+    for value, reason in poison[:8]:
+        send(value, reason)
+    producer.flush()
+    dlq.wait_count(len(poison) + 8, 60, "dead letters of the poison-only batches")
+    # 3. a dead letter larger than the producer's request limit is cut to fit
+    big = KafkaProducer(bootstrap_servers=bs, max_request_size=8 * 1024 * 1024, acks="all")
+    big.send(topic, b'{"a": "' + b"x" * 1_500_000 + b'"}').get(timeout=60)
+    big.close()
+    expected[offset] = "oversize"
+    offset += 1
+    # 4. and good records still flow afterwards
+    for i in range(5):
+        send(good(500 + i), "scored")
+    producer.flush()
+    scores.wait_count(n_good + 5, 60, "good records after the poison")
+    dlq.wait_count(len(poison) + 9, 60, "the truncated dead letter")
+
+    got = {r["source"]["offset"]: "scored" for r in scores.json()}
+    got.update(dlq_reasons(dlq))
+    assert got == expected
+    assert daemon.proc.poll() is None, daemon.log()[-3000:]
+    truncated = next(m for m in dlq.messages if dict(m.headers).get("vaeguard.errors.truncated"))
+    assert dict(truncated.headers)["vaeguard.errors.truncated"] == b"1500009"
+    assert dict(truncated.headers)["vaeguard.errors.reason"] == b"oversize"
+    counted = {
+        reason: daemon.metric("vaeguard_records_dead_lettered_total", f'reason="{reason}"')
+        for reason in set(expected.values()) - {"scored"}
+    }
+    for reason, n in counted.items():
+        assert n == sum(1 for v in expected.values() if v == reason), reason
+    assert daemon.terminate() == 0
+
+
+def test_sigkill_loop_loses_nothing_and_restarts_fast(broker, small_bundle, daemons):
+    """Killed at random moments while records arrive, ten times: no offset without a score."""
+    from tests.daemon.test_delivery import PacedProducer, _all_offsets, _sources
+
+    bs = broker.bootstrap_servers
+    topic, group = unique("loop-in"), unique("loop")
+    create_topic(bs, topic, 2)
+    env = daemon_env(bs, small_bundle, [topic], group, VAEGUARD_KAFKA__GROUP_INSTANCE_ID="loop-1")
+    stream = PacedProducer(bs, topic, n=40_000, rate=400)
+    scores = Collector(bs, f"{group}.scores")
+    rng = random.Random(7)
+    restarts = []
+    stream.start()
+    for k in range(10):
+        daemon = daemons(f"loop-{k}", env).start()
+        before = len(scores.drain())
+        started = time.monotonic()
+        wait_for(
+            lambda before=before: len(scores.drain()) > before,
+            timeout=15,
+            interval=0.02,
+            message=f"restart {k} to produce a score record within 15 s",
+        )
+        restarts.append(time.monotonic() - started)
+        time.sleep(rng.uniform(0.0, 1.5))  # a random moment mid-stream (not synchronization)
+        daemon.kill()
+    assert stream.sent < stream.n, "every kill must land while records are still flowing"
+    final = daemons("loop-final", env).start()
+    stream.join(120)
+    wait_for(
+        lambda: scores.drain() and _sources(scores) >= _all_offsets(stream.end),
+        timeout=90,
+        message="a score record for every input record",
+    )
+    assert final.terminate() == 0
+    print(f"restart to first score: max {max(restarts):.1f} s, runs {len(restarts)}")

@@ -1,0 +1,189 @@
+"""The pure batch step: consumed messages in → score records, dead letters and outputs out.
+
+No Kafka I/O happens here (the pipeline polls, produces and commits), which makes the step easy
+to test and to fuzz. Its one promise: **no record can make it raise**. Decoding and
+featurizing refuse bad records one by one; if scoring or encoding still raises, the batch is
+bisected down to the rows that fail, and each of those becomes a dead letter with reason
+``processing_error`` and the exception in its headers, while every other record is scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vaeguard.daemon.records import DeadLetter, dlq_output, encode_scored, output_key
+from vaeguard.ingest import Reason, Rejection, decode, short_detail
+from vaeguard.scored import ScoredRecord, Source
+from vaeguard.serving.base import Features, Inbound, Serving
+
+log = logging.getLogger("vaeguard.daemon")
+
+Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What the step needs to know of the daemon's settings."""
+
+    output_topic: str
+    dlq_topic: str
+    max_record_bytes: int
+    top_k: int
+    bands: tuple[tuple[str, float], ...]
+    connector: str
+    task: str
+    #: The producer's max_request_size: a score record larger than this cannot be produced.
+    max_request_size: int = 1_048_576
+
+
+@dataclass
+class BatchResult:
+    scored: list[ScoredRecord] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    #: Dead letters first, then score records: what must be acknowledged before the commit.
+    outputs: list[Output] = field(default_factory=list)
+    buffered: int = 0  # records that only updated a stateful model's state
+    replayed: int = 0  # records a stateful model's restored state already holds
+    isolated: int = 0  # times a failure inside the step was isolated to its records
+
+
+def source_of(message: Any) -> Source:
+    return Source(message.topic, message.partition, message.offset)
+
+
+def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> BatchResult:
+    """Run one batch of consumed messages through a model (see the module docstring)."""
+    result = BatchResult()
+    fresh = [m for m in messages if not serving.covers(source_of(m))]
+    result.replayed = len(messages) - len(fresh)
+
+    items: list[Inbound] = []
+    origin: list[Any] = []  # the message of each item
+    for m in fresh:
+        obj = decode(m.value, s.max_record_bytes)
+        if isinstance(obj, Rejection):
+            result.dead.append(DeadLetter(m, obj))
+            continue
+        items.append(Inbound(obj, source_of(m), m.key, m.timestamp))
+        origin.append(m)
+
+    stage = f"{type(serving).__module__}.{type(serving).__name__}"
+    scored: list[tuple[int, ScoredRecord]] = []  # (item index, record)
+    if items:
+        try:
+            features = serving.featurize(items)
+        except Exception as exc:
+            features = None
+            _log_isolated("featurize", exc, len(items))
+            result.isolated += 1
+            if serving.stateful:  # its state may hold part of the batch: not safe to retry
+                for m in origin:
+                    result.dead.append(DeadLetter(m, _processing_error(exc), stage))
+            else:
+                for i, item in enumerate(items):
+                    scored += _featurize_and_score_one(serving, item, i, origin, s, result)
+        if features is not None:
+            for r in features.rejected:
+                result.dead.append(DeadLetter(origin[r.index], r, stage))
+            result.buffered += features.buffered
+            scored += _score_rows(
+                serving, features, items, list(range(len(features))), s, result, origin
+            )
+
+    dead_outputs = [
+        dlq_output(d, s.dlq_topic, s.connector, s.task, s.max_request_size) for d in result.dead
+    ]
+    score_outputs: list[Output] = []
+    for i, record in sorted(scored, key=lambda p: p[0]):
+        m = origin[i]
+        try:
+            value = encode_scored(record)
+            if len(value) > s.max_request_size - 1024:
+                raise ValueError(
+                    f"the score record is {len(value)} bytes, more than the producer's "
+                    f"max_request_size={s.max_request_size}"
+                )
+            key = output_key(m, items[i].record)
+        except Exception as exc:
+            result.isolated += 1
+            dead = DeadLetter(m, _processing_error(exc), "vaeguard.daemon.records")
+            result.dead.append(dead)
+            dead_outputs.append(
+                dlq_output(dead, s.dlq_topic, s.connector, s.task, s.max_request_size)
+            )
+            continue
+        score_outputs.append((s.output_topic, key, value, None))
+        result.scored.append(record)
+    result.outputs = dead_outputs + score_outputs
+    return result
+
+
+def _score_rows(serving, features: Features, items, rows: list[int], s, result, origin):
+    """Score ``rows`` of ``features`` in one call; on failure, bisect to the failing rows."""
+    if not rows:
+        return []
+    part = features if len(rows) == len(features) else features.take(rows)
+    kept = [items[i] for i in part.keep.tolist()]
+    try:
+        records = serving.score(part, kept, top_k=s.top_k, bands=s.bands)
+        if len(records) != len(kept):
+            raise RuntimeError(
+                f"the model returned {len(records)} score records for {len(kept)} rows"
+            )
+        return list(zip(part.keep.tolist(), records, strict=True))
+    except Exception as exc:
+        if len(rows) == 1:
+            result.isolated += 1
+            _log_isolated("score", exc, 1)
+            i = int(part.keep[0])
+            stage = f"{type(serving).__module__}.{type(serving).__name__}"
+            result.dead.append(DeadLetter(origin[i], _processing_error(exc), stage))
+            return []
+        mid = len(rows) // 2
+        return _score_rows(serving, features, items, rows[:mid], s, result, origin) + _score_rows(
+            serving, features, items, rows[mid:], s, result, origin
+        )
+
+
+def _featurize_and_score_one(serving, item: Inbound, i: int, origin, s, result):
+    """The fallback of a stateless model whose batch featurize raised: one record alone."""
+    stage = f"{type(serving).__module__}.{type(serving).__name__}"
+    try:
+        features = serving.featurize([item])
+    except Exception as exc:
+        result.dead.append(DeadLetter(origin[i], _processing_error(exc), stage))
+        return []
+    for r in features.rejected:
+        result.dead.append(DeadLetter(origin[i], r, stage))
+    out = _score_rows(serving, features, [item], list(range(len(features))), s, result, [origin[i]])
+    return [(i, record) for _, record in out]
+
+
+def _processing_error(exc: BaseException) -> Rejection:
+    return Rejection(
+        Reason.PROCESSING_ERROR,
+        type(exc).__qualname__,
+        short_detail(f"{exc}") or type(exc).__name__,
+    )
+
+
+_last_logged = 0.0
+
+
+def _log_isolated(stage: str, exc: BaseException, n: int) -> None:
+    """Log the traceback of an isolated failure, at most once a minute (it is a bug of ours
+    or of the model, and a poison stream must not flood the log)."""
+    global _last_logged
+    now = time.monotonic()
+    if now - _last_logged < 60:
+        return
+    _last_logged = now
+    log.error(
+        "a failure inside the batch step was isolated to its records",
+        exc_info=exc,
+        extra={"stage": stage, "records": n},
+    )

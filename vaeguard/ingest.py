@@ -1,0 +1,362 @@
+"""The ingestion contract: one decoder and one set of value rules for every way records come in.
+
+The daemon (Kafka messages), retraining (the recent window of the input topics) and the CLI
+(`vaeguard score` on CSV / JSONL files) all read records with this module, so they accept and
+reject exactly the same things. A refused record is a `Rejection` value (a `Reason` code plus a
+human-readable detail), never an exception that escapes:
+
+* bytes → `decode`: UTF-8, at most ``max_bytes``, one JSON object, nesting at most
+  `MAX_DEPTH` deep, integer literals within Python's digit limit, every number a finite
+  float64 (``NaN``, ``Infinity`` and literals that overflow, such as ``1e400``, are refused
+  here, at parse time, not after scoring);
+* a field → `to_number`: JSON numbers, booleans (as 1 / 0) and decimal strings (``"12.5"``, as
+  CSV cells always are); an empty string or null is *missing*; anything else is not a number;
+* a timestamp → `to_timestamp`: epoch seconds (a number too large to be seconds in range is
+  read as milliseconds, microseconds or nanoseconds) or ISO 8601 (naive = UTC), finite and
+  between the years 1900 and 2200, so that window arithmetic never sees NaN, ±inf or an
+  overflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "MAX_DEPTH",
+    "TIMESTAMP_RANGE",
+    "Reason",
+    "Rejection",
+    "decode",
+    "entity_text",
+    "loads",
+    "to_number",
+    "to_timestamp",
+]
+
+
+class Reason(StrEnum):
+    """Why a record was refused: the ``reason`` label of the dead-letter metric and header."""
+
+    EMPTY = "empty_value"
+    OVERSIZE = "oversize"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    TOO_DEEP = "too_deep"
+    INTEGER_TOO_LONG = "integer_too_long"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FEATURE = "missing_feature"
+    NON_NUMERIC = "non_numeric_feature"
+    NON_FINITE = "non_finite"
+    INVALID_FIELD = "invalid_field"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    LATE_RECORD = "late_record"
+    PROCESSING_ERROR = "processing_error"
+
+
+#: Kafka Connect's "stage" of a failure: decoding the value, or the task refusing its content.
+STAGE_DECODE = "VALUE_CONVERTER"
+STAGE_VALIDATE = "TASK_PUT"
+
+
+@dataclass(slots=True)
+class Rejection:
+    """A refused record: ``reason`` (a `Reason`), the exception class a Java consumer of the
+    dead-letter topic would expect to see, and a one-line ``detail`` naming the field."""
+
+    reason: Reason
+    error_class: str
+    detail: str
+    stage: str = STAGE_VALIDATE
+    #: The record's position in the batch it came in (set by whoever splits a batch).
+    index: int = -1
+
+    def at(self, index: int) -> Rejection:
+        self.index = index
+        return self
+
+
+#: Deepest JSON nesting accepted; far below the interpreter's recursion limit on any platform.
+MAX_DEPTH = 64
+#: Epoch seconds of 1900-01-01 and 2200-01-01 (UTC): the plausible range of a timestamp.
+TIMESTAMP_RANGE = (-2_208_988_800.0, 7_258_118_400.0)
+_MAX_DETAIL = 500
+
+
+class _Refused(Exception):
+    def __init__(self, rejection: Rejection):
+        self.rejection = rejection
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(
+            Rejection(
+                Reason.NON_FINITE,
+                "ValueError",
+                f"the number {_short(text)} overflows a 64-bit float",
+                STAGE_DECODE,
+            )
+        )
+    return value
+
+
+def _digit_limit() -> int:
+    get = getattr(sys, "get_int_max_str_digits", None)
+    limit = get() if get is not None else 0
+    return limit or 4300
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text) - (text[:1] == "-")
+    if digits > _digit_limit():
+        raise _Refused(
+            Rejection(
+                Reason.INTEGER_TOO_LONG,
+                "ValueError",
+                f"an integer literal has {digits} digits, more than the limit of {_digit_limit()}",
+                STAGE_DECODE,
+            )
+        )
+    value = int(text)
+    if digits > 308 and abs(value) > _FLOAT_MAX_INT:
+        raise _Refused(
+            Rejection(
+                Reason.NON_FINITE,
+                "ValueError",
+                f"the integer {_short(text)} overflows a 64-bit float",
+                STAGE_DECODE,
+            )
+        )
+    return value
+
+
+_FLOAT_MAX_INT = int(sys.float_info.max)
+
+
+def _parse_constant(name: str):
+    raise _Refused(
+        Rejection(
+            Reason.NON_FINITE,
+            "ValueError",
+            f"{name} is not a JSON number (NaN and ±Infinity are not allowed)",
+            STAGE_DECODE,
+        )
+    )
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant
+)
+
+
+def _depth_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit`` (cheap pre-check)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def loads(text: str) -> Any | Rejection:
+    """Parse JSON text under the contract's number and nesting rules (any JSON value)."""
+    if _depth_exceeds(text, MAX_DEPTH):
+        return Rejection(
+            Reason.TOO_DEEP,
+            "ValueError",
+            f"JSON nested deeper than {MAX_DEPTH} levels",
+            STAGE_DECODE,
+        )
+    try:
+        return _DECODER.decode(text)
+    except _Refused as refused:
+        return refused.rejection
+    except RecursionError:
+        return Rejection(Reason.TOO_DEEP, "RecursionError", "JSON nested too deep", STAGE_DECODE)
+    except ValueError as exc:  # json.JSONDecodeError and int() refusals
+        return Rejection(
+            Reason.INVALID_JSON, f"json.{type(exc).__name__}", short_detail(str(exc)), STAGE_DECODE
+        )
+
+
+def decode(value: bytes | bytearray | memoryview | None, max_bytes: int) -> dict | Rejection:
+    """A message value → its JSON object, or the reason it is refused."""
+    if value is None or len(value) == 0:
+        return Rejection(Reason.EMPTY, "ValueError", "the message has no value", STAGE_DECODE)
+    if len(value) > max_bytes:
+        return Rejection(
+            Reason.OVERSIZE,
+            "ValueError",
+            f"the value is {len(value)} bytes, more than scoring.max_record_bytes={max_bytes}",
+            STAGE_DECODE,
+        )
+    try:
+        text = bytes(value).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(Reason.INVALID_UTF8, "UnicodeDecodeError", str(exc), STAGE_DECODE)
+    return _object(loads(text))
+
+
+def decode_text(line: str) -> dict | Rejection:
+    """One line of a JSON Lines file → its object, or the reason it is refused."""
+    return _object(loads(line))
+
+
+def _object(obj: Any) -> dict | Rejection:
+    if isinstance(obj, Rejection) or type(obj) is dict:
+        return obj
+    return Rejection(
+        Reason.NOT_AN_OBJECT,
+        "TypeError",
+        f"expected a JSON object, got {_json_type(obj)}",
+        STAGE_DECODE,
+    )
+
+
+def _json_type(obj: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(obj), "a number"
+    )
+
+
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NON_FINITE_WORDS = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}  # fmt: skip
+
+
+def to_number(value: Any, what: str) -> float | Rejection | None:
+    """A field's value as a finite float; None when it is missing (null or empty string).
+
+    ``what`` names the field in the rejection ("feature 'cpu'").
+    """
+    if value is None:
+        return None
+    if type(value) is float:
+        if math.isfinite(value):
+            return value
+        return Rejection(
+            Reason.NON_FINITE, "ValueError", f"{what} is {value} (NaN and ±inf are not allowed)"
+        )
+    if isinstance(value, bool | int):
+        try:
+            number = float(value)
+        except OverflowError:
+            return Rejection(Reason.NON_FINITE, "ValueError", f"{what} overflows a 64-bit float")
+        return number
+    if isinstance(value, float):  # a float subclass (numpy.float64)
+        return to_number(float(value), what)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if len(text) <= 64 and _DECIMAL.fullmatch(text):
+            number = float(text)
+            if math.isfinite(number):
+                return number
+            return Rejection(
+                Reason.NON_FINITE, "ValueError", f"{what} {_short(value)} overflows a 64-bit float"
+            )
+        if text.lower() in _NON_FINITE_WORDS:
+            return Rejection(
+                Reason.NON_FINITE,
+                "ValueError",
+                f"{what} is {_short(value)} (NaN and ±inf are not allowed)",
+            )
+    return Rejection(Reason.NON_NUMERIC, "TypeError", f"{what} is not a number: {_short(value)}")
+
+
+def to_timestamp(value: Any, what: str = "timestamp") -> float | Rejection:
+    """A timestamp (epoch seconds / ms / µs / ns, or ISO 8601) as epoch seconds in range."""
+    if isinstance(value, bool) or value is None:
+        return Rejection(
+            Reason.INVALID_TIMESTAMP,
+            "ValueError",
+            f"{what} must be epoch seconds or an ISO 8601 string, got {_short(value)}",
+        )
+    seconds: float | None = None
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    elif isinstance(value, str):
+        text = value.strip()
+        if len(text) <= 64 and _DECIMAL.fullmatch(text):
+            seconds = float(text)
+        elif len(text) <= 64:
+            try:
+                parsed = dt.datetime.fromisoformat(
+                    text.replace("Z", "+00:00").replace("z", "+00:00")
+                )
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=dt.UTC)
+                seconds = parsed.timestamp()
+            except (ValueError, OverflowError, OSError):
+                seconds = None
+        if seconds is None:
+            return Rejection(
+                Reason.INVALID_TIMESTAMP,
+                "ValueError",
+                f"{what} {_short(value)} is not ISO 8601 nor epoch seconds",
+            )
+    else:
+        return Rejection(
+            Reason.INVALID_TIMESTAMP,
+            "TypeError",
+            f"{what} must be epoch seconds or an ISO 8601 string, got {_json_type(value)}",
+        )
+    low, high = TIMESTAMP_RANGE
+    numeric = not isinstance(value, str) or _DECIMAL.fullmatch(value.strip()) is not None
+    if numeric and math.isfinite(seconds) and not low <= seconds <= high:
+        # Too large to be seconds in range: milliseconds, microseconds or nanoseconds
+        # (the ranges do not overlap, so the unit is not a guess).
+        for unit in (1e3, 1e6, 1e9):
+            if low <= seconds / unit <= high:
+                return seconds / unit
+    if not (math.isfinite(seconds) and low <= seconds <= high):
+        return Rejection(
+            Reason.INVALID_TIMESTAMP,
+            "ValueError",
+            f"{what} {_short(value)} is outside the years 1900-2200",
+        )
+    return seconds
+
+
+def entity_text(key: Any) -> str:
+    """An entity key as text: strings as they are, other JSON values in canonical JSON."""
+    if isinstance(key, str):
+        return key
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_detail(text: str) -> str:
+    """A detail line capped at a length a Kafka header and a log line can carry."""
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."

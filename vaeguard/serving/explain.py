@@ -1,0 +1,147 @@
+"""Score rows → score records: severity bands and top-k contributions, written once for every
+model kind, vectorized over the batch (per-row Python work is only building the outputs)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vaeguard.scored import ScoredRecord
+from vaeguard.severity import NORMAL
+
+#: Largest finite float64: what a non-finite number in a score record is clamped to.
+FLOAT_MAX = float(np.finfo("float64").max)
+#: A score record carries at most this many string labels of its input, each at most this long
+#: (labels route alerts; an unbounded one would make the record too large to produce).
+MAX_LABELS = 32
+MAX_LABEL_CHARS = 256
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """NaN → 0, ±inf → ±FLOAT_MAX: JSON has no non-finite numbers."""
+    return np.nan_to_num(
+        np.asarray(values, dtype="float64"), nan=0.0, posinf=FLOAT_MAX, neginf=-FLOAT_MAX
+    )
+
+
+def severities(
+    scores: np.ndarray, threshold: float, bands: Sequence[tuple[str, float]]
+) -> tuple[list[bool], list[str]]:
+    """(is_anomaly, severity name) per row; `vaeguard.severity.severity`, vectorized."""
+    anomalous = scores > threshold
+    names = [NORMAL, *(b for b, _ in bands)]
+    minimums = np.asarray([m for _, m in bands], dtype="float64")
+    band = np.where(anomalous, np.searchsorted(minimums, scores - threshold, side="right"), 0)
+    return anomalous.tolist(), [names[b] for b in band.tolist()]
+
+
+def top_contributions(
+    contributions: np.ndarray,
+    observed: np.ndarray,
+    expected: np.ndarray,
+    names: Sequence[str],
+    top_k: int,
+    *,
+    valid: np.ndarray | None = None,
+    columns: Sequence[dict[str, Any]] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Per row, the ``top_k`` features by excess nats with observed / expected values.
+
+    ``valid`` (rows × features, bool) excludes cells from ranking and shares (unobserved window
+    slots); ``columns`` adds fixed fields per feature (a window slot's metric and offset).
+    """
+    n, d = contributions.shape
+    k = min(top_k, d)
+    if n == 0 or k == 0:
+        return [[] for _ in range(n)]
+    contributions = finite(contributions)
+    ranked = contributions if valid is None else np.where(valid, contributions, -np.inf)
+    order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+    positive = np.clip(contributions, 0.0, None)
+    if valid is not None:
+        positive = np.where(valid, positive, 0.0)
+    total = positive.sum(axis=1, keepdims=True)
+    share = np.divide(positive, total, out=np.zeros_like(positive), where=total > 0)
+    top = [
+        np.take_along_axis(a, order, 1).tolist()
+        for a in (contributions, share, finite(observed), finite(expected))
+    ]
+    ok = (
+        np.take_along_axis(valid, order, 1).tolist()
+        if valid is not None
+        else [[True] * k for _ in range(n)]
+    )
+    order_l = order.tolist()
+    out = []
+    for i in range(n):
+        row = []
+        for j, c, s, o, e, good in zip(
+            order_l[i], top[0][i], top[1][i], top[2][i], top[3][i], ok[i], strict=True
+        ):
+            if not good:
+                break
+            item = {"feature": names[j]}
+            if columns is not None:
+                item.update(columns[j])
+            item.update(observed=o, expected=e, contribution=c, share=s)
+            row.append(item)
+        out.append(row)
+    return out
+
+
+def labels_of(record: dict[str, Any]) -> dict[str, str]:
+    """The record's string fields (conditions, tags) that route alerts, bounded in size."""
+    out: dict[str, str] = {}
+    for k, v in record.items():
+        if type(v) is str and k != "key" and k != "ts" and len(k) <= MAX_LABEL_CHARS:
+            out[k] = v if len(v) <= MAX_LABEL_CHARS else v[: MAX_LABEL_CHARS - 1] + "…"
+            if len(out) >= MAX_LABELS:
+                break
+    return out
+
+
+def score_records(
+    items: Sequence[Any],
+    entities: Sequence[str | None],
+    timestamps: Sequence[Any],
+    scores: np.ndarray,
+    threshold: float,
+    contributions: list[list[dict[str, Any]]],
+    *,
+    bands: Sequence[tuple[str, float]],
+    model_version: str,
+    likelihood: Sequence[float] | None = None,
+) -> list[ScoredRecord]:
+    """One `ScoredRecord` per row; ``items`` are the `Inbound` records the rows report on."""
+    scores = finite(scores)
+    anomalous, severity = severities(scores, threshold, bands)
+    threshold = float(threshold)
+    score_l = scores.tolist()
+    out = []
+    for i, item in enumerate(items):
+        out.append(
+            ScoredRecord(
+                key=entities[i],
+                ts=timestamps[i],
+                score=score_l[i],
+                threshold=threshold,
+                is_anomaly=anomalous[i],
+                severity=severity[i],
+                contributions=contributions[i],
+                model_version=model_version,
+                source=item.source,
+                labels=labels_of(item.record),
+                anomaly_likelihood=None if likelihood is None else _finite(likelihood[i]),
+            )
+        )
+    return out
+
+
+def _finite(v: float) -> float:
+    v = float(v)
+    if math.isfinite(v):
+        return v
+    return 0.0 if math.isnan(v) else math.copysign(FLOAT_MAX, v)

@@ -1,0 +1,185 @@
+"""Serving a tabular model: one row per record, scored on its own (no state)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vaeguard.errors import BundleError
+from vaeguard.ingest import Reason, Rejection, entity_text, to_number, to_timestamp
+from vaeguard.scored import ScoredRecord
+from vaeguard.serving.base import Features, Inbound, Stateless
+from vaeguard.serving.explain import score_records, top_contributions
+
+#: Scaled inputs are clipped to ±this many robust σ before scoring, so an absurd but finite
+#: value (1e300) scores as "extremely anomalous" instead of overflowing float32 to inf / NaN.
+CLIP_SIGMAS = 1e6
+
+
+def entity_of(item: Inbound, field: str = "key") -> str | None:
+    """The entity a record is about: its ``key`` field, else the message key."""
+    key = item.record.get(field)
+    if key is not None:
+        return entity_text(key)
+    if item.key is not None:
+        return item.key.decode("utf-8", "replace")
+    return None
+
+
+class TabularServing(Stateless):
+    """A `VAEDetector` behind the `Serving` interface.
+
+    A record needs every feature and condition of the model as a finite number (numeric
+    strings count; see `vaeguard.ingest.to_number`) or, for a categorical condition, any
+    non-null value; its optional ``ts`` must be a valid timestamp (it is echoed as sent). The
+    fast path builds the whole matrix with one NumPy conversion; only a batch holding a bad
+    record checks records one by one to name the culprit.
+    """
+
+    kind = "tabular"
+
+    def __init__(self, detector, version: str = ""):
+        self.detector = detector
+        self.version = version
+        self.feature_names = list(detector.feature_names_)
+        conditions = detector.conditions_
+        self.conditions = conditions if conditions is not None and conditions.columns else None
+        cols = self.conditions.columns if self.conditions else []
+        self.numeric_conditions = [c.name for c in cols if c.kind == "numeric"]
+        self.categorical_conditions = [c.name for c in cols if c.kind == "categorical"]
+        self._numeric = self.feature_names + self.numeric_conditions
+        self.required_fields = self._numeric + self.categorical_conditions
+        self.score_reference = getattr(detector, "score_reference_", None)
+
+    def warm_up(self) -> None:
+        from vaeguard.model.scoring import BUCKETS
+
+        det = self.detector
+        width = det.conditions_.width
+        for size in BUCKETS:
+            x = np.repeat(det.scaler_.center[None, :], size, axis=0)
+            c = np.zeros((size, width), dtype="float32") if width else None
+            if not np.isfinite(det.score_matrix(x, c).scores).all():
+                raise BundleError("the model produces non-finite scores on its own median")
+
+    # -- featurize --------------------------------------------------------------------------
+
+    def featurize(self, items: Sequence[Inbound]) -> Features:
+        records = [it.record for it in items]
+        names = self._numeric
+        try:
+            matrix = np.array([[r[f] for f in names] for r in records], dtype="float64")
+            if matrix.shape != (len(records), len(names)) or not np.isfinite(matrix).all():
+                raise ValueError("needs checking")
+            for r in records:
+                if (
+                    "ts" in r
+                    and r["ts"] is not None
+                    and isinstance(to_timestamp(r["ts"]), Rejection)
+                ):
+                    raise ValueError("ts")
+                for name in self.categorical_conditions:
+                    if r[name] is None:
+                        raise ValueError(name)
+                if any(type(r[f]) is str for f in names):
+                    raise ValueError("strings")  # "" is missing, not a parse error
+            rejected: list[Rejection] = []
+            keep = np.arange(len(records), dtype="int64")
+        except Exception:
+            keep, matrix, rejected = self._checked(records)
+        kept = [items[i] for i in keep.tolist()]
+        c = None
+        if self.conditions is not None:
+            c = (
+                self.conditions.transform([it.record for it in kept])
+                if kept
+                else np.zeros((0, self.conditions.width), dtype="float32")
+            )
+        return Features(
+            x=matrix[:, : len(self.feature_names)],
+            c=c,
+            mask=None,
+            keep=keep,
+            entities=[entity_of(it) for it in kept],
+            timestamps=[_timestamp(it) for it in kept],
+            rejected=rejected,
+        )
+
+    def _checked(self, records: Sequence[dict[str, Any]]):
+        """Record-by-record validation: the good rows' matrix and a rejection for each bad one."""
+        rows: list[list[float]] = []
+        keep: list[int] = []
+        rejected: list[Rejection] = []
+        for i, r in enumerate(records):
+            try:
+                row = self.check(r)
+            except Exception as exc:  # a bug here must cost one record, not the stream
+                row = Rejection(Reason.PROCESSING_ERROR, type(exc).__name__, str(exc)[:500])
+            if isinstance(row, Rejection):
+                rejected.append(row.at(i))
+            else:
+                rows.append(row)
+                keep.append(i)
+        matrix = np.array(rows, dtype="float64").reshape(len(rows), len(self._numeric))
+        return np.asarray(keep, dtype="int64"), matrix, rejected
+
+    def check(self, record: dict[str, Any]) -> list[float] | Rejection:
+        """One record's numeric row (features, then numeric conditions), or why it is refused."""
+        n_features = len(self.feature_names)
+        row: list[float] = []
+        for j, name in enumerate(self._numeric):
+            what = f"{'feature' if j < n_features else 'condition'} {name!r}"
+            number = to_number(record.get(name), what)
+            if number is None:
+                return Rejection(Reason.MISSING_FEATURE, "KeyError", f"{what} is missing")
+            if isinstance(number, Rejection):
+                return number
+            row.append(number)
+        for name in self.categorical_conditions:
+            if record.get(name) is None:
+                return Rejection(
+                    Reason.MISSING_FEATURE, "KeyError", f"condition {name!r} is missing"
+                )
+        ts = record.get("ts")
+        if ts is not None:
+            t = to_timestamp(ts, "'ts'")
+            if isinstance(t, Rejection):
+                return t
+        return row
+
+    # -- score -------------------------------------------------------------------------------
+
+    def score(
+        self,
+        features: Features,
+        items: Sequence[Inbound],
+        *,
+        top_k: int,
+        bands: Sequence[tuple[str, float]],
+    ) -> list[ScoredRecord]:
+        det = self.detector
+        x = features.x
+        center, scale = det.scaler_.center, det.scaler_.scale
+        x_in = np.clip(x, center - CLIP_SIGMAS * scale, center + CLIP_SIGMAS * scale)
+        result = det.score_matrix(x_in, features.c)
+        contributions = top_contributions(
+            result.contributions, x, result.expected, self.feature_names, top_k
+        )
+        return score_records(
+            items,
+            features.entities,
+            features.timestamps,
+            result.scores,
+            det.threshold_.value,
+            contributions,
+            bands=bands,
+            model_version=self.version,
+        )
+
+
+def _timestamp(item: Inbound) -> Any:
+    """What the score record reports as the time: the record's ``ts``, else the message's."""
+    ts = item.record.get("ts")
+    return ts if ts is not None else item.timestamp_ms

@@ -125,20 +125,7 @@ def _parse_int(text: str) -> int:
                 STAGE_DECODE,
             )
         )
-    value = int(text)
-    if digits > 308 and abs(value) > _FLOAT_MAX_INT:
-        raise _Refused(
-            Rejection(
-                Reason.NON_FINITE,
-                "ValueError",
-                f"the integer {_short(text)} overflows a 64-bit float",
-                STAGE_DECODE,
-            )
-        )
-    return value
-
-
-_FLOAT_MAX_INT = int(sys.float_info.max)
+    return int(text)
 
 
 def _parse_constant(name: str):
@@ -152,9 +139,17 @@ def _parse_constant(name: str):
     )
 
 
-_DECODER = json.JSONDecoder(
+#: Checks every number literal in Python: only for text that may hold one that overflows.
+_STRICT = json.JSONDecoder(
     parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant
 )
+#: The C scanner's own numbers: safe when no float literal can overflow (see `_RISKY`).
+#: (An integer stays an exact `int` whatever its size; one too large for a float is refused
+#: where it is used as a number, `to_number` / `to_timestamp`.)
+_FAST = json.JSONDecoder(parse_constant=_parse_constant)
+#: A float literal overflows float64 only with an exponent of 3+ digits or a mantissa of
+#: 309+ digits (which makes the text at least that long).
+_RISKY = re.compile(r"[eE][+-]?\d\d\d")
 
 
 def _depth_exceeds(text: str, limit: int) -> bool:
@@ -191,13 +186,21 @@ def loads(text: str) -> Any | Rejection:
             f"JSON nested deeper than {MAX_DEPTH} levels",
             STAGE_DECODE,
         )
+    decoder = _STRICT if len(text) > 308 or _RISKY.search(text) else _FAST
     try:
-        return _DECODER.decode(text)
+        return decoder.decode(text)
     except _Refused as refused:
         return refused.rejection
     except RecursionError:
         return Rejection(Reason.TOO_DEEP, "RecursionError", "JSON nested too deep", STAGE_DECODE)
     except ValueError as exc:  # json.JSONDecodeError and int() refusals
+        if "digits" in str(exc) and not isinstance(exc, json.JSONDecodeError):
+            return Rejection(
+                Reason.INTEGER_TOO_LONG,
+                "ValueError",
+                f"an integer literal is longer than the limit of {_digit_limit()} digits",
+                STAGE_DECODE,
+            )
         return Rejection(
             Reason.INVALID_JSON, f"json.{type(exc).__name__}", short_detail(str(exc)), STAGE_DECODE
         )
@@ -304,7 +307,15 @@ def to_timestamp(value: Any, what: str = "timestamp") -> float | Rejection:
             seconds = math.inf
     elif isinstance(value, str):
         text = value.strip()
-        if len(text) <= 64 and _DECIMAL.fullmatch(text):
+        if len(text) <= 64 and text[4:5] == "-":  # 2026-12-01…: skip the number check
+            try:
+                parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=dt.UTC)
+                seconds = parsed.timestamp()
+            except (ValueError, OverflowError, OSError):
+                seconds = None
+        elif len(text) <= 64 and _DECIMAL.fullmatch(text):
             seconds = float(text)
         elif len(text) <= 64:
             try:

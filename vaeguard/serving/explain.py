@@ -94,7 +94,12 @@ def top_contributions(
 
 def labels_of(record: dict[str, Any]) -> dict[str, str]:
     """The record's string fields (conditions, tags) that route alerts, bounded in size."""
-    out: dict[str, str] = {}
+    out = {k: v for k, v in record.items() if type(v) is str and k != "key" and k != "ts"}
+    if len(out) <= MAX_LABELS and all(
+        len(k) <= MAX_LABEL_CHARS and len(v) <= MAX_LABEL_CHARS for k, v in out.items()
+    ):
+        return out
+    out = {}
     for k, v in record.items():
         if type(v) is str and k != "key" and k != "ts" and len(k) <= MAX_LABEL_CHARS:
             out[k] = v if len(v) <= MAX_LABEL_CHARS else v[: MAX_LABEL_CHARS - 1] + "…"

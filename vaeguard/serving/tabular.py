@@ -16,6 +16,8 @@ from vaeguard.serving.explain import score_records, top_contributions
 #: Scaled inputs are clipped to ±this many robust σ before scoring, so an absurd but finite
 #: value (1e300) scores as "extremely anomalous" instead of overflowing float32 to inf / NaN.
 CLIP_SIGMAS = 1e6
+#: Value types the fast path converts as they are (anything else is checked record by record).
+_PLAIN_NUMBERS = {int, float, bool}
 
 
 def entity_of(item: Inbound, field: str = "key") -> str | None:
@@ -70,21 +72,19 @@ class TabularServing(Stateless):
         records = [it.record for it in items]
         names = self._numeric
         try:
-            matrix = np.array([[r[f] for f in names] for r in records], dtype="float64")
-            if matrix.shape != (len(records), len(names)) or not np.isfinite(matrix).all():
-                raise ValueError("needs checking")
+            values = [r[f] for r in records for f in names]
+            if not set(map(type, values)) <= _PLAIN_NUMBERS:
+                raise ValueError("strings or other types: check record by record")
+            matrix = np.array(values, dtype="float64").reshape(len(records), len(names))
+            if not np.isfinite(matrix).all():
+                raise ValueError("non-finite")
             for r in records:
-                if (
-                    "ts" in r
-                    and r["ts"] is not None
-                    and isinstance(to_timestamp(r["ts"]), Rejection)
-                ):
+                ts = r.get("ts")
+                if ts is not None and isinstance(to_timestamp(ts), Rejection):
                     raise ValueError("ts")
                 for name in self.categorical_conditions:
                     if r[name] is None:
                         raise ValueError(name)
-                if any(type(r[f]) is str for f in names):
-                    raise ValueError("strings")  # "" is missing, not a parse error
             rejected: list[Rejection] = []
             keep = np.arange(len(records), dtype="int64")
         except Exception:

@@ -32,6 +32,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from vaeguard.alerts.settings import AlertsSettings
 from vaeguard.errors import ConfigError
+from vaeguard.redaction import redact
 from vaeguard.retrain.settings import RetrainSettings
 from vaeguard.severity import DEFAULT_BANDS, NORMAL
 
@@ -242,6 +243,16 @@ class ScoringSettings(_Section):
         return tuple(self.severity_bands.items())
 
 
+class OutputSettings(_Section):
+    """What goes to the output topic."""
+
+    #: ``all``: one score record per scored input record. ``anomalies``: score records only for
+    #: records above the threshold (every record is still scored, counted in /metrics, alerted
+    #: on, and committed only after its batch is done); the per-record produce cost disappears
+    #: for normal traffic.
+    mode: Literal["all", "anomalies"] = "all"
+
+
 class HttpSettings(_Section):
     """The ops listener: /healthz, /readyz, /metrics."""
 
@@ -249,6 +260,11 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     #: 0 picks any free port (logged at start).
     port: int = Field(8080, ge=0, le=65535)
+    #: The most one connection may take to send its request and read the answer: a client
+    #: that connects and then stalls is dropped after this long.
+    request_timeout_s: float = Field(5.0, gt=0, le=300)
+    #: Connections served at once, one thread each; more are answered 503 at once.
+    max_connections: int = Field(16, ge=1, le=1024)
 
 
 class LoggingSettings(_Section):
@@ -274,6 +290,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     #: Seconds SIGTERM / SIGINT may take to finish the in-flight batch, commit and close.
@@ -290,8 +307,10 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as JSON-safe data with every secret masked, for the start-up log."""
-        return self.model_dump(mode="json")
+        """The settings as JSON-safe data with every secret masked, for the start-up log:
+        `SecretStr` fields, credentials inside URLs (userinfo, token-like query parameters)
+        and values of secret-named keys such as a sink's ``Authorization`` header."""
+        return redact(self.model_dump(mode="json"))
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

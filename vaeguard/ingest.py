@@ -8,7 +8,9 @@ human-readable detail), never an exception that escapes:
 * bytes → `decode`: UTF-8, at most ``max_bytes``, one JSON object, nesting at most
   `MAX_DEPTH` deep, integer literals within Python's digit limit, every number a finite
   float64 (``NaN``, ``Infinity`` and literals that overflow, such as ``1e400``, are refused
-  here, at parse time, not after scoring);
+  here, at parse time, not after scoring; an integer beyond 64 bits becomes a float). orjson
+  parses the common case; the standard library's parser, with the checks above as hooks, is
+  the reference that names the reason of a refusal (a property test holds the two together);
 * a field → `to_number`: JSON numbers, booleans (as 1 / 0) and decimal strings (``"12.5"``, as
   CSV cells always are); an empty string or null is *missing*; anything else is not a number;
 * a timestamp → `to_timestamp`: epoch seconds (a number too large to be seconds in range is
@@ -27,6 +29,11 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+try:
+    import orjson
+except ImportError:  # optional: the reference decoder applies the same contract
+    orjson = None
 
 __all__ = [
     "MAX_DEPTH",
@@ -125,7 +132,20 @@ def _parse_int(text: str) -> int:
                 STAGE_DECODE,
             )
         )
-    return int(text)
+    value = int(text)
+    if -(2**63) <= value < 2**64:
+        return value
+    try:  # as orjson does: an integer beyond 64 bits is a float
+        return float(value)
+    except OverflowError:
+        raise _Refused(
+            Rejection(
+                Reason.NON_FINITE,
+                "ValueError",
+                f"the integer {_short(text)} overflows a 64-bit float",
+                STAGE_DECODE,
+            )
+        ) from None
 
 
 def _parse_constant(name: str):
@@ -143,13 +163,6 @@ def _parse_constant(name: str):
 _STRICT = json.JSONDecoder(
     parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant
 )
-#: The C scanner's own numbers: safe when no float literal can overflow (see `_RISKY`).
-#: (An integer stays an exact `int` whatever its size; one too large for a float is refused
-#: where it is used as a number, `to_number` / `to_timestamp`.)
-_FAST = json.JSONDecoder(parse_constant=_parse_constant)
-#: A float literal overflows float64 only with an exponent of 3+ digits or a mantissa of
-#: 309+ digits (which makes the text at least that long).
-_RISKY = re.compile(r"[eE][+-]?\d\d\d")
 
 
 def _depth_exceeds(text: str, limit: int) -> bool:
@@ -186,9 +199,8 @@ def loads(text: str) -> Any | Rejection:
             f"JSON nested deeper than {MAX_DEPTH} levels",
             STAGE_DECODE,
         )
-    decoder = _STRICT if len(text) > 308 or _RISKY.search(text) else _FAST
     try:
-        return decoder.decode(text)
+        return _STRICT.decode(text)
     except _Refused as refused:
         return refused.rejection
     except RecursionError:
@@ -217,8 +229,20 @@ def decode(value: bytes | bytearray | memoryview | None, max_bytes: int) -> dict
             f"the value is {len(value)} bytes, more than scoring.max_record_bytes={max_bytes}",
             STAGE_DECODE,
         )
+    value = bytes(value)
+    if orjson is not None:  # the fast path: orjson applies the same rules, in C
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass  # the reference decoder below says precisely why (or accepts it)
+        else:
+            if type(obj) is dict and (
+                value.count(b"[") + value.count(b"{") <= MAX_DEPTH
+                or not _depth_exceeds(value.decode("utf-8"), MAX_DEPTH)
+            ):
+                return obj
     try:
-        text = bytes(value).decode("utf-8")
+        text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Rejection(Reason.INVALID_UTF8, "UnicodeDecodeError", str(exc), STAGE_DECODE)
     return _object(loads(text))

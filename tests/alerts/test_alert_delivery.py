@@ -161,16 +161,16 @@ def test_open_breaker_spools_without_calling_the_sink(capture, make_layer):
 def test_permanent_rejection_is_parked_not_retried_and_does_not_block(
     capture, make_layer, tmp_path
 ):
-    capture.fail_next(1, status=400)
+    capture.fail_next(1, status=403)  # the sink's credentials, not the alert: parked
     layer = make_layer({"sinks": [webhook(capture.url)]})
     layer.process([make_record("bad", True), make_record("good", True)])
-    assert len(capture.requests) == 2  # 400 is not retried
+    assert len(capture.requests) == 2  # 403 is not retried
     assert [r.json()["entity"] for r in capture.received] == ["good"]
     [parked] = Spool(tmp_path / "spool", "hook").pending()
     assert (
         parked.alert.entity == "bad"
         and parked.reason.startswith("rejected: ")
-        and "HTTP 400" in parked.reason
+        and "HTTP 403" in parked.reason
     )
     layer.process([make_record("later", True)])  # parked entries do not hold the sink back
     assert [r.json()["entity"] for r in capture.received] == ["good", "later"]
@@ -277,3 +277,27 @@ def test_kafka_sink_without_any_cluster_is_a_config_error(make_layer):
 
     with pytest.raises(ConfigError, match=r"alerts.sinks\[k\].*bootstrap_servers"):
         make_layer({"sinks": [{"name": "k", "type": "kafka"}]})
+
+
+def test_webhook_headers_from_alert_data_cannot_inject_or_block(capture, make_layer):
+    from vaeguard.alerts.testing import sample_alert
+
+    layer = make_layer({"sinks": [webhook(capture.url)]})
+    layer.notify(sample_alert(id="abc\r\nX-Evil: 1 é"))
+    layer.notify(sample_alert("next"))
+    first, second = capture.received
+    assert first.headers["x-vaeguard-alert-id"] == "abc X-Evil: 1 \\xe9"
+    assert "x-evil" not in first.headers and second.json()["entity"] == "next"
+
+
+def test_webhook_header_settings_with_line_breaks_are_config_errors(capture):
+    from vaeguard.alerts.settings import AlertsSettings
+    from vaeguard.errors import ConfigError
+
+    for extra, problem in (
+        ({"headers": {"X-Team": "sre\r\nX-Evil: 1"}}, "X-Team must be ASCII without line breaks"),
+        ({"secret_headers": {"Authorization": "Bearer x\n"}}, "Authorization must be ASCII"),
+        ({"headers": {"Bad Name": "x"}}, "'Bad Name' is not a valid header name"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            AlertsSettings.from_mapping({"sinks": [webhook(capture.url, **extra)]})

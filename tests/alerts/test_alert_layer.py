@@ -280,3 +280,46 @@ def test_log_sink_writes_structured_lines(make_layer, caplog, clock):
     assert len(records) == 1
     assert records[0].getMessage().startswith("cpu_util anomalous on h1")
     assert records[0].alert["entity"] == "h1" and records[0].alert["status"] == "firing"
+
+
+def test_open_episodes_are_capped_least_recently_active_first(tmp_path, make_layer, clock):
+    from prometheus_client import REGISTRY
+
+    def evicted() -> float:
+        return REGISTRY.get_sample_value("vaeguard_alerts_episodes_evicted_total") or 0.0
+
+    before = evicted()
+    layer = make_layer(
+        {"sinks": [file_sink(tmp_path, "f")], "max_open_episodes": 3, "repeat_interval_s": 0},
+        clock=clock,
+    )
+    layer.process([make_record(h, True) for h in ("h1", "h2", "h3")])
+    layer.process([make_record("h1", True)])  # h1 active again: h2 is now the least recent
+    layer.process([make_record("h4", True)])
+    assert layer.health()["episodes_open"] == 3 and evicted() == before + 1
+    lines = read_jsonl(tmp_path / "f.jsonl")
+    closed = lines[-2]  # h2's resolve, then h4's firing
+    assert (closed["entity"], closed["status"], lines[-1]["entity"]) == ("h2", "resolved", "h4")
+    assert "closed: more than 3 episodes open (alerts.max_open_episodes)" in closed["summary"]
+    first_h2 = next(line for line in lines if line["entity"] == "h2")
+    assert closed["id"] == first_h2["id"]  # the receiver closes the episode it knows
+
+    # A flood of new keys in one batch stays within the cap; each evicted episode is closed.
+    layer.process([make_record(f"new-{i}", True) for i in range(50)])
+    assert layer.health()["episodes_open"] == 3 and evicted() == before + 1 + 50
+    statuses = [(line["entity"], line["status"]) for line in read_jsonl(tmp_path / "f.jsonl")]
+    for entity in ("h1", "h3", "h4", *(f"new-{i}" for i in range(47))):
+        assert (entity, "resolved") in statuses
+    layer.process([make_record("h2", True)])  # back after eviction: a new episode, new id
+    assert read_jsonl(tmp_path / "f.jsonl")[-1]["id"] != first_h2["id"]
+
+
+def test_max_open_episodes_defaults_and_validates():
+    import pytest
+
+    from vaeguard.alerts.settings import AlertsSettings
+    from vaeguard.errors import ConfigError
+
+    assert AlertsSettings().max_open_episodes == 10_000
+    with pytest.raises(ConfigError, match=r"alerts\.max_open_episodes"):
+        AlertsSettings.from_mapping({"max_open_episodes": 0})

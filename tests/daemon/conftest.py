@@ -142,10 +142,12 @@ class DaemonProcess:
         }
         self.log_path = tmp_path / f"{name}.log"
         self.config = config
+        #: Extra arguments of `vaeguard run` (e.g. ["--workers", "2"]).
+        self.start_args: list[str] = []
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> DaemonProcess:
-        args = [sys.executable, "-m", "vaeguard.cli.main", "run"]
+        args = [sys.executable, "-m", "vaeguard.cli.main", "run", *self.start_args]
         if self.config is not None:
             args += ["--config", str(self.config)]
         self.started_at = time.monotonic()

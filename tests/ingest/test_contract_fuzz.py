@@ -232,3 +232,25 @@ def test_timestamp_units_and_formats():
     assert to_timestamp("2026-12-01T00:00:00Z") == to_timestamp("2026-12-01 01:00:00+01:00")
     for bad in ("nan", "inf", 1e300, "9999-12-31T00:00:00", "0001-01-01", True, [1], "", "soon"):
         assert isinstance(to_timestamp(bad), Rejection), bad
+
+
+@FUZZ
+@given(
+    st.one_of(
+        json_texts(), json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=60)
+    )
+)
+def test_the_orjson_fast_path_agrees_with_the_reference_decoder(value):
+    """decode() parses with orjson first; the standard library's parser is the reference."""
+    import vaeguard.ingest as ingest
+
+    fast = decode(value, max_bytes=10**6)
+    saved, ingest.orjson = ingest.orjson, None
+    try:
+        reference = decode(value, max_bytes=10**6)
+    finally:
+        ingest.orjson = saved
+    if isinstance(reference, Rejection):
+        assert isinstance(fast, Rejection) and fast.reason == reference.reason
+    else:
+        assert fast == reference

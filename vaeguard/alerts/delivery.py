@@ -8,13 +8,18 @@ time and never holds memory beyond its queue.
 
 Order per sink is kept: while the spool holds deliverable alerts, new ones are appended behind
 them (and the worker drains the spool in file order), so a "resolved" never overtakes its
-"firing". Alerts a sink rejected as permanently undeliverable are *parked*: kept in the spool,
-listed by ``vaeguard spool list``, retried on restart or ``vaeguard spool flush``, but not in
-the background and not in the way of the others.
+"firing". Alerts a sink rejected for a reason only an operator can fix (`PermanentSinkError`:
+credentials, a URL) are *parked*: kept in the spool, listed by ``vaeguard spool list``, retried
+on restart or ``vaeguard spool flush``, but not in the background and not in the way of the
+others. An alert that can never be delivered (`UndeliverableAlertError`, or a ``ValueError`` /
+``TypeError`` while the sink builds its payload) is *dead-lettered*: moved out of the spool
+(`Spool.bury`), so neither the queue nor the spool holds it; in a batch that failed so, the
+alerts are sent one by one to find the bad ones.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -30,8 +35,9 @@ from typing import Any, ClassVar
 from vaeguard.alerts import metrics
 from vaeguard.alerts.model import Alert
 from vaeguard.alerts.settings import DeliverySettings
-from vaeguard.alerts.sink import Sink, SinkError
-from vaeguard.alerts.spool import Spool, SpoolError
+from vaeguard.alerts.sink import Sink, SinkError, UndeliverableAlertError
+from vaeguard.alerts.spool import Spool, SpoolEntry, SpoolError
+from vaeguard.redaction import redact_text
 
 log = logging.getLogger("vaeguard.alerts.delivery")
 
@@ -47,12 +53,27 @@ def backoff_delay(
 
 
 def describe_error(exc: BaseException) -> str:
-    text = str(exc).strip().replace("\n", " ")[:300]
+    """``Type: message`` for logs, health and the spool; a URL's credentials masked (a client
+    library's message may quote the URL it failed on)."""
+    text = redact_text(str(exc).strip().replace("\n", " "))[:300]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def is_undeliverable(exc: BaseException) -> bool:
+    """This alert can never be delivered by this sink: the target rejected its payload, or the
+    sink could not build one (a ValueError / TypeError escaping ``send``, e.g. from `email`)."""
+    if isinstance(exc, SinkError):
+        return isinstance(exc, UndeliverableAlertError)
+    return isinstance(exc, ValueError | TypeError)
+
+
 def is_permanent(exc: BaseException) -> bool:
-    return isinstance(exc, SinkError) and not exc.retryable
+    return (isinstance(exc, SinkError) and not exc.retryable) or is_undeliverable(exc)
+
+
+def dead_letter_reason(exc: BaseException) -> str:
+    """The bounded ``reason`` label of the dead-lettered counter."""
+    return "rejected" if isinstance(exc, SinkError) else "malformed"
 
 
 class CircuitBreaker:
@@ -124,7 +145,7 @@ class CircuitBreaker:
 class Item:
     nid: str
     alert: Alert
-    state: str = "pending"  # pending → delivered | spooled | failed
+    state: str = "pending"  # pending → delivered | spooled | dead | failed
 
 
 @dataclass
@@ -199,6 +220,7 @@ class SinkWorker:
         self.last_error_at: float | None = None
         self.sent = 0
         self.spooled = 0
+        self.dead_lettered = 0
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -359,7 +381,9 @@ class SinkWorker:
 
     def _run_job(self, job: Job) -> None:
         retries = self.delivery.retries
-        for chunk in job.chunks:
+        chunks = collections.deque(job.chunks)
+        while chunks:
+            chunk = chunks.popleft()
             attempt = 0
             while True:
                 with job.lock:
@@ -374,6 +398,13 @@ class SinkWorker:
                     self.sink.send([it.alert for it in chunk])
                 except Exception as exc:
                     self._failed(exc, len(chunk))
+                    if is_undeliverable(exc) and len(chunk) > 1:
+                        # One bad alert must not cost the batch: one by one, to find it.
+                        chunks.extendleft([it] for it in reversed(chunk))
+                        break
+                    if is_undeliverable(exc):
+                        self._bury(job, chunk, exc)
+                        break
                     if is_permanent(exc):
                         # Kept (parked) in the spool; the rest of the job goes on live.
                         self._spool_pending(
@@ -439,17 +470,75 @@ class SinkWorker:
             metrics.LATENCY.labels(self.name).observe(now - job.enqueued_at)
         if late:
             # Delivered after the caller had spooled it: take it out of the spool again.
+            self._ack_late(late, "cannot ack a delivered alert; it may be sent twice")
+
+    def _ack_late(self, nids: list[str], warning: str) -> None:
+        try:
+            self.spool.ack(nids)
+        except SpoolError as exc:
+            log.warning(warning, extra={"sink": self.name, "error": str(exc)})
+        else:
+            with self._count_lock:
+                self.backlog = max(0, self.backlog - len(nids))
+            metrics.SPOOL_PENDING.labels(self.name).dec(len(nids))
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def _bury(self, job: Job, chunk: list[Item], exc: BaseException) -> None:
+        """Dead-letter a job's alerts (also ones the caller spooled meanwhile); if even that
+        fails, park them in the spool rather than lose them."""
+        reason = describe_error(exc)
+        with job.lock:
+            items = [it for it in chunk if it.state in ("pending", "spooled")]
+            late = [it.nid for it in items if it.state == "spooled"]
             try:
-                self.spool.ack(late)
-            except SpoolError as exc:
-                log.warning(
-                    "cannot ack a delivered alert; it may be sent twice",
-                    extra={"sink": self.name, "error": str(exc)},
+                self.spool.bury([(it.nid, it.alert) for it in items], reason)
+            except SpoolError as err:
+                log.error(
+                    "cannot dead-letter alerts; parking them in the spool",
+                    extra={"sink": self.name, "error": str(err)},
                 )
+                items = []
             else:
-                with self._count_lock:
-                    self.backlog = max(0, self.backlog - len(late))
-                metrics.SPOOL_PENDING.labels(self.name).dec(len(late))
+                for it in items:
+                    it.state = "dead"
+                job.check_done()
+        if not items:
+            self._spool_pending(job, chunk, f"rejected: {reason}", park=True)
+            return
+        if late:
+            self._ack_late(late, "cannot ack a dead-lettered alert; it will be buried again")
+        self._dead_lettered([it.alert for it in items], exc)
+
+    def _bury_entries(self, entries: list[SpoolEntry], exc: BaseException) -> bool:
+        """Move spooled entries to the dead letters; False if that failed (they stay)."""
+        try:
+            self.spool.bury([(e.nid, e.alert) for e in entries], describe_error(exc))
+            self.spool.ack([e.nid for e in entries])
+        except SpoolError as err:
+            log.error(
+                "cannot dead-letter spooled alerts; they stay parked",
+                extra={"sink": self.name, "error": str(err)},
+            )
+            return False
+        with self._count_lock:
+            self.parked.difference_update(e.nid for e in entries)
+        self._dead_lettered([e.alert for e in entries], exc)
+        return True
+
+    def _dead_lettered(self, alerts: list[Alert], exc: BaseException) -> None:
+        self.dead_lettered += len(alerts)
+        metrics.DEAD_LETTERED.labels(self.name, dead_letter_reason(exc)).inc(len(alerts))
+        log.error(
+            "alerts dead-lettered: the sink can never deliver them",
+            extra={
+                "sink": self.name,
+                "alerts": len(alerts),
+                "error": describe_error(exc),
+                "alert_ids": sorted({a.id for a in alerts})[:20],
+                "dead_letters": str(self.spool.dead_path),
+            },
+        )
 
     # -- redelivery ------------------------------------------------------------------------
 
@@ -471,14 +560,22 @@ class SinkWorker:
             deliverable = [e for e in entries if include_parked or e.nid not in self.parked]
             failed = False
             n = self.chunk_size
-            for i in range(0, len(deliverable), n):
-                chunk = deliverable[i : i + n]
+            chunks = collections.deque(
+                deliverable[i : i + n] for i in range(0, len(deliverable), n)
+            )
+            while chunks:
+                chunk = chunks.popleft()
                 if self._stop.is_set():
                     failed = True
                     break
                 exc = self._send_entries(chunk, retry)
                 if exc is None:
                     delivered += len(chunk)
+                    continue
+                if is_undeliverable(exc) and len(chunk) > 1:
+                    chunks.extendleft([e] for e in reversed(chunk))
+                    continue
+                if is_undeliverable(exc) and self._bury_entries(chunk, exc):
                     continue
                 if is_permanent(exc):
                     with self._count_lock:
@@ -591,6 +688,7 @@ class SinkWorker:
             "queue": self.queue.qsize(),
             "spool_backlog": self.backlog,
             "spool_parked": len(self.parked),
+            "dead_lettered": self.dead_lettered,
             "sent": self.sent,
             "spooled": self.spooled,
             "last_error": self.last_error,

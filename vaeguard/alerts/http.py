@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from vaeguard._version import __version__
-from vaeguard.alerts.sink import PermanentSinkError, RetryableSinkError
+from vaeguard.alerts.sink import PermanentSinkError, RetryableSinkError, UndeliverableAlertError
 
 USER_AGENT = f"vaeguard/{__version__}"
 
@@ -27,6 +27,9 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 #: Statuses worth another attempt: timeouts, "too early", rate limits and server errors.
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
+#: Statuses that reject this request's payload (bad request, too large, unprocessable): the
+#: alert is dead-lettered. Other 4xx (401, 403, 404, ...) point at the sink's settings.
+UNDELIVERABLE_STATUSES = frozenset({400, 413, 422})
 
 
 def origin(url: str) -> str:
@@ -61,6 +64,8 @@ def check_status(response: httpx.Response, where: str) -> None:
     detail = f"HTTP {status} from {where}" + (f": {text}" if text else "")
     if status in RETRYABLE_STATUSES or status >= 500:
         raise RetryableSinkError(detail, retry_after=retry_after(response))
+    if status in UNDELIVERABLE_STATUSES:
+        raise UndeliverableAlertError(detail)
     raise PermanentSinkError(detail)
 
 

@@ -7,14 +7,16 @@ returns only when every alert the batch produced is delivered or durably spooled
 
 Records become alerts here: grouping (one episode per group, stream + entity by default),
 dedup (an episode notifies each sink once, again after ``repeat_interval_s`` or when it
-escalates), resolve after ``resolve_after_records`` normal records, routing with rate limits,
-then delivery through one `SinkWorker` per sink.
+escalates), resolve after ``resolve_after_records`` normal records (or early, least recently
+active first, beyond ``max_open_episodes``), routing with rate limits, then delivery through
+one `SinkWorker` per sink.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 import threading
 import time
@@ -34,7 +36,7 @@ from vaeguard.alerts.model import (
 )
 from vaeguard.alerts.routing import Router, SeverityOrder
 from vaeguard.alerts.settings import AlertsSettings
-from vaeguard.alerts.sink import SinkContext
+from vaeguard.alerts.sink import SinkContext, kafka_config_for
 from vaeguard.alerts.spool import Spool
 from vaeguard.errors import ConfigError, VaeguardError
 from vaeguard.scored import ScoredRecord
@@ -75,8 +77,14 @@ class Episode:
     #: sink → (clock time, peak rank) of its last notification.
     notified: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
 
+    #: Why it closed, when not by normal records (e.g. evicted beyond max_open_episodes).
+    closed_because: str | None = None
+
     def alert(self, status: str = "firing", resolved_at: dt.datetime | None = None) -> Alert:
-        if status == "firing":
+        if status == "resolved" and self.closed_because:
+            where = f" on {self.entity}" if self.entity else ""
+            summary = f"{self.stream} episode{where} closed: {self.closed_because}"
+        elif status == "firing":
             summary = firing_summary(
                 self.stream, self.entity, self.score, self.threshold, self.severity, self.top
             )
@@ -151,6 +159,7 @@ class AlertLayer:
         self.router = Router(settings, self.order)
         self._repeat = {s.name: settings.repeat_interval_for(s) for s in settings.sinks}
         self._send_resolved = {s.name: settings.send_resolved_for(s) for s in settings.sinks}
+        #: Open episodes, least recently active first (`_apply` moves a touched one last).
         self._episodes: dict[tuple, Episode] = {}
         self._retry_keys: set[tuple] = set()
         self._carry: list[_Note] = []
@@ -247,6 +256,7 @@ class AlertLayer:
     def _apply(self, records: Sequence[ScoredRecord], now: float) -> tuple[set[tuple], list]:
         touched: set[tuple] = set()
         closed: list[tuple[Episode, dt.datetime]] = []
+        evicted: list[tuple[Episode, dt.datetime]] = []
         episodes = self._episodes
         for r in records:
             key, group = self._group(r)
@@ -265,6 +275,7 @@ class AlertLayer:
                 topic=r.source.topic, partition=r.source.partition, offset=r.source.offset
             )
             if ep is None:
+                evicted += self._evict(len(episodes) + 1 - self.settings.max_open_episodes, now)
                 ep = Episode(
                     key=key,
                     group=group,
@@ -277,6 +288,8 @@ class AlertLayer:
                     touched_at=now,
                 )
                 episodes[key] = ep
+            else:
+                episodes[key] = episodes.pop(key)  # most recently active last: evicted last
             ep.count += 1
             ep.normal_streak = 0
             ep.touched_at = now
@@ -291,7 +304,35 @@ class AlertLayer:
                 ep.peak_rank, ep.peak_severity = rank, r.severity
             ep.peak_score = max(ep.peak_score, ep.score)
             touched.add(key)
-        return touched, closed
+        if evicted:
+            metrics.EPISODES_EVICTED.inc(len(evicted))
+            log.warning(
+                "more open episodes than alerts.max_open_episodes: the least recently active "
+                "were closed early",
+                extra={
+                    "evicted": len(evicted),
+                    "max_open_episodes": self.settings.max_open_episodes,
+                    "alert_ids": [ep.id for ep, _ in evicted][:20],
+                },
+            )
+        return touched, closed + evicted
+
+    def _evict(self, n: int, now: float) -> list[tuple[Episode, dt.datetime]]:
+        """Close the ``n`` least recently active episodes (the dict keeps that order)."""
+        if n <= 0:
+            return []
+        cap = self.settings.max_open_episodes
+        at = dt.datetime.fromtimestamp(now, dt.UTC)
+        out = []
+        for key in list(itertools.islice(self._episodes, n)):
+            ep = self._episodes.pop(key)
+            self._retry_keys.discard(key)
+            ep.closed_because = (
+                f"more than {cap} episodes open (alerts.max_open_episodes); this one was "
+                f"the least recently active"
+            )
+            out.append((ep, at))
+        return out
 
     def _expire(self, now: float) -> list[tuple[Episode, dt.datetime]]:
         timeout = self.settings.resolve_timeout_s
@@ -382,7 +423,7 @@ class AlertLayer:
                 job = jobs[sink]
                 for item, i in zip(job.items, idxs, strict=True):
                     note = notes[i]
-                    if item.state in ("delivered", "spooled"):
+                    if item.state in ("delivered", "spooled", "dead"):
                         if note.mark is not None:
                             key, rank = note.mark
                             ep = self._episodes.get(key)
@@ -416,7 +457,8 @@ def build_alert_layer(
     """The alert layer for ``settings``: one started `SinkWorker` per configured sink.
 
     ``kafka_config``: kafka-python client options of the daemon's cluster (the `kafka` sink's
-    default). ``severity_bands``: the daemon's bands (``scoring.severity_bands``), for routes'
+    default; other sinks get it without credentials, see `kafka_config_for`).
+    ``severity_bands``: the daemon's bands (``scoring.severity_bands``), for routes'
     ``min_severity``. ``only``: build just these sinks (the CLI's ``--sink``).
     Raises `ConfigError` naming the sink when one cannot be set up.
     """
@@ -443,6 +485,7 @@ def build_workers(
 
     workers: dict[str, SinkWorker] = {}
     max_bytes = int(settings.spool_max_mb * 1024 * 1024)
+    dead_max_bytes = int(settings.dead_letter_max_mb * 1024 * 1024)
     try:
         for cfg in settings.sinks:
             if only is not None and cfg.name not in only:
@@ -452,7 +495,7 @@ def build_workers(
             context = SinkContext(
                 name=cfg.name,
                 timeout_s=delivery.timeout_s,
-                kafka_config=dict(kafka_config) if kafka_config else None,
+                kafka_config=kafka_config_for(cls, kafka_config),
                 state_dir=settings.spool_dir,
                 logger=logging.getLogger(f"vaeguard.alerts.sink.{cfg.name}"),
             )
@@ -464,9 +507,8 @@ def build_workers(
                 raise ConfigError(
                     f"sink {cfg.name!r} ({cfg.type}) cannot be set up: {describe_error(exc)}"
                 ) from None
-            worker = SinkWorker(
-                sink, delivery, Spool(settings.spool_dir, cfg.name, max_bytes), type_name=cfg.type
-            )
+            spool = Spool(settings.spool_dir, cfg.name, max_bytes, dead_max_bytes)
+            worker = SinkWorker(sink, delivery, spool, type_name=cfg.type)
             workers[cfg.name] = worker.start() if start else worker
     except BaseException:
         for w in workers.values():

@@ -19,6 +19,12 @@ SPOOLED = Counter(
     "Alerts written to the durable spool instead of being delivered at once.",
     ["sink", "reason"],
 )
+DEAD_LETTERED = Counter(
+    "vaeguard_sink_alerts_dead_lettered_total",
+    "Alerts a sink can never deliver, moved out of its way to the dead letters, by reason "
+    "(rejected: the target refused the payload; malformed: it could not be built).",
+    ["sink", "reason"],
+)
 REDELIVERED = Counter(
     "vaeguard_sink_alerts_redelivered_total", "Spooled alerts delivered later.", ["sink"]
 )
@@ -56,6 +62,11 @@ UNROUTED = Counter(
     "vaeguard_alerts_unrouted_total", "Alerts that matched no route and have no default sinks."
 )
 EPISODES_OPEN = Gauge("vaeguard_alerts_episodes_open", "Anomaly episodes currently open.")
+EPISODES_EVICTED = Counter(
+    "vaeguard_alerts_episodes_evicted_total",
+    "Open episodes closed early (least recently active first) to stay within "
+    "alerts.max_open_episodes.",
+)
 PROCESS_SECONDS = Histogram(
     "vaeguard_alerts_process_seconds",
     "Time `process()` took for one batch (including waiting for sinks).",
@@ -65,6 +76,7 @@ PROCESS_SECONDS = Histogram(
 
 #: The bounded values of the ``kind`` / ``reason`` labels (see delivery._reason_label).
 FAILURE_KINDS = ("retryable", "permanent")
+DEAD_LETTER_REASONS = ("rejected", "malformed")
 SPOOL_REASONS = (
     "retries_exhausted", "max_wait", "circuit_open", "queue_full", "backlog", "rejected",
     "shutdown", "other",
@@ -83,3 +95,5 @@ def init_sink(name: str) -> None:
         FAILED.labels(name, kind)
     for reason in SPOOL_REASONS:
         SPOOLED.labels(name, reason)
+    for reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERED.labels(name, reason)

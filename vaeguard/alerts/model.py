@@ -139,7 +139,10 @@ class Alert(BaseModel):
 
 
 def canonical_json(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # A lone surrogate (a record's JSON may carry "\ud800") has no UTF-8 form; it can only sit
+    # inside a JSON string, where backslashreplace writes exactly its JSON escape.
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _digest(data: Any) -> str:

@@ -165,11 +165,19 @@ class AlertsSettings(BaseModel):
     resolve_timeout_s: float | None = Field(None, gt=0)
     #: Notify sinks when an episode resolves.
     send_resolved: bool = True
+    #: Open episodes kept at most (one per anomalous group): beyond it the least recently
+    #: active one is closed early (notified as resolved, counted in
+    #: vaeguard_alerts_episodes_evicted_total), so a flood of new entity keys cannot grow
+    #: memory without bound.
+    max_open_episodes: int = Field(10_000, ge=1)
     #: Durable per-sink spool of alerts not delivered yet (JSON lines, fsync'ed).
     spool_dir: Path = Path("vaeguard-state/spool")
     #: A sink's spool beyond this size refuses new alerts: `process()` raises, the daemon stops
     #: committing (backpressure to Kafka) instead of filling the disk.
     spool_max_mb: float = Field(512.0, gt=0)
+    #: A sink's dead letters (alerts it can never deliver, in ``<spool_dir>/dead/``) beyond
+    #: this size are rotated to one ``.1`` backup: the oldest are dropped, the disk stays bounded.
+    dead_letter_max_mb: float = Field(64.0, gt=0)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
     @field_validator("group_by")
@@ -229,6 +237,13 @@ class AlertsSettings(BaseModel):
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return result
+
+    def redacted(self) -> dict[str, Any]:
+        """JSON-safe, with secrets masked (`SecretStr` fields, credentials in URLs and in
+        secret-named keys such as ``headers.Authorization``): what may be logged."""
+        from vaeguard.redaction import redact
+
+        return redact(self.model_dump(mode="json"))
 
     def sink(self, name: str) -> SinkConfig:
         for s in self.sinks:

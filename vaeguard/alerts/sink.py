@@ -5,9 +5,15 @@ entry-point name is the ``type:`` users write in ``alerts.sinks``. The core neve
 by module path: built-ins are registered in vaeguard's own pyproject.toml exactly like plugins.
 
 Delivery (retries, backoff, circuit breaker, spooling, metrics) is the core's job. A sink only
-sends: ``send(alerts)`` returns when the target accepted every alert and raises otherwise, as
-`PermanentSinkError` when retrying cannot help (a rejected payload, bad credentials) or any
-other exception (`RetryableSinkError`, `OSError`, a client library's timeout, ...) when it can.
+sends: ``send(alerts)`` returns when the target accepted every alert and raises otherwise:
+
+- `UndeliverableAlertError` when this alert can never be delivered (the target rejected its
+  payload); a ``ValueError`` or ``TypeError`` (building the payload failed) counts the same.
+  The alert is dead-lettered so the alerts behind it go on.
+- `PermanentSinkError` when retrying cannot help until an operator fixes the sink (bad
+  credentials, a wrong URL): the alert is parked in the spool.
+- anything else (`RetryableSinkError`, `OSError`, a client library's timeout, ...) when another
+  attempt may succeed.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ class SinkContext:
     name: str
     #: Seconds one `send` call may take (the per-attempt timeout): honour it in network I/O.
     timeout_s: float = 10.0
-    #: kafka-python client options of the daemon's cluster (bootstrap_servers, security), if any.
+    #: kafka-python client options of the daemon's cluster, if any: where it is and how to reach
+    #: it; its credentials only for a sink class with ``kafka_credentials = True``.
     kafka_config: dict[str, Any] | None = None
     #: A directory the sink may keep state in.
     state_dir: Path | None = None
@@ -65,13 +72,39 @@ class RetryableSinkError(SinkError):
 
 
 class PermanentSinkError(SinkError):
-    """Retrying the same alert cannot help: a rejected payload, bad credentials, a wrong URL.
+    """Retrying cannot help until the sink is fixed: bad credentials, a wrong URL.
 
-    The alert is kept in the spool (never dropped) but not retried in the background; a
-    restart or ``vaeguard spool flush`` tries it again (after fixing the config).
+    The alert is kept (parked) in the spool but not retried in the background; a restart or
+    ``vaeguard spool flush`` tries it again (after fixing the config).
     """
 
     retryable = False
+
+
+class UndeliverableAlertError(PermanentSinkError):
+    """This alert, not the sink, is the problem: the target rejected its payload (HTTP 400,
+    413, 422) or it cannot be turned into one.
+
+    Kept in the spool it would be retried forever; it is dead-lettered instead (moved beside
+    the spool, listed by ``vaeguard spool list``, requeued by ``vaeguard spool flush --dead``),
+    so the alerts behind it are delivered.
+    """
+
+
+#: kafka-python options every sink may see: where the cluster is and how to talk to it, no
+#: credentials. Anything else (SASL username and password, TLS client key, certificate and
+#: key password) goes only to sink classes that set ``kafka_credentials``.
+KAFKA_PUBLIC_OPTIONS = frozenset(
+    {
+        "bootstrap_servers",
+        "client_id",
+        "security_protocol",
+        "sasl_mechanism",
+        "request_timeout_ms",
+        "ssl_cafile",
+        "ssl_check_hostname",
+    }
+)
 
 
 class Sink(abc.ABC):
@@ -86,6 +119,9 @@ class Sink(abc.ABC):
     #: The most alerts one `send` call gets. 1 means one request per alert; raise it where the
     #: target takes a batch in one request (a partial failure then retries the whole batch).
     max_batch: ClassVar[int] = 1
+    #: True for a sink that connects to the daemon's Kafka cluster itself (the `kafka` sink):
+    #: only then does ``context.kafka_config`` carry the cluster's credentials.
+    kafka_credentials: ClassVar[bool] = False
 
     def __init__(self, settings: SinkSettings, context: SinkContext):
         self.settings = settings
@@ -103,3 +139,15 @@ class Sink(abc.ABC):
     def health(self) -> dict[str, Any]:
         """Cheap, local facts for ``/healthz`` (no network calls)."""
         return {}
+
+
+def kafka_config_for(
+    sink_class: type[Sink], kafka_config: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The daemon's Kafka options as ``sink_class`` gets them: a sink that does not produce to
+    the cluster gets no credentials (least privilege: a plugin cannot leak what it never had)."""
+    if not kafka_config:
+        return None
+    if sink_class.kafka_credentials:
+        return dict(kafka_config)
+    return {k: v for k, v in kafka_config.items() if k in KAFKA_PUBLIC_OPTIONS}

@@ -6,6 +6,11 @@ spooled, ``{"op": "ack", "nid": ...}`` once it is delivered. Pending = adds with
 file order. When nothing is pending the file is truncated; a torn last line (a crash in the
 middle of a write, before the append returned) is ignored.
 
+Alerts a sink can never deliver (`UndeliverableAlertError`, a payload that cannot be built)
+are *dead letters*: moved to ``dead/<sink>.jsonl`` beside the spool (``{"op": "dead", ...}``
+lines, fsync'ed before the spool's ack), so they neither block the alerts behind them nor fill
+the spool. That file is rotated once (``.1``) past its size limit, so it stays bounded.
+
 Several processes may share a spool (the daemon and ``vaeguard spool flush``): appends and
 rewrites hold an exclusive ``flock`` on ``<sink>.lock``, and a redelivery pass holds
 ``<sink>.redeliver.lock`` so two processes never redeliver the same alert at once.
@@ -31,6 +36,7 @@ from vaeguard.errors import VaeguardError
 log = logging.getLogger("vaeguard.alerts.spool")
 
 SUFFIX = ".spool.jsonl"
+DEAD_DIR = "dead"
 #: Rewrite the file (dropping acknowledged entries) once it holds this many acks.
 COMPACT_AFTER_ACKS = 1000
 
@@ -50,11 +56,19 @@ class SpoolEntry:
 class Spool:
     """One sink's spool file."""
 
-    def __init__(self, directory: Path | str, sink_name: str, max_bytes: int | None = None):
+    def __init__(
+        self,
+        directory: Path | str,
+        sink_name: str,
+        max_bytes: int | None = None,
+        dead_max_bytes: int | None = None,
+    ):
         self.directory = Path(directory)
         self.sink_name = sink_name
         self.path = self.directory / f"{sink_name}{SUFFIX}"
+        self.dead_path = self.directory / DEAD_DIR / f"{sink_name}.jsonl"
         self.max_bytes = max_bytes
+        self.dead_max_bytes = dead_max_bytes
         self._lock = threading.Lock()
         self._redeliver_lock = threading.Lock()
 
@@ -83,31 +97,31 @@ class Spool:
     # -- writing ---------------------------------------------------------------------------
 
     def _append(self, lines: Sequence[dict[str, Any]], check_size: bool) -> None:
-        data = b"".join(
-            json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-            for line in lines
-        )
+        with self._lock, self._locked():
+            self._append_locked(lines, check_size)
+
+    def _append_locked(self, lines: Sequence[dict[str, Any]], check_size: bool) -> None:
+        data = b"".join(_encode(line) for line in lines)
         try:
-            with self._lock, self._locked():
-                if (
-                    check_size
-                    and self.max_bytes is not None
-                    and self.size() + len(data) > self.max_bytes
-                ):
-                    raise SpoolError(
-                        f"the spool of sink {self.sink_name!r} is full "
-                        f"({self.size() / 1e6:.1f} MB ≥ spool_max_mb); alerts are not being "
-                        f"delivered: check the sink"
-                    )
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    # A crash may have left a torn last line: start ours on a fresh line.
-                    if os.fstat(fd).st_size and not self._ends_with_newline():
-                        data = b"\n" + data
-                    os.write(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            if (
+                check_size
+                and self.max_bytes is not None
+                and self.size() + len(data) > self.max_bytes
+            ):
+                raise SpoolError(
+                    f"the spool of sink {self.sink_name!r} is full "
+                    f"({self.size() / 1e6:.1f} MB ≥ spool_max_mb); alerts are not being "
+                    f"delivered: check the sink"
+                )
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                # A crash may have left a torn last line: start ours on a fresh line.
+                if os.fstat(fd).st_size and not self._ends_with_newline():
+                    data = b"\n" + data
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise SpoolError(
                 f"cannot write the spool of sink {self.sink_name!r} ({self.path}): {exc.strerror or exc}"
@@ -136,19 +150,98 @@ class Spool:
         if nids:
             self._append([{"op": "ack", "nid": n} for n in nids], check_size=False)
 
+    # -- dead letters ----------------------------------------------------------------------
+
+    def bury(self, items: Sequence[tuple[str, Alert]], reason: str) -> None:
+        """Durably record (nid, alert) pairs as dead letters. Raises `SpoolError` if it cannot.
+
+        The caller acks spooled ones afterwards: a crash in between leaves an alert in both
+        files, and it is dead-lettered again (twice listed, never lost).
+        """
+        if not items:
+            return
+        now = time.time()
+        data = b"".join(
+            _encode(
+                {"op": "dead", "nid": nid, "alert": alert.to_json(), "reason": reason, "at": now}
+            )
+            for nid, alert in items
+        )
+        try:
+            with self._lock, self._locked():
+                self.dead_path.parent.mkdir(parents=True, exist_ok=True)
+                size = _size(self.dead_path)
+                if (
+                    self.dead_max_bytes is not None
+                    and size
+                    and size + len(data) > self.dead_max_bytes
+                ):
+                    os.replace(self.dead_path, self._dead_backup)
+                    log.warning(
+                        "dead letters rotated: the oldest were dropped",
+                        extra={"sink": self.sink_name, "path": str(self.dead_path)},
+                    )
+                fd = os.open(self.dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise SpoolError(
+                f"cannot write the dead letters of sink {self.sink_name!r} ({self.dead_path}): "
+                f"{exc.strerror or exc}"
+            ) from None
+
+    @property
+    def _dead_backup(self) -> Path:
+        return self.dead_path.with_name(self.dead_path.name + ".1")
+
+    def dead(self) -> list[SpoolEntry]:
+        """Dead letters, oldest first (the rotated file's, then the current one's)."""
+        out: list[SpoolEntry] = []
+        for path in (self._dead_backup, self.dead_path):
+            out += self._read_file(path, "dead")[0]
+        return out
+
+    def revive(self) -> int:
+        """Move every dead letter back into the spool (``vaeguard spool flush --dead``);
+        returns how many. Added before the dead files are removed (under the lock, so no
+        dead letter written meanwhile is lost): a crash may duplicate, never lose."""
+        with self._lock, self._locked():
+            entries = self.dead()
+            if entries:
+                now = time.time()
+                self._append_locked(
+                    [
+                        {
+                            "op": "add",
+                            "nid": e.nid,
+                            "alert": e.alert.to_json(),
+                            "reason": f"requeued dead letter ({e.reason})",
+                            "at": now,
+                        }
+                        for e in entries
+                    ],
+                    check_size=False,
+                )
+            for path in (self._dead_backup, self.dead_path):
+                path.unlink(missing_ok=True)
+        return len(entries)
+
     # -- reading ---------------------------------------------------------------------------
 
     def size(self) -> int:
-        try:
-            return self.path.stat().st_size
-        except FileNotFoundError:
-            return 0
+        return _size(self.path)
 
     def _read(self) -> tuple[list[SpoolEntry], int]:
+        return self._read_file(self.path, "add")
+
+    def _read_file(self, path: Path, add_op: str) -> tuple[list[SpoolEntry], int]:
         entries: dict[str, SpoolEntry] = {}
         acks = 0
         try:
-            f = open(self.path, "rb")  # noqa: SIM115
+            f = open(path, "rb")  # noqa: SIM115
         except FileNotFoundError:
             return [], 0
         with f:
@@ -157,7 +250,7 @@ class Spool:
                     continue
                 try:
                     line = json.loads(raw)
-                    if line["op"] == "add":
+                    if line["op"] == add_op:
                         entries[line["nid"]] = SpoolEntry(
                             line["nid"],
                             Alert.model_validate(line["alert"]),
@@ -206,10 +299,7 @@ class Spool:
                             "reason": e.reason,
                             "at": e.at,
                         }
-                        f.write(
-                            json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode()
-                            + b"\n"
-                        )
+                        f.write(_encode(line))
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, self.path)
@@ -227,3 +317,30 @@ def spooled_sinks(directory: Path | str) -> list[str]:
     if not directory.is_dir():
         return []
     return sorted(p.name[: -len(SUFFIX)] for p in directory.glob(f"*{SUFFIX}"))
+
+
+def dead_sinks(directory: Path | str) -> list[str]:
+    """Names of the sinks that have dead letters in ``directory``."""
+    dead = Path(directory) / DEAD_DIR
+    if not dead.is_dir():
+        return []
+    names = {p.name.removesuffix(".1").removesuffix(".jsonl") for p in dead.glob("*.jsonl*")}
+    return sorted(n for n in names if any(Spool(directory, n).dead()))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _encode(line: dict[str, Any]) -> bytes:
+    # A lone surrogate (a record's JSON can carry "\ud800") has no UTF-8 form: written as its
+    # JSON escape, so the spool never refuses an alert for its text.
+    return (
+        json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "backslashreplace"
+        )
+        + b"\n"
+    )

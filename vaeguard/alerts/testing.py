@@ -176,12 +176,17 @@ class HTTPCapture:
     ssl_context: ssl.SSLContext | None = None
     status: int = 200
     response_body: bytes = b'{"status":"ok"}'
+    #: The body of error answers (status >= 300).
+    error_body: bytes = b'{"error":"injected"}'
+    #: Statuses of the first requests, set before the server listens (no race with a client
+    #: that is already retrying, as ``fail_next`` after the start would have).
+    fail_first: tuple[int, ...] = ()
     response_headers: dict[str, str] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self):
         self._lock = threading.Lock()
-        self._failures: list[int] = []
+        self._failures: list[int] = list(self.fail_first)
         self._gate = threading.Event()
         self._gate.set()
         self.waiting = 0
@@ -207,7 +212,7 @@ class HTTPCapture:
                             status,
                         )
                     )
-                payload = capture.response_body if status < 300 else b'{"error":"injected"}'
+                payload = capture.response_body if status < 300 else capture.error_body
                 self.send_response(status)
                 for k, v in capture.response_headers.items():
                     self.send_header(k, v)

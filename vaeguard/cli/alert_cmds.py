@@ -1,4 +1,7 @@
-"""Alerting commands: `vaeguard plugins list`, `vaeguard alert test`, `vaeguard spool list | flush`."""
+"""Alerting commands: `vaeguard plugins list`, `vaeguard alert test`, `vaeguard spool list | flush`.
+
+`spool list` shows dead letters too (alerts a sink can never deliver, kept beside the spool);
+`spool flush --dead` puts them back in the spool and tries them again."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 
 import typer
 
+from vaeguard.alerts.text import one_line
 from vaeguard.errors import ConfigError, VaeguardError
 
 plugins = typer.Typer(help="Sink plugins (entry-point group vaeguard.sinks).", no_args_is_help=True)
@@ -141,16 +145,20 @@ def spool_list(
     spool_dir: Path | None = typer.Option(None, "--spool-dir", help="Overrides alerts.spool_dir."),
     as_json: bool = JSON,
 ) -> None:
-    """Alerts waiting in the spool, per sink, oldest first."""
-    from vaeguard.alerts.spool import Spool, spooled_sinks
+    """Alerts waiting in the spool, per sink, oldest first, then each sink's dead letters."""
+    from vaeguard.alerts.spool import Spool, dead_sinks, spooled_sinks
 
     directory = _spool_dir(config, spool_dir)
     rows: list[dict[str, Any]] = []
-    for name in spooled_sinks(directory):
-        for e in Spool(directory, name).pending():
+    listed = [(n, "pending") for n in spooled_sinks(directory)]
+    listed += [(n, "dead") for n in dead_sinks(directory)]
+    for name, state in listed:
+        spool = Spool(directory, name)
+        for e in spool.pending() if state == "pending" else spool.dead():
             rows.append(
                 {
                     "sink": name,
+                    "state": state,
                     "nid": e.nid,
                     "id": e.alert.id,
                     "status": e.alert.status,
@@ -171,21 +179,18 @@ def spool_list(
         typer.echo(f"the spool in {directory} is empty")
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"spool {directory}: {len(rows)} alert(s) pending", title_justify="left")
-    for column in ("sink", "spooled", "status", "severity", "stream", "entity", "reason"):
+    dead = sum(r["state"] == "dead" for r in rows)
+    title = f"spool {directory}: {len(rows) - dead} alert(s) pending, {dead} dead-lettered"
+    t = Table(title=title, title_justify="left")
+    for column in ("sink", "state", "spooled", "status", "severity", "stream", "entity", "reason"):
         t.add_column(column)
     for r in rows:
-        t.add_row(
-            r["sink"],
-            r["spooled_at"],
-            r["status"],
-            r["severity"],
-            r["stream"],
-            r["entity"] or "",
-            r["reason"],
-        )
+        cells = ("sink", "state", "spooled_at", "status", "severity", "stream", "entity", "reason")
+        # Alert text is data: one line each, and never taken as rich markup.
+        t.add_row(*(escape(one_line(r[c] or "", 200)) for c in cells))
     Console().print(t)
 
 
@@ -195,15 +200,19 @@ def spool_flush(
     sink: list[str] | None = typer.Option(
         None, "--sink", "-s", help="Only these sinks (repeatable)."
     ),
+    dead: bool = typer.Option(
+        False, "--dead", help="Requeue the dead letters too (e.g. after fixing the receiver)."
+    ),
 ) -> None:
     """Redeliver spooled alerts now (rejected ones too), with each sink's retries; exit 1 if
     any stay in the spool."""
     from vaeguard.alerts.layer import build_workers
-    from vaeguard.alerts.spool import spooled_sinks
+    from vaeguard.alerts.spool import Spool, dead_sinks, spooled_sinks
 
     alerts_settings, kafka = _load(config)
     configured = {s.name for s in alerts_settings.sinks}
-    present = spooled_sinks(alerts_settings.spool_dir)
+    directory = alerts_settings.spool_dir
+    present = sorted(set(spooled_sinks(directory)) | set(dead_sinks(directory) if dead else ()))
     names = list(sink) if sink else present
     for name in names:
         if name not in configured:
@@ -214,22 +223,34 @@ def spool_flush(
                 else f"no sink named {name!r} in alerts.sinks of {config}"
             )
     wanted = [n for n in names if n in present]
+    if dead:
+        for name in wanted:
+            requeued = Spool(directory, name).revive()
+            if requeued:
+                typer.echo(f"{name}: {requeued} dead letter(s) requeued")
     if not wanted:
         typer.echo(f"nothing to flush: the spool in {alerts_settings.spool_dir} is empty")
         return
     workers = build_workers(alerts_settings, kafka_config=kafka, only=wanted, start=False)
-    left = 0
+    left = buried = 0
     try:
         for name in wanted:
-            delivered, remaining = workers[name].redeliver(include_parked=True, retry=True)
+            worker = workers[name]
+            delivered, remaining = worker.redeliver(include_parked=True, retry=True)
             left += remaining
-            detail = f"; last error: {workers[name].last_error}" if remaining else ""
+            buried += worker.dead_lettered
+            detail = f", {worker.dead_lettered} dead-lettered" if worker.dead_lettered else ""
+            if remaining or worker.dead_lettered:
+                detail += f"; last error: {worker.last_error}"
             typer.echo(f"{name}: {delivered} delivered, {remaining} still pending{detail}")
     finally:
         for w in workers.values():
             w.close(timeout=1.0)
-    if left:
-        raise VaeguardError(f"{left} alert(s) are still in the spool")
+    if left or buried:
+        raise VaeguardError(
+            f"{left} alert(s) are still in the spool"
+            + (f", {buried} dead-lettered (`vaeguard spool list`)" if buried else "")
+        )
 
 
 def register(app: typer.Typer) -> None:

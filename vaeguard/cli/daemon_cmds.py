@@ -22,14 +22,26 @@ def run(
         help="YAML settings file (see config/vaeguard.yaml); VAEGUARD_<SECTION>__<FIELD> "
         "environment variables override it.",
     ),
+    workers: str = typer.Option(
+        "1",
+        "--workers",
+        help="Group members to run on this machine (N or auto = one per core), supervised: "
+        "a dead worker is restarted, SIGTERM stops them all, one /healthz /readyz /metrics.",
+    ),
 ) -> None:
     """Score Kafka topics continuously: records in, score records and dead letters out."""
     from vaeguard.config import load_settings
-    from vaeguard.daemon.app import Daemon
     from vaeguard.daemon.logs import configure_logging
+    from vaeguard.daemon.supervisor import resolve_workers
 
     settings = load_settings(config)
     configure_logging(settings.logging.level)
+    n_workers = resolve_workers(workers)
+    if n_workers > 1:
+        _supervise(settings, config, n_workers)
+        return
+    from vaeguard.daemon.app import Daemon
+
     daemon = Daemon(settings)
     signals = {"count": 0}
 
@@ -55,6 +67,21 @@ def run(
     except Exception:
         log.exception("daemon crashed")
         raise typer.Exit(1) from None
+
+
+def _supervise(settings, config: Path | None, n_workers: int) -> None:
+    from vaeguard.daemon.supervisor import Supervisor
+
+    supervisor = Supervisor(settings, config, n_workers)
+
+    def on_signal(signum, frame) -> None:
+        supervisor.stop(reason=signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = supervisor.run()
+    if code:
+        raise typer.Exit(code)
 
 
 def broker(

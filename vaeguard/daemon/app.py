@@ -107,7 +107,7 @@ class Daemon:
             if scored and model is not None:
                 drift.observe(
                     model.version,
-                    getattr(model.detector, "score_reference_", None),
+                    model.serving.score_reference,
                     [r.score for r in scored],
                 )
             if user_on_batch is not None:
@@ -120,7 +120,13 @@ class Daemon:
                 self.retraining.start()
             if s.http.enabled:
                 try:
-                    self.http = OpsServer(s.http.host, s.http.port, self.pipeline.readiness).start()
+                    self.http = OpsServer(
+                        s.http.host,
+                        s.http.port,
+                        self.pipeline.readiness,
+                        request_timeout_s=s.http.request_timeout_s,
+                        max_connections=s.http.max_connections,
+                    ).start()
                 except OSError as exc:
                     raise ConfigError(
                         f"invalid setting http.port: cannot listen on {s.http.host}:{s.http.port} "

@@ -38,6 +38,8 @@ class StepSettings:
     task: str
     #: The producer's max_request_size: a score record larger than this cannot be produced.
     max_request_size: int = 1_048_576
+    #: ``all`` (a score record per scored record) or ``anomalies`` (only the anomalous ones).
+    output_mode: str = "all"
 
 
 @dataclass
@@ -49,6 +51,8 @@ class BatchResult:
     buffered: int = 0  # records that only updated a stateful model's state
     replayed: int = 0  # records a stateful model's restored state already holds
     isolated: int = 0  # times a failure inside the step was isolated to its records
+    #: Seconds spent per stage: decode, featurize, score (with explanations), encode.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def source_of(message: Any) -> Source:
@@ -58,6 +62,7 @@ def source_of(message: Any) -> Source:
 def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> BatchResult:
     """Run one batch of consumed messages through a model (see the module docstring)."""
     result = BatchResult()
+    t0 = time.perf_counter()
     fresh = [m for m in messages if not serving.covers(source_of(m))]
     result.replayed = len(messages) - len(fresh)
 
@@ -73,9 +78,11 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
 
     stage = f"{type(serving).__module__}.{type(serving).__name__}"
     scored: list[tuple[int, ScoredRecord]] = []  # (item index, record)
+    t1 = t2 = time.perf_counter()
     if items:
         try:
             features = serving.featurize(items)
+            t2 = time.perf_counter()
         except Exception as exc:
             features = None
             _log_isolated("featurize", exc, len(items))
@@ -94,11 +101,16 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
                 serving, features, items, list(range(len(features))), s, result, origin
             )
 
+    t3 = time.perf_counter()
     dead_outputs = [
         dlq_output(d, s.dlq_topic, s.connector, s.task, s.max_request_size) for d in result.dead
     ]
     score_outputs: list[Output] = []
+    only_anomalies = s.output_mode == "anomalies"
     for i, record in sorted(scored, key=lambda p: p[0]):
+        if only_anomalies and not record.is_anomaly:
+            result.scored.append(record)
+            continue
         m = origin[i]
         try:
             value = encode_scored(record)
@@ -119,6 +131,12 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
         score_outputs.append((s.output_topic, key, value, None))
         result.scored.append(record)
     result.outputs = dead_outputs + score_outputs
+    result.timings = {
+        "decode": t1 - t0,
+        "featurize": max(0.0, t2 - t1),
+        "score": t3 - max(t1, t2),
+        "encode": time.perf_counter() - t3,
+    }
     return result
 
 

@@ -5,6 +5,9 @@ Defined once at import: a process runs one daemon, and re-registering a name wou
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from vaeguard.ingest import Reason
@@ -41,8 +44,14 @@ CONSUMER_LAG = Gauge(
     "vaeguard_consumer_lag",
     "Records in the partition not yet processed (high watermark − next offset).",
     ["topic", "partition"],
+    multiprocess_mode="livesum",
 )
-MODEL_INFO = Gauge("vaeguard_model_info", "The model version in service (value 1).", ["version"])
+MODEL_INFO = Gauge(
+    "vaeguard_model_info",
+    "The model version in service (value 1).",
+    ["version"],
+    multiprocess_mode="liveall",
+)
 MODEL_LOAD_FAILURES = Counter(
     "vaeguard_model_load_failures", "Model (re)loads refused; the previous model kept serving."
 )
@@ -51,25 +60,61 @@ RETRIES = Counter(
     "Retries of a batch step after a failure (produce, alert, commit, connect; producer_reset: a wedged producer replaced).",
     ["stage"],
 )
-PARTITIONS_ASSIGNED = Gauge("vaeguard_partitions_assigned", "Input partitions this daemon owns.")
-READY = Gauge("vaeguard_ready", "1 when /readyz reports ready.")
-LAST_COMMIT = Gauge(
-    "vaeguard_last_commit_timestamp_seconds", "Unix time of the last successful offset commit."
+PARTITIONS_ASSIGNED = Gauge(
+    "vaeguard_partitions_assigned",
+    "Input partitions this daemon owns.",
+    multiprocess_mode="liveall",
 )
+READY = Gauge("vaeguard_ready", "1 when /readyz reports ready.", multiprocess_mode="liveall")
+LAST_COMMIT = Gauge(
+    "vaeguard_last_commit_timestamp_seconds",
+    "Unix time of the last successful offset commit.",
+    multiprocess_mode="livemax",
+)
+STAGE_SECONDS = Counter(
+    "vaeguard_stage_seconds",
+    "Time spent per stage of the record path (decode, featurize, score, encode, produce, "
+    "alert, commit): divided by vaeguard_records_consumed_total, a record's microseconds.",
+    ["stage"],
+)
+STAGES = ("decode", "featurize", "score", "encode", "produce", "alert", "commit")
+for _stage in STAGES:
+    STAGE_SECONDS.labels(_stage)
+
+
+#: Under `vaeguard run --workers`, prometheus_client's multiprocess mode cannot remove labels.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+_version: list[str] = []
 
 
 def set_model_version(version: str) -> None:
-    MODEL_INFO.clear()
+    if MULTIPROCESS:
+        for old in _version:
+            MODEL_INFO.labels(version=old).set(0)
+    else:
+        MODEL_INFO.clear()
     MODEL_INFO.labels(version=version).set(1)
+    _version[:] = [version]
+
+
+def forget_partition(topic: str, partition: int) -> None:
+    """A revoked partition's lag is no longer ours to report."""
+    if MULTIPROCESS:
+        CONSUMER_LAG.labels(topic, str(partition)).set(0)
+        return
+    with contextlib.suppress(KeyError):
+        CONSUMER_LAG.remove(topic, str(partition))
 
 
 SCORE_DRIFT_PSI = Gauge(
     "vaeguard_score_drift_psi",
     "PSI of recent live scores against the model's calibration scores (NaN until judged).",
+    multiprocess_mode="liveall",
 )
 SCORE_DRIFT_RECORDS = Gauge(
     "vaeguard_score_drift_window_records",
     "Live scores in the drift window of the model in service.",
+    multiprocess_mode="liveall",
 )
 DRIFT_TRIGGERS = Counter(
     "vaeguard_score_drift_triggers", "Times the drift PSI crossed retrain.drift_psi_threshold."
@@ -83,7 +128,11 @@ WINDOW_REPLAYED = Counter(
     "vaeguard_window_replayed_records",
     "Window mode: replayed records skipped because the restored state already held them.",
 )
-WINDOW_ENTITIES = Gauge("vaeguard_window_entities", "Window mode: entities with state in memory.")
+WINDOW_ENTITIES = Gauge(
+    "vaeguard_window_entities",
+    "Window mode: entities with state in memory.",
+    multiprocess_mode="livesum",
+)
 HTTP_CONNECTIONS_DROPPED = Counter(
     "vaeguard_http_connections_dropped",
     "Ops listener connections dropped: busy (over http.max_connections, answered 503) or "

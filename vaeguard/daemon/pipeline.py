@@ -81,6 +81,8 @@ class Stats:
     duplicates_possible: int = 0
     buffered: int = 0  # window mode: records that only filled their entity's window
     replayed: int = 0  # window mode: replayed records the restored state already held
+    #: Seconds per stage of the record path (see metrics.STAGES), summed over batches.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -137,6 +139,7 @@ class Pipeline:
             connector=settings.kafka.group_id,
             task=self._task_id,
             max_request_size=MAX_REQUEST_SIZE,
+            output_mode=settings.output.mode,
         )
         store = (
             StateStore(settings.scoring.state_dir, settings.kafka.group_id, self._task_id)
@@ -262,8 +265,7 @@ class Pipeline:
         self._recently_revoked |= revoked
         for tp in revoked:
             self._positions.pop(tp, None)
-            with contextlib.suppress(KeyError):
-                metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
+            metrics.forget_partition(tp.topic, tp.partition)
         metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
         log.info(
             "partitions lost" if lost else "partitions revoked",
@@ -376,6 +378,7 @@ class Pipeline:
             return
         self._last_metrics_check = now
         self.checkpoint.tick()
+        self.readiness()  # keeps vaeguard_ready current for a supervisor (no HTTP in workers)
         self.assignment = set(self.consumer.assignment())
         metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
         try:
@@ -431,9 +434,17 @@ class Pipeline:
             self.stats.buffered += result.buffered
             metrics.WINDOW_BUFFERED.inc(result.buffered)
         scored, dead = result.scored, result.dead
+        timings = dict(result.timings)
+        t0 = time.perf_counter()
         self._produce(result.outputs)
+        t1 = time.perf_counter()
         self._alert(scored)
+        t2 = time.perf_counter()
         self.checkpoint.done(serving, {tp: records[-1].offset + 1 for tp, records in batch.items()})
+        timings.update(produce=t1 - t0, alert=t2 - t1, commit=time.perf_counter() - t2)
+        for stage, seconds in timings.items():
+            metrics.STAGE_SECONDS.labels(stage).inc(seconds)
+            self.stats.stage_seconds[stage] = self.stats.stage_seconds.get(stage, 0.0) + seconds
         if serving.stateful:
             metrics.WINDOW_ENTITIES.set(serving.n_entities)
 
@@ -460,6 +471,9 @@ class Pipeline:
         metrics.BATCH_RECORDS.observe(len(messages))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
         self._update_lag()
+        if time.monotonic() - self._last_metrics_check > 1.0:
+            self._last_metrics_check = time.monotonic()
+            self.readiness()
         if self.on_batch is not None:
             self.on_batch(scored, dead)
 

@@ -13,6 +13,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+try:
+    import orjson
+except ImportError:
+    orjson = None
+
 from vaeguard.ingest import Reason, Rejection, entity_text, short_detail
 from vaeguard.scored import ScoredRecord
 
@@ -97,4 +102,12 @@ def output_key(message: Any, record: dict[str, Any]) -> bytes | None:
 
 
 def encode_scored(record: ScoredRecord) -> bytes:
-    return json.dumps(record.to_json(), separators=(",", ":"), allow_nan=False).encode()
+    """The score record's JSON (orjson; the standard library for what orjson refuses, such as
+    a label holding a lone surrogate escape)."""
+    data = record.to_json()
+    if orjson is not None:
+        try:
+            return orjson.dumps(data)
+        except (TypeError, orjson.JSONEncodeError):
+            pass
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()

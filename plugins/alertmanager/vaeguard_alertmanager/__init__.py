@@ -27,7 +27,7 @@ import json
 import re
 from typing import Any
 
-from pydantic import Field, HttpUrl, SecretStr
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 from vaeguard.alerts.http import HttpPoster
 from vaeguard.alerts.model import Alert
@@ -36,6 +36,7 @@ from vaeguard.alerts.sink import Sink, SinkSettings
 __version__ = "0.1.0"
 
 _LABEL_RE = re.compile(r"[^a-zA-Z0-9_]")
+_VALID_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 class AlertmanagerSettings(SinkSettings):
@@ -54,11 +55,34 @@ class AlertmanagerSettings(SinkSettings):
     bearer_token: SecretStr | None = None
     verify_tls: bool = True
 
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in v if not _VALID_LABEL.match(k) or k.startswith("__"))
+        if bad:
+            raise ValueError(
+                f"label names must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __ "
+                f"(not {', '.join(map(repr, bad))})"
+            )
+        return v
+
+    @field_validator("alertname")
+    @classmethod
+    def _alertname(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
 
 def label_name(name: str) -> str:
-    """A Prometheus-valid label name (``[a-zA-Z_][a-zA-Z0-9_]*``)."""
+    """A Prometheus-valid label name (``[a-zA-Z_][a-zA-Z0-9_]*``), never one of the names
+    starting with ``__`` that Prometheus reserves (Alertmanager may drop or refuse those)."""
     clean = _LABEL_RE.sub("_", name)
-    return clean if clean and not clean[0].isdigit() else f"_{clean}"
+    if not clean or clean[0].isdigit():
+        clean = f"_{clean}"
+    if clean.startswith("__"):
+        clean = "_" + clean.lstrip("_")
+    return clean
 
 
 def _iso(t: dt.datetime) -> str:

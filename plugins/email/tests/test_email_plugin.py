@@ -8,6 +8,8 @@ import email.policy
 import ssl
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vaeguard.alerts.spool import Spool
 from vaeguard.alerts.testing import free_port, layer_for, make_record
@@ -123,3 +125,105 @@ def test_untrusted_certificate_is_refused(smtp, tmp_path):
     assert not inbox.messages
     [parked] = Spool(tmp_path / "spool", "ops-mail").pending()
     assert "not trusted" in parked.reason
+
+
+HEADER_LIMIT = 998  # RFC 5322: a header line's limit, folding included
+
+
+def test_a_newline_in_an_entity_key_injects_no_header_and_blocks_nothing(smtp, ca, tmp_path):
+    controller, inbox = smtp
+    evil = "db-1\r\nBcc: attacker@example.com\r\nX-Evil: 1"
+    with layer_for([sink(controller.port, ca[1])], tmp_path / "spool") as layer:
+        layer.process([make_record(evil, True), make_record("db-2", True)])
+    (envelope, first), (_, second) = inbox.messages
+    assert envelope.rcpt_tos == ["oncall@example.com", "sre@example.com"]
+    assert first["Bcc"] is None and first["X-Evil"] is None
+    assert first["Subject"] == (
+        "[vaeguard] [FIRING critical] cpu_util on db-1 Bcc: attacker@example.com X-Evil: 1"
+    )
+    text = first.get_body(("plain",)).get_content()
+    assert "Entity:    db-1 Bcc: attacker@example.com X-Evil: 1" in text.splitlines()
+    assert second["Subject"].endswith("cpu_util on db-2")
+    spool = Spool(tmp_path / "spool", "ops-mail")
+    assert not spool.pending() and not spool.dead()
+
+
+def test_an_alert_that_cannot_become_an_email_is_dead_lettered(smtp, ca, tmp_path, monkeypatch):
+    """Whatever still makes `email` raise dead-letters that one alert; the next are sent."""
+    from vaeguard_email import EmailSink
+
+    build = EmailSink.message
+
+    def message(self, alert):
+        if alert.entity == "bad":
+            raise ValueError("Header values may not contain linefeed or carriage return")
+        return build(self, alert)
+
+    monkeypatch.setattr(EmailSink, "message", message)
+    controller, inbox = smtp
+    with layer_for([sink(controller.port, ca[1])], tmp_path / "spool") as layer:
+        layer.process([make_record("bad", True), make_record("good", True)])
+        layer.process([make_record("later", True)])
+        health = layer.health()["sinks"]["ops-mail"]
+    assert [m["Subject"].rsplit(" ", 1)[1] for _, m in inbox.messages] == ["good", "later"]
+    spool = Spool(tmp_path / "spool", "ops-mail")
+    [dead] = spool.dead()
+    assert not spool.pending() and dead.alert.entity == "bad"
+    assert dead.reason.startswith("UndeliverableAlertError: cannot build the email: ValueError")
+    assert health["dead_lettered"] == 1 and health["spool_backlog"] == 0
+
+
+def test_header_settings_with_line_breaks_are_config_errors(ca):
+    from vaeguard.alerts.settings import AlertsSettings
+    from vaeguard.errors import ConfigError
+
+    for field, value in (
+        ("subject_prefix", "[x]\r\nBcc: a@b"),
+        ("from_addr", "a@b\nBcc: c@d"),
+        ("to_addrs", ["ok@example.com", "x@y\r\nBcc: z@w"]),
+    ):
+        with pytest.raises(ConfigError, match=rf"sinks\[ops-mail\]\.{field}.*line breaks"):
+            AlertsSettings.from_mapping({"sinks": [sink(25, ca[1], **{field: value})]})
+
+
+#: Any text, leaning on what breaks headers: line breaks, controls, surrogates, format chars.
+NASTY = st.one_of(
+    st.characters(),
+    st.characters(categories=["Cc", "Cs", "Cf", "Zl", "Zp"]),
+    st.sampled_from('\r\n\x00\x0b\x85\u2028:<>@,;"'),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    entity=st.text(NASTY, max_size=300),
+    stream=st.text(NASTY, max_size=60),
+    severity=st.text(NASTY, min_size=1, max_size=20),
+    alert_id=st.text(NASTY, min_size=1, max_size=80),
+    feature=st.text(NASTY, max_size=40),
+)
+def test_any_alert_text_makes_a_well_formed_message(entity, stream, severity, alert_id, feature):
+    from vaeguard_email import SUBJECT_MAX, EmailSettings, EmailSink
+
+    from vaeguard.alerts.model import FeatureContribution
+    from vaeguard.alerts.sink import SinkContext
+    from vaeguard.alerts.testing import sample_alert
+
+    alert = sample_alert(
+        entity,
+        stream=stream,
+        severity=severity,
+        id=alert_id,
+        summary=f"{stream} anomalous on {entity}",
+        top_features=[FeatureContribution(feature=feature, observed=1.0, expected=0.0)],
+    )
+    settings_ = EmailSettings(host="127.0.0.1", from_addr="a@example.com", to_addrs=["b@x.org"])
+    message = EmailSink(settings_, SinkContext("m")).message(alert)
+    raw = message.as_bytes()  # what smtplib sends: must not raise
+    for name, value in message.items():
+        assert "\r" not in str(value) and "\n" not in str(value), name
+    assert len(message["Subject"]) <= SUBJECT_MAX
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert sorted(parsed.keys()) == sorted(message.keys())  # no header smuggled in
+    for line in raw.split(b"\r\n" if b"\r\n" in raw else b"\n"):
+        assert len(line) <= HEADER_LIMIT

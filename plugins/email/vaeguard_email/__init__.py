@@ -19,11 +19,16 @@ headers derived from the alert id so a mail client threads an episode's firing, 
 resolve together. TLS is required by default (``tls: starttls``) and certificates are
 verified (``ca_file`` for a private CA). SMTP 4xx answers and network errors are retried;
 5xx answers (a rejected sender or recipient, failed authentication) are permanent.
+
+Every header built from alert data is one line of at most `SUBJECT_MAX` characters (control
+characters and line breaks become spaces): an entity key with a newline cannot inject a
+header, nor make the message unbuildable and hold up the alerts behind it.
 """
 
 from __future__ import annotations
 
 import html
+import re
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -33,9 +38,20 @@ from typing import Literal
 from pydantic import FilePath, SecretStr, field_validator
 
 from vaeguard.alerts.model import Alert
-from vaeguard.alerts.sink import PermanentSinkError, RetryableSinkError, Sink, SinkSettings
+from vaeguard.alerts.sink import (
+    PermanentSinkError,
+    RetryableSinkError,
+    Sink,
+    SinkSettings,
+    UndeliverableAlertError,
+)
+from vaeguard.alerts.text import has_unsafe, header_value, one_line
 
 __version__ = "0.1.0"
+
+#: Longest Subject (characters): a mail client shows ~80; the rest is in the body anyway.
+SUBJECT_MAX = 200
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9.-]")
 
 
 class EmailSettings(SinkSettings):
@@ -60,21 +76,31 @@ class EmailSettings(SinkSettings):
             raise ValueError("must list at least one recipient")
         return v
 
+    @field_validator("host", "from_addr", "to_addrs", "subject_prefix")
+    @classmethod
+    def _one_line(cls, v: str | list[str]) -> str | list[str]:
+        # These become header lines (and SMTP commands): a line break would inject one.
+        for item in [v] if isinstance(v, str) else v:
+            if has_unsafe(item):
+                raise ValueError("must not contain line breaks or control characters")
+        return v
+
 
 def _fmt(x: float | None) -> str:
     return "?" if x is None else f"{x:.4g}"
 
 
 def text_body(alert: Alert) -> str:
-    lines = [alert.summary, ""]
+    line = one_line  # a field's line breaks must not fake other fields
+    lines = [line(alert.summary), ""]
     if alert.score is not None:
         lines.append(
             f"Score:     {_fmt(alert.score)} (threshold {_fmt(alert.threshold)}, peak {_fmt(alert.peak_score)})"
         )
     lines += [
-        f"Status:    {alert.status} ({alert.severity})",
-        f"Stream:    {alert.stream}",
-        f"Entity:    {alert.entity or '-'}",
+        f"Status:    {alert.status} ({line(alert.severity)})",
+        f"Stream:    {line(alert.stream)}",
+        f"Entity:    {line(alert.entity or '-')}",
         f"First:     {alert.first_seen.isoformat()}",
         f"Last:      {alert.last_seen.isoformat()}",
     ]
@@ -83,14 +109,17 @@ def text_body(alert: Alert) -> str:
     if alert.top_features:
         lines += ["", "Top features (observed vs expected):"]
         lines += [
-            f"  {c.feature}: {_fmt(c.observed)} vs {_fmt(c.expected)}" for c in alert.top_features
+            f"  {line(c.feature)}: {_fmt(c.observed)} vs {_fmt(c.expected)}"
+            for c in alert.top_features
         ]
-    lines += ["", f"Alert id: {alert.id}", f"Model: {alert.model_version or '-'}"]
+    lines += ["", f"Alert id: {line(alert.id)}", f"Model: {line(alert.model_version or '-')}"]
     return "\n".join(lines) + "\n"
 
 
 def html_body(alert: Alert) -> str:
-    e = html.escape
+    def e(text: str) -> str:
+        return html.escape(one_line(text))
+
     color = {"critical": "#b00020", "major": "#e65100", "warning": "#f9a825"}.get(
         alert.severity, "#555"
     )
@@ -131,16 +160,17 @@ class EmailSink(Sink):
     def message(self, alert: Alert) -> EmailMessage:
         s = self.settings
         msg = EmailMessage()
-        msg["Subject"] = f"{s.subject_prefix} {alert.title}".strip()
+        msg["Subject"] = header_value(f"{s.subject_prefix} {alert.title}", SUBJECT_MAX)
         msg["From"] = s.from_addr
         msg["To"] = ", ".join(s.to_addrs)
         msg["Date"] = formatdate(localtime=False)
         domain = s.from_addr.rpartition("@")[2].strip("> ") or "vaeguard.local"
-        msg["Message-ID"] = make_msgid(idstring=f"{alert.id}.{alert.status}", domain=domain)
-        thread = f"<{alert.id}@{domain}>"
+        ident = _NOT_TOKEN.sub("_", alert.id)[:128] or "alert"
+        msg["Message-ID"] = make_msgid(idstring=f"{ident}.{alert.status}", domain=domain)
+        thread = f"<{ident}@{domain}>"
         msg["References"] = thread
         msg["In-Reply-To"] = thread
-        msg["X-Vaeguard-Alert-Id"] = alert.id
+        msg["X-Vaeguard-Alert-Id"] = header_value(alert.id, 128)
         msg.set_content(text_body(alert))
         msg.add_alternative(html_body(alert), subtype="html")
         return msg
@@ -148,6 +178,12 @@ class EmailSink(Sink):
     def send(self, alerts: list[Alert]) -> None:
         s = self.settings
         timeout = self.context.timeout_s
+        try:  # before connecting: an alert that cannot become a message is no network matter
+            messages = [self.message(alert) for alert in alerts]
+        except (ValueError, TypeError) as exc:
+            raise UndeliverableAlertError(
+                f"cannot build the email: {type(exc).__name__}: {exc}"
+            ) from None
         try:
             if s.tls == "implicit":
                 smtp = smtplib.SMTP_SSL(
@@ -160,8 +196,8 @@ class EmailSink(Sink):
                     smtp.starttls(context=self._tls_context())
                 if s.username is not None and s.password is not None:
                     smtp.login(s.username, s.password.get_secret_value())
-                for alert in alerts:
-                    smtp.send_message(self.message(alert))
+                for message in messages:
+                    smtp.send_message(message)
         except smtplib.SMTPResponseException as exc:
             detail = f"SMTP {exc.smtp_code} from {s.host}:{s.port}: {_text(exc.smtp_error)}"
             if 400 <= exc.smtp_code < 500:
@@ -182,6 +218,12 @@ class EmailSink(Sink):
         except (smtplib.SMTPException, OSError) as exc:
             raise RetryableSinkError(
                 f"cannot send through {s.host}:{s.port}: {type(exc).__name__}: {exc}"
+            ) from None
+        except (ValueError, TypeError) as exc:
+            # The messages are built: this is the session (e.g. a password smtplib cannot
+            # encode), the same for every alert. Parked, not dead-lettered.
+            raise PermanentSinkError(
+                f"cannot send through {s.host}:{s.port}: {type(exc).__name__}"
             ) from None
 
 

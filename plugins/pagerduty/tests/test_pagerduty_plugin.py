@@ -48,16 +48,44 @@ def test_trigger_then_resolve_share_a_stable_dedup_key(events, tmp_path):
     }
 
 
-def test_server_errors_retry_and_invalid_events_are_parked(events, tmp_path):
+def test_server_errors_retry_and_an_invalid_event_is_dead_lettered(events, tmp_path):
     events.fail_next(2, status=500)
     with layer_for([sink(events.url)], tmp_path / "spool") as layer:
         layer.process([make_record("h1", True)])
         assert len(events.requests) == 3 and len(events.received) == 1
         events.fail_next(1, status=400)
-        layer.process([make_record("h2", True)])
-        assert len(events.requests) == 4
-    [parked] = Spool(tmp_path / "spool", "oncall").pending()
-    assert parked.alert.entity == "h2" and "HTTP 400" in parked.reason
+        layer.process([make_record("h2", True), make_record("h3", True)])
+        assert len(events.requests) == 5  # no retry of the rejected event; h3 still delivered
+    spool = Spool(tmp_path / "spool", "oncall")
+    assert not spool.pending()
+    [dead] = spool.dead()
+    assert dead.alert.entity == "h2" and "HTTP 400" in dead.reason
+    assert [r.json()["payload"]["source"] for r in events.received] == ["h1", "h3"]
+
+
+def test_a_rejected_routing_key_parks_instead(tmp_path):
+    """PagerDuty answers a wrong routing key with 400 too: the sink's setting, not the alert."""
+    body = b'{"status":"invalid event","message":"Event object is invalid","errors":["Invalid routing key"]}'
+    with (
+        HTTPCapture(status=400, error_body=body) as server,
+        layer_for([sink(server.url)], tmp_path / "spool") as layer,
+    ):
+        layer.process([make_record("h1", True)])
+    spool = Spool(tmp_path / "spool", "oncall")
+    [parked] = spool.pending()
+    assert not spool.dead() and "routing key" in parked.reason
+
+
+def test_long_and_multi_line_fields_fit_the_events_api(events, tmp_path):
+    entity = "db-1\nX-Injected: yes\r\n" + "e" * 2000
+    with layer_for([sink(events.url)], tmp_path / "spool") as layer:
+        layer.process([make_record(entity, True, labels={"k": "v" * 500})])
+    [request] = events.received
+    body = request.json()
+    payload = body["payload"]
+    assert len(payload["summary"]) <= 1024 and "\n" not in payload["summary"]
+    assert 0 < len(payload["source"]) <= 255 and "\n" not in payload["source"]
+    assert len(payload["group"]) <= 255 and len(body["dedup_key"]) <= 255
 
 
 def test_bad_severity_map_names_the_field():

@@ -35,8 +35,8 @@ def test_firing_and_resolved_messages_in_block_kit(slack, tmp_path):
         layer.process([make_record("db-1", False)])
     firing, resolved = (r.json() for r in slack.received)
     assert slack.received[0].path == PATH
-    assert firing["text"].startswith(
-        "<!here> cpu_util anomalous on db-1: score 41.2 > 12.0 (critical)"
+    assert firing["text"].startswith(  # Slack shows &gt; as ">"
+        "<!here> cpu_util anomalous on db-1: score 41.2 &gt; 12.0 (critical)"
     )
     kinds = [b["type"] for b in firing["blocks"]]
     assert kinds[0] == "header" and kinds[-1] == "context" and "section" in kinds
@@ -79,3 +79,23 @@ def test_bad_config_names_the_field():
         AlertsSettings.from_mapping(
             {"sinks": [{"name": "team-slack", "type": "slack", "webhook_url": "hooks.slack.com"}]}
         )
+
+
+def test_alert_text_cannot_ping_forge_links_or_break_limits(slack, tmp_path):
+    entity = "<!channel> <https://evil.example|click> & more\n*bold*" + "x" * 4000
+    with layer_for([sink(slack.url, mention=None)], tmp_path / "spool") as layer:
+        layer.process([make_record(entity, True)])
+    [message] = (r.json() for r in slack.received)
+    parsed = [  # mrkdwn is parsed for mentions and links; the header's plain_text is not
+        t["text"]
+        for b in message["blocks"]
+        for t in [b.get("text", {}), *b.get("fields", []), *b.get("elements", [])]
+        if t.get("type") == "mrkdwn"
+    ]
+    for text in [message["text"], *parsed]:
+        assert "<!channel>" not in text and "<https://" not in text
+    section = message["blocks"][1]["text"]["text"]
+    assert "&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; more *bold*" in section
+    assert len(section) <= 3000 and len(message["text"]) <= 3000
+    header = message["blocks"][0]["text"]["text"]
+    assert len(header) <= 150 and "\n" not in header

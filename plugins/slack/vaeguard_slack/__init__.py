@@ -16,11 +16,16 @@ score and threshold, the top features (observed vs expected) and the alert id as
 429 (with Retry-After) and 5xx are retried; 4xx such as ``invalid_payload`` or a revoked
 webhook (404 / 410) are permanent. The webhook URL is a credential: it is a `SecretStr`, never
 logged (errors name only the host).
+
+Alert text is data, not markup: ``&``, ``<`` and ``>`` are escaped as Slack asks, so an entity
+key like ``<!channel>`` cannot ping a channel or forge a link; the header is one line within
+Slack's 150 characters, and every text within its block limits.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
@@ -28,8 +33,13 @@ from pydantic import Field, SecretStr, field_validator
 from vaeguard.alerts.http import HttpPoster
 from vaeguard.alerts.model import Alert
 from vaeguard.alerts.sink import Sink, SinkSettings
+from vaeguard.alerts.text import one_line, truncate
 
 __version__ = "0.1.0"
+
+#: Block Kit limits (characters): header text, section text, a section field's text.
+HEADER_MAX, SECTION_MAX, FIELD_MAX = 150, 3000, 2000
+_PARTIAL_ENTITY = re.compile(r"&[a-z]*$")
 
 _EMOJI = {
     "critical": ":red_circle:",
@@ -55,6 +65,16 @@ class SlackSettings(SinkSettings):
         return v
 
 
+def escape(text: object, max_chars: int = SECTION_MAX) -> str:
+    """Alert text for a mrkdwn field: one line, ``&`` ``<`` ``>`` escaped, within the limit."""
+    line = one_line(text)
+    escaped = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if len(escaped) <= max_chars:
+        return escaped
+    cut = _PARTIAL_ENTITY.sub("", escaped[: max(0, max_chars - 1)])  # never half an &amp;
+    return cut + "…"
+
+
 def blocks(alert: Alert, mention: str | None = None) -> dict[str, Any]:
     """The Slack message for one alert (``text`` fallback + Block Kit ``blocks``)."""
     resolved = alert.status == "resolved"
@@ -62,7 +82,8 @@ def blocks(alert: Alert, mention: str | None = None) -> dict[str, Any]:
     header = f"{icon} {alert.status.upper()} · {alert.severity} · {alert.stream}"
     if alert.entity:
         header += f" · {alert.entity}"
-    text = alert.summary if not mention else f"{mention} {alert.summary}"
+    summary = escape(alert.summary, SECTION_MAX - len(mention or "") - 1)
+    text = summary if not mention else f"{mention} {summary}"
     fields = []
     if alert.score is not None and alert.threshold is not None:
         fields.append(
@@ -73,29 +94,37 @@ def blocks(alert: Alert, mention: str | None = None) -> dict[str, Any]:
         )
     fields.append({"type": "mrkdwn", "text": f"*First seen*\n{alert.first_seen.isoformat()}"})
     if alert.model_version:
-        fields.append({"type": "mrkdwn", "text": f"*Model*\n{alert.model_version}"})
+        model = escape(alert.model_version, FIELD_MAX - 10)
+        fields.append({"type": "mrkdwn", "text": f"*Model*\n{model}"})
     fields.append({"type": "mrkdwn", "text": f"*Records*\n{alert.anomalous_records} anomalous"})
     out: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": header[:150], "emoji": True}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}},
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": one_line(header, HEADER_MAX), "emoji": True},
+        },
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
         {"type": "section", "fields": fields},
     ]
     if alert.top_features and not resolved:
         lines = [
-            f"• `{c.feature}` observed *{_fmt(c.observed)}*, expected {_fmt(c.expected)}"
+            f"• `{escape(c.feature, 200)}` observed *{_fmt(c.observed)}*, expected "
+            f"{_fmt(c.expected)}"
             + (f" ({c.share:.0%} of the excess)" if c.share is not None else "")
             for c in alert.top_features
         ]
         out.append(
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": "*Top features*\n" + "\n".join(lines)},
+                "text": {
+                    "type": "mrkdwn",
+                    "text": truncate("*Top features*\n" + "\n".join(lines), SECTION_MAX),
+                },
             }
         )
     out.append(
         {
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": f"vaeguard alert `{alert.id}`"}],
+            "elements": [{"type": "mrkdwn", "text": f"vaeguard alert `{escape(alert.id, 300)}`"}],
         }
     )
     return {"text": text, "blocks": out}

@@ -12,19 +12,25 @@ from typing import Any, Literal
 from pydantic import FilePath, SecretStr, field_validator
 
 from vaeguard.alerts.model import Alert
-from vaeguard.alerts.sink import PermanentSinkError, RetryableSinkError, Sink, SinkSettings
+from vaeguard.alerts.sink import (
+    PermanentSinkError,
+    RetryableSinkError,
+    Sink,
+    SinkSettings,
+    UndeliverableAlertError,
+)
 
 #: Errors another attempt cannot fix; anything else (timeouts, leaders moving, brokers down) can.
 _PERMANENT = frozenset(
     {
         "TopicAuthorizationFailedError",
         "ClusterAuthorizationFailedError",
-        "MessageSizeTooLargeError",
-        "RecordListTooLargeError",
         "InvalidTopicError",
         "UnsupportedVersionError",
     }
 )
+#: ... and those about the alerts themselves (too big): dead-lettered, one by one.
+_UNDELIVERABLE = frozenset({"MessageSizeTooLargeError", "RecordListTooLargeError"})
 
 
 class KafkaSinkSettings(SinkSettings):
@@ -53,6 +59,8 @@ class KafkaSink(Sink):
 
     Settings = KafkaSinkSettings
     max_batch = 500
+    #: It produces to the daemon's cluster (by default), so it needs its SASL / TLS credentials.
+    kafka_credentials = True
 
     def __init__(self, settings: KafkaSinkSettings, context):
         super().__init__(settings, context)
@@ -120,6 +128,8 @@ class KafkaSink(Sink):
                 f.get(timeout=self.context.timeout_s)
         except KafkaError as exc:
             message = f"producing to {self.settings.topic!r} failed: {type(exc).__name__}: {exc}"
+            if type(exc).__name__ in _UNDELIVERABLE:
+                raise UndeliverableAlertError(message) from None
             if type(exc).__name__ in _PERMANENT:
                 raise PermanentSinkError(message) from None
             raise RetryableSinkError(message) from None

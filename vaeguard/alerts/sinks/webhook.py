@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from typing import Any
 
-from pydantic import Field, FilePath, HttpUrl, SecretStr
+from pydantic import Field, FilePath, HttpUrl, SecretStr, field_validator
 
 from vaeguard.alerts.http import HttpPoster, origin
 from vaeguard.alerts.model import Alert
 from vaeguard.alerts.sink import Sink, SinkSettings
+from vaeguard.alerts.text import has_unsafe, header_value
 
 TIMESTAMP_HEADER = "X-Vaeguard-Timestamp"
 SIGNATURE_HEADER = "X-Vaeguard-Signature"
+ALERT_ID_HEADER = "X-Vaeguard-Alert-Id"
+#: An HTTP header name (RFC 9110 token).
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
@@ -61,6 +66,20 @@ class WebhookSettings(SinkSettings):
     #: CA bundle for a private certificate authority.
     ca_file: FilePath | None = None
 
+    @field_validator("headers", "secret_headers")
+    @classmethod
+    def _headers(cls, v: dict[str, object]) -> dict[str, object]:
+        # Checked here, not at the first send: a bad header would fail every request alike.
+        for name, value in v.items():
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if has_unsafe(text) or not text.isascii():
+                raise ValueError(
+                    f"the value of {name} must be ASCII without line breaks or control characters"
+                )
+        return v
+
 
 class WebhookSink(Sink):
     """HTTP POST of each alert's JSON, HMAC-signed; 5xx, 408, 429 and network errors retry."""
@@ -84,7 +103,8 @@ class WebhookSink(Sink):
         for alert in alerts:
             body = alert.json_bytes()
             timestamp = str(int(time.time()))
-            headers = {TIMESTAMP_HEADER: timestamp, "X-Vaeguard-Alert-Id": alert.id}
+            alert_id = header_value(alert.id, 128, ascii_only=True)
+            headers = {TIMESTAMP_HEADER: timestamp, ALERT_ID_HEADER: alert_id}
             if self.settings.secret is not None:
                 headers[SIGNATURE_HEADER] = sign(
                     self.settings.secret.get_secret_value(), timestamp, body

@@ -1,0 +1,131 @@
+"""Output modes and `vaeguard run --workers N` against the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from kafka import KafkaConsumer, TopicPartition
+
+from tests.conftest import wait_for
+from tests.daemon.conftest import (
+    Collector,
+    Producer,
+    create_topic,
+    daemon_env,
+    good_record,
+    unique,
+)
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions) -> dict[int, int | None]:
+    check = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: check.committed(TopicPartition(topic, p)) for p in partitions}
+    finally:
+        check.close()
+
+
+def anomalous_record(i: int) -> dict:
+    return {**good_record(i), "a": 80.0, "b": -80.0}
+
+
+def test_output_mode_anomalies_writes_only_anomalies_and_still_commits_everything(
+    broker, small_bundle, daemons
+):
+    bs = broker.bootstrap_servers
+    topic, group = unique("anom-in"), unique("anom")
+    create_topic(bs, topic, 2)
+    env = daemon_env(bs, small_bundle, [topic], group, VAEGUARD_OUTPUT__MODE="anomalies")
+    daemon = daemons("anomalies", env).start()
+    daemon.wait_ready()
+    producer = Producer(bs)
+    bad = set(range(7, 300, 37))
+    for i in range(300):
+        producer.send(topic, anomalous_record(i) if i in bad else good_record(i))
+    end = producer.flush()
+    wait_for(
+        lambda: daemon.metric("vaeguard_records_scored_total") == 300,
+        timeout=60,
+        message="every record scored",
+    )
+    scores = Collector(bs, f"{group}.scores")
+    n_anomalous = daemon.metric("vaeguard_records_anomalous_total")
+    scores.wait_count(int(n_anomalous), 30, "the anomalies' score records")
+    records = scores.json()
+    assert records and all(r["is_anomaly"] for r in records)
+    inputs = Collector(bs, topic)
+    inputs.wait_count(300, 30, "the input records")
+    id_of = {(m.partition, m.offset): json.loads(m.value)["id"] for m in inputs.messages}
+    flagged = {id_of[(r["source"]["partition"], r["source"]["offset"])] for r in records}
+    assert len(flagged) == len(records) == n_anomalous
+    assert flagged >= bad, "every planted anomaly has its score record"
+    assert daemon.terminate() == 0, daemon.log()[-3000:]
+    assert committed(bs, group, topic, end) == end
+
+
+def test_supervised_workers_share_the_group_survive_a_kill_and_stop_cleanly(
+    broker, small_bundle, daemons
+):
+    from tests.daemon.test_delivery import PacedProducer, _all_offsets, _sources
+
+    bs = broker.bootstrap_servers
+    topic, group = unique("workers-in"), unique("workers")
+    create_topic(bs, topic, 4)
+    env = daemon_env(bs, small_bundle, [topic], group, VAEGUARD_KAFKA__CLIENT_ID="scorer")
+    supervisor = daemons("supervisor", env)
+    supervisor.start_args = ["--workers", "2"]
+    supervisor.start()
+
+    def split_evenly() -> bool:
+        code, body = supervisor.readyz()
+        return code == 200 and [w["partitions_assigned"] for w in body["workers"]] == [2, 2]
+
+    wait_for(
+        split_evenly, timeout=90, interval=0.2, message="both workers ready, 2 partitions each"
+    )
+    workers = supervisor.readyz()[1]["workers"]
+    assert [w["instance_id"] for w in workers] == [None, None]
+
+    stream = PacedProducer(bs, topic, n=4000, rate=800)
+    stream.start()
+    scores = Collector(bs, f"{group}.scores")
+    scores.wait_count(800, timeout=30, message="both workers scoring")
+    victim = workers[1]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            supervisor.readyz()[0] == 200
+            and supervisor.readyz()[1]["workers"][1]["pid"] not in (None, victim)
+        ),
+        timeout=60,
+        interval=0.2,
+        message="the killed worker restarted and ready",
+    )
+    assert supervisor.readyz()[1]["workers"][1]["restarts"] == 1
+    stream.join(60)
+    wait_for(
+        lambda: scores.drain() and _sources(scores) >= _all_offsets(stream.end),
+        timeout=60,
+        message="a score record for every input record",
+    )
+    # one /metrics for both workers: the consumed total covers the whole stream
+    assert supervisor.metric("vaeguard_records_consumed_total") >= stream.total()
+    pids = [w["pid"] for w in supervisor.readyz()[1]["workers"]]
+    assert supervisor.terminate() == 0, supervisor.log()[-3000:]
+    for pid in pids:
+        assert not _alive(pid), "a worker outlived its supervisor"
+    assert committed(bs, group, topic, stream.end) == stream.end
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie of ours does not count
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,251 @@
+"""`vaeguard run --workers N`: N daemons on one machine, one consumer group, one ops endpoint.
+
+Python scores one batch at a time per process, so a machine with several cores runs several
+group members. The supervisor starts them as child processes (``vaeguard run`` with
+``kafka.group_instance_id`` = ``<id>-<k>`` and ``kafka.client_id`` = ``<client_id>-<k>``, where
+``<id>`` is the configured group instance id, else the client id), restarts a worker that
+dies (with capped backoff; static membership lets the restarted worker take its partitions
+back without a rebalance), forwards SIGTERM with the shutdown grace, and serves one
+``/healthz``, ``/readyz`` and ``/metrics`` for all of them from prometheus_client's
+multiprocess files. It never imports the model stack itself: it only watches.
+
+Only worker 0 runs scheduled retraining (the others follow the registry's CURRENT pointer),
+and each worker keeps its own window-mode state file (named by its instance id).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("vaeguard.daemon.supervisor")
+
+#: A worker that ran at least this long before dying is restarted without backoff.
+STABLE_S = 60.0
+#: The exit code of a settings error: every worker would fail the same way, so stop.
+CONFIG_EXIT = 2
+
+
+def resolve_workers(value: str | int) -> int:
+    """``auto`` → the cores this process may use; else a positive integer."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        from vaeguard.errors import ConfigError
+
+        raise ConfigError(f"invalid option --workers: {value!r} (a positive integer or auto)")
+    return n
+
+
+@dataclass
+class Worker:
+    index: int
+    #: Static group membership (``<group_instance_id>-<k>``), when one is configured.
+    instance_id: str | None
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0
+    backoff: float = 1.0
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, settings, config: Path | None, n_workers: int):
+        self.settings = settings
+        self.config = config
+        base = settings.kafka.group_instance_id
+        self.workers = [Worker(k, f"{base}-{k}" if base else None) for k in range(n_workers)]
+        self.stopping = threading.Event()
+        self.exit_code = 0
+        self.http = None
+        self._own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+        self.metrics_dir = Path(
+            os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            or tempfile.mkdtemp(prefix="vaeguard-metrics-")
+        )
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _env(self, w: Worker) -> dict[str, str]:
+        env = dict(os.environ)
+        if w.instance_id is not None:
+            env["VAEGUARD_KAFKA__GROUP_INSTANCE_ID"] = w.instance_id
+        env.update(
+            VAEGUARD_KAFKA__CLIENT_ID=f"{self.settings.kafka.client_id}-{w.index}",
+            VAEGUARD_HTTP__ENABLED="false",
+            PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir),
+            VAEGUARD_WORKER_INDEX=str(w.index),
+        )
+        if w.index > 0:
+            env["VAEGUARD_RETRAIN__ENABLED"] = "false"
+        return env
+
+    def _start(self, w: Worker) -> None:
+        args = [sys.executable, "-m", "vaeguard.cli.main", "run"]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
+        w.proc = subprocess.Popen(args, env=self._env(w))
+        w.started_at = time.monotonic()
+        log.info(
+            "worker started",
+            extra={"worker": w.index, "pid": w.proc.pid, "instance_id": w.instance_id},
+        )
+
+    def _reap(self, w: Worker) -> None:
+        """Handle a worker that exited: schedule its restart (or stop everything)."""
+        from prometheus_client import multiprocess
+
+        code = w.proc.returncode
+        pid = w.proc.pid
+        multiprocess.mark_process_dead(pid, str(self.metrics_dir))
+        w.exit_codes.append(code)
+        w.proc = None
+        if self.stopping.is_set():
+            return
+        if code == CONFIG_EXIT:
+            log.error("worker exited with a settings error; stopping", extra={"worker": w.index})
+            self.exit_code = CONFIG_EXIT
+            self.stop("worker settings error")
+            return
+        ran = time.monotonic() - w.started_at
+        w.backoff = 1.0 if ran >= STABLE_S else min(30.0, w.backoff * 2)
+        delay = 0.0 if ran >= STABLE_S else w.backoff
+        w.next_start = time.monotonic() + delay
+        w.restarts += 1
+        log.warning(
+            "worker died; restarting",
+            extra={"worker": w.index, "pid": pid, "exit_code": code, "restart_in_s": delay},
+        )
+
+    def run(self) -> int:
+        """Start the workers, keep them running until stopped; the exit code."""
+        for f in self.metrics_dir.glob("*.db"):
+            f.unlink()
+        try:
+            self._serve_ops()
+            for w in self.workers:
+                self._start(w)
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                for w in self.workers:
+                    if w.proc is not None and w.proc.poll() is not None:
+                        self._reap(w)
+                    if w.proc is None and not self.stopping.is_set() and now >= w.next_start:
+                        self._start(w)
+                self.stopping.wait(0.2)
+            return self._shutdown()
+        finally:
+            if self.http is not None:
+                self.http.stop()
+            if self._own_dir:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def stop(self, reason: str = "") -> None:
+        if not self.stopping.is_set():
+            log.info("stopping the workers", extra={"reason": reason})
+            self.stopping.set()
+
+    def _shutdown(self) -> int:
+        """SIGTERM to every worker; SIGKILL to one still running after the grace."""
+        live = [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for w in live:
+            w.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.shutdown_grace_s + 5.0
+        code = self.exit_code
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            try:
+                rc = w.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker outlived the shutdown grace; killed", extra={"worker": w.index})
+                w.proc.kill()
+                rc = w.proc.wait(10)
+            if rc != 0 and code == 0:
+                code = 1
+            self._reap(w)
+        log.info("all workers stopped", extra={"exit_code": code})
+        return code
+
+    # -- ops endpoints ------------------------------------------------------------------------
+
+    def registry(self):
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))
+        return registry
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when every worker runs and reports ready (its ``vaeguard_ready`` gauge)."""
+        ready_by_pid: dict[str, float] = {}
+        partitions_by_pid: dict[str, float] = {}
+        try:
+            for metric in self.registry().collect():
+                for sample in metric.samples:
+                    pid = sample.labels.get("pid")
+                    if sample.name == "vaeguard_ready":
+                        ready_by_pid[pid] = sample.value
+                    elif sample.name == "vaeguard_partitions_assigned":
+                        partitions_by_pid[pid] = sample.value
+        except Exception as exc:  # a half-written file while a worker starts
+            log.debug("could not read worker metrics", extra={"error": str(exc)})
+        workers = []
+        for w in self.workers:
+            pid = str(w.proc.pid) if w.proc is not None and w.proc.poll() is None else None
+            workers.append(
+                {
+                    "index": w.index,
+                    "pid": int(pid) if pid else None,
+                    "instance_id": w.instance_id,
+                    "ready": pid is not None and ready_by_pid.get(pid) == 1.0,
+                    "partitions_assigned": int(partitions_by_pid.get(pid, 0)) if pid else 0,
+                    "restarts": w.restarts,
+                }
+            )
+        ready = not self.stopping.is_set() and all(w["ready"] for w in workers)
+        return ready, {
+            "workers": workers,
+            "partitions_assigned": sum(w["partitions_assigned"] for w in workers),
+            "stopping": self.stopping.is_set(),
+        }
+
+    def _serve_ops(self) -> None:
+        s = self.settings.http
+        if not s.enabled:
+            return
+        from vaeguard.daemon.http import OpsServer
+        from vaeguard.errors import ConfigError
+
+        try:
+            self.http = OpsServer(
+                s.host,
+                s.port,
+                self.readiness,
+                request_timeout_s=s.request_timeout_s,
+                max_connections=s.max_connections,
+                registry=self.registry(),
+            ).start()
+        except OSError as exc:
+            raise ConfigError(
+                f"invalid setting http.port: cannot listen on {s.host}:{s.port} "
+                f"({exc.strerror or exc})"
+            ) from None

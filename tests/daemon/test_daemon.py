@@ -92,7 +92,8 @@ def test_clean_run_dead_letters_readiness_and_sigterm(broker, small_bundle, daem
         "model_version", "source",
     }  # fmt: skip
     assert len(record["contributions"]) == 3
-    assert set(record["contributions"][0]) == {
+    # (an anomalous record's contributions also carry their counterfactual "score_drop")
+    assert set(record["contributions"][0]) - {"score_drop"} == {
         "feature",
         "observed",
         "expected",

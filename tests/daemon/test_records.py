@@ -103,7 +103,7 @@ def test_score_records_match_score_result_and_severity(small_bundle):
     det = VAEDetector.load(small_bundle)
     x = make_normal_data(n=64, seed=3)
     x[:5] += 8.0  # some clear anomalies
-    result = det.score_matrix(x)
+    result = det.counterfactual_matrix(x, k=3)  # anomalous rows: counterfactual explanations
     serving = TabularServing(det, "v1")
     names = det.feature_names_
     messages = [

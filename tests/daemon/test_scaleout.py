@@ -129,3 +129,26 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(broker, small_bundle, daemons):
+    bs = broker.bootstrap_servers
+    topic, group = unique("orphan-in"), unique("orphan")
+    create_topic(bs, topic, 2)
+    supervisor = daemons("supervisor", daemon_env(bs, small_bundle, [topic], group))
+    supervisor.start_args = ["--workers", "2"]
+    supervisor.start()
+    wait_for(
+        lambda: all(w.get("pid") for w in supervisor.readyz()[1].get("workers", [{}])),
+        timeout=60,
+        interval=0.2,
+        message="both workers started",
+    )
+    pids = [w["pid"] for w in supervisor.readyz()[1]["workers"]]
+    supervisor.kill()  # SIGKILL: no chance to forward anything
+    wait_for(
+        lambda: not any(_alive(pid) for pid in pids),
+        timeout=30,
+        interval=0.1,
+        message="the workers of a killed supervisor to exit",
+    )

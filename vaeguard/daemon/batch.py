@@ -63,17 +63,20 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
     """Run one batch of consumed messages through a model (see the module docstring)."""
     result = BatchResult()
     t0 = time.perf_counter()
-    fresh = [m for m in messages if not serving.covers(source_of(m))]
-    result.replayed = len(messages) - len(fresh)
+    fresh = messages
+    if serving.stateful:
+        fresh = [m for m in messages if not serving.covers(source_of(m))]
+        result.replayed = len(messages) - len(fresh)
 
     items: list[Inbound] = []
     origin: list[Any] = []  # the message of each item
+    max_bytes = s.max_record_bytes
     for m in fresh:
-        obj = decode(m.value, s.max_record_bytes)
-        if isinstance(obj, Rejection):
+        obj = decode(m.value, max_bytes)
+        if type(obj) is not dict:
             result.dead.append(DeadLetter(m, obj))
             continue
-        items.append(Inbound(obj, source_of(m), m.key, m.timestamp))
+        items.append(Inbound(obj, Source(m.topic, m.partition, m.offset), m.key, m.timestamp))
         origin.append(m)
 
     stage = f"{type(serving).__module__}.{type(serving).__name__}"

@@ -39,6 +39,15 @@ POISON = (
     b'{"key": "host-05", "cpu_pct": 12.0}',
 )
 SEVERITY_STYLE = {"warning": "yellow", "major": "dark_orange", "critical": "bold red"}
+#: The metric each kind of incident changes first (`vaeguard.synthetic`): what an alert about it
+#: should blame. The summary marks whether it did (benchmarks/attribution.py measures it).
+ROOT_METRIC = {
+    "cpu_saturation": "cpu_pct",
+    "memory_leak": "mem_used_pct",
+    "traffic_decoupling": "net_in_mbps",
+    "stuck_sensor": "cpu_pct",
+    "error_burst": "error_rate_pct",
+}
 
 
 @dataclass
@@ -399,6 +408,12 @@ def _features_text(top: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def _blamed_text(metric: str, root: str | None) -> str:
+    if root is None:
+        return metric
+    return f"[green]✓ {metric}[/]" if metric == root else f"[yellow]✗ {metric}[/]"
+
+
 def _render(state: DemoState, incidents, daemon, start: int):
     from rich.console import Group
     from rich.table import Table
@@ -418,7 +433,7 @@ def _render(state: DemoState, incidents, daemon, start: int):
     table.add_column("host", no_wrap=True)
     table.add_column("severity", no_wrap=True)
     table.add_column("recs", justify="right")
-    table.add_column("top contributing metrics (observed vs expected, share)")
+    table.add_column("blamed metrics (observed, expected given the others, share of the excess)")
     table.add_column("injected incident", no_wrap=True)
     for ep in state.episodes[-12:]:
         truth = (
@@ -460,7 +475,8 @@ def _summary(console, state, incidents, info, backlog_rate, stats, live_start) -
     recall = tp / (tp + fn) if tp + fn else float("nan")
 
     per_incident = Table(title="injected incidents", title_justify="left")
-    for col in ("incident", "host", "duration", "detected", "delay", "flagged", "blamed metric"):
+    columns = ("incident", "host", "duration", "detected", "delay", "flagged", "root metric")
+    for col in (*columns, "blamed metric"):
         per_incident.add_column(col)
     detected = 0
     for inc in incidents:
@@ -480,7 +496,8 @@ def _summary(console, state, incidents, info, backlog_rate, stats, live_start) -
             "[green]yes[/]" if hits else "[red]no[/]",
             delay if hits else "–",
             f"{len(hits) / max(1, len(keys)):.0%}",
-            blame.most_common(1)[0][0] if blame else "–",
+            ROOT_METRIC.get(inc.kind, "–"),
+            _blamed_text(blame.most_common(1)[0][0], ROOT_METRIC.get(inc.kind)) if blame else "–",
         )
     true_episodes = sum(1 for ep in state.episodes if ep.incident is not None)
     event_precision = true_episodes / len(state.episodes) if state.episodes else float("nan")

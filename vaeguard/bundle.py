@@ -25,7 +25,10 @@ from vaeguard._version import __version__
 from vaeguard.errors import BundleError
 
 FORMAT = "vaeguard-bundle"
-FORMAT_VERSION = 1
+#: The newest format this reads and writes. 2: the score has a latent kNN term
+#: (``latent_knn``), which a reader of format 1 would silently leave out, so only bundles that
+#: have one are written as 2; every other bundle is still written as 1.
+FORMAT_VERSION = 2
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "bundle.json"
 
@@ -111,7 +114,7 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
 
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if getattr(detector, "latent_knn_", None) else 1,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
         "kind": getattr(detector, "model_kind_", "tabular"),
@@ -130,6 +133,13 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
         "data_fingerprint": detector.training_info_.get("data_fingerprint"),
         "extra": extra if extra is not None else getattr(detector, "bundle_extra_", {}),
     }
+    if getattr(detector, "latent_knn_", None) is not None:
+        manifest["latent_knn"] = detector.latent_knn_.to_dict()
+    plausible = getattr(detector, "plausible_range_", None)
+    if plausible is not None:
+        # Where expected values may lie (training range + margin); bundles without it load,
+        # with a fallback derived from the scaler.
+        manifest["plausible_range"] = plausible.to_dict()
     write_atomic(
         path / MANIFEST_FILE, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode()
     )
@@ -206,6 +216,7 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         raise BundleError(f"corrupt bundle at {path}: baseline must hold {n} finite numbers")
     need("params", dict)
     need("versions", dict)
+    _check_plausible_range(path, m.get("plausible_range"), n)
     kind = model_kind(m)
     if kind not in KINDS:
         raise BundleError(
@@ -219,6 +230,21 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         raise BundleError(
             f"incompatible bundle at {path}: written by Keras {keras_version or '?'}, this reads Keras 3"
         )
+
+
+def _check_plausible_range(path: Path, r: Any, n: int) -> None:
+    """``plausible_range`` is optional (older bundles lack it); when present it must be sound."""
+    if r is None:
+        return
+    ok = isinstance(r, dict)
+    for key in ("low", "high"):
+        values = r.get(key) if ok else None
+        ok = ok and isinstance(values, list) and len(values) == n and all(map(_finite, values))
+    if ok and all(lo <= hi for lo, hi in zip(r["low"], r["high"], strict=True)):
+        return
+    raise BundleError(
+        f"corrupt bundle at {path}: plausible_range must hold {n} finite low ≤ high pairs"
+    )
 
 
 #: The model kinds a bundle can hold (``bundle.json``'s ``kind``); `vaeguard.serving.load_serving`
@@ -277,7 +303,10 @@ def load_bundle(path):
             f"condition inputs, the manifest describes {len(m['features'])} and {conditions.width}"
         )
 
-    params = {k: v for k, v in m["params"].items() if k in VAEDetector._PARAMS}
+    params = {
+        **VAEDetector._UNRECORDED_PARAMS,
+        **{k: v for k, v in m["params"].items() if k in VAEDetector._PARAMS},
+    }
     detector = VAEDetector(**params)
     detector.model_ = model
     detector.feature_names_ = list(m["features"])
@@ -286,6 +315,11 @@ def load_bundle(path):
     detector.conditions_ = conditions
     detector.threshold_ = Threshold.from_dict(m["threshold"])
     detector.baseline_ = np.asarray(m["baseline"], dtype="float64")
+    detector.plausible_range_ = None
+    if m.get("plausible_range") is not None:
+        from vaeguard.model.counterfactual import PlausibleRange
+
+        detector.plausible_range_ = PlausibleRange.from_dict(m["plausible_range"])
     detector.score_reference_ = np.asarray(
         m.get("score_reference") or [detector.threshold_.value], dtype="float64"
     )
@@ -293,6 +327,18 @@ def load_bundle(path):
     detector.history_ = training.pop("history", {})
     detector.training_info_ = training
     detector.bundle_extra_ = m.get("extra", {})
+    detector.latent_knn_ = None
+    if m.get("latent_knn") is not None:
+        from vaeguard.model.latent_knn import LatentKNN
+
+        try:
+            detector.latent_knn_ = LatentKNN.from_dict(m["latent_knn"], model.latent_dim)
+        except ValueError as exc:
+            raise BundleError(f"corrupt bundle at {path}: {exc}") from None
+    else:
+        # Saved before the latent kNN term existed (or without it): the score is the
+        # reconstruction probability alone, as it was when the bundle was written.
+        detector.knn_weight = 0.0
     detector.manifest_ = m
     detector._scorer = None
     return detector

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,6 +33,12 @@ class ScoreResult:
     ``contributions`` are the per-feature terms of the negative log-likelihood minus each
     feature's median term on normal data: near zero for a typical value, large and positive for
     the feature that makes the row unlikely. ``nll`` holds the raw terms (nats, scaled space).
+    ``expected`` is always inside the model's plausible range (`VAEDetector.plausible_range`):
+    the decoder's mean, clipped, unless a counterfactual replaced it. Rows explained by
+    counterfactuals (`VAEDetector.counterfactual`) have their blamed features in ``blame``
+    (rows × rounds, most responsible first, −1 elsewhere) and, in ``score_drop``, how much the
+    score falls when each is set to its expected value after those blamed before it (NaN for
+    the other cells). Both are None when no row was explained.
     """
 
     scores: np.ndarray
@@ -42,6 +48,8 @@ class ScoreResult:
     observed: np.ndarray
     expected: np.ndarray
     feature_names: list[str]
+    score_drop: np.ndarray | None = None
+    blame: np.ndarray | None = None
 
     @property
     def is_anomaly(self) -> np.ndarray:
@@ -51,25 +59,32 @@ class ScoreResult:
         return int(self.scores.shape[0])
 
     def top_contributions(self, row: int, k: int = 3) -> list[dict[str, Any]]:
-        """The k features most responsible for one row's score, with their share of the excess."""
-        excess = self.contributions[row]
-        positive = np.clip(excess, 0.0, None)
-        total = float(positive.sum())
-        order = np.argsort(-excess, kind="stable")[:k]
-        return [
-            {
-                "feature": self.feature_names[j],
-                "observed": float(self.observed[row, j]),
-                "expected": float(self.expected[row, j]),
-                "contribution": float(excess[j]),
-                "share": float(positive[j] / total) if total > 0 else 0.0,
-            }
-            for j in order
-        ]
+        """The k features most responsible for one row's score.
+
+        A row explained by counterfactuals lists its blamed features in order, each with its
+        ``score_drop`` and its ``share`` of the row's positive drops; any other row is ranked by
+        excess nats, with its share of the positive excess.
+        """
+        from vaeguard.serving.explain import top_contributions
+
+        one = slice(row, row + 1)
+        return top_contributions(
+            self.contributions[one],
+            self.observed[one],
+            self.expected[one],
+            self.feature_names,
+            k,
+            score_drop=None if self.score_drop is None else self.score_drop[one],
+            blame=None if self.blame is None else self.blame[one],
+        )[0]
 
 
 class VAEDetector:
     """Variational-autoencoder anomaly detector, scored by Monte-Carlo reconstruction probability.
+
+    The defaults of β, the variance floor and the latent kNN term were chosen
+    leave-one-dataset-out on the eleven shared ODDS sets (``benchmarks/odds.py --cv``;
+    ``benchmarks/RESULTS-odds.md``); the others were kept because no candidate beat them there.
 
     Parameters
     ----------
@@ -81,11 +96,19 @@ class VAEDetector:
         Training; early stopping watches the ELBO on a held-out share of the normal data,
         which also calibrates the threshold.
     min_log_var, max_log_var
-        Bounds of the decoder's per-feature log-variance (in robust-scaled units).
+        Bounds of the decoder's per-feature log-variance (in robust-scaled units). The floor
+        of −3 (σ ≥ 0.22 robust σ) keeps a nearly constant feature from turning the likelihood
+        into a spike.
     mc_samples
         L, the number of latent draws in the reconstruction probability. 16 by
         benchmarks/mc_samples.py: ROC-AUC is flat from L = 8 on, score noise at 16 is within
         10% of L = 32's, at twice its throughput.
+    knn_weight, knn_k
+        The latent space's own density (`vaeguard.model.latent_knn`): the score adds
+        ``knn_weight`` × (robust σ of the reconstruction score on normal rows) per robust σ of
+        the mean distance from the row's posterior mean to its ``knn_k`` nearest training
+        posterior means. 0 scores by the reconstruction probability alone (and is what a bundle
+        saved before this term existed loads with). Needs ``validation_fraction`` > 0.
     threshold_method, target_fpr, risk
         "quantile" (false-positive rate ``target_fpr`` on normal data) or "spot" (EVT, ``risk``).
     seed
@@ -96,7 +119,7 @@ class VAEDetector:
         self,
         latent_dim: int = 8,
         hidden: Sequence[int] = (64, 32),
-        beta: float = 1.0,
+        beta: float = 0.25,
         epochs: int = 200,
         batch_size: int = 128,
         learning_rate: float = 1e-3,
@@ -106,8 +129,10 @@ class VAEDetector:
         kl_warmup_epochs: int = 10,
         activation: str = "relu",
         dropout: float = 0.0,
-        min_log_var: float = -6.0,
+        min_log_var: float = -3.0,
         max_log_var: float = 4.0,
+        knn_weight: float = 0.5,
+        knn_k: int = 1,
         threshold_method: str = "quantile",
         target_fpr: float = 0.01,
         risk: float = 1e-3,
@@ -128,6 +153,8 @@ class VAEDetector:
         self.dropout = dropout
         self.min_log_var = min_log_var
         self.max_log_var = max_log_var
+        self.knn_weight = knn_weight
+        self.knn_k = knn_k
         self.threshold_method = threshold_method
         self.target_fpr = target_fpr
         self.risk = risk
@@ -140,8 +167,13 @@ class VAEDetector:
     _PARAMS = (
         "latent_dim", "hidden", "beta", "epochs", "batch_size", "learning_rate", "mc_samples",
         "patience", "validation_fraction", "kl_warmup_epochs", "activation", "dropout",
-        "min_log_var", "max_log_var", "threshold_method", "target_fpr", "risk", "seed", "verbose",
+        "min_log_var", "max_log_var", "knn_weight", "knn_k", "threshold_method", "target_fpr",
+        "risk", "seed", "verbose",
     )  # fmt: skip
+
+    #: Parameters added after the first bundles were written, and the value that reproduces
+    #: a bundle whose manifest does not record them (what it was trained and scored with).
+    _UNRECORDED_PARAMS: ClassVar[dict[str, Any]] = {"knn_weight": 0.0, "knn_k": 1}
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._PARAMS}
@@ -200,12 +232,10 @@ class VAEDetector:
 
         if self.seed is not None:
             keras.utils.set_random_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
-        order = rng.permutation(n)
-        n_val = max(1, round(n * self.validation_fraction)) if self.validation_fraction > 0 else 0
-        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        train_idx, val_idx = validation_split(n, self.validation_fraction, self.seed)
+        n_val = len(val_idx)
 
-        scaler = RobustScaler.fit(x_raw)
+        scaler = self._fit_scaler(x_raw)
         x = scaler.transform(x_raw).astype("float32")
 
         model = VAE(
@@ -260,17 +290,24 @@ class VAEDetector:
         self.feature_names_ = names
         self.n_features_in_ = len(names)
         self.scaler_ = scaler
+        self.plausible_range_ = training_range(x_raw)
         self.conditions_ = condition_encoder
         self.history_ = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+        self.latent_knn_ = None
         self._scorer = None
 
         calib_idx = val_idx if n_val else train_idx
         raw = self._raw_scores(x[calib_idx], None if c_all is None else c_all[calib_idx])
         self.baseline_ = np.median(raw.nll, axis=0)
+        scores = raw.score
+        if self.knn_weight and n_val:
+            self.latent_knn_ = self._fit_latent_knn(x, c_all, train_idx, raw)
+            self._scorer = None
+            scores = scores + self.latent_knn_.term(raw.z_mean)
         self.threshold_ = calibrate(
-            raw.score, self.threshold_method, target_fpr=self.target_fpr, risk=self.risk
+            scores, self.threshold_method, target_fpr=self.target_fpr, risk=self.risk
         )
-        self.score_reference_ = np.quantile(raw.score, REFERENCE_LEVELS)
+        self.score_reference_ = np.quantile(scores, REFERENCE_LEVELS)
         self.training_info_ = {
             "rows": int(n),
             "train_rows": len(train_idx),
@@ -284,6 +321,25 @@ class VAEDetector:
         }
         return self
 
+    def _fit_scaler(self, x_raw: np.ndarray) -> RobustScaler:
+        """The feature scaling learned at fit (robust: median and IQR)."""
+        return RobustScaler.fit(x_raw)
+
+    def _fit_latent_knn(self, x, c_all, train_idx, calibration):
+        """The latent kNN term: reference = posterior means of (a subsample of) the training
+        part; normalized on the calibration rows (``calibration``: their raw scores)."""
+        from vaeguard.model.latent_knn import LatentKNN, reference_sample
+
+        ref_idx = train_idx[reference_sample(len(train_idx), self.seed)]
+        ref = self._raw_scores(x[ref_idx], None if c_all is None else c_all[ref_idx])
+        return LatentKNN.fit(
+            ref.z_mean,
+            calibration.z_mean,
+            calibration.score,
+            k=self.knn_k,
+            knn_weight=self.knn_weight,
+        )
+
     def _validate_params(self) -> None:
         if self.threshold_method not in ("quantile", "spot"):
             raise ValueError(
@@ -291,7 +347,9 @@ class VAEDetector:
             )
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("validation_fraction must be in [0, 1)")
-        for name in ("latent_dim", "epochs", "batch_size", "mc_samples"):
+        if not (math.isfinite(self.knn_weight) and self.knn_weight >= 0):
+            raise ValueError("knn_weight must be a finite number ≥ 0")
+        for name in ("latent_dim", "epochs", "batch_size", "mc_samples", "knn_k"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
@@ -307,14 +365,18 @@ class VAEDetector:
 
     @property
     def scorer(self):
-        """The compiled Monte-Carlo scorer, built on first use."""
+        """The compiled Monte-Carlo scorer, built on first use; its ``score`` is the detector's
+        score (with the latent kNN term when the model has one)."""
         self._check_fitted()
         if getattr(self, "_scorer", None) is None:
+            from vaeguard.model.latent_knn import ComposedScorer
             from vaeguard.model.scoring import Scorer
 
-            self._scorer = Scorer(
+            scorer = Scorer(
                 self.model_, self.mc_samples, seed=0 if self.seed is None else self.seed
             )
+            knn = getattr(self, "latent_knn_", None)
+            self._scorer = scorer if knn is None else ComposedScorer(scorer, knn)
         return self._scorer
 
     def _raw_scores(self, x_scaled: np.ndarray, c: np.ndarray | None):
@@ -350,7 +412,7 @@ class VAEDetector:
             contributions=raw.nll - self.baseline_,
             nll=raw.nll,
             observed=x_raw,
-            expected=self.scaler_.inverse_transform(raw.expected),
+            expected=self._plausible(self.scaler_.inverse_transform(raw.expected)),
             feature_names=self.feature_names_,
         )
 
@@ -373,6 +435,120 @@ class VAEDetector:
         """
         result = self.score(X, conditions)
         return result.contributions if centered else result.nll
+
+    # -- counterfactual explanations ---------------------------------------------------------
+
+    @property
+    def plausible_range(self):
+        """Where expected values may lie, per feature (`vaeguard.model.counterfactual`): the
+        training range plus a margin, or median ± a few robust σ for bundles saved without it."""
+        from vaeguard.model.counterfactual import PlausibleRange
+
+        self._check_fitted()
+        stored = getattr(self, "plausible_range_", None)
+        if stored is not None:
+            return stored
+        fallback = getattr(self, "_fallback_range", None)
+        if fallback is None or fallback[0] is not self.scaler_:
+            fallback = (self.scaler_, PlausibleRange.from_scaler(self.scaler_))
+            self._fallback_range = fallback
+        return fallback[1]
+
+    def _plausible(self, values: np.ndarray) -> np.ndarray:
+        """Values (user units) forced into the plausible range; non-finite ones → the median."""
+        r = self.plausible_range
+        return r.clip(values, np.clip(self.scaler_.center, r.low, r.high))
+
+    @property
+    def imputer(self):
+        """The compiled conditional imputation (built on first use, for the current model)."""
+        from vaeguard.model.counterfactual import ITERATIONS, Imputer
+
+        r = self.plausible_range
+        cached = getattr(self, "_imputer", None)
+        if cached is None or cached[0] is not self.model_ or cached[1] is not r:
+            low = self.scaler_.transform(r.low)
+            high = self.scaler_.transform(r.high)
+            cached = (self.model_, r, Imputer(self.model_, low, high, ITERATIONS))
+            self._imputer = cached
+        return cached[2]
+
+    def counterfactual_matrix(
+        self,
+        x_raw: np.ndarray,
+        c: np.ndarray | None = None,
+        *,
+        base: ScoreResult | None = None,
+        rows: str | np.ndarray = "anomalous",
+        k: int = 3,
+        candidates: int | None = None,
+    ) -> ScoreResult:
+        """`score_matrix` plus counterfactual explanations of the selected rows.
+
+        ``rows``: "anomalous", "all", or row indices. Each of a row's top ``candidates``
+        features by excess nats (None: `vaeguard.model.counterfactual.CANDIDATES`;
+        ``n_features_in_`` for every feature) is imputed from the others (VAE conditional
+        imputation, inside the plausible range) and the row rescored; the feature whose
+        correction lowers the score most is blamed and corrected, and so on ``k`` times
+        (`vaeguard.model.counterfactual.explain_rows`). ``base`` is this matrix's
+        `score_matrix` result, if already computed.
+        """
+        from vaeguard.model.counterfactual import (
+            CANDIDATES,
+            INPUT_CLIP,
+            candidate_features,
+            explain_rows,
+        )
+
+        if base is None:
+            base = self.score_matrix(x_raw, c)
+        n, d = base.contributions.shape
+        if isinstance(rows, str):
+            if rows not in ("anomalous", "all"):
+                raise ValueError(f"rows must be 'anomalous', 'all' or indices, got {rows!r}")
+            idx = np.flatnonzero(base.is_anomaly) if rows == "anomalous" else np.arange(n)
+        else:
+            idx = np.unique(np.asarray(rows, dtype="int64"))
+        feats = candidate_features(
+            base.contributions[idx], CANDIDATES if candidates is None else candidates
+        )
+        rounds = max(0, min(int(k), feats.shape[1]))
+        drop = np.full((n, d), np.nan)
+        blame = np.full((n, rounds), -1, dtype="int64")
+        expected = np.array(base.expected, dtype="float64", copy=True)
+        if idx.size and rounds:
+            x = np.clip(self.scaler_.transform(np.asarray(x_raw)[idx]), -INPUT_CLIP, INPUT_CLIP)
+            cf = explain_rows(
+                self.scorer,
+                self.imputer,
+                x.astype("float32"),
+                None if c is None else np.asarray(c)[idx],
+                base.scores[idx],
+                feats,
+                rounds,
+            )
+            done = ~np.isnan(cf.expected)
+            imputed = self._plausible(self.scaler_.inverse_transform(cf.expected))
+            expected[idx] = np.where(done, imputed, expected[idx])
+            drop[idx] = cf.score_drop
+            blame[idx] = cf.order
+        return replace(base, expected=expected, score_drop=drop, blame=blame)
+
+    def counterfactual(
+        self,
+        X,
+        conditions=None,
+        *,
+        rows: str | np.ndarray = "anomalous",
+        k: int = 3,
+        candidates: int | None = None,
+    ) -> ScoreResult:
+        """Scores with counterfactual explanations: for each selected row, the ``k`` features
+        whose correction lowers the score most, what each should have been given the others,
+        and by how much (see `counterfactual_matrix`); ``result.top_contributions(i)`` lists
+        them in that order."""
+        x_raw, c = self.prepare(X, conditions)
+        return self.counterfactual_matrix(x_raw, c, rows=rows, k=k, candidates=candidates)
 
     # -- threshold ----------------------------------------------------------------------------
 
@@ -495,6 +671,21 @@ class VAEDetector:
         from vaeguard.bundle import load_bundle
 
         return load_bundle(path)
+
+
+def training_range(x_raw: np.ndarray):
+    """The plausible range of expected values, from the training rows (user units)."""
+    from vaeguard.model.counterfactual import PlausibleRange
+
+    return PlausibleRange.fit(x_raw)
+
+
+def validation_split(n: int, fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of `fit`: a seeded random ``fraction`` is held out for
+    early stopping and calibration (at least one row when ``fraction`` > 0)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * fraction)) if fraction > 0 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def _one_row(row, detector: VAEDetector):

@@ -28,6 +28,10 @@ assert (odd > np.quantile(normal, 0.9)).mean() > 0.9, "outliers not ranked"
 d = tempfile.mkdtemp() + "/b"; det.save(d)
 assert np.allclose(VAEDetector.load(d).decision_function(x[:100], c), normal, atol=1e-5)
 assert det.sample(5, {"k": "a"}).shape == (5, 4)
+cf = det.counterfactual(shifted, c, rows="all", k=2)
+assert (cf.blame[:, 0] == 2).mean() > 0.8, "the shifted feature is not blamed"
+r = det.plausible_range
+assert ((cf.expected >= r.low) & (cf.expected <= r.high)).all(), "expected value out of range"
 print("ok")
 """
 

@@ -48,14 +48,17 @@ def test_recalibrating_on_more_normal_data_reaches_small_risks(fitted, tmp_path)
 
 def test_explain_points_at_the_shifted_feature(fitted, normal_data):
     fresh = make_normal_data(300, seed=3, n_features=5)
-    hits = 0
     rng = np.random.default_rng(0)
-    for i in range(len(fresh)):
-        j = int(rng.integers(5))
-        row = fresh[i : i + 1].copy()
-        row[0, j] += 6 * normal_data[:, j].std()
-        hits += int(fitted.explain(row).argmax() == j)
-    assert hits / len(fresh) > 0.9
+    shifted = rng.integers(5, size=len(fresh))
+    rows = fresh.copy()
+    rows[np.arange(len(fresh)), shifted] += 6 * normal_data.std(axis=0)[shifted]
+    # What alerts carry for anomalous rows: the counterfactual blame.
+    blame = fitted.counterfactual(rows, rows="all", k=1).blame[:, 0]
+    assert (blame == shifted).mean() > 0.95
+    # The cheap per-feature ranking (normal rows' explanation) is weaker with the defaults
+    # chosen by benchmarks/odds.py --cv (β 0.25, variance floor −3: 77 % here, 98 % with
+    # β 1 / floor −6); RESULTS-odds.md reports the ODDS planted-shift rate.
+    assert (fitted.explain(rows).argmax(axis=1) == shifted).mean() > 0.7
 
 
 def test_score_result_carries_expected_values_and_shares(fitted):

@@ -144,7 +144,7 @@ def test_sigkill_loop_loses_nothing_and_restarts_fast(broker, small_bundle, daem
     bs = broker.bootstrap_servers
     topic, group = unique("loop-in"), unique("loop")
     create_topic(bs, topic, 2)
-    env = daemon_env(bs, small_bundle, [topic], group, VAEGUARD_KAFKA__GROUP_INSTANCE_ID="loop-1")
+    env = daemon_env(bs, small_bundle, [topic], group)
     stream = PacedProducer(bs, topic, n=40_000, rate=400)
     scores = Collector(bs, f"{group}.scores")
     rng = random.Random(7)

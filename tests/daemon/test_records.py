@@ -186,3 +186,26 @@ def test_a_failure_inside_scoring_costs_only_its_record(small_bundle):
     assert headers["__connect.errors.exception.class.name"] == b"RuntimeError"
     assert b"boom" in headers["__connect.errors.exception.message"]
     assert out.isolated >= 2
+
+
+def test_anomalies_mode_outputs_and_explains_only_anomalies(small_bundle):
+    from tests.conftest import make_normal_data
+    from vaeguard import VAEDetector
+
+    det = VAEDetector.load(small_bundle)
+    serving = TabularServing(det, "v1")
+    x = make_normal_data(n=40, seed=9)
+    x[[3, 30]] += 9.0
+    names = det.feature_names_
+    messages = [
+        msg(json.dumps(dict(zip(names, row.tolist(), strict=True))).encode(), offset=i)
+        for i, row in enumerate(x)
+    ]
+    step = StepSettings("out", "dlq", 4096, 3, DEFAULT_BANDS, "g", "i", output_mode="anomalies")
+    out = process(serving, messages, step)
+    assert len(out.scored) == 40  # every record is scored (and counted, and alerted on)
+    flagged = [r for r in out.scored if r.is_anomaly]
+    assert {3, 30} <= {r.source.offset for r in flagged}
+    assert len(out.outputs) == len(flagged)  # only the anomalies go to the output topic
+    assert all(r.contributions for r in flagged)
+    assert all(not r.contributions for r in out.scored if not r.is_anomaly)

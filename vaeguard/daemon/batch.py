@@ -150,7 +150,8 @@ def _score_rows(serving, features: Features, items, rows: list[int], s, result, 
     part = features if len(rows) == len(features) else features.take(rows)
     kept = [items[i] for i in part.keep.tolist()]
     try:
-        records = serving.score(part, kept, top_k=s.top_k, bands=s.bands)
+        explain = "anomalies" if s.output_mode == "anomalies" else "all"
+        records = serving.score(part, kept, top_k=s.top_k, bands=s.bands, explain=explain)
         if len(records) != len(kept):
             raise RuntimeError(
                 f"the model returned {len(records)} score records for {len(kept)} rows"

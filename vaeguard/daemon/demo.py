@@ -433,7 +433,9 @@ def _render(state: DemoState, incidents, daemon, start: int):
     table.add_column("host", no_wrap=True)
     table.add_column("severity", no_wrap=True)
     table.add_column("recs", justify="right")
-    table.add_column("blamed metrics (observed, expected given the others, share of the excess)")
+    table.add_column(
+        "blamed metrics (observed, expected given the others, share of the explained score)"
+    )
     table.add_column("injected incident", no_wrap=True)
     for ep in state.episodes[-12:]:
         truth = (

@@ -35,10 +35,11 @@ class RawScores:
     score: np.ndarray  # (n,) −log p̂(x), nats
     nll: np.ndarray  # (n, D) per-feature −log p(x_j | z), posterior-weighted over the L draws
     expected: np.ndarray  # (n, D) posterior-weighted decoder mean (scaled space)
+    z_mean: np.ndarray | None = None  # (n, latent_dim) posterior mean μ(x), for latent terms
 
 
 def reconstruction_terms(model, x, c, mask, epsilon):
-    """The scoring graph in `keras.ops`: returns (score, per-feature nll, expected value).
+    """The scoring graph in `keras.ops`: returns (score, per-feature nll, expected value, μ).
 
     The L decoder passes are one batched call over L·n latent points. The per-feature terms are
     weighted by each draw's share w_l = softmax_l(log p(x|z_l)) of the mixture, so they sum to
@@ -67,7 +68,7 @@ def reconstruction_terms(model, x, c, mask, epsilon):
     log_p_hat = log_sum - ops.log(ops.cast(n_draws, log_p.dtype))
     # softmax over the draws, spelled out: keras.ops.softmax warns when L = 1.
     weights = ops.expand_dims(ops.exp(log_p - log_sum), -1)  # (L, n, 1)
-    return -log_p_hat, ops.sum(weights * nll, axis=0), ops.sum(weights * mean, axis=0)
+    return -log_p_hat, ops.sum(weights * nll, axis=0), ops.sum(weights * mean, axis=0), z_mean
 
 
 def compile_function(fn):
@@ -117,14 +118,14 @@ class Scorer:
             c = np.zeros((n, n_cond), dtype="float32")
         if mask is None:
             mask = np.ones_like(x, dtype="float32")
-        scores, nlls, expected = [], [], []
+        scores, nlls, expected, z_means = [], [], [], []
         for start in range(0, max(n, 1), BUCKETS[-1]):
             stop = min(start + BUCKETS[-1], n)
             size = stop - start
             if size == 0:
                 break
             padded = next(b for b in BUCKETS if b >= size)
-            s, nll, e = self._graph(
+            s, nll, e, z = self._graph(
                 _pad(x[start:stop], padded),
                 _pad(c[start:stop], padded),
                 _pad(mask[start:stop], padded),
@@ -132,13 +133,20 @@ class Scorer:
             scores.append(ops.convert_to_numpy(s)[:size])
             nlls.append(ops.convert_to_numpy(nll)[:size])
             expected.append(ops.convert_to_numpy(e)[:size])
+            z_means.append(ops.convert_to_numpy(z)[:size])
         if not scores:
             d = self.model.n_features
-            return RawScores(np.zeros(0), np.zeros((0, d)), np.zeros((0, d)))
+            return RawScores(
+                np.zeros(0),
+                np.zeros((0, d)),
+                np.zeros((0, d)),
+                np.zeros((0, self.model.latent_dim)),
+            )
         return RawScores(
             np.concatenate(scores).astype("float64"),
             np.concatenate(nlls).astype("float64"),
             np.concatenate(expected).astype("float64"),
+            np.concatenate(z_means).astype("float64"),
         )
 
 

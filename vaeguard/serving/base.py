@@ -100,8 +100,13 @@ class Serving(Protocol):
         *,
         top_k: int,
         bands: Sequence[tuple[str, float]],
+        explain: str = "all",
     ) -> list[ScoredRecord]:
-        """One score record per row of ``features`` (``items`` are the featurized records)."""
+        """One score record per row of ``features`` (``items`` are the featurized records).
+
+        ``explain="anomalies"``: contributions only for rows above the threshold (the others
+        get none: with ``output.mode: anomalies`` nobody reads them, and building them is most
+        of the per-record cost)."""
 
     # -- state: no-ops for stateless models -------------------------------------------------
 

@@ -41,6 +41,8 @@ class TabularServing(Stateless):
     """
 
     kind = "tabular"
+    #: Explain anomalous rows by counterfactuals (off: every row gets the cheap explanation).
+    counterfactuals = True
 
     def __init__(self, detector, version: str = ""):
         self.detector = detector
@@ -158,14 +160,32 @@ class TabularServing(Stateless):
         *,
         top_k: int,
         bands: Sequence[tuple[str, float]],
+        explain: str = "all",
     ) -> list[ScoredRecord]:
         det = self.detector
         x = features.x
         center, scale = det.scaler_.center, det.scaler_.scale
         x_in = np.clip(x, center - CLIP_SIGMAS * scale, center + CLIP_SIGMAS * scale)
         result = det.score_matrix(x_in, features.c)
+        if self.counterfactuals and result.is_anomaly.any():
+            # Anomalous rows only: what their top features should have been, and how much each
+            # correction explains (`VAEDetector.counterfactual_matrix`). Normal rows keep the
+            # cheap path: the decoder's mean, clipped to the plausible range.
+            from vaeguard.model.counterfactual import CANDIDATES
+
+            result = det.counterfactual_matrix(
+                x_in, features.c, base=result, k=top_k, candidates=max(CANDIDATES, top_k)
+            )
+        rows = None if explain == "all" else np.flatnonzero(result.scores > det.threshold_.value)
         contributions = top_contributions(
-            result.contributions, x, result.expected, self.feature_names, top_k
+            result.contributions,
+            x,
+            result.expected,
+            self.feature_names,
+            top_k,
+            score_drop=result.score_drop,
+            blame=result.blame,
+            rows=rows,
         )
         return score_records(
             items,

@@ -129,6 +129,7 @@ class WindowServing:
         *,
         top_k: int,
         bands: Sequence[tuple[str, float]],
+        explain: str = "all",
     ) -> list[ScoredRecord]:
         """Score the windows in one batched call; the likelihood histories are updated last,
         after everything that can fail, so a retried batch is not counted twice."""
@@ -145,6 +146,7 @@ class WindowServing:
             top_k,
             valid=features.mask > 0,
             columns=self._columns,
+            rows=None if explain == "all" else np.flatnonzero(score > float(det.threshold_.value)),
         )
         records = score_records(
             items,

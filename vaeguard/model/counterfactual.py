@@ -1,0 +1,268 @@
+"""Counterfactual explanations: what a feature *should* have been, and how much that explains.
+
+For a feature j of a row x, the *expected* value is the model's belief about x_j given the
+other features, found by VAE conditional imputation (Rezende et al. 2014; Mattei & Frellsen
+2018): x_j is masked out (set to the training median, 0 in robust-scaled units, as the
+model's missing-data mask does), the row is encoded and decoded, and the decoder's x_j is put
+back in while every other feature stays as observed; the step can be repeated (``ITERATIONS``,
+a pseudo-Gibbs fixed point). Each step's value is clipped to the feature's *plausible range*:
+the training range widened by a margin, kept in the bundle, so an expected value is never
+physically impossible.
+
+The feature's *score drop* is how much the row's score falls when x_j is replaced by that
+expected value, with the same fixed Monte-Carlo draws as the score itself. The feature whose
+correction explains most of the anomaly is the one to blame; the per-feature likelihood terms
+of an anomalous row cannot say that, because the decoder of an off-manifold row is pulled off
+the manifold too. `explain_rows` blames greedily: the best correction is applied and the
+search repeats on the corrected row, so later expected values are not pulled off the manifold
+by the feature already blamed.
+
+The graph is `keras.ops` only, compiled and padded to the scorer's batch buckets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from keras import ops
+
+from vaeguard.model.scoring import BUCKETS, _pad, compile_function
+
+#: The plausible range is [min − MARGIN·span, max + MARGIN·span] of the training rows
+#: (span = max − min), per feature, not crossing zero for a feature whose training values all
+#: have one sign. Chosen by benchmarks/attribution.py on the ODDS sets: the smallest margin
+#: whose range holds 99.9 % of held-out normal values (leave-one-set-out: 0.25 in every fold).
+MARGIN = 0.25
+#: Encode → decode steps of the conditional imputation. benchmarks/attribution.py chose it on
+#: planted shifts (ODDS sets and the demo model's normal data): the fewest steps that impute the
+#: planted feature within 1 σ of its true value about as often as the best count. More steps
+#: make no measurable difference on ODDS and a small one (+2 points) on the demo model.
+ITERATIONS = 1
+#: Features per anomalous row that get a counterfactual: the top ones by excess likelihood
+#: term (all of them when the model has fewer). Bounds the cost of a row at CANDIDATES ×
+#: (ITERATIONS + 1) model passes.
+CANDIDATES = 8
+#: Models saved before the plausible range existed fall back to median ± this many robust σ.
+FALLBACK_SIGMAS = 6.0
+#: Scaled inputs are clipped to ±this before imputation (as `TabularServing` does before
+#: scoring), so an absurd but finite value cannot overflow float32.
+INPUT_CLIP = 1e6
+
+
+@dataclass(frozen=True)
+class PlausibleRange:
+    """Per feature, the interval an expected value may take, in the user's units."""
+
+    low: np.ndarray
+    high: np.ndarray
+    margin: float
+    basis: str  # "training range" or "scaler fallback"
+
+    @classmethod
+    def fit(cls, x: np.ndarray, margin: float = MARGIN) -> PlausibleRange:
+        """The training rows' range widened by ``margin`` × its span on each side; a feature
+        never negative in training is never expected negative (and likewise for positive)."""
+        x = np.asarray(x, dtype="float64")
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        span = hi - lo
+        low, high = lo - margin * span, hi + margin * span
+        low = np.where(lo >= 0, np.maximum(low, 0.0), low)
+        high = np.where(hi <= 0, np.minimum(high, 0.0), high)
+        return cls(low, high, float(margin), "training range")
+
+    @classmethod
+    def from_scaler(cls, scaler, sigmas: float = FALLBACK_SIGMAS) -> PlausibleRange:
+        """For bundles saved before the range was kept: median ± ``sigmas`` robust σ."""
+        center = np.asarray(scaler.center, dtype="float64")
+        scale = np.asarray(scaler.scale, dtype="float64")
+        return cls(
+            center - sigmas * scale, center + sigmas * scale, float(sigmas), "scaler fallback"
+        )
+
+    def clip(self, values: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
+        """Values forced into the range; a non-finite value becomes ``fallback`` (default: the
+        middle of the range) before clipping."""
+        values = np.asarray(values, dtype="float64")
+        if fallback is None:
+            fallback = 0.5 * (self.low + self.high)
+        fallback = np.broadcast_to(np.asarray(fallback, dtype="float64"), values.shape)
+        out = np.where(np.isfinite(values), values, fallback)
+        return np.clip(out, self.low, self.high)
+
+    def contains(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype="float64")
+        return (values >= self.low) & (values <= self.high)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "low": [float(v) for v in self.low],
+            "high": [float(v) for v in self.high],
+            "margin": self.margin,
+            "basis": self.basis,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlausibleRange:
+        return cls(
+            np.asarray(d["low"], dtype="float64"),
+            np.asarray(d["high"], dtype="float64"),
+            float(d.get("margin", MARGIN)),
+            str(d.get("basis", "training range")),
+        )
+
+
+def conditional_imputation(model, x, c, keep, low, high, steps: int):
+    """x with the cells where ``keep`` is 0 imputed from the rest, in `keras.ops`.
+
+    Scaled space throughout; ``low`` / ``high`` (1 × D) bound every imputed value. The imputed
+    cells start at 0 (the training median) and each step re-encodes the row with the current
+    fill and takes the decoder's mean at the posterior mean.
+    """
+    x, keep = ops.convert_to_tensor(x), ops.convert_to_tensor(keep)
+    low, high = ops.convert_to_tensor(low), ops.convert_to_tensor(high)
+    fill = x * keep
+    missing = 1.0 - keep
+    for _ in range(steps):
+        z_mean, _ = model.encode(fill, c)
+        mean, _ = model.decode(z_mean, c)
+        mean = ops.minimum(ops.maximum(mean, low), high)
+        fill = x * keep + mean * missing
+    return fill
+
+
+class Imputer:
+    """Batched, compiled conditional imputation of a `VAE` (see `conditional_imputation`).
+
+    Batches are padded to the scorer's buckets, so the graph is traced a bounded number of
+    times whatever the batch sizes.
+    """
+
+    def __init__(self, model, low_scaled: np.ndarray, high_scaled: np.ndarray, steps: int):
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        self.model = model
+        self.steps = int(steps)
+        self.low = np.asarray(low_scaled, dtype="float32").reshape(1, -1)
+        self.high = np.asarray(high_scaled, dtype="float32").reshape(1, -1)
+        conditional = model.n_conditions > 0
+
+        def graph(x, c, keep):
+            return conditional_imputation(
+                model, x, c if conditional else None, keep, self.low, self.high, self.steps
+            )
+
+        self._graph = compile_function(graph)
+
+    def __call__(self, x: np.ndarray, c: np.ndarray | None, keep: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        if c is None:
+            c = np.zeros((n, max(self.model.n_conditions, 1)), dtype="float32")
+        out = []
+        for start in range(0, n, BUCKETS[-1]):
+            stop = min(start + BUCKETS[-1], n)
+            size = stop - start
+            padded = next(b for b in BUCKETS if b >= size)
+            filled = self._graph(
+                _pad(x[start:stop], padded),
+                _pad(c[start:stop], padded),
+                _pad(keep[start:stop], padded),
+            )
+            out.append(ops.convert_to_numpy(filled)[:size])
+        if not out:
+            return np.zeros((0, self.model.n_features), dtype="float32")
+        return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class Counterfactuals:
+    """The explanation of each row, found greedily (see `explain_rows`)."""
+
+    #: (n, R) the features blamed, most responsible first (−1 where a row has fewer).
+    order: np.ndarray
+    #: (n, D) scaled space: the value each blamed feature is corrected to (NaN elsewhere).
+    expected: np.ndarray
+    #: (n, D) nats: how much that correction lowers the score, on top of the corrections
+    #: ranked before it (NaN elsewhere). They add up: the first k drops are the score of the row
+    #: minus the score of the row with its first k blamed features corrected.
+    score_drop: np.ndarray
+
+
+def candidate_features(contributions: np.ndarray, candidates: int | None) -> np.ndarray:
+    """(n, C) indices of each row's top features by excess likelihood term."""
+    d = contributions.shape[1]
+    c = d if candidates is None else max(1, min(int(candidates), d))
+    ranked = np.nan_to_num(contributions, nan=-np.inf)
+    if c == d:
+        return np.argsort(-ranked, axis=1, kind="stable")
+    part = np.argpartition(-ranked, c - 1, axis=1)[:, :c]
+    order = np.argsort(-np.take_along_axis(ranked, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
+
+
+def single_feature_counterfactuals(
+    scorer, imputer: Imputer, x: np.ndarray, c: np.ndarray | None, features: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Impute each (row, feature) pair of ``features`` (n × C indices) on its own and rescore.
+
+    Returns (imputed value, rescored score), both n × C; ``x`` is scaled.
+    """
+    n, n_c = features.shape
+    if n == 0 or n_c == 0:
+        return np.zeros((n, n_c)), np.zeros((n, n_c))
+    rows = np.repeat(np.arange(n), n_c)
+    cols = features.reshape(-1)
+    x_rep = np.asarray(x, dtype="float32")[rows]
+    keep = np.ones_like(x_rep)
+    keep[np.arange(rows.size), cols] = 0.0
+    c_rep = None if c is None else np.asarray(c)[rows]
+    filled = imputer(x_rep, c_rep, keep)
+    rescored = scorer(filled, c_rep).score
+    values = filled[np.arange(rows.size), cols].astype("float64")
+    return values.reshape(n, n_c), rescored.reshape(n, n_c)
+
+
+def explain_rows(
+    scorer,
+    imputer: Imputer,
+    x: np.ndarray,
+    c: np.ndarray | None,
+    scores: np.ndarray,
+    features: np.ndarray,
+    rounds: int,
+) -> Counterfactuals:
+    """Greedy counterfactual explanation of each row (``x`` scaled, ``scores`` its scores).
+
+    Round 1 imputes each candidate feature (``features``, n × C) from the others and blames
+    the one whose correction lowers the score most; the row is corrected, and each following
+    round does the same for the remaining candidates on the corrected row, ``rounds`` times.
+    So a later feature's expected value is conditioned on the earlier corrections (an
+    anomalous feature left in place pulls every other imputation off the data manifold), and
+    the drops add up.
+    """
+    n, d = x.shape
+    rounds = max(0, min(int(rounds), features.shape[1] if features.ndim == 2 else 0))
+    order = np.full((n, rounds), -1, dtype="int64")
+    expected = np.full((n, d), np.nan)
+    drop = np.full((n, d), np.nan)
+    if n == 0 or rounds == 0:
+        return Counterfactuals(order, expected, drop)
+    current = np.array(x, dtype="float32", copy=True)
+    score = np.asarray(scores, dtype="float64").copy()
+    remaining = np.asarray(features, dtype="int64")
+    rows = np.arange(n)
+    for r in range(rounds):
+        values, rescored = single_feature_counterfactuals(scorer, imputer, current, c, remaining)
+        gain = score[:, None] - rescored
+        best = np.argmax(np.nan_to_num(gain, nan=-np.inf, posinf=np.inf), axis=1)
+        j = remaining[rows, best]
+        order[:, r] = j
+        expected[rows, j] = values[rows, best]
+        drop[rows, j] = gain[rows, best]
+        current[rows, j] = values[rows, best]
+        score = rescored[rows, best]
+        left = np.ones(remaining.shape, dtype=bool)
+        left[rows, best] = False
+        remaining = remaining[left].reshape(n, -1)
+    return Counterfactuals(order, expected, drop)

@@ -196,6 +196,11 @@ class DaemonProcess:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def metric_or_zero(self, name: str) -> float:
+        """`metric`, or 0 while the ops endpoint does not answer yet (the process starting)."""
+        code, _ = self.get("/healthz")
+        return self.metric(name) if code == 200 else 0.0
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -248,11 +248,6 @@ def decode(value: bytes | bytearray | memoryview | None, max_bytes: int) -> dict
     return _object(loads(text))
 
 
-def decode_text(line: str) -> dict | Rejection:
-    """One line of a JSON Lines file → its object, or the reason it is refused."""
-    return _object(loads(line))
-
-
 def _object(obj: Any) -> dict | Rejection:
     if isinstance(obj, Rejection) or type(obj) is dict:
         return obj

@@ -79,7 +79,7 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
         items.append(Inbound(obj, Source(m.topic, m.partition, m.offset), m.key, m.timestamp))
         origin.append(m)
 
-    stage = f"{type(serving).__module__}.{type(serving).__name__}"
+    stage = _stage(serving)
     scored: list[tuple[int, ScoredRecord]] = []  # (item index, record)
     t1 = t2 = time.perf_counter()
     if items:
@@ -162,8 +162,7 @@ def _score_rows(serving, features: Features, items, rows: list[int], s, result, 
             result.isolated += 1
             _log_isolated("score", exc, 1)
             i = int(part.keep[0])
-            stage = f"{type(serving).__module__}.{type(serving).__name__}"
-            result.dead.append(DeadLetter(origin[i], _processing_error(exc), stage))
+            result.dead.append(DeadLetter(origin[i], _processing_error(exc), _stage(serving)))
             return []
         mid = len(rows) // 2
         return _score_rows(serving, features, items, rows[:mid], s, result, origin) + _score_rows(
@@ -173,7 +172,7 @@ def _score_rows(serving, features: Features, items, rows: list[int], s, result, 
 
 def _featurize_and_score_one(serving, item: Inbound, i: int, origin, s, result):
     """The fallback of a stateless model whose batch featurize raised: one record alone."""
-    stage = f"{type(serving).__module__}.{type(serving).__name__}"
+    stage = _stage(serving)
     try:
         features = serving.featurize([item])
     except Exception as exc:
@@ -183,6 +182,11 @@ def _featurize_and_score_one(serving, item: Inbound, i: int, origin, s, result):
         result.dead.append(DeadLetter(origin[i], r, stage))
     out = _score_rows(serving, features, [item], list(range(len(features))), s, result, [origin[i]])
     return [(i, record) for _, record in out]
+
+
+def _stage(serving) -> str:
+    """Kafka Connect's ``class.name`` header: the class that refused the record."""
+    return f"{type(serving).__module__}.{type(serving).__name__}"
 
 
 def _processing_error(exc: BaseException) -> Rejection:

@@ -127,7 +127,6 @@ class Pipeline:
         self._last_broker_ok = 0.0
         self._broker_ok = False
         self._last_metrics_check = 0.0
-        self._bands = settings.scoring.bands
         self._model: ActiveModel | None = None
         self._task_id = settings.kafka.group_instance_id or settings.kafka.client_id
         self._step = batch_step.StepSettings(

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -90,6 +91,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Part names: ``views/1``, ``views/2`` … (relative, no way out of the bundle).
+_PART_RE = re.compile(r"^[a-z]+/[0-9]{1,3}$")
+
+
 def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
     """Write the detector to `path` (created if needed; an existing bundle there is replaced)."""
     path = Path(path)
@@ -133,6 +138,16 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
         "data_fingerprint": detector.training_info_.get("data_fingerprint"),
         "extra": extra if extra is not None else getattr(detector, "bundle_extra_", {}),
     }
+    parts = getattr(detector, "bundle_parts_", None) or {}
+    if parts:
+        # Further models of the same detector (a window model's other views), each a bundle of
+        # its own in a sub-folder, pinned by the SHA-256 of its manifest.
+        manifest["parts"] = {}
+        for name, part in parts.items():
+            if not _PART_RE.match(name):
+                raise BundleError(f"bad bundle part name {name!r}")
+            save_bundle(part, path / name)
+            manifest["parts"][name] = sha256_file(path / name / MANIFEST_FILE)
     if getattr(detector, "latent_knn_", None) is not None:
         manifest["latent_knn"] = detector.latent_knn_.to_dict()
     plausible = getattr(detector, "plausible_range_", None)
@@ -339,6 +354,19 @@ def load_bundle(path):
         # Saved before the latent kNN term existed (or without it): the score is the
         # reconstruction probability alone, as it was when the bundle was written.
         detector.knn_weight = 0.0
+    detector.parts_ = {}
+    parts = m.get("parts") or {}
+    if not isinstance(parts, dict):
+        raise BundleError(f"corrupt bundle at {path}: parts must be an object")
+    for name, digest in parts.items():
+        part = path / str(name)
+        if not _PART_RE.match(str(name)) or not (part / MANIFEST_FILE).is_file():
+            raise BundleError(f"corrupt bundle at {path}: part {name!r} is missing")
+        if sha256_file(part / MANIFEST_FILE) != digest:
+            raise BundleError(
+                f"corrupt bundle at {path}: part {name!r} does not match its recorded SHA-256"
+            )
+        detector.parts_[name] = load_bundle(part)
     detector.manifest_ = m
     detector._scorer = None
     return detector

@@ -62,8 +62,12 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("window")
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in host_points(0, 300, seed=0)))
+    # The live streams here are 36 points per host: a likelihood judged on 20 scores is noisy,
+    # and the default suppression (200 points) would hide the spike behind an early alert.
+    (root / "config.json").write_text(json.dumps({"likelihood": {"suppress": 0}}))
     result = run_cli(
         "train-window",
+        *("--config", str(root / "config.json")),
         *("--data", str(data), "--metrics", "cpu,lat", "--window", str(WINDOW)),
         *("--entity-column", "host", "--time-column", "ts", "--interval", "60"),
         *("--steps", "60", "--hidden", "16", "--latent-dim", "2", "--mc-samples", "4"),
@@ -76,13 +80,13 @@ def trained(tmp_path_factory):
 
 def offline(bundle: Path, records: list[dict]):
     """The offline path: record index → (raw score, likelihood) for every windowed record."""
-    from vaeguard.timeseries.detector import WindowDetector
+    from vaeguard.timeseries.views import ViewSet
 
-    det = WindowDetector.load(bundle)
-    batch = det.featurizer().update_and_featurize(records)
-    raw = det.score_windows(batch.x, batch.c, batch.mask)[0]
-    lk = det.likelihood().update_many(batch.entities, raw)
-    return {int(i): (float(s), float(p)) for i, s, p in zip(batch.keep, raw, lk, strict=True)}
+    views = ViewSet.load(bundle)
+    batch = views.featurizer().update_and_featurize(records)
+    raws = views.raw_scores(batch.x, batch.c, batch.mask)
+    lk = views.likelihood().update_many(batch.entities, raws)
+    return {int(i): (float(s), float(p)) for i, s, p in zip(batch.keep, raws[0], lk, strict=True)}
 
 
 def assert_same_scores(scores: dict[int, dict], reference: dict[int, tuple[float, float]]) -> None:
@@ -283,7 +287,10 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
     det = load_window_bundle(trained["bundle"])
     assert det.spec.window == WINDOW and det.spec.metrics == ("cpu", "lat")
     assert det.spec.entity_field == "host" and det.use_likelihood
-    assert math.isfinite(det.threshold_.value)
+    # the default configuration: the metrics, and the metrics with cpu's seasonal residual
+    assert [v.inputs for v in det.views] == [("cpu", "lat"), ("cpu", "lat", "cpu_seasonal")]
+    assert (trained["bundle"] / "views" / "1" / "bundle.json").is_file()
+    assert all(math.isfinite(v.threshold_.value) for v in det.views)
     registry = ModelRegistry(trained["registry"])
     vae, version = registry.load()
     assert version == "v0001" and is_window_model(vae)

@@ -186,16 +186,22 @@ def test_tabular_featurize_partitions_the_batch(batch, conditions):
         max_size=30,
     ),
     st.sampled_from(["auto", 60, "rows"]),
+    st.booleans(),
 )
-def test_window_featurize_never_raises(batch, interval):
-    f = WindowFeaturizer(window=4, metrics=("cpu", "lat"), interval=interval, infer_points=2)
+def test_window_featurize_never_raises(batch, interval, seasonal):
+    period = {"period": 300.0, "periods": 2, "tolerance": 60.0} if seasonal else None
+    f = WindowFeaturizer(
+        window=4, metrics=("cpu", "lat"), interval=interval, infer_points=2, seasonal=period
+    )
     out = f.update_and_featurize(batch)
     assert len(out.keep) + len(out.rejected) <= len(batch)
-    assert np.isfinite(out.x).all() and out.x.shape[1] == 8
+    assert np.isfinite(out.x).all() and out.x.shape[1] == (12 if seasonal else 8)
     for r in out.rejected:
         _check_rejection(r)
-    # and the state it built is still a valid snapshot
-    json.dumps(f.snapshot(), allow_nan=False)
+    # and the state it built is still a valid snapshot, which restores to the same state
+    snap = f.snapshot()
+    text = json.dumps(snap, allow_nan=False)
+    assert WindowFeaturizer.restore(json.loads(text)).snapshot() == json.loads(text)
 
 
 Message = namedtuple("Message", "topic partition offset key value headers timestamp")

@@ -1,4 +1,4 @@
-"""WindowDetector and the causal replay: a small model, a short synthetic series."""
+"""WindowDetector and learning online through the daemon's path: a small model, a short series."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from vaeguard.errors import DataError, NotFittedError
 from vaeguard.timeseries.detector import WindowDetector
-from vaeguard.timeseries.stream import run_stream, training_points
+from vaeguard.timeseries.online import run_online, training_points
+from vaeguard.timeseries.views import ViewSet
 
 N = 360
 SPIKE = 300
@@ -48,6 +49,12 @@ def detector():
     return small_detector()
 
 
+def run_stream(detector, records, *, first_fit, retrain_growth):
+    lk = detector.likelihood_spec
+    views = ViewSet([detector], lk, {"retrain_growth": retrain_growth})
+    return run_online(views, records, first_fit=first_fit)
+
+
 def test_training_points_grow_geometrically_within_the_series():
     assert training_points(1000, 150, 2.0, None) == [150, 300, 600]
     assert training_points(1000, 150, 2.0, 200) == [150, 300, 500, 700, 900]
@@ -64,22 +71,26 @@ def test_future_rows_do_not_change_past_scores(detector):
     a = run_stream(detector, original, first_fit=100, retrain_growth=2.0)
     b = run_stream(detector, perturbed, first_fit=100, retrain_growth=2.0)
     assert a.trained_at == b.trained_at == [100, 200]
-    scored = np.isfinite(a.raw[:cut])
+    scored = np.isfinite(a.raw[0, :cut])
     assert scored.sum() > 100
-    np.testing.assert_array_equal(a.raw[:cut], b.raw[:cut])
+    np.testing.assert_array_equal(a.raw[:, :cut], b.raw[:, :cut])
     np.testing.assert_array_equal(a.output[:cut], b.output[:cut])
     # ... and the perturbation is visible afterwards, so the comparison could fail
-    assert not np.allclose(np.nan_to_num(a.raw[cut:]), np.nan_to_num(b.raw[cut:]))
+    assert not np.allclose(np.nan_to_num(a.raw[:, cut:]), np.nan_to_num(b.raw[:, cut:]))
 
 
-def test_scores_are_probationary_zero_then_bounded_and_the_spike_stands_out(detector):
+def test_the_probationary_rows_are_replayed_then_the_spike_stands_out(detector):
     result = run_stream(detector, series(), first_fit=100, retrain_growth=2.0)
-    assert np.isnan(result.raw[:100]).all() and (result.output[:100] == 0).all()
+    # the first model replays the probationary rows: the likelihood history starts there
+    first = int(np.flatnonzero(np.isfinite(result.raw[0]))[0])
+    assert first < 12 and np.isfinite(result.raw[0, 12:100]).all()
+    assert (result.output[: first + 40] == 0).all()  # no opinion before min_history scores
+    assert result.output[first + 40 : 100].max() > 0
     assert ((result.output >= 0) & (result.output <= 1)).all()
-    typical = np.nanmedian(result.raw[100:])
-    assert result.raw[SPIKE] > typical + 5
+    typical = np.nanmedian(result.raw[0, 100:])
+    assert result.raw[0, SPIKE] > typical + 5
     assert result.output[SPIKE] > np.quantile(result.output[100:SPIKE], 0.95)
-    assert result.stats["late_inserted"] + result.stats["duplicates"] >= 1
+    assert result.refused == 0
 
 
 def test_same_input_same_scores_whatever_ran_before(detector):
@@ -99,23 +110,39 @@ def test_unfitted_and_too_small_training_sets_are_refused():
 
 def test_views_take_the_most_surprised_model_and_one_view_is_the_plain_likelihood():
     from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
-    from vaeguard.timeseries.stream import ModelScores, apply_likelihood, apply_likelihood_views
+    from vaeguard.timeseries.views import ViewLikelihood
 
     rng = np.random.default_rng(0)
     n = 400
-    keep = np.arange(50, n)
-    ents = np.array([""] * keep.size, dtype=object)
 
     def view(spike_at):
-        raw = rng.normal(10, 1, keep.size)
-        raw[spike_at - 50] = 40.0
-        seeds = [{"": rng.normal(10, 1, 100)}]
-        return ModelScores(n, keep, ents, raw, trained_at=[50], seeds=seeds)
+        raw = rng.normal(10, 1, n)
+        raw[spike_at] = 40.0
+        return raw
 
     spec = LikelihoodSpec(estimator="gaussian", short=1, history=100, min_history=50, decades=6)
+    keys = [""] * n
     a, b = view(200), view(300)
-    alone = apply_likelihood(a, AnomalyLikelihood(spec))
-    np.testing.assert_array_equal(alone, apply_likelihood_views([a], AnomalyLikelihood(spec)))
-    both = apply_likelihood_views([a, b], AnomalyLikelihood(spec))
+    plain = AnomalyLikelihood(spec).update_many(keys, a)
+    alone = ViewLikelihood(spec, 1).update_many(keys, [a])
+    np.testing.assert_array_equal(alone, plain + 0.0)
+    both = ViewLikelihood(spec, 2).update_many(keys, [a, b])
     assert both[200] == 1.0 and both[300] == 1.0  # each view's spike gets through
     assert (both[:50] == 0).all() and alone[300] < 1.0
+
+
+def test_a_failed_batch_puts_the_likelihood_histories_back():
+    from vaeguard.timeseries.likelihood import LikelihoodSpec
+    from vaeguard.timeseries.views import ViewLikelihood
+
+    spec = LikelihoodSpec(estimator="gaussian", short=1, history=50, min_history=5, suppress=10)
+    lk = ViewLikelihood(spec, 2)
+    rng = np.random.default_rng(1)
+    first = [rng.normal(size=30), rng.normal(size=30)]
+    lk.update_many(["a"] * 30, first)
+    before = lk.snapshot()
+    saved = lk.save_entities(["a", "b"])
+    lk.update_many(["a", "b"] * 5, [rng.normal(size=10), rng.normal(size=10)])
+    assert lk.snapshot() != before
+    lk.put_back(saved)
+    assert lk.snapshot() == before

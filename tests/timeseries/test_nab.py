@@ -18,17 +18,17 @@ from vaeguard.cli.main import app
 from vaeguard.timeseries.nab import merged_params, probation_rows
 
 FAST = {
-    "detector": {
-        "window": 8,
+    "window": {"window": 8},
+    "views": {
         "hidden": [16],
         "latent_dim": 2,
         "train_steps": 40,
         "retrain_steps": 20,
         "mc_samples": 4,
         "score_slots": 4,
-        "likelihood": {"history": 100, "min_history": 20},
     },
-    "stream": {"retrain_growth": 2.0},
+    "likelihood": {"history": 100, "min_history": 20},
+    "schedule": {"retrain_growth": 2.0},
 }
 ROWS = {"catA/s1": 300, "catB/s2": 240}
 LABELLED = "catA/s1.csv"
@@ -95,7 +95,8 @@ def test_result_files_follow_nab_layout_and_columns(results):
         assert [r[0] for r in body] == [stamp(i) for i in range(n)]
         scores = np.array([float(r[2]) for r in body])
         assert ((scores >= 0) & (scores <= 1)).all()
-        assert (scores[: probation_rows(n)] == 0).all()
+        # no model before the end of the probationary period; its rows are replayed then
+        assert (scores[: min(20, probation_rows(n))] == 0).all()
         assert scores[probation_rows(n) :].max() > 0
         labels = [int(r[3]) for r in body]
         expected = [1 if name + ".csv" == LABELLED and i == LABEL_ROW else 0 for i in range(n)]
@@ -104,37 +105,45 @@ def test_result_files_follow_nab_layout_and_columns(results):
 
 
 def test_default_params_are_valid_and_overrides_are_checked():
-    params = merged_params({"detector": {"likelihood": {"short": 3}}})
-    assert params["detector"]["likelihood"]["short"] == 3
-    assert params["detector"]["window"] == merged_params()["detector"]["window"]
-    assert math.isfinite(params["stream"]["retrain_growth"])
+    from vaeguard.errors import ConfigError
+
+    params = merged_params({"likelihood": {"short": 3}})
+    assert params["likelihood"]["short"] == 3
+    assert params["window"] == merged_params()["window"]
+    assert math.isfinite(params["schedule"]["retrain_growth"])
+    with pytest.raises(ConfigError, match="unknown section"):
+        merged_params({"detector": {}})
+    with pytest.raises(ConfigError, match="no_such_knob"):
+        merged_params({"views": {"no_such_knob": 1}})
 
 
 def test_the_seasonal_view_can_be_switched_off_and_is_checked():
     from vaeguard.errors import ConfigError
 
-    assert merged_params()["seasonal"]["periods"] >= 1
-    assert merged_params({"seasonal": None})["seasonal"] is None
-    assert merged_params({"seasonal": {"periods": 2}})["seasonal"]["period"] == 86_400.0
+    assert merged_params()["window"]["seasonal"]["periods"] >= 1
+    one = merged_params({"window": {"seasonal": None}, "views": merged_params()["views"][:1]})
+    assert one["window"]["seasonal"] is None and len(one["views"]) == 1
+    with pytest.raises(ConfigError, match="value_seasonal"):
+        merged_params({"window": {"seasonal": None}, "views": {"inputs": ["value_seasonal"]}})
+    assert (
+        merged_params({"window": {"seasonal": {"periods": 2}}})["window"]["seasonal"]["period"]
+        == 86_400.0
+    )
     with pytest.raises(ConfigError, match="seasonal"):
-        merged_params({"seasonal": {"no_such_knob": 1}})
+        merged_params({"window": {"seasonal": {"no_such_knob": 1}}})
     with pytest.raises(ConfigError, match="periods"):
-        merged_params({"seasonal": {"periods": 0}})
+        merged_params({"window": {"seasonal": {"periods": 0}}})
 
 
 def test_a_window_shorter_than_the_scored_slots_is_refused_by_name():
     from vaeguard.errors import ConfigError
 
-    slots = merged_params()["detector"]["score_slots"]
+    slots = merged_params()["views"][0]["score_slots"]
     assert slots is not None
     with pytest.raises(ConfigError, match="score_slots"):
-        merged_params({"detector": {"window": slots - 1}})
-    assert (
-        merged_params({"detector": {"window": slots - 1, "score_slots": 1}})["detector"][
-            "score_slots"
-        ]
-        == 1
-    )
+        merged_params({"window": {"window": slots - 1}})
+    shorter = merged_params({"window": {"window": slots - 1}, "views": {"score_slots": 1}})
+    assert all(v["score_slots"] == 1 for v in shorter["views"])
 
 
 def run_cli(*args):
@@ -152,7 +161,7 @@ def run_cli(*args):
     [
         ("empty", "no <category>/<series>.csv files", 1),
         ("bad_csv", "expected the header 'timestamp,value'", 1),
-        ("bad_params", "NAB params: detector", 2),
+        ("bad_params", "views[0]: unknown field(s) no_such_knob", 2),
         ("bad_field", "window: must be at least 2", 2),
     ],
 )
@@ -175,10 +184,10 @@ def test_bad_input_gives_one_clear_line(tmp_path, setup, fragment, code):
             "time,val\n1,2\n" if setup == "bad_csv" else "timestamp,value\n2015-01-01 00:00:00,1\n"
         )
     if setup == "bad_params":
-        (tmp_path / "p.json").write_text(json.dumps({"detector": {"no_such_knob": 1}}))
+        (tmp_path / "p.json").write_text(json.dumps({"views": {"no_such_knob": 1}}))
         args += ["--params", tmp_path / "p.json"]
     if setup == "bad_field":
-        (tmp_path / "p.json").write_text(json.dumps({"detector": {"window": 1}}))
+        (tmp_path / "p.json").write_text(json.dumps({"window": {"window": 1}}))
         args += ["--params", tmp_path / "p.json"]
     result = run_cli(*args)
     assert result.returncode == code

@@ -56,7 +56,12 @@ def train_window(
         "--registry",
         help="Register the model as a new version in this registry (created if missing).",
     ),
-    window: int = typer.Option(32, "--window", min=2, help="Points per window (W)."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="JSON overrides of the detector configuration (the format of `vaeguard nab --params`).",
+    ),
+    window: int | None = typer.Option(None, "--window", min=2, help="Points per window (W)."),
     entity_column: str = typer.Option(
         "key", "--entity-column", help="Column naming the entity (host, service)."
     ),
@@ -69,7 +74,15 @@ def train_window(
         help="Sampling interval: seconds, auto (inferred per entity) or rows (arrival order).",
     ),
     conditions: str | None = typer.Option(
-        None, "--conditions", help="Time conditions: hour_of_day,day_of_week (conditional VAE)."
+        None,
+        "--conditions",
+        help="Time conditions: hour_of_day,day_of_week (conditional VAE), or none "
+        "(default: the configuration's, hour_of_day).",
+    ),
+    seasonal: bool = typer.Option(
+        True,
+        "--seasonal/--no-seasonal",
+        help="The second view: the metrics with the seasonal residual of the first one.",
     ),
     max_lateness: int | None = typer.Option(
         None, "--max-lateness", min=0, help="Slots a late point may land behind (default: W)."
@@ -77,21 +90,24 @@ def train_window(
     max_entities: int = typer.Option(
         10_000, "--max-entities", min=1, help="Entities the daemon keeps state for (LRU)."
     ),
-    latent_dim: int = typer.Option(4, "--latent-dim", min=1),
-    hidden: str = typer.Option("64,32", "--hidden", help="Encoder widths, e.g. 64,32."),
-    steps: int = typer.Option(600, "--steps", min=1, help="Gradient steps of training."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
-    mc_samples: int = typer.Option(16, "--mc-samples", min=1, help="Monte-Carlo draws L."),
+    latent_dim: int | None = typer.Option(None, "--latent-dim", min=1),
+    hidden: str | None = typer.Option(None, "--hidden", help="Encoder widths, e.g. 64,32."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Gradient steps of training."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    mc_samples: int | None = typer.Option(None, "--mc-samples", min=1, help="Monte-Carlo draws L."),
     score_slots: int | None = typer.Option(
-        None, "--score-slots", min=1, help="Score the newest N slots only (default: the window)."
+        None,
+        "--score-slots",
+        min=1,
+        help="Score the newest N slots (default: the configuration's, at most the window).",
     ),
     likelihood: bool = typer.Option(
         True,
         "--likelihood/--no-likelihood",
-        help="Add the [0, 1] anomaly likelihood to every score record.",
+        help="Add the [0, 1] anomaly likelihood to every score record (and alert on it).",
     ),
-    likelihood_warmup: int = typer.Option(
-        100, "--likelihood-warmup", min=1, help="Scores an entity needs before its likelihood."
+    likelihood_warmup: int | None = typer.Option(
+        None, "--likelihood-warmup", min=1, help="Scores an entity needs before its likelihood."
     ),
     calibration_fraction: float = typer.Option(
         0.2, "--calibration-fraction", help="Share of the windows (the tail) for the threshold."
@@ -103,45 +119,50 @@ def train_window(
     risk: float = typer.Option(1e-3, "--risk", help="Tail risk for the SPOT threshold."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Train a window-mode (time-series) detector on timestamped records; write a bundle."""
+    """Train the streaming window detector on timestamped records; write a bundle.
+
+    The detector is `vaeguard.timeseries.views.DEFAULT_CONFIG` (the configuration the NAB
+    benchmark measures), with ``--config`` overrides and the flags given applied on top.
+    """
     from rich.console import Console
 
     from vaeguard.io import read_records
-    from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS, WindowDetector
+    from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS
 
     console = Console(stderr=True)
     if out is None and registry is None:
         raise DataError("say where the model goes: --out DIR and/or --registry DIR")
     if not 0.0 < calibration_fraction < 1.0:
         raise DataError("--calibration-fraction must be between 0 and 1")
-    try:
-        hidden_layers = [int(h) for h in hidden.split(",")]
-    except ValueError:
-        raise DataError(f"--hidden must be comma-separated integers, got {hidden!r}") from None
-    lk = None
-    if likelihood:
-        lk = {"min_history": likelihood_warmup, "history": max(2000, likelihood_warmup)}
-    try:
-        detector = WindowDetector(
-            window=window,
-            metrics=tuple(_names(metrics)),
-            conditions=tuple(_names(conditions)),
-            interval=_interval(interval),
-            max_lateness=max_lateness,
-            max_entities=max_entities,
-            entity_field=entity_column,
-            time_field=time_column,
-            latent_dim=latent_dim,
-            hidden=hidden_layers,
-            train_steps=steps,
-            batch_size=batch_size,
-            mc_samples=mc_samples,
-            score_slots=score_slots,
-            likelihood=lk,
-            seed=seed,
-        )
-    except ValueError as exc:  # (ConfigError, naming the field, passes through)
-        raise DataError(str(exc)) from None
+    overrides = None
+    if config is not None:
+        import json
+
+        try:
+            overrides = json.loads(config.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"--config {config}: not a readable JSON file ({exc})") from None
+    detector = _configured(
+        overrides,
+        metrics=tuple(_names(metrics)),
+        window=window,
+        entity_field=entity_column,
+        time_field=time_column,
+        interval=_interval(interval),
+        conditions=conditions,
+        seasonal=seasonal,
+        max_lateness=max_lateness,
+        max_entities=max_entities,
+        latent_dim=latent_dim,
+        hidden=hidden,
+        steps=steps,
+        batch_size=batch_size,
+        mc_samples=mc_samples,
+        score_slots=score_slots,
+        likelihood=likelihood,
+        likelihood_warmup=likelihood_warmup,
+        seed=seed,
+    )
 
     records = read_records(data)
     columns = set().union(*(r.keys() for r in records[:1000]))
@@ -160,8 +181,8 @@ def train_window(
     n_cal = max(MIN_TRAIN_WINDOWS, round(calibration_fraction * n))
     if n - n_cal < MIN_TRAIN_WINDOWS:
         raise DataError(
-            f"{data} gives {n} complete windows of {window} points, too few to train and "
-            f"calibrate (need {2 * MIN_TRAIN_WINDOWS}; more rows or a smaller --window)"
+            f"{data} gives {n} complete windows of {detector.spec.window} points, too few to "
+            f"train and calibrate (need {2 * MIN_TRAIN_WINDOWS}; more rows or a smaller --window)"
         )
     split = n - n_cal
     c = batch.c
@@ -176,13 +197,14 @@ def train_window(
         )
     except ValueError as exc:
         raise DataError(str(exc)) from None
-    detector.training_info_ = {
-        **detector.training_info_,
-        "train_rows": len(records),
-        "entities": featurizer.n_entities,
-        "late_points_skipped": len(batch.rejected),
-        "training_data": str(data),
-    }
+    for view in detector.views:
+        view.training_info_ = {
+            **view.training_info_,
+            "train_rows": len(records),
+            "entities": featurizer.n_entities,
+            "late_points_skipped": len(batch.rejected),
+            "training_data": str(data),
+        }
     from vaeguard.cli.model_cmds import write_model
     from vaeguard.timeseries.bundle import bundle_view
 
@@ -190,6 +212,74 @@ def train_window(
     where = write_model(detector, bundle_view(detector), out, registry, provenance)
     _summary(console, detector, where, len(records), featurizer, split, n_cal)
     console.print(f"time {time.monotonic() - started:.1f} s")
+
+
+def _configured(
+    overrides,
+    *,
+    metrics,
+    window,
+    conditions,
+    seasonal,
+    hidden,
+    steps,
+    likelihood,
+    likelihood_warmup,
+    **flags,
+):
+    """The `ViewSet` of the default configuration, ``--config`` and the flags given."""
+    from vaeguard.errors import ConfigError
+    from vaeguard.timeseries.views import DEFAULT_CONFIG, ViewSet, merge_config
+
+    params = merge_config(DEFAULT_CONFIG, overrides)
+    spec = params["window"]
+    spec.update(
+        metrics=list(metrics),
+        entity_field=flags.pop("entity_field"),
+        time_field=flags.pop("time_field"),
+        interval=flags.pop("interval"),
+        max_lateness=flags.pop("max_lateness"),
+        max_entities=flags.pop("max_entities"),
+    )
+    if window is not None:
+        spec["window"] = window
+    if conditions is not None:
+        spec["conditions"] = [] if conditions.strip().lower() == "none" else _names(conditions)
+    if not seasonal:
+        spec["seasonal"] = None
+        params["views"] = params["views"][:1]
+    elif isinstance(spec.get("seasonal"), dict):
+        spec["seasonal"] = {**spec["seasonal"], "source": metrics[0]}
+    view_flags = {
+        "latent_dim": flags.pop("latent_dim"),
+        "train_steps": steps,
+        "batch_size": flags.pop("batch_size"),
+        "mc_samples": flags.pop("mc_samples"),
+        "score_slots": flags.pop("score_slots"),
+        "seed": flags.pop("seed"),
+    }
+    if hidden is not None:
+        try:
+            view_flags["hidden"] = [int(h) for h in hidden.split(",")]
+        except ValueError:
+            raise DataError(f"--hidden must be comma-separated integers, got {hidden!r}") from None
+    for view in params["views"]:
+        view.update({k: v for k, v in view_flags.items() if v is not None})
+        slots = view.get("score_slots")
+        if view_flags["score_slots"] is None and slots is not None:
+            view["score_slots"] = min(int(slots), int(spec.get("window", 32)))
+    if not likelihood:
+        params["likelihood"] = None
+    elif likelihood_warmup is not None and params["likelihood"] is not None:
+        lk = params["likelihood"]
+        lk["min_history"] = likelihood_warmup
+        lk["history"] = max(int(lk.get("history", 2000)), likelihood_warmup)
+    try:
+        return ViewSet.from_params(params)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise DataError(str(exc)) from None
 
 
 def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: int, n_cal: int):
@@ -202,17 +292,21 @@ def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: in
     t.add_row("records", f"{n_rows} read, {featurizer.n_entities} entities")
     t.add_row(
         "windows",
-        f"{spec.window} points of {', '.join(spec.metrics)}; "
+        f"{spec.window} points of {', '.join(spec.channels)}; "
         f"{n_train} trained on, {n_cal} (the tail) calibrated on",
     )
+    t.add_row("views", "; ".join(", ".join(v.inputs) for v in detector.views))
     if spec.conditions:
         t.add_row("conditions", ", ".join(spec.conditions))
-    th = detector.threshold_
-    t.add_row("threshold", f"{th.value:.3f} nats ({th.method})")
+    th = detector.primary.threshold_
+    t.add_row("threshold", f"{th.value:.3f} nats ({th.method}, view 1)")
+    lk = detector.likelihood_spec
     t.add_row(
         "likelihood",
-        f"on (after {detector.likelihood_spec.min_history} scores per entity)"
-        if detector.use_likelihood
+        f"on (after {lk.min_history} scores per entity"
+        + (f"; alerts at {lk.alert:g}" if lk.alert is not None else "")
+        + ")"
+        if lk is not None
         else "off",
     )
     console.print(t)

@@ -28,10 +28,17 @@ def finite(values: np.ndarray) -> np.ndarray:
 
 
 def severities(
-    scores: np.ndarray, threshold: float, bands: Sequence[tuple[str, float]]
+    scores: np.ndarray,
+    threshold: float,
+    bands: Sequence[tuple[str, float]],
+    *,
+    inclusive: bool = False,
 ) -> tuple[list[bool], list[str]]:
-    """(is_anomaly, severity name) per row; `vaeguard.severity.severity`, vectorized."""
-    anomalous = scores > threshold
+    """(is_anomaly, severity name) per row; `vaeguard.severity.severity`, vectorized.
+
+    A score above the threshold is anomalous (at or above it with ``inclusive``: an alert level
+    such as a likelihood's 1.0 is reached, not exceeded)."""
+    anomalous = scores >= threshold if inclusive else scores > threshold
     names = [NORMAL, *(b for b, _ in bands)]
     minimums = np.asarray([m for _, m in bands], dtype="float64")
     band = np.where(anomalous, np.searchsorted(minimums, scores - threshold, side="right"), 0)
@@ -166,10 +173,11 @@ def score_records(
     bands: Sequence[tuple[str, float]],
     model_version: str,
     likelihood: Sequence[float] | None = None,
+    inclusive: bool = False,
 ) -> list[ScoredRecord]:
     """One `ScoredRecord` per row; ``items`` are the `Inbound` records the rows report on."""
     scores = finite(scores)
-    anomalous, severity = severities(scores, threshold, bands)
+    anomalous, severity = severities(scores, threshold, bands, inclusive=inclusive)
     threshold = float(threshold)
     score_l = scores.tolist()
     out = []

@@ -13,7 +13,10 @@
   lateness bound) is refused with the reason;
 * a scored point's record explains the score by window slot (``cpu[t-3]``: metric ``cpu``,
   slot ``-3``) in the metric's own units, with the [0, 1] ``anomaly_likelihood`` when the
-  bundle configures one.
+  bundle configures one: every view's tail against the entity's history, the most surprised
+  view, saturation and suppression (`vaeguard.timeseries.views.ViewLikelihood`). With a
+  likelihood whose ``alert`` level is set, that output decides ``is_anomaly``; otherwise view
+  0's raw score against its threshold does.
 
 The state (windows, online scalers, likelihood histories) is plain data and records, per
 partition, the next offset it already holds, so a replay after a crash is skipped (`covers`)
@@ -45,6 +48,7 @@ STATE_FIELDS = (
     "time_field",
     "infer_points",
     "normalize",
+    "seasonal",
 )
 
 
@@ -59,25 +63,34 @@ def _partition(topic: str, partition: int) -> str:
 
 
 class WindowServing:
-    """A `WindowDetector` behind the `Serving` interface; owns the per-entity state."""
+    """A `ViewSet` (or one `WindowDetector`) behind the `Serving` interface; owns the
+    per-entity state."""
 
     kind = "window"
     stateful = True
 
     def __init__(self, detector, version: str = "", model_id: str = ""):
-        self.detector = detector  # a vaeguard.timeseries.detector.WindowDetector
+        from vaeguard.timeseries.bundle import _as_views
+
+        self.views = _as_views(detector)  # a vaeguard.timeseries.views.ViewSet
+        self.detector = self.views.primary  # explains the score records
         self.version = version
-        self.spec = detector.spec
+        self.spec = self.views.spec
         #: Whose raw scores the likelihood histories hold (the model file's SHA-256).
         self.model_id = model_id
-        self.state = detector.featurizer()
-        self.likelihood = detector.likelihood() if detector.use_likelihood else None
+        self.state = self.views.featurizer()
+        self.likelihood = self.views.likelihood()
         self.offsets: dict[str, int] = {}
         self.required_fields = [self.spec.time_field]
-        self.score_reference = getattr(detector, "score_reference_", None)
-        metrics = self.spec.metrics
+        self.score_reference = getattr(self.detector, "score_reference_", None)
+        channels = self.spec.channels
         w = self.spec.window
-        self._columns = [{"metric": m, "slot": s - (w - 1)} for m in metrics for s in range(w)]
+        self._columns = [
+            {"metric": m, "slot": s - (w - 1)} for m in self.detector.inputs for s in range(w)
+        ]
+        #: Each view's raw scores of the last scored batch (the NAB runner keeps them).
+        self.last_raw: list[np.ndarray] = []
+        self._channel_index = [channels.index(m) for m in self.detector.inputs]
 
     def warm_up(self) -> None:
         """Compile the masked scorer at every batch-size bucket; refuse a model scoring NaN."""
@@ -87,8 +100,8 @@ class WindowServing:
         for size in BUCKETS:
             x = np.zeros((size, d), dtype="float32")
             c = np.zeros((size, width), dtype="float32") if width else None
-            score, _, _ = self.detector.score_windows(x, c, np.ones_like(x))
-            if not np.isfinite(score).all():
+            scores, _, _ = self.views.score_windows(x, c, np.ones_like(x))
+            if not all(np.isfinite(s).all() for s in scores):
                 raise BundleError("the window model produces non-finite scores on a flat window")
 
     # -- featurize ---------------------------------------------------------------------------
@@ -131,39 +144,67 @@ class WindowServing:
         bands: Sequence[tuple[str, float]],
         explain: str = "all",
     ) -> list[ScoredRecord]:
-        """Score the windows in one batched call; the likelihood histories are updated last,
-        after everything that can fail, so a retried batch is not counted twice."""
+        """Score the windows in one batched call; if building the records fails after the
+        likelihood histories moved, they are put back, so a retried batch is not counted twice."""
+        scores, nll, expected = self.views.score_windows(features.x, features.c, features.mask)
+        score = scores[0]
+        likelihood, saved = None, None
+        if self.likelihood is not None:
+            saved = self.likelihood.save_entities(features.entities)
+            likelihood = self.likelihood.update_many(features.entities, scores)
+        try:
+            records = self._records(
+                features, items, score, nll, expected, likelihood, top_k, bands, explain
+            )
+        except BaseException:
+            if saved is not None:  # a retried batch must not count twice in the histories
+                self.likelihood.put_back(saved)
+            raise
+        self.last_raw = scores
+        return records
+
+    def _records(self, features, items, score, nll, expected, likelihood, top_k, bands, explain):
         det = self.detector
-        score, nll, expected = det.score_windows(features.x, features.c, features.mask)
         w = self.spec.window
-        scale = np.repeat(features.extra["scale"], w, axis=1)  # metric-major: j·W + s
-        center = np.repeat(features.extra["center"], w, axis=1)
+        idx = self._channel_index  # the explained view's channels, metric-major
+        scale = np.repeat(features.extra["scale"][:, idx], w, axis=1)
+        center = np.repeat(features.extra["center"][:, idx], w, axis=1)
+        alert = self._alert_level()
+        if alert is not None and likelihood is not None:
+            # the detector's output decides; the threshold (and severity bands) follow it
+            decided, threshold = likelihood, alert
+        else:
+            decided, threshold = score, float(det.threshold_.value)
         contributions = top_contributions(
             nll - det.baseline_,
-            features.x.astype("float64") * scale + center,
+            det.select(features.x).astype("float64") * scale + center,
             expected * scale + center,
-            self.spec.feature_names,
+            det.feature_names,
             top_k,
-            valid=features.mask > 0,
+            valid=det.select(features.mask) > 0,
             columns=self._columns,
-            rows=None if explain == "all" else np.flatnonzero(score > float(det.threshold_.value)),
+            rows=None if explain == "all" else np.flatnonzero(decided >= threshold),
         )
         records = score_records(
             items,
             features.entities,
             features.timestamps,
-            score,
-            float(det.threshold_.value),
+            decided,
+            threshold,
             contributions,
             bands=bands,
             model_version=self.version,
+            likelihood=likelihood,
+            inclusive=decided is likelihood,
         )
-        if self.likelihood is None:
-            return records
-        # (+ 0.0 turns the likelihood's -0.0 "no opinion yet" into a plain 0.0)
-        raw = np.array([r.score for r in records], dtype="float64")
-        likelihood = (self.likelihood.update_many(features.entities, raw) + 0.0).tolist()
-        return [_with_likelihood(r, v) for r, v in zip(records, likelihood, strict=True)]
+        if decided is likelihood:
+            # the record's score stays view 0's raw score (nats); the decision is the output's
+            records = [_with_score(r, v) for r, v in zip(records, score.tolist(), strict=True)]
+        return records
+
+    def _alert_level(self) -> float | None:
+        spec = self.views.likelihood_spec
+        return None if spec is None else spec.alert
 
     # -- at-least-once bookkeeping --------------------------------------------------------------
 
@@ -198,7 +239,8 @@ class WindowServing:
         only when they hold this same model's raw scores with the same likelihood spec.
         """
         from vaeguard.timeseries.featurizer import WindowFeaturizer, WindowSpec
-        from vaeguard.timeseries.likelihood import AnomalyLikelihood
+        from vaeguard.timeseries.views import STATE_FORMAT as LIKELIHOOD_FORMAT
+        from vaeguard.timeseries.views import ViewLikelihood
 
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise DataError("not a daemon window-state file (format field missing or wrong)")
@@ -222,13 +264,17 @@ class WindowServing:
             lk_state = state.get("likelihood")
             if (
                 self.likelihood is not None
-                and lk_state is not None
+                and isinstance(lk_state, dict)
+                and lk_state.get("format") == LIKELIHOOD_FORMAT
                 and state.get("model_id") == self.model_id
-                and lk_state.get("spec") == self.likelihood.spec.to_dict()
             ):
-                likelihood = AnomalyLikelihood.restore(lk_state)
-                kept["likelihood"] = True
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                restored = ViewLikelihood.restore(lk_state)
+                if restored.spec == self.likelihood.spec and len(restored.views) == len(
+                    self.likelihood.views
+                ):
+                    likelihood = restored
+                    kept["likelihood"] = True
+        except (KeyError, TypeError, ValueError, AttributeError, DataError) as exc:
             raise DataError(f"daemon window-state is corrupt: {exc}") from None
         self.state, self.likelihood, self.offsets = featurizer, likelihood, offsets
         kept.update(windows=True, entities=featurizer.n_entities)
@@ -242,9 +288,9 @@ class WindowServing:
         return self.restore(state)
 
 
-def _with_likelihood(record: ScoredRecord, value: float) -> ScoredRecord:
+def _with_score(record: ScoredRecord, value: float) -> ScoredRecord:
     from dataclasses import replace
 
     from vaeguard.serving.explain import _finite
 
-    return replace(record, anomaly_likelihood=_finite(value))
+    return replace(record, score=_finite(value))

@@ -1,9 +1,10 @@
 """Window-mode models as ordinary vaeguard bundles.
 
-A `WindowDetector` is saved with `vaeguard.bundle.save_bundle`, so the registry, the daemon's
-model loader and `vaeguard check` handle it like any other bundle (same integrity checks, same
-hot swap). What makes it a window model is ``extra.window_mode`` in ``bundle.json``: the
-detector's parameters, window spec included. The tabular fields are filled so that the generic
+A `ViewSet` (one `WindowDetector` per view) is saved with `vaeguard.bundle.save_bundle`, so the
+registry, the daemon's model loader and `vaeguard check` handle it like any other bundle (same
+integrity checks, same hot swap). What makes it a window model is ``extra.window_mode`` in
+``bundle.json``: the whole detector configuration (window spec, views, likelihood, schedule).
+View 0 is the bundle's own model; the others are parts in ``views/<k>/``, each pinned by hash. The tabular fields are filled so that the generic
 loader can still warm the model up: the features are the window slots (``value[t-31]`` …
 ``value[t]``), the scaler is the identity (windows are already scale-free per entity) and the
 time conditions appear as numeric condition columns of the right width.
@@ -39,28 +40,33 @@ class _BundleView:
     params: dict[str, Any]
     bundle_extra_: dict[str, Any] = field(default_factory=dict)
     model_kind_: str = "window"
+    bundle_parts_: dict[str, Any] = field(default_factory=dict)
 
     def get_params(self) -> dict[str, Any]:
         return self.params
 
 
-def bundle_view(detector) -> _BundleView:
-    """What `save_bundle` and `ModelRegistry.register` need, for a fitted, calibrated detector.
+def _as_views(detector):
+    from vaeguard.timeseries.views import ViewSet
 
-    The view carries ``bundle_extra_`` (the window parameters), so a registry that saves it
-    with `save_bundle(view, path)` writes a window-mode bundle too.
-    """
+    if isinstance(detector, ViewSet):
+        return detector
+    lk = detector.likelihood_spec if detector.use_likelihood else None
+    return ViewSet([detector], lk)
+
+
+def _model_view(detector, extra: dict[str, Any]) -> _BundleView:
+    """The bundle fields of one fitted and calibrated `WindowDetector` (one view)."""
     from vaeguard.preprocessing import ConditionColumn, ConditionEncoder, RobustScaler
 
     if detector.model_ is None:
         raise NotFittedError("this WindowDetector is not fitted yet: call fit()")
     if getattr(detector, "threshold_", None) is None:
         raise NotFittedError("calibrate the WindowDetector (calibrate()) before saving it")
-    spec = detector.spec
-    d = spec.n_features
-    view = _BundleView(
+    d = detector.n_inputs
+    return _BundleView(
         model_=detector.model_,
-        feature_names_=spec.feature_names,
+        feature_names_=detector.feature_names,
         conditions_=ConditionEncoder(
             [ConditionColumn(name, "numeric") for name in detector.time_conditions.columns]
         ),
@@ -71,13 +77,30 @@ def bundle_view(detector) -> _BundleView:
         training_info_=dict(detector.training_info_),
         history_={},
         params={k: v for k, v in detector.get_params().items() if k != "likelihood"},
-        bundle_extra_={WINDOW_KEY: detector.get_params()},
+        bundle_extra_=extra,
     )
+
+
+def bundle_view(detector) -> _BundleView:
+    """What `save_bundle` and `ModelRegistry.register` need, for a fitted, calibrated
+    `ViewSet` (or a single `WindowDetector`).
+
+    View 0 is the bundle's model; ``extra.window_mode`` holds the whole detector configuration
+    (`ViewSet.get_params()`); views 1, 2 … are parts (``views/<k>/``), so a registry that saves
+    the view with `save_bundle(view, path)` writes a complete window-mode bundle too.
+    """
+    views = _as_views(detector)
+    view = _model_view(views.primary, {WINDOW_KEY: views.get_params()})
+    view.bundle_parts_ = {
+        f"views/{k}": _model_view(v, {WINDOW_KEY: {"view_of": "..", "view": k}})
+        for k, v in enumerate(views.views)
+        if k > 0
+    }
     return view
 
 
 def save_window_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write a fitted and calibrated `WindowDetector` as a bundle directory."""
+    """Write a fitted and calibrated `ViewSet` (or `WindowDetector`) as a bundle directory."""
     from vaeguard.bundle import save_bundle
 
     view = bundle_view(detector)
@@ -95,40 +118,55 @@ def is_window_model(vae_detector) -> bool:
     return isinstance(extra.get(WINDOW_KEY), dict)
 
 
-def window_detector_from(vae_detector, where: str = "bundle"):
-    """The `WindowDetector` a loaded window-mode bundle describes, sharing its Keras model."""
+def _attach(detector, loaded, where: str) -> None:
+    """Give a `WindowDetector` the model and calibration of a loaded bundle (or part)."""
     from vaeguard.model.scoring import Scorer
     from vaeguard.thresholds import Threshold
-    from vaeguard.timeseries.detector import WindowDetector
 
-    params = dict(vae_detector.bundle_extra_[WINDOW_KEY])
-    try:
-        detector = WindowDetector(**params)
-    except (TypeError, ValueError) as exc:
-        raise BundleError(
-            f"corrupt bundle at {where}: bad window_mode parameters ({exc})"
-        ) from None
-    model = vae_detector.model_
+    model = loaded.model_
     if (
-        model.n_features != detector.spec.n_features
+        model.n_features != detector.n_inputs
         or model.n_conditions != detector.time_conditions.width
     ):
         raise BundleError(
-            f"corrupt bundle at {where}: window_mode describes {detector.spec.n_features} window values "
+            f"corrupt bundle at {where}: window_mode describes {detector.n_inputs} window values "
             f"and {detector.time_conditions.width} condition inputs, the model expects "
             f"{model.n_features} and {model.n_conditions}"
         )
     detector.model_ = model
     detector._scorer = Scorer(model, detector.mc_samples, seed=detector.seed, masked=True)
-    detector.threshold_ = Threshold.from_dict(vae_detector.threshold_.to_dict())
-    detector.baseline_ = np.asarray(vae_detector.baseline_, dtype="float64")
-    detector.score_reference_ = np.asarray(vae_detector.score_reference_, dtype="float64")
-    detector.training_info_ = dict(vae_detector.training_info_)
-    return detector
+    detector.threshold_ = Threshold.from_dict(loaded.threshold_.to_dict())
+    detector.baseline_ = np.asarray(loaded.baseline_, dtype="float64")
+    detector.score_reference_ = np.asarray(loaded.score_reference_, dtype="float64")
+    detector.training_info_ = dict(loaded.training_info_)
+
+
+def window_detector_from(vae_detector, where: str = "bundle"):
+    """The `ViewSet` a loaded window-mode bundle describes, sharing its Keras models."""
+    from vaeguard.errors import ConfigError
+    from vaeguard.timeseries.views import ViewSet
+
+    params = vae_detector.bundle_extra_[WINDOW_KEY]
+    try:
+        views = ViewSet.from_params(dict(params))
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise BundleError(
+            f"corrupt bundle at {where}: bad window_mode parameters ({exc})"
+        ) from None
+    parts = getattr(vae_detector, "parts_", {}) or {}
+    if set(parts) != {f"views/{k}" for k in range(1, len(views.views))}:
+        raise BundleError(
+            f"corrupt bundle at {where}: window_mode describes {len(views.views)} views, "
+            f"the bundle holds {1 + len(parts)} models"
+        )
+    _attach(views.primary, vae_detector, where)
+    for k, view in enumerate(views.views[1:], start=1):
+        _attach(view, parts[f"views/{k}"], f"{where}/views/{k}")
+    return views
 
 
 def load_window_bundle(path):
-    """Load a window-mode bundle as a `WindowDetector` (BundleError if it is not one)."""
+    """Load a window-mode bundle as a `ViewSet` (BundleError if it is not one)."""
     from vaeguard.bundle import load_bundle
 
     vae_detector = load_bundle(path)

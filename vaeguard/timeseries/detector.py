@@ -45,6 +45,10 @@ class WindowDetector:
     score_slots
         Score the last ``score_slots`` slots of the window (1 = the newest point only, as in
         Donut) or, when None, the whole window (rescaled to a full window when slots are missing).
+    inputs
+        The window channels this model sees (default: all of them, see `WindowSpec.channels`;
+        ``"metrics"``: the metrics without derived channels); several detectors over different
+        channels of one window are the views of a `ViewSet`.
     likelihood
         `LikelihoodSpec` (or dict) of the [0, 1] post-processing; None disables it.
     seed
@@ -66,10 +70,28 @@ class WindowDetector:
         mc_samples: int = 16,
         score_slots: int | None = None,
         likelihood: LikelihoodSpec | dict[str, Any] | None = None,
+        inputs: Sequence[str] | str | None = None,
         seed: int = 0,
         **window: Any,
     ):
         self.spec = WindowSpec(**window)
+        channels = self.spec.channels
+        if inputs == "metrics":
+            inputs = self.spec.metrics
+        self.inputs = tuple(channels if inputs is None else inputs)
+        if not self.inputs or len(set(self.inputs)) != len(self.inputs):
+            raise ValueError("inputs: name distinct window channels")
+        missing = [c for c in self.inputs if c not in channels]
+        if missing:
+            raise ValueError(
+                f"inputs: {', '.join(missing)} not among the window's channels {', '.join(channels)}"
+            )
+        w = self.spec.window
+        #: Columns of the full window this model reads (metric-major blocks of W slots).
+        self.columns_ = np.concatenate(
+            [np.arange(channels.index(c) * w, (channels.index(c) + 1) * w) for c in self.inputs]
+        )
+        self._all_inputs = self.inputs == channels
         self.latent_dim = int(latent_dim)
         self.hidden = tuple(int(h) for h in hidden)
         self.beta = float(beta)
@@ -98,6 +120,23 @@ class WindowDetector:
         self.training_info_: dict[str, Any] = {}
 
     @property
+    def n_inputs(self) -> int:
+        """Values per window the model reads: W · len(inputs)."""
+        return self.spec.window * len(self.inputs)
+
+    @property
+    def feature_names(self) -> list[str]:
+        from vaeguard.timeseries.featurizer import slot_names
+
+        return slot_names(self.inputs, self.spec.window)
+
+    def select(self, x: np.ndarray | None) -> np.ndarray | None:
+        """The model's columns of full windows (a no-op when it reads every channel)."""
+        if x is None or self._all_inputs:
+            return x
+        return np.asarray(x)[:, self.columns_]
+
+    @property
     def time_conditions(self) -> TimeConditions:
         return TimeConditions(self.spec.conditions)
 
@@ -121,7 +160,7 @@ class WindowDetector:
         keras = import_keras()
         keras.utils.set_random_seed(self.seed)
         model = VAE(
-            n_features=self.spec.n_features,
+            n_features=self.n_inputs,
             latent_dim=self.latent_dim,
             hidden=self.hidden,
             n_conditions=2 * len(self.spec.conditions),
@@ -170,6 +209,7 @@ class WindowDetector:
             )
         if mask is None:
             mask = np.ones_like(x)
+        x, mask = self.select(x), self.select(mask)
         fresh = not (warm_start and self.model_ is not None)
         if self.model_ is None or (fresh and self._initial_weights is None):
             self._build()  # (a model loaded from a bundle has no initial weights to go back to)
@@ -214,20 +254,21 @@ class WindowDetector:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(score, per-slot nll, expected value) of each window; the daemon's scoring call too.
 
+        ``x`` holds full windows (every channel); nll and expected cover the model's ``inputs``.
         The score counts the slots ``score_slots`` names (all of them, rescaled to a full window
         when some are missing, when it is None); masked slots add nothing to the likelihood.
         """
         if self.model_ is None:
             raise NotFittedError("this WindowDetector is not fitted yet: call fit()")
         x = np.asarray(x, dtype="float32")
-        d = self.spec.n_features
+        d = self.n_inputs
         if x.shape[0] == 0:
             return np.zeros(0), np.zeros((0, d)), np.zeros((0, d))
         if mask is None:
             mask = np.ones_like(x)
-        mask = np.asarray(mask, dtype="float32")
+        x, mask = self.select(x), self.select(np.asarray(mask, dtype="float32"))
         raw = self._scorer(x * mask, c if self.spec.conditions else None, mask)
-        w, m = self.spec.window, len(self.spec.metrics)
+        w, m = self.spec.window, len(self.inputs)
         if self.score_slots is None:
             observed = np.maximum(mask.sum(axis=1), 1.0)
             score = raw.score * (w * m) / observed
@@ -297,5 +338,6 @@ class WindowDetector:
             "mc_samples": self.mc_samples,
             "score_slots": self.score_slots,
             "likelihood": self.likelihood_spec.to_dict() if self.use_likelihood else None,
+            "inputs": list(self.inputs),
             "seed": self.seed,
         }

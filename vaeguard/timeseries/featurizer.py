@@ -29,6 +29,12 @@ Time policy (documented in docs and tests, applied per entity):
 
 ``normalize=False`` passes values through unscaled (for metrics already on a common scale).
 
+**Seasonal channel.** ``seasonal={"period": 86400, "periods": 3, ...}`` adds one derived channel
+after the metrics, ``<source>_seasonal``: the source metric (default the first) minus the median
+of its values at the same time 1 … ``periods`` periods earlier (`SeasonalResidual`, per entity,
+causal). A 32-slot window cannot see "it should be at the daily peak now"; this channel can.
+It is missing until a period of history exists, and does not count towards ``min_observed``.
+
 The state is plain data: `snapshot()` gives a JSON-safe dict and `restore()` takes it back, so
 a daemon can persist it and resume after a restart with identical windows.
 """
@@ -79,9 +85,12 @@ class WindowSpec:
     normalize: bool = True
     norm_memory: int = 5000
     norm_clip: float = 5.0
+    seasonal: dict[str, Any] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "metrics", tuple(self.metrics))
+        if self.seasonal is not None:
+            object.__setattr__(self, "seasonal", _seasonal_spec(self.seasonal, self.metrics))
         object.__setattr__(self, "conditions", tuple(self.conditions))
         if self.window < 2:
             raise ConfigError(f"window: must be at least 2, got {self.window}")
@@ -114,22 +123,25 @@ class WindowSpec:
         return self.window + self.lateness
 
     @property
+    def channels(self) -> tuple[str, ...]:
+        """The window's channels: the metrics, then the derived seasonal channel if any."""
+        if self.seasonal is None:
+            return self.metrics
+        return (*self.metrics, self.seasonal["name"])
+
+    @property
     def n_features(self) -> int:
-        return self.window * len(self.metrics)
+        return self.window * len(self.channels)
 
     @property
     def feature_names(self) -> list[str]:
-        w = self.window
-        return [
-            f"{m}[t-{w - 1 - j}]" if j < w - 1 else f"{m}[t]"
-            for m in self.metrics
-            for j in range(w)
-        ]
+        return slot_names(self.channels, self.window)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["metrics"] = list(self.metrics)
         d["conditions"] = list(self.conditions)
+        d["seasonal"] = None if self.seasonal is None else dict(self.seasonal)
         return d
 
     @classmethod
@@ -139,6 +151,40 @@ class WindowSpec:
         if unknown:
             raise ConfigError(f"window spec: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+def slot_names(channels: Sequence[str], window: int) -> list[str]:
+    """``cpu[t-31]`` … ``cpu[t]`` for every channel, metric-major (the model's column order)."""
+    w = window
+    return [f"{m}[t-{w - 1 - j}]" if j < w - 1 else f"{m}[t]" for m in channels for j in range(w)]
+
+
+_SEASONAL_KEYS = {"period", "periods", "tolerance", "source"}
+
+
+def _seasonal_spec(value: Any, metrics: tuple[str, ...]) -> dict[str, Any]:
+    """The seasonal channel's settings, checked and completed (``name`` is derived)."""
+    from vaeguard.timeseries.seasonal import SeasonalResidual
+
+    if not isinstance(value, dict):
+        raise ConfigError("seasonal: expected an object (period, periods, tolerance, source)")
+    unknown = set(value) - _SEASONAL_KEYS - {"name"}
+    if unknown:
+        raise ConfigError(f"seasonal: unknown field(s) {', '.join(sorted(unknown))}")
+    source = value.get("source", metrics[0])
+    if source not in metrics:
+        raise ConfigError(f"seasonal.source: {source!r} is not one of the metrics")
+    out = {
+        "period": float(value.get("period", 86_400.0)),
+        "periods": int(value.get("periods", 3)),
+        "tolerance": float(value.get("tolerance", 3_600.0)),
+        "source": source,
+    }
+    SeasonalResidual(out["period"], out["periods"], out["tolerance"])  # validates
+    out["name"] = f"{source}_seasonal"
+    if out["name"] in metrics:
+        raise ConfigError(f"seasonal: a metric is already named {out['name']!r}")
+    return out
 
 
 @dataclass
@@ -169,10 +215,10 @@ class WindowBatch:
 class _Entity:
     """Grid, ring buffer of raw values (NaN = missing) and scaler of one entity."""
 
-    __slots__ = ("buf", "end", "interval", "last_ts", "origin", "pending", "scaler")
+    __slots__ = ("buf", "end", "interval", "last_ts", "origin", "pending", "scaler", "seasonal")
 
     def __init__(self, spec: WindowSpec):
-        self.buf = np.full((spec.capacity, len(spec.metrics)), np.nan)
+        self.buf = np.full((spec.capacity, len(spec.channels)), np.nan)
         self.end = -1  # newest slot
         self.origin: float | None = None
         self.interval: float | None = (
@@ -182,7 +228,13 @@ class _Entity:
         )
         self.last_ts = -math.inf
         self.pending: list[tuple[float, list[float]]] = []
-        self.scaler = OnlineScaler(len(spec.metrics), spec.norm_memory, spec.norm_clip)
+        self.scaler = OnlineScaler(len(spec.channels), spec.norm_memory, spec.norm_clip)
+        self.seasonal = None
+        if spec.seasonal is not None:
+            from vaeguard.timeseries.seasonal import SeasonalResidual
+
+            s = spec.seasonal
+            self.seasonal = SeasonalResidual(s["period"], s["periods"], s["tolerance"])
 
 
 class WindowFeaturizer:
@@ -207,7 +259,8 @@ class WindowFeaturizer:
         self.time_conditions = TimeConditions(self.spec.conditions)
         self._entities: OrderedDict[str, _Entity] = OrderedDict()
         self.stats = dict.fromkeys(self.STAT_NAMES, 0)
-        self._last_affine = (np.zeros(len(self.spec.metrics)), np.ones(len(self.spec.metrics)))
+        m = len(self.spec.channels)
+        self._last_affine = (np.zeros(m), np.ones(m))
 
     # -- the daemon's call ---------------------------------------------------------------------
 
@@ -243,7 +296,7 @@ class WindowFeaturizer:
         x = np.where(mask, np.clip(raw, -CLIP_SIGMAS, CLIP_SIGMAS), 0.0).astype("float32")
         ts = np.asarray(stamps, dtype="float64")
         c = self.time_conditions.encode(ts) if self.time_conditions.width else None
-        m = len(spec.metrics)
+        m = len(spec.channels)
         return WindowBatch(
             x=x,
             mask=mask.astype("float32"),
@@ -305,6 +358,10 @@ class WindowFeaturizer:
         spec = self.spec
         entity = self._entity(key)
         self.stats["points"] += 1
+        if entity.seasonal is not None:
+            source = values[spec.metrics.index(spec.seasonal["source"])]
+            residual = entity.seasonal.update(t, source) if math.isfinite(source) else math.nan
+            values = [*values, residual]
         if t < entity.last_ts:
             self.stats["out_of_order"] += 1
         if spec.interval == "rows":
@@ -379,8 +436,8 @@ class WindowFeaturizer:
         spec = self.spec
         w = spec.window
         idx = np.arange(k - w + 1, k + 1) % spec.capacity
-        raw = entity.buf[idx]  # (W, M)
-        observed = np.isfinite(raw)
+        raw = entity.buf[idx]  # (W, channels)
+        observed = np.isfinite(raw[:, : len(spec.metrics)])  # a derived channel does not count
         if observed.mean() < spec.min_observed:
             self.stats["sparse"] += 1
             return None
@@ -414,6 +471,7 @@ class WindowFeaturizer:
                     "recent": recent,
                     "pending": [[t, _nan_to_none(np.asarray(v))] for t, v in e.pending],
                     "scaler": e.scaler.to_dict(),
+                    "seasonal": None if e.seasonal is None else e.seasonal.to_dict(),
                 }
             )
         return {
@@ -449,13 +507,15 @@ class WindowFeaturizer:
                 e.end = int(item["end"])
                 e.last_ts = -math.inf if item["last_ts"] is None else float(item["last_ts"])
                 if item["recent"] is not None:
-                    recent = _none_to_nan(item["recent"], (cap, len(spec.metrics)))
+                    recent = _none_to_nan(item["recent"], (cap, len(spec.channels)))
                     e.buf[np.arange(e.end - cap + 1, e.end + 1) % cap] = recent
                 e.pending = [
-                    (float(t), list(_none_to_nan(v, (len(spec.metrics),))))
+                    (float(t), list(_none_to_nan(v, (len(spec.channels),))))
                     for t, v in item["pending"]
                 ]
                 e.scaler.load_dict(item["scaler"])
+                if e.seasonal is not None:
+                    e.seasonal.load_dict(item["seasonal"])
                 featurizer._entities[str(item["key"])] = e
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"window-state snapshot is corrupt: {exc}") from None

@@ -9,9 +9,10 @@ history (robustly, by median and MAD, unless ``robust=False``), refreshed every 
 points. Until an entity has ``min_history`` scores the likelihood is 0 (no opinion yet).
 
 ``output="log"`` maps the likelihood L to ``−log10(1 − L) / 10`` (Numenta's log likelihood),
-which spreads the interesting region 0.99 … 0.9999999999 over [0.2, 1]. ``refractory`` (> 0)
-keeps an alarm from repeating: after a point at or above ``alarm`` the next ``refractory``
-points of that entity are capped just below it, so one incident reads as one alert.
+which spreads the interesting region 0.99 … 0.9999999999 over [0.2, 1]. Suppression
+(``suppress`` > 0) keeps an alarm from repeating: an output is kept only when it beats every
+output of the entity's previous ``suppress`` points, so one incident reads as one alert.
+``alert`` is the output level at which the daemon calls a record anomalous.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class LikelihoodSpec:
     decades: float = 10.0
     suppress: int = 0
     max_entities: int = 10_000
+    #: When set, an output at or above it makes the daemon's record an anomaly (window mode).
+    alert: float | None = None
 
     def __post_init__(self):
         if self.estimator not in ("tail", "gaussian"):
@@ -70,6 +73,8 @@ class LikelihoodSpec:
             raise ConfigError("decades: must be > 0")
         if self.suppress < 0:
             raise ConfigError("suppress: must be >= 0")
+        if self.alert is not None and not 0.0 < self.alert <= 1.0:
+            raise ConfigError("alert: must be in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

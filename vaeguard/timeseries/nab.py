@@ -1,10 +1,12 @@
 """The Numenta Anomaly Benchmark runner: every series, one causal pass, NAB's result files.
 
 NAB's rules, as applied here: each ``<category>/<series>.csv`` (``timestamp,value``) is
-replayed once in file order through `run_stream`; the model first trains at the end of the
-probationary period (NAB's ``min(floor(0.15·n), 750)`` rows) on those rows only, and later
+replayed once in file order through `vaeguard.timeseries.online.run_online`, i.e. through the
+daemon's own batch step and window-mode serving object: the detector first trains at the end of
+the probationary period (NAB's ``min(floor(0.15·n), 750)`` rows) on those rows only, and later
 retrains only on rows already seen; no labels are read except to copy them into the ``label``
-column; one configuration (`NAB_PARAMS`, overridable as a whole) serves every series.
+column; one configuration (`NAB_PARAMS`, a `ViewSet` configuration, overridable key by key)
+serves every series, and is what ``vaeguard train-window`` trains by default.
 
 Output: ``OUT/NAME/<category>/NAME_<series>.csv`` with ``timestamp,value,anomaly_score,label``
 (score in [0, 1]; rows with no score yet get 0), which NAB's scorer (and
@@ -13,9 +15,7 @@ Output: ``OUT/NAME/<category>/NAME_<series>.csv`` with ``timestamp,value,anomaly
 
 from __future__ import annotations
 
-import copy
 import csv
-import inspect
 import json
 import math
 import os
@@ -31,107 +31,34 @@ import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
 from vaeguard.timeseries.conditions import to_epoch_seconds
+from vaeguard.timeseries.views import DEFAULT_CONFIG
 
 #: NAB caps the probationary period at 15% of 5000 rows.
 PROBATION_FRACTION = 0.15
 PROBATION_CAP = 750
 LABELS_FILE = "combined_labels.json"
 
-#: The one configuration used for every series, chosen on the same 25 shared series it is
-#: graded on (NAB has no held-out split here; see benchmarks/RESULTS-nab.md for what was tried):
-#: a VAE over the last 32 rows conditioned on the hour of day, scored on the newest 16 slots
-#: (a spike counts while it is recent, not for all 32 rows), plus a second VAE of the same shape
-#: whose windows add the seasonal residual (value − median of the same time on the previous 3
-#: days, `SeasonalResidual`), so a missing daily peak is visible. Each model's scores become a
-#: Gaussian tail probability against its last 1000 scores; the smaller of the two wins
-#: (saturating at 1e-6), and an output is kept only when it beats every output of the previous
-#: 200 rows, so one incident reads as one alert. ``"seasonal": None`` runs the first model alone.
-NAB_PARAMS: dict[str, Any] = {
-    "detector": {
-        "window": 32,
-        "interval": "rows",
-        "conditions": ["hour_of_day"],
-        "latent_dim": 4,
-        "hidden": [64, 32],
-        "train_steps": 600,
-        "retrain_steps": 300,
-        "batch_size": 64,
-        "mc_samples": 16,
-        "score_slots": 16,
-        "likelihood": {
-            "estimator": "gaussian",
-            "short": 1,
-            "history": 1000,
-            "min_history": 100,
-            "decades": 6.0,
-            "suppress": 200,
-        },
-    },
-    "seasonal": {"period": 86_400.0, "periods": 3, "tolerance": 3_600.0},
-    "stream": {
-        "retrain_growth": 2.0,
-        "retrain_max_gap": None,
-        "max_train": 4000,
-        "reseed": "first",
-    },
-}
+#: The one configuration used for every series: `vaeguard.timeseries.views.DEFAULT_CONFIG`
+#: (see benchmarks/RESULTS-nab.md for how it was chosen, out-of-fold).
+NAB_PARAMS: dict[str, Any] = DEFAULT_CONFIG
 
 
 def merged_params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`NAB_PARAMS` with ``overrides`` merged in (nested dicts key by key), checked up front."""
-    from vaeguard.timeseries.detector import WindowDetector
-    from vaeguard.timeseries.stream import model_scores
+    """`NAB_PARAMS` with ``overrides`` merged in (nested objects key by key), checked up front.
 
-    params = copy.deepcopy(NAB_PARAMS)
-    if overrides:
-        if not isinstance(overrides, dict):
-            raise ConfigError("NAB params: expected a JSON object")
-        unknown = set(overrides) - set(params)
-        if unknown:
-            raise ConfigError(
-                f"NAB params: unknown section(s) {', '.join(sorted(unknown))}; "
-                "use detector, seasonal, stream"
-            )
-        for section, values in overrides.items():
-            if section == "seasonal" and (values is None or params[section] is None):
-                params[section] = values
-                continue
-            if not isinstance(values, dict):
-                raise ConfigError(f"NAB params: {section} must be an object")
-            for key, value in values.items():
-                if isinstance(value, dict) and isinstance(params[section].get(key), dict):
-                    params[section][key].update(value)
-                else:
-                    params[section][key] = value
+    ``views`` may be given as a list (replaces the views) or as an object (merged into every
+    view); ``window.seasonal`` and ``likelihood`` may be null.
+    """
+    from vaeguard.timeseries.views import ViewSet, merge_config
+
+    params = merge_config(NAB_PARAMS, overrides)
     try:
-        WindowDetector(**params["detector"])
+        ViewSet.from_params(params)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"NAB params: detector: {exc}") from None
-    if params["seasonal"] is not None:
-        from vaeguard.timeseries.seasonal import SeasonalResidual
-
-        try:
-            SeasonalResidual(**params["seasonal"])
-            WindowDetector(**seasonal_detector(params["detector"]))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"NAB params: seasonal: {exc}") from None
-    allowed = set(inspect.signature(model_scores).parameters) - {"detector", "records", "first_fit"}
-    unknown = set(params["stream"]) - allowed - {"reseed"}
-    if unknown:
-        raise ConfigError(f"NAB params: stream: unknown field(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"NAB params: {exc}") from None
     return params
-
-
-def seasonal_detector(detector: dict[str, Any]) -> dict[str, Any]:
-    """The second model's parameters: the first model's, with the seasonal residual as a metric."""
-    metrics = list(detector.get("metrics", ["value"]))
-    if SEASONAL_FIELD not in metrics:
-        metrics.append(SEASONAL_FIELD)
-    return {**detector, "metrics": metrics}
-
-
-#: The record field `SeasonalResidual` fills in for the second model.
-SEASONAL_FIELD = "seasonal"
 
 
 def probation_rows(n: int) -> int:
@@ -228,50 +155,24 @@ def write_result(path: Path, stamps, values, scores: np.ndarray, labels: np.ndar
 
 # -- one series (runs in a worker process) -------------------------------------------------------
 
-_DETECTORS: dict[str, Any] = {}
-
-
-def _detector(detector: dict[str, Any]):
-    """One detector per worker and configuration: reusing it avoids rebuilding the graphs."""
-    from vaeguard.timeseries.detector import WindowDetector
-
-    key = json.dumps(detector, sort_keys=True)
-    if key not in _DETECTORS:
-        _DETECTORS[key] = WindowDetector(**detector)
-    return _DETECTORS[key]
-
 
 def score_series(series: Series, params: dict[str, Any]) -> dict[str, Any]:
-    """Run the detector over one series; returns the scores and timings."""
-    from vaeguard.timeseries.seasonal import SeasonalResidual
-    from vaeguard.timeseries.stream import apply_likelihood_views, run_stream
+    """Run the detector over one series; returns the scores, each view's raw scores, timings."""
+    from vaeguard.timeseries.online import run_online
 
     started = time.perf_counter()
     stamps, values = read_series(series.path)
     records = [{"ts": s, "value": float(v)} for s, v in zip(stamps, values, strict=True)]
-    detector = _detector(params["detector"])
-    stream = dict(params["stream"])
-    reseed = stream.pop("reseed", "first")
-    first_fit = probation_rows(len(records))
-    result = run_stream(detector, records, first_fit=first_fit, reseed=reseed, **stream)
-    output = result.output
-    if params.get("seasonal") is not None:
-        seasonal = SeasonalResidual(**params["seasonal"], field=SEASONAL_FIELD)
-        second = _detector(seasonal_detector(params["detector"]))
-        other = run_stream(
-            second, seasonal.enrich(records), first_fit=first_fit, reseed=reseed, **stream
-        )
-        views = [result.model_scores, other.model_scores]
-        output = apply_likelihood_views(views, detector.likelihood(), reseed)
+    result = run_online(params, records, first_fit=probation_rows(len(records)))
     return {
         "series": series,
         "stamps": stamps,
         "values": values,
         "raw": result.raw,
-        "scores": np.clip(output, 0.0, 1.0),
+        "entities": result.entities,
+        "scores": np.clip(result.output, 0.0, 1.0),
         "trained_at": result.trained_at,
-        "model_scores": result.model_scores,
-        "stats": result.stats,
+        "refused": result.refused,
         "seconds": time.perf_counter() - started,
     }
 

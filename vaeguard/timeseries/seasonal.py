@@ -65,6 +65,18 @@ class SeasonalResidual:
                 del self._ts[:cut], self._values[:cut]
         return out
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts": list(self._ts), "values": list(self._values)}
+
+    def load_dict(self, state: dict[str, Any]) -> None:
+        ts = [float(t) for t in state["ts"]]
+        values = [float(v) for v in state["values"]]
+        if len(ts) != len(values) or ts != sorted(ts):
+            raise ValueError("seasonal state: ts and values must be equally long, ts sorted")
+        if not all(np.isfinite(ts)) or not all(np.isfinite(values)):
+            raise ValueError("seasonal state: non-finite entries")
+        self._ts, self._values = ts, values
+
     def enrich(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Copies of the records (in arrival order) with the residual under ``field``."""
         out = []

@@ -84,11 +84,16 @@ def test_the_daemon_gives_the_same_outputs_for_the_bundle_the_runner_trained(
     messages = encode_records(records())
     outputs = np.zeros(N)
     anomalies = set()
+    plausible = serving.detector.plausible_range_
+    assert plausible is not None
+    low, high = plausible.low.min(), plausible.high.max()
     for start in range(0, N, batch):
         done = process(serving, messages[start : start + batch], step_settings())
         assert not done.dead
         for r in done.scored:
             outputs[r.source.offset] = r.anomaly_likelihood
+            # expected values stay within what the training made plausible, even at the spike
+            assert all(low <= c["expected"] <= high for c in r.contributions)
             if r.is_anomaly:
                 anomalies.add(r.source.offset)
     # (batch sizes change float32 rounding in the model, ~1e-6; nothing else differs)

@@ -24,7 +24,7 @@ def nab(
     params: Path | None = typer.Option(
         None,
         "--params",
-        help="JSON file overriding the detector's NAB configuration (applies to every series).",
+        help="JSON overrides of the detector configuration (window, views, likelihood, schedule; every series).",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary line."),
 ) -> None:

@@ -192,6 +192,7 @@ def train_window(
 
     try:
         detector.fit(*part(slice(0, split)))
+        detector.fit_plausible_range(batch)
         detector.calibrate(
             *part(slice(split, n)), method=threshold_method, target_fpr=target_fpr, risk=risk
         )

@@ -175,10 +175,13 @@ class WindowServing:
             decided, threshold = likelihood, alert
         else:
             decided, threshold = score, float(det.threshold_.value)
+        expected = expected * scale + center
+        if det.plausible_range_ is not None:  # never an expected value the training makes absurd
+            expected = det.plausible_range_.clip(expected)
         contributions = top_contributions(
             nll - det.baseline_,
             det.select(features.x).astype("float64") * scale + center,
-            expected * scale + center,
+            expected,
             det.feature_names,
             top_k,
             valid=det.select(features.mask) > 0,

@@ -41,6 +41,7 @@ class _BundleView:
     bundle_extra_: dict[str, Any] = field(default_factory=dict)
     model_kind_: str = "window"
     bundle_parts_: dict[str, Any] = field(default_factory=dict)
+    plausible_range_: Any = None
 
     def get_params(self) -> dict[str, Any]:
         return self.params
@@ -78,6 +79,7 @@ def _model_view(detector, extra: dict[str, Any]) -> _BundleView:
         history_={},
         params={k: v for k, v in detector.get_params().items() if k != "likelihood"},
         bundle_extra_=extra,
+        plausible_range_=getattr(detector, "plausible_range_", None),
     )
 
 
@@ -139,6 +141,7 @@ def _attach(detector, loaded, where: str) -> None:
     detector.baseline_ = np.asarray(loaded.baseline_, dtype="float64")
     detector.score_reference_ = np.asarray(loaded.score_reference_, dtype="float64")
     detector.training_info_ = dict(loaded.training_info_)
+    detector.plausible_range_ = getattr(loaded, "plausible_range_", None)
 
 
 def window_detector_from(vae_detector, where: str = "bundle"):

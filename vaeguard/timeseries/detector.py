@@ -115,6 +115,8 @@ class WindowDetector:
         self._initial_weights = None
         self.fits_ = 0  # fits since the last fresh start (seeds each fit's shuffling)
         self.threshold_ = None  # set by calibrate(): what the daemon compares scores with
+        #: Where expected values may lie, per model input, in the metrics' units (or None).
+        self.plausible_range_ = None
         self.baseline_ = None
         self.score_reference_ = None
         self.training_info_: dict[str, Any] = {}

@@ -131,6 +131,7 @@ def run_online(
         x, c, mask = batch.x[train], None if batch.c is None else batch.c[train], batch.mask[train]
         views.fit(x, c, mask, warm_start=serving is not None)
         views.calibrate(x, c, mask)
+        views.fit_plausible_range(batch)
         out.trained_at.append(int(start))
         if serving is None:
             serving = WindowServing(views)

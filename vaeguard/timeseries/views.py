@@ -46,6 +46,15 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: view's raw score against the entity's last 1000; the most surprised view; saturating at
 #: 1e-6; kept only when it beats every output of the entity's previous 100 points. Time grid
 #: inferred per entity (gaps are missing slots).
+_VIEW_MODEL: dict[str, Any] = {
+    "latent_dim": 4,
+    "hidden": [64, 32],
+    "train_steps": 600,
+    "retrain_steps": 300,
+    "batch_size": 64,
+    "mc_samples": 16,
+    "score_slots": 16,
+}
 DEFAULT_CONFIG: dict[str, Any] = {
     "window": {
         "window": 32,
@@ -53,28 +62,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "conditions": ["hour_of_day"],
         "seasonal": {"period": 86_400.0, "periods": 3, "tolerance": 3_600.0},
     },
-    "views": [
-        {
-            "inputs": "metrics",
-            "latent_dim": 4,
-            "hidden": [64, 32],
-            "train_steps": 600,
-            "retrain_steps": 300,
-            "batch_size": 64,
-            "mc_samples": 16,
-            "score_slots": 16,
-        },
-        {
-            "inputs": None,
-            "latent_dim": 4,
-            "hidden": [64, 32],
-            "train_steps": 600,
-            "retrain_steps": 300,
-            "batch_size": 64,
-            "mc_samples": 16,
-            "score_slots": 16,
-        },
-    ],
+    "views": [{"inputs": "metrics", **_VIEW_MODEL}, {"inputs": None, **_VIEW_MODEL}],
     "likelihood": {
         "estimator": "gaussian",
         "short": 1,
@@ -319,6 +307,39 @@ class ViewSet:
     def calibrate(self, x, c=None, mask=None, **kwargs) -> ViewSet:
         for view in self.views:
             view.calibrate(x, c, mask, **kwargs)
+        return self
+
+    def fit_plausible_range(self, batch) -> ViewSet:
+        """Where each view's expected values may lie, in the metrics' units: per channel, the
+        range of the training windows' observed values widened like the tabular model's
+        (`vaeguard.model.counterfactual.PlausibleRange`); a channel never observed gets none."""
+        from vaeguard.model.counterfactual import PlausibleRange
+
+        w = self.spec.window
+        channels = self.spec.channels
+        m = len(channels)
+        if len(batch) == 0:
+            return self
+        x = batch.x.reshape(len(batch), m, w)
+        observed = batch.mask.reshape(len(batch), m, w) > 0
+        units = x * batch.scale[:, :, None] + batch.center[:, :, None]
+        ranges = {}
+        for j, name in enumerate(channels):
+            values = units[:, j, :][observed[:, j, :]]
+            values = values[np.isfinite(values)]
+            if values.size:
+                ranges[name] = PlausibleRange.fit(values[:, None])
+        for view in self.views:
+            if all(name in ranges for name in view.inputs):
+                parts = [ranges[name] for name in view.inputs]
+                view.plausible_range_ = PlausibleRange(
+                    np.repeat([r.low[0] for r in parts], w),
+                    np.repeat([r.high[0] for r in parts], w),
+                    parts[0].margin,
+                    parts[0].basis,
+                )
+            else:
+                view.plausible_range_ = None
         return self
 
     def raw_scores(self, x, c=None, mask=None) -> list[np.ndarray]:

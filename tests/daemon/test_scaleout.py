@@ -145,6 +145,15 @@ def test_workers_do_not_outlive_a_killed_supervisor(broker, small_bundle, daemon
         message="both workers started",
     )
     pids = [w["pid"] for w in supervisor.readyz()[1]["workers"]]
+    # each worker got its share of the cores for TensorFlow's and OpenMP's thread pools
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    for pid in pids:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = dict(
+                item.decode().split("=", 1) for item in f.read().split(b"\0") if b"=" in item
+            )
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            assert environ.get(name) == share, (name, environ.get(name))
     supervisor.kill()  # SIGKILL: no chance to forward anything
     wait_for(
         lambda: not any(_alive(pid) for pid in pids),
@@ -152,3 +161,21 @@ def test_workers_do_not_outlive_a_killed_supervisor(broker, small_bundle, daemon
         interval=0.1,
         message="the workers of a killed supervisor to exit",
     )
+
+
+def test_supervisor_gives_each_worker_a_share_of_the_cores_unless_set(monkeypatch):
+    from vaeguard.config import Settings
+    from vaeguard.daemon import supervisor as sup
+
+    assert [sup.threads_per_worker(n, cores=8) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.setattr(sup.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    for name in sup.THREAD_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-not-used")
+    s = sup.Supervisor(Settings(), None, 2)
+    env = s._env(s.workers[1])
+    assert {v: env[v] for v in sup.THREAD_VARS} == dict.fromkeys(sup.THREAD_VARS, "2")
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")  # the operator's own value wins
+    s = sup.Supervisor(Settings(), None, 2)
+    env = s._env(s.workers[0])
+    assert env["TF_NUM_INTRAOP_THREADS"] == "3" and env["OMP_NUM_THREADS"] == "2"

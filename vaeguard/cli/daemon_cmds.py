@@ -26,7 +26,9 @@ def run(
         "1",
         "--workers",
         help="Group members to run on this machine (N or auto = one per core), supervised: "
-        "a dead worker is restarted, SIGTERM stops them all, one /healthz /readyz /metrics.",
+        "a dead worker is restarted, SIGTERM stops them all, one /healthz /readyz /metrics. "
+        "Each worker's TensorFlow/OpenMP pools get cores // N threads (at least 1) unless "
+        "TF_NUM_INTRAOP_THREADS, TF_NUM_INTEROP_THREADS or OMP_NUM_THREADS is set.",
     ),
 ) -> None:
     """Score Kafka topics continuously: records in, score records and dead letters out."""

@@ -11,6 +11,14 @@ multiprocess files. It never imports the model stack itself: it only watches.
 
 Only worker 0 runs scheduled retraining (the others follow the registry's CURRENT pointer),
 and each worker keeps its own window-mode state file (named by its instance id).
+
+Each worker gets a share of the cores for its compute thread pools: ``max(1, cores // N)``
+threads (``cores`` = the CPUs this process may run on) in ``TF_NUM_INTRAOP_THREADS``,
+``TF_NUM_INTEROP_THREADS`` and ``OMP_NUM_THREADS``. Left alone, every worker's TensorFlow sizes
+its pools to all cores, and N workers' spinning pools oversubscribe them (measured on 2 cores:
+two workers with the default pools 13,131 records/s, with one thread each 24,861; see
+benchmarks/RESULTS-throughput.md). A variable already set in the supervisor's environment is
+passed on unchanged: that is the override.
 """
 
 from __future__ import annotations
@@ -39,10 +47,7 @@ CONFIG_EXIT = 2
 def resolve_workers(value: str | int) -> int:
     """``auto`` → the cores this process may use; else a positive integer."""
     if isinstance(value, str) and value.strip().lower() == "auto":
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            return max(1, os.cpu_count() or 1)
+        return _cores()
     try:
         n = int(value)
     except (TypeError, ValueError):
@@ -52,6 +57,22 @@ def resolve_workers(value: str | int) -> int:
 
         raise ConfigError(f"invalid option --workers: {value!r} (a positive integer or auto)")
     return n
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: The environment variables that size a worker's compute thread pools (see the module doc).
+THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+
+
+def threads_per_worker(n_workers: int, cores: int | None = None) -> int:
+    """Threads for each worker's compute pools: an equal share of the cores, at least 1."""
+    return max(1, (cores if cores is not None else _cores()) // max(1, n_workers))
 
 
 def _die_with_parent() -> None:
@@ -84,6 +105,9 @@ class Supervisor:
         self.config = config
         base = settings.kafka.group_instance_id
         self.workers = [Worker(k, f"{base}-{k}" if base else None) for k in range(n_workers)]
+        share = str(threads_per_worker(n_workers))
+        #: The thread-pool sizes each worker gets (an operator's own values win).
+        self.threads = {v: os.environ.get(v) or share for v in THREAD_VARS}
         self.stopping = threading.Event()
         self.exit_code = 0
         self.http = None
@@ -104,6 +128,7 @@ class Supervisor:
             VAEGUARD_HTTP__ENABLED="false",
             PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir),
             VAEGUARD_WORKER_INDEX=str(w.index),
+            **self.threads,
         )
         if w.index > 0:
             env["VAEGUARD_RETRAIN__ENABLED"] = "false"
@@ -117,7 +142,12 @@ class Supervisor:
         w.started_at = time.monotonic()
         log.info(
             "worker started",
-            extra={"worker": w.index, "pid": w.proc.pid, "instance_id": w.instance_id},
+            extra={
+                "worker": w.index,
+                "pid": w.proc.pid,
+                "instance_id": w.instance_id,
+                "intra_op_threads": self.threads["TF_NUM_INTRAOP_THREADS"],
+            },
         )
 
     def _reap(self, w: Worker) -> None:

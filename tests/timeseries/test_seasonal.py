@@ -66,12 +66,21 @@ def test_irregular_gaps_beyond_the_tolerance_count_as_missing():
     assert math.isnan(seasonal.update(DAY + 1_700.0, 5.0))  # 700 s older: missing
 
 
-def test_enrich_adds_the_field_only_where_known():
-    seasonal = SeasonalResidual(period=DAY, periods=1)
+def test_the_featurizer_adds_the_channel_only_where_known():
+    from vaeguard.timeseries.featurizer import WindowFeaturizer
+
+    f = WindowFeaturizer(
+        window=2,
+        interval="rows",
+        normalize=False,
+        seasonal={"period": DAY, "periods": 1},
+    )
+    assert f.spec.channels == ("value", "value_seasonal")
     records = [{"ts": i * STEP, "value": float(i)} for i in range(30)]
-    out = seasonal.enrich(records)
-    assert "seasonal" not in out[0] and "seasonal" not in records[25]
-    assert out[25]["seasonal"] == pytest.approx(24.0)
+    batch = f.update_and_featurize(records)
+    newest = {int(i): (x[3], m[3]) for i, x, m in zip(batch.keep, batch.x, batch.mask, strict=True)}
+    assert newest[1][1] == 0  # no earlier period yet: missing
+    assert newest[25] == (pytest.approx(24.0), 1)
 
 
 def test_bad_parameters_are_refused():

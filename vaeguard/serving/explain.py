@@ -173,11 +173,16 @@ def score_records(
     bands: Sequence[tuple[str, float]],
     model_version: str,
     likelihood: Sequence[float] | None = None,
+    decision: np.ndarray | None = None,
     inclusive: bool = False,
 ) -> list[ScoredRecord]:
-    """One `ScoredRecord` per row; ``items`` are the `Inbound` records the rows report on."""
+    """One `ScoredRecord` per row; ``items`` are the `Inbound` records the rows report on.
+
+    ``decision`` (default: the scores) is what the threshold is applied to, e.g. a window
+    model's likelihood output while the record keeps the raw score."""
     scores = finite(scores)
-    anomalous, severity = severities(scores, threshold, bands, inclusive=inclusive)
+    decided = scores if decision is None else finite(decision)
+    anomalous, severity = severities(decided, threshold, bands, inclusive=inclusive)
     threshold = float(threshold)
     score_l = scores.tolist()
     out = []

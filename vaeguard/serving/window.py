@@ -70,9 +70,9 @@ class WindowServing:
     stateful = True
 
     def __init__(self, detector, version: str = "", model_id: str = ""):
-        from vaeguard.timeseries.bundle import _as_views
+        from vaeguard.timeseries.views import ViewSet
 
-        self.views = _as_views(detector)  # a vaeguard.timeseries.views.ViewSet
+        self.views = ViewSet.of(detector)
         self.detector = self.views.primary  # explains the score records
         self.version = version
         self.spec = self.views.spec
@@ -188,22 +188,20 @@ class WindowServing:
             columns=self._columns,
             rows=None if explain == "all" else np.flatnonzero(decided >= threshold),
         )
-        records = score_records(
+        # the record's score stays view 0's raw score (nats) whatever decides
+        return score_records(
             items,
             features.entities,
             features.timestamps,
-            decided,
+            score,
             threshold,
             contributions,
             bands=bands,
             model_version=self.version,
             likelihood=likelihood,
+            decision=decided,
             inclusive=decided is likelihood,
         )
-        if decided is likelihood:
-            # the record's score stays view 0's raw score (nats); the decision is the output's
-            records = [_with_score(r, v) for r, v in zip(records, score.tolist(), strict=True)]
-        return records
 
     def _alert_level(self) -> float | None:
         spec = self.views.likelihood_spec
@@ -289,11 +287,3 @@ class WindowServing:
         if state is None:
             return {}
         return self.restore(state)
-
-
-def _with_score(record: ScoredRecord, value: float) -> ScoredRecord:
-    from dataclasses import replace
-
-    from vaeguard.serving.explain import _finite
-
-    return replace(record, score=_finite(value))

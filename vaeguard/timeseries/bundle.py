@@ -47,15 +47,6 @@ class _BundleView:
         return self.params
 
 
-def _as_views(detector):
-    from vaeguard.timeseries.views import ViewSet
-
-    if isinstance(detector, ViewSet):
-        return detector
-    lk = detector.likelihood_spec if detector.use_likelihood else None
-    return ViewSet([detector], lk)
-
-
 def _model_view(detector, extra: dict[str, Any]) -> _BundleView:
     """The bundle fields of one fitted and calibrated `WindowDetector` (one view)."""
     from vaeguard.preprocessing import ConditionColumn, ConditionEncoder, RobustScaler
@@ -91,7 +82,9 @@ def bundle_view(detector) -> _BundleView:
     (`ViewSet.get_params()`); views 1, 2 … are parts (``views/<k>/``), so a registry that saves
     the view with `save_bundle(view, path)` writes a complete window-mode bundle too.
     """
-    views = _as_views(detector)
+    from vaeguard.timeseries.views import ViewSet
+
+    views = ViewSet.of(detector)
     view = _model_view(views.primary, {WINDOW_KEY: views.get_params()})
     view.bundle_parts_ = {
         f"views/{k}": _model_view(v, {WINDOW_KEY: {"view_of": "..", "view": k}})

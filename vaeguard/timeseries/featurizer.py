@@ -164,7 +164,7 @@ _SEASONAL_KEYS = {"period", "periods", "tolerance", "source"}
 
 def _seasonal_spec(value: Any, metrics: tuple[str, ...]) -> dict[str, Any]:
     """The seasonal channel's settings, checked and completed (``name`` is derived)."""
-    from vaeguard.timeseries.seasonal import SeasonalResidual
+    from vaeguard.timeseries.seasonal import PERIOD, PERIODS, TOLERANCE, SeasonalResidual
 
     if not isinstance(value, dict):
         raise ConfigError("seasonal: expected an object (period, periods, tolerance, source)")
@@ -175,9 +175,9 @@ def _seasonal_spec(value: Any, metrics: tuple[str, ...]) -> dict[str, Any]:
     if source not in metrics:
         raise ConfigError(f"seasonal.source: {source!r} is not one of the metrics")
     out = {
-        "period": float(value.get("period", 86_400.0)),
-        "periods": int(value.get("periods", 3)),
-        "tolerance": float(value.get("tolerance", 3_600.0)),
+        "period": float(value.get("period", PERIOD)),
+        "periods": int(value.get("periods", PERIODS)),
+        "tolerance": float(value.get("tolerance", TOLERANCE)),
         "source": source,
     }
     SeasonalResidual(out["period"], out["periods"], out["tolerance"])  # validates

@@ -6,19 +6,23 @@ like a calm window). Subtracting the median of the values at the same time of th
 keeps a past incident from being replayed as a new one a period later.
 
 Causal: a point's residual uses earlier points only. Memory is bounded to ``periods`` periods of
-one stream (one entity); points with no earlier period seen yet get no residual (missing).
+one stream (one entity); points with no earlier period seen yet get no residual (missing). The
+window featurizer keeps one per entity (`WindowSpec.seasonal`) as a derived channel.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from vaeguard.errors import ConfigError
-from vaeguard.timeseries.conditions import to_epoch_seconds
+
+#: Defaults: a daily season, the median of the 3 previous days, 1 h tolerance.
+PERIOD = 86_400.0
+PERIODS = 3
+TOLERANCE = 3_600.0
 
 
 class SeasonalResidual:
@@ -29,21 +33,13 @@ class SeasonalResidual:
     """
 
     def __init__(
-        self,
-        period: float = 86_400.0,
-        periods: int = 3,
-        tolerance: float = 3_600.0,
-        *,
-        source: str = "value",
-        field: str = "seasonal",
-        time_field: str = "ts",
+        self, period: float = PERIOD, periods: int = PERIODS, tolerance: float = TOLERANCE
     ):
         if not period > 0 or periods < 1 or tolerance < 0:
             raise ConfigError("seasonal: need period > 0, periods >= 1 and tolerance >= 0")
         self.period = float(period)
         self.periods = int(periods)
         self.tolerance = float(tolerance)
-        self.source, self.field, self.time_field = source, field, time_field
         self._ts: list[float] = []
         self._values: list[float] = []
 
@@ -76,16 +72,3 @@ class SeasonalResidual:
         if not all(np.isfinite(ts)) or not all(np.isfinite(values)):
             raise ValueError("seasonal state: non-finite entries")
         self._ts, self._values = ts, values
-
-    def enrich(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Copies of the records (in arrival order) with the residual under ``field``."""
-        out = []
-        for record in records:
-            value = record.get(self.source)
-            enriched = dict(record)
-            if value is not None:
-                residual = self.update(to_epoch_seconds(record[self.time_field]), float(value))
-                if np.isfinite(residual):
-                    enriched[self.field] = residual
-            out.append(enriched)
-        return out

@@ -174,10 +174,6 @@ class ViewLikelihood:
                 else:
                     lk._state[key] = state
 
-    @property
-    def evicted(self) -> int:
-        return self.emitter.evicted
-
     def snapshot(self) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
@@ -231,15 +227,20 @@ class ViewSet:
     # -- construction from plain parameters ------------------------------------------------------
 
     @classmethod
+    def of(cls, detector: ViewSet | WindowDetector) -> ViewSet:
+        """``detector`` itself, or a single `WindowDetector` as a set of one view."""
+        if isinstance(detector, ViewSet):
+            return detector
+        return cls([detector], detector.likelihood_spec if detector.use_likelihood else None)
+
+    @classmethod
     def from_params(cls, params: dict[str, Any]) -> ViewSet:
         """From `get_params()` output (``window``, ``views``, ``likelihood``, ``schedule``), or
         from one flat `WindowDetector.get_params()` (a bundle written before views existed)."""
         if not isinstance(params, dict):
             raise ConfigError("detector configuration: expected an object")
         if "views" not in params:  # one flat WindowDetector
-            detector = WindowDetector(**params)
-            lk = detector.likelihood_spec if detector.use_likelihood else None
-            return cls([detector], lk)
+            return cls.of(WindowDetector(**params))
         unknown = set(params) - {"window", "views", "likelihood", "schedule"}
         if unknown:
             raise ConfigError(
@@ -292,10 +293,6 @@ class ViewSet:
         if self.likelihood_spec is None:
             return None
         return ViewLikelihood(self.likelihood_spec, len(self.views))
-
-    @property
-    def fitted(self) -> bool:
-        return all(v.model_ is not None for v in self.views)
 
     # -- training and scoring ----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from collections import namedtuple
 from types import SimpleNamespace
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vaeguard.ingest import (
@@ -187,6 +187,13 @@ def test_tabular_featurize_partitions_the_batch(batch, conditions):
     ),
     st.sampled_from(["auto", 60, "rows"]),
     st.booleans(),
+)
+# found by this test: a grid inferred from a 1e-71 s gap puts the next point at slot ~5e70,
+# beyond int64, and the snapshot's ring-buffer indices stopped being integers
+@example(
+    [{"key": "h2", "ts": 0, "lat": False}, {"key": "h2", "ts": 1.9e-71}, {"key": "h2", "ts": 1}],
+    "auto",
+    False,
 )
 def test_window_featurize_never_raises(batch, interval, seasonal):
     period = {"period": 300.0, "periods": 2, "tolerance": 60.0} if seasonal else None

@@ -412,7 +412,7 @@ class WindowFeaturizer:
             skipped = min(k - entity.end - 1, cap) if entity.end >= 0 else 0
             if skipped:
                 self.stats["missing_slots"] += k - entity.end - 1
-                idx = np.arange(entity.end + 1, entity.end + 1 + skipped) % cap
+                idx = _ring(entity.end + 1, skipped, cap)
                 entity.buf[idx] = np.nan
             if k - entity.end - 1 >= cap:
                 entity.buf[:] = np.nan
@@ -435,7 +435,7 @@ class WindowFeaturizer:
         """Scaled window ending at slot k (flattened metric-major), or None if not scorable."""
         spec = self.spec
         w = spec.window
-        idx = np.arange(k - w + 1, k + 1) % spec.capacity
+        idx = _ring(k - w + 1, w, spec.capacity)
         raw = entity.buf[idx]  # (W, channels)
         observed = np.isfinite(raw[:, : len(spec.metrics)])  # a derived channel does not count
         if observed.mean() < spec.min_observed:
@@ -459,7 +459,7 @@ class WindowFeaturizer:
         for key, e in self._entities.items():
             recent = None
             if e.end >= 0:
-                idx = np.arange(e.end - cap + 1, e.end + 1) % cap
+                idx = _ring(e.end - cap + 1, cap, cap)
                 recent = _nan_to_none(e.buf[idx])
             entities.append(
                 {
@@ -508,7 +508,7 @@ class WindowFeaturizer:
                 e.last_ts = -math.inf if item["last_ts"] is None else float(item["last_ts"])
                 if item["recent"] is not None:
                     recent = _none_to_nan(item["recent"], (cap, len(spec.channels)))
-                    e.buf[np.arange(e.end - cap + 1, e.end + 1) % cap] = recent
+                    e.buf[_ring(e.end - cap + 1, cap, cap)] = recent
                 e.pending = [
                     (float(t), list(_none_to_nan(v, (len(spec.channels),))))
                     for t, v in item["pending"]
@@ -528,6 +528,12 @@ class WindowFeaturizer:
         except ValueError as exc:
             raise DataError(f"window-state snapshot is not JSON: {exc}") from None
         return cls.restore(state)
+
+
+def _ring(start: int, n: int, capacity: int) -> np.ndarray:
+    """Ring-buffer positions of the n slots from ``start``: reduced first, so a slot index
+    beyond int64 (a grid inferred from nanosecond gaps, then a far timestamp) stays an index."""
+    return (start % capacity + np.arange(n)) % capacity
 
 
 def _nan_to_none(a: np.ndarray) -> list:

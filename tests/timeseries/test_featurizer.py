@@ -35,14 +35,35 @@ def as_window(batch, row):
 def test_regular_stream_windows_end_at_each_point():
     f = raw()
     b = f.update_and_featurize([rec(60 * i, float(i)) for i in range(6)])
-    # min_observed 0.5 of W=4: the first point with 2 observed slots is the second one
-    assert b.keep.tolist() == [1, 2, 3, 4, 5]
-    assert as_window(b, 0) == [None, None, 0.0, 1.0]
-    assert as_window(b, 2) == [0.0, 1.0, 2.0, 3.0]
-    assert as_window(b, 4) == [2.0, 3.0, 4.0, 5.0]
-    assert b.entities == ["a"] * 5
-    assert b.ts.tolist() == [60.0 * i for i in range(1, 6)]
-    assert f.stats["sparse"] == 1 and f.stats["windows"] == 5
+    # warm-up of W=4: the first point with a whole window of the entity's own slots is the 4th
+    assert b.keep.tolist() == [3, 4, 5]
+    assert as_window(b, 0) == [0.0, 1.0, 2.0, 3.0]
+    assert as_window(b, 2) == [2.0, 3.0, 4.0, 5.0]
+    assert b.entities == ["a"] * 3
+    assert b.ts.tolist() == [60.0 * i for i in range(3, 6)]
+    assert f.stats["sparse"] == 3 and f.stats["windows"] == 3
+
+
+def test_min_observed_zero_scores_every_point_after_the_warm_up_however_sparse_its_window():
+    f = raw(min_observed=0.0)
+    # warm-up (slots 0-2) unscored; then a point after a gap longer than the whole state sees a
+    # window of one observed slot: scored all the same, not counted as sparse
+    b = f.update_and_featurize([rec(0, 1.0), rec(60, 2.0), rec(180, 4.0), rec(60 * 100, 9.0)])
+    assert b.keep.tolist() == [2, 3]
+    assert as_window(b, 0) == [1.0, 2.0, None, 4.0]
+    assert as_window(b, 1) == [None, None, None, 9.0]
+    assert f.stats["sparse"] == 2 and f.stats["windows"] == 2
+    # with the default half-observed gate the same lone point is not scored
+    g = raw()
+    assert g.update_and_featurize(
+        [rec(0, 1.0), rec(60, 2.0), rec(180, 4.0), rec(6000, 9.0)]
+    ).keep.tolist() == [2]
+
+
+def test_min_observed_outside_zero_to_one_is_refused():
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="min_observed"):
+            WindowSpec(min_observed=bad)
 
 
 def test_gap_fills_the_window_with_masked_slots():
@@ -63,7 +84,7 @@ def test_gap_fills_the_window_with_masked_slots():
 def test_jittered_timestamps_land_on_the_nearest_slot():
     f = raw()
     b = f.update_and_featurize([rec(0, 0.0), rec(61, 1.0), rec(118, 2.0), rec(185, 3.0)])
-    assert as_window(b, 2) == [0.0, 1.0, 2.0, 3.0]
+    assert as_window(b, 0) == [0.0, 1.0, 2.0, 3.0]
     assert f.stats["missing_slots"] == 0
 
 
@@ -100,11 +121,11 @@ def test_same_slot_merges_metrics_and_the_newer_value_wins():
             {"key": "h", "ts": 60, "cpu": 3.0, "mem": None},
         ]
     )
-    # metric-major: cpu[t-1], cpu[t], mem[t-1], mem[t]
-    assert as_window(b, 0) == [None, 1.0, None, 10.0]
-    assert as_window(b, 1) == [1.0, 2.0, 10.0, None]
-    assert as_window(b, 2) == [1.0, 2.0, 10.0, 20.0]
-    assert as_window(b, 3) == [1.0, 3.0, 10.0, 20.0]
+    # metric-major: cpu[t-1], cpu[t], mem[t-1], mem[t]; the first point is the warm-up
+    assert b.keep.tolist() == [1, 2, 3]
+    assert as_window(b, 0) == [1.0, 2.0, 10.0, None]
+    assert as_window(b, 1) == [1.0, 2.0, 10.0, 20.0]
+    assert as_window(b, 2) == [1.0, 3.0, 10.0, 20.0]
     assert f.stats["duplicates"] == 2
     assert f.spec.feature_names == ["cpu[t-1]", "cpu[t]", "mem[t-1]", "mem[t]"]
 
@@ -112,7 +133,7 @@ def test_same_slot_merges_metrics_and_the_newer_value_wins():
 def test_rows_mode_ignores_time_gaps():
     f = raw(interval="rows")
     b = f.update_and_featurize([rec(0, 0.0), rec(60, 1.0), rec(6000, 2.0), rec(50, 3.0)])
-    assert as_window(b, 2) == [0.0, 1.0, 2.0, 3.0]
+    assert as_window(b, 0) == [0.0, 1.0, 2.0, 3.0]
     assert f.stats["out_of_order"] == 1 and f.stats["missing_slots"] == 0
 
 
@@ -195,7 +216,7 @@ def test_bad_records_are_rejected_with_a_reason_and_change_nothing():
 
 
 def test_entities_are_bounded_least_recently_seen_evicted_first():
-    f = raw(max_entities=2)
+    f = raw(window=2, max_entities=2)
     f.update_and_featurize([rec(0, 1.0, key="a"), rec(0, 1.0, key="b"), rec(60, 2.0, key="a")])
     f.update_and_featurize([rec(60, 2.0, key="c")])  # evicts b, the least recently seen
     assert f.n_entities == 2 and f.stats["evicted"] == 1

@@ -20,10 +20,13 @@ Time policy (documented in docs and tests, applied per entity):
   ending at its own slot (windows already emitted are not revised); counted as
   ``late_inserted``. Older points are rejected with reason ``late_record`` and counted in
   ``late_dropped``. In ``"rows"`` mode an out-of-order timestamp is only counted.
-* **Warm-up and sparse windows.** A point gets a window when at least ``min_observed`` of the
-  window's W slots are observed (slots before the entity's first point count as missing);
-  otherwise it only updates the state (counted in ``sparse``; points waiting for the grid to
-  be inferred in ``pending``).
+* **Warm-up and sparse windows.** A point gets a window once its entity has been seen for a
+  whole window (its slot is at least W − 1 slots after the entity's first one: the first
+  slots are context, not data) and when at least ``min_observed`` of the window's W slots are
+  observed; otherwise it only updates the state (counted in ``sparse``; points waiting for the
+  grid to be inferred in ``pending``). ``min_observed=0`` scores every point after the
+  warm-up however sparse its window (the model sees the missing slots as missing), so a
+  stream sampled less regularly than its inferred grid is never left unscored.
 * **Bounded state.** At most ``max_entities`` entities are kept, least recently seen evicted
   first (counted in ``evicted``); each holds ``window + max_lateness`` slots.
 
@@ -105,8 +108,8 @@ class WindowSpec:
             raise ConfigError(f"interval: 'auto', 'rows' or seconds > 0, got {self.interval!r}")
         if self.max_lateness is not None and self.max_lateness < 0:
             raise ConfigError("max_lateness: must be >= 0 slots")
-        if not 0.0 < self.min_observed <= 1.0:
-            raise ConfigError("min_observed: must be in (0, 1]")
+        if not 0.0 <= self.min_observed <= 1.0:
+            raise ConfigError("min_observed: must be in [0, 1]")
         if self.max_entities < 1:
             raise ConfigError("max_entities: must be at least 1")
         if self.infer_points < 2:
@@ -435,6 +438,9 @@ class WindowFeaturizer:
         """Scaled window ending at slot k (flattened metric-major), or None if not scorable."""
         spec = self.spec
         w = spec.window
+        if k < w - 1:  # the window reaches back before the entity's first point: warm-up
+            self.stats["sparse"] += 1
+            return None
         idx = _ring(k - w + 1, w, spec.capacity)
         raw = entity.buf[idx]  # (W, channels)
         observed = np.isfinite(raw[:, : len(spec.metrics)])  # a derived channel does not count

@@ -44,8 +44,9 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: metrics with the seasonal residual of the first one (value − median of the
 #: same time on the previous 3 days), so a missing daily peak is visible. Gaussian tail of each
 #: view's raw score against the entity's last 1000; the most surprised view; saturating at
-#: 1e-6; kept only when it beats every output of the entity's previous 100 points. Time grid
-#: inferred per entity (gaps are missing slots).
+#: 1e-5; kept only when it beats every output of the entity's previous 100 points. Time grid
+#: inferred per entity (gaps are missing slots); every point scored, however sparse its window
+#: (``min_observed: 0``: an irregularly sampled stream is never left unscored).
 _VIEW_MODEL: dict[str, Any] = {
     "latent_dim": 4,
     "hidden": [64, 32],
@@ -59,6 +60,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "window": {
         "window": 32,
         "interval": "auto",
+        "min_observed": 0.0,
         "conditions": ["hour_of_day"],
         "seasonal": {"period": 86_400.0, "periods": 3, "tolerance": 3_600.0},
     },
@@ -68,7 +70,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "short": 1,
         "history": 1000,
         "min_history": 100,
-        "decades": 6.0,
+        "decades": 5.0,
         "suppress": 100,
         "alert": 1.0,
     },

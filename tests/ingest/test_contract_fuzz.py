@@ -187,6 +187,7 @@ def test_tabular_featurize_partitions_the_batch(batch, conditions):
     ),
     st.sampled_from(["auto", 60, "rows"]),
     st.booleans(),
+    st.sampled_from([0.0, 0.5]),
 )
 # found by this test: a grid inferred from a 1e-71 s gap puts the next point at slot ~5e70,
 # beyond int64, and the snapshot's ring-buffer indices stopped being integers
@@ -194,11 +195,17 @@ def test_tabular_featurize_partitions_the_batch(batch, conditions):
     [{"key": "h2", "ts": 0, "lat": False}, {"key": "h2", "ts": 1.9e-71}, {"key": "h2", "ts": 1}],
     "auto",
     False,
+    0.5,
 )
-def test_window_featurize_never_raises(batch, interval, seasonal):
+def test_window_featurize_never_raises(batch, interval, seasonal, min_observed):
     period = {"period": 300.0, "periods": 2, "tolerance": 60.0} if seasonal else None
     f = WindowFeaturizer(
-        window=4, metrics=("cpu", "lat"), interval=interval, infer_points=2, seasonal=period
+        window=4,
+        metrics=("cpu", "lat"),
+        interval=interval,
+        infer_points=2,
+        seasonal=period,
+        min_observed=min_observed,  # 0: every point after the warm-up, however sparse
     )
     out = f.update_and_featurize(batch)
     assert len(out.keep) + len(out.rejected) <= len(batch)

@@ -113,3 +113,21 @@ def test_a_tampered_view_is_refused(learned, tmp_path):
     part.write_text(part.read_text().replace('"format_version"', '"format_version" ', 1))
     with pytest.raises(BundleError, match="views/1"):
         load_serving(tmp_path / "bundle", "v1")
+
+
+def test_an_irregular_stream_is_scored_at_every_point_after_the_warm_up():
+    """Sampled at 40 % of a one-minute grid: the default configuration scores every point once
+    the entity has been seen for a whole window; the old half-observed gate left gaps."""
+    from vaeguard.timeseries.nab import NAB_PARAMS
+
+    rng = np.random.default_rng(3)
+    kept = [r for r in records() if rng.random() < 0.4]
+    params = merge_config(NAB_PARAMS, {**PARAMS, "window": {**PARAMS["window"], "interval": 60}})
+    assert params["window"]["min_observed"] == 0.0  # from the default configuration
+    result = run_online(ViewSet.from_params(params), kept, first_fit=80)
+    scored = np.isfinite(result.raw).all(axis=0)
+    assert scored[10:].all() and not scored[:3].any()  # the warm-up: the first 11 minutes
+
+    gated = merge_config(params, {"window": {"min_observed": 0.5}})
+    old = run_online(ViewSet.from_params(gated), kept, first_fit=80)
+    assert np.isfinite(old.raw).all(axis=0)[10:].mean() < 0.9

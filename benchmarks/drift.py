@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -31,6 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.nab import datasets_dir
 from benchmarks.nab_scoring import load_windows
 
 #: Values per row (the "sensors" of one reading).
@@ -41,13 +41,6 @@ CANDIDATES = {
     "SPOT 1e-3": {"method": "spot", "risk": 1e-3},
 }
 PEER = "PyOD KNN (contamination 1 %)"
-
-
-def datasets_dir() -> Path:
-    env = os.environ.get("VAEGUARD_DATASETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 
 
 def load_series(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -35,6 +35,7 @@ from vaeguard.errors import BundleError, DataError
 from vaeguard.scored import ScoredRecord, Source
 from vaeguard.serving.base import Features, Inbound
 from vaeguard.serving.explain import score_records, top_contributions
+from vaeguard.snapshot import check_header
 
 STATE_FORMAT = "vaeguard-daemon-window-state"
 STATE_VERSION = 1
@@ -243,12 +244,7 @@ class WindowServing:
         from vaeguard.timeseries.views import STATE_FORMAT as LIKELIHOOD_FORMAT
         from vaeguard.timeseries.views import ViewLikelihood
 
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise DataError("not a daemon window-state file (format field missing or wrong)")
-        if state.get("version") != STATE_VERSION:
-            raise DataError(
-                f"daemon window-state version {state.get('version')!r} is not supported"
-            )
+        check_header(state, STATE_FORMAT, STATE_VERSION, "daemon window-state file")
         try:
             snap = dict(state["featurizer"])
             old_spec = WindowSpec.from_dict(snap["spec"])

@@ -55,6 +55,7 @@ import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
 from vaeguard.ingest import Reason, Rejection, entity_text, to_number, to_timestamp
+from vaeguard.snapshot import check_header
 from vaeguard.timeseries.conditions import TimeConditions
 from vaeguard.timeseries.normalization import OnlineScaler
 
@@ -494,12 +495,7 @@ class WindowFeaturizer:
     @classmethod
     def restore(cls, state: dict[str, Any]) -> WindowFeaturizer:
         """A featurizer continuing exactly where `snapshot()` left off."""
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise DataError("not a window-state snapshot (format field missing or wrong)")
-        if state.get("version") != STATE_VERSION:
-            raise DataError(
-                f"window-state version {state.get('version')!r} is not supported (expected {STATE_VERSION})"
-            )
+        check_header(state, STATE_FORMAT, STATE_VERSION, "window-state snapshot")
         try:
             featurizer = cls(WindowSpec.from_dict(state["spec"]))
             spec = featurizer.spec

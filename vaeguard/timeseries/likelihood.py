@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
+from vaeguard.snapshot import check_header
 
 STATE_FORMAT = "vaeguard-likelihood-state"
 STATE_VERSION = 1
@@ -258,10 +259,7 @@ class AnomalyLikelihood:
 
     @classmethod
     def restore(cls, state: dict[str, Any]) -> AnomalyLikelihood:
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise DataError("not a likelihood-state snapshot (format field missing or wrong)")
-        if state.get("version") != STATE_VERSION:
-            raise DataError(f"likelihood-state version {state.get('version')!r} is not supported")
+        check_header(state, STATE_FORMAT, STATE_VERSION, "likelihood-state snapshot")
         try:
             out = cls(LikelihoodSpec.from_dict(state["spec"]))
             out.evicted = int(state.get("evicted", 0))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
+from vaeguard.snapshot import check_header
 from vaeguard.timeseries.detector import WindowDetector
 from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 
@@ -186,12 +187,7 @@ class ViewLikelihood:
 
     @classmethod
     def restore(cls, state: dict[str, Any]) -> ViewLikelihood:
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise DataError("not a view-likelihood snapshot (format field missing or wrong)")
-        if state.get("version") != STATE_VERSION:
-            raise DataError(
-                f"view-likelihood state version {state.get('version')!r} is not supported"
-            )
+        check_header(state, STATE_FORMAT, STATE_VERSION, "view-likelihood snapshot")
         try:
             views = [AnomalyLikelihood.restore(v) for v in state["views"]]
             emitter = AnomalyLikelihood.restore(state["emitter"])

@@ -453,6 +453,9 @@ CV_FITS: dict[str, dict[str, Any]] = {
     "β 0.25, floor −3": {"beta": 0.25, "min_log_var": -3.0},
     "β 0.5, floor −3, standard scaling": {"beta": 0.5, "min_log_var": -3.0, "scaling": "standard"},
     "β 0.5, floor −3, 300 epochs": {"beta": 0.5, "min_log_var": -3.0, "epochs": 300},
+    # β's grid went 1 → 0.5 → 0.25 with every step better in-sample: one step past its edge.
+    "β 0.1, floor −3": {"beta": 0.1, "min_log_var": -3.0},
+    "β 0.1, floor −2": {"beta": 0.1, "min_log_var": -2.0},
 }
 #: Fit candidates of an earlier, larger run that no fold picked (nor the choice with all
 #: eleven): leaving them out of the pool changes no fold's choice, so the out-of-fold mean is

@@ -62,20 +62,27 @@ class Candidate:
 
 
 def model_candidates(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Model configurations tried (each one full run over the series): the base (the time grid
-    inferred per series, every point scored), the time grid that leaves points whose window is
-    less than half observed unscored (as before), and the row grid (every row the next slot,
-    as before, sparse windows unscored too) with one change at a time."""
+    """Model configurations tried (each one full run over the series): the base (the product
+    default: the time grid inferred per series, every point scored, warm retraining every 1000
+    rows), and, with retraining only at the doublings of the stream (as before), the time grid
+    as it was, the time grid that leaves points whose window is less than half observed
+    unscored, the time grid with a shorter scale memory, and the row grid (every row the next
+    slot, sparse windows unscored too) with one change at a time."""
     from vaeguard.timeseries.views import merge_config
 
+    doublings = merge_config(base, {"schedule": {"retrain_max_gap": None}})
     gated = {"window": {"min_observed": 0.5}}
-    rows = merge_config(base, {"window": {"interval": "rows", "min_observed": 0.5}})
+    rows = merge_config(doublings, {"window": {"interval": "rows", "min_observed": 0.5}})
     one_view = copy.deepcopy(rows)
     one_view["window"]["seasonal"] = None
     one_view["views"] = one_view["views"][:1]
     return {
-        "two views, time grid": base,
-        "two views, time grid, sparse windows unscored": merge_config(base, gated),
+        "two views, time grid, warm retraining every 1000 rows": base,
+        "two views, time grid": doublings,
+        "two views, time grid, sparse windows unscored": merge_config(doublings, gated),
+        "two views, time grid, scale memory 1000 rows": merge_config(
+            doublings, {"window": {"norm_memory": 1000}}
+        ),
         "two views, row grid": rows,
         "one view (values), row grid": one_view,
         "two views, row grid, scale memory 1000 rows": merge_config(

@@ -49,6 +49,7 @@ def test_a_raw_password_never_survives(user, password, host, path, extra):
 )  # fmt: skip
 def test_secret_query_and_fragment_parameters_are_masked(name, value, before, where):
     url = f"https://example.com/hook{where}{before}{name}={value}&page=2"
+    assume(value not in url.replace(f"{name}={value}", "", 1))  # e.g. "exampl": in the host
     out = redact_url(url)
     assert value not in out and f"{name}={MASK}" in out and out.endswith("&page=2")
 

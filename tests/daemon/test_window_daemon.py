@@ -284,6 +284,8 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
     from vaeguard.timeseries.bundle import is_window_model, load_window_bundle
 
     assert "window model trained" in trained["cli"].stderr
+    out = " ".join((trained["cli"].stdout + trained["cli"].stderr).split())
+    assert "warm refits every 1000 rows" in out
     det = load_window_bundle(trained["bundle"])
     assert det.spec.window == WINDOW and det.spec.metrics == ("cpu", "lat")
     assert det.spec.entity_field == "host" and det.use_likelihood
@@ -419,3 +421,89 @@ def test_window_daemon_survives_a_poison_corpus(broker, trained, tmp_path):
         assert daemon.terminate() == 0, daemon.log()[-3000:]
     finally:
         daemon.stop()
+
+
+def test_the_daemon_learns_online_and_loses_nothing(broker, tmp_path):
+    """A bundle whose schedule refits every 30 rows per entity: the daemon refits warm between
+    batches while it serves (the scores before the first refit are the bundle's, later ones
+    move), every record is scored once, and a restart does not judge the bundle's scores
+    against histories built by a refitted model."""
+    from vaeguard.daemon.batch import process
+    from vaeguard.serving import load_serving
+    from vaeguard.timeseries.online import encode_records, step_settings
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in host_points(0, 300, seed=0)))
+    config = {
+        "likelihood": {"suppress": 0},
+        "schedule": {"retrain_max_gap": 30},
+        "views": {"retrain_steps": 30},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    bundle = tmp_path / "bundle"
+    trained = run_cli(
+        "train-window",
+        *("--config", str(tmp_path / "config.json")),
+        *("--data", str(data), "--metrics", "cpu,lat", "--window", str(WINDOW)),
+        *("--entity-column", "host", "--time-column", "ts", "--interval", "60"),
+        *("--steps", "60", "--hidden", "16", "--latent-dim", "2", "--mc-samples", "4"),
+        *("--likelihood-warmup", "20", "--out", str(bundle)),
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "warm refits every 30 rows" in trained.stdout + trained.stderr
+
+    topic, group = unique("win-learn"), unique("winl")
+    create_topic(broker.bootstrap_servers, topic, 1)
+    records = host_points(300, 70, seed=4)  # 140 records, 2 hosts: a refit due every 60
+    reference = offline(bundle, records)  # the bundle's model, never refitted
+    env = daemon_env(broker.bootstrap_servers, bundle, [topic], group)
+    daemon = DaemonProcess(tmp_path, "learner", env).start()
+    producer = Producer(broker.bootstrap_servers)
+    scores = Collector(broker.bootstrap_servers, f"{group}.scores")
+    try:
+        daemon.wait_ready()
+        # 4 parts of 35, each scored before the next is sent: the first refit falls between
+        # rows 60 and 70 (a part may come in more than one batch), the second between 120 and
+        # 140; each has at least 16 windows (one in every 2: two hosts)
+        for start in range(0, len(records), 35):
+            for r in records[start : start + 35]:
+                producer.send(topic, r)
+            producer.flush()
+            want = sum(1 for i in reference if i < start + 35)
+            scores.wait_count(want, 60, f"scores of records < {start + 35}")
+        wait_for(
+            lambda: daemon.metric("vaeguard_window_refits_total", 'result="ok"') >= 2,
+            30,
+            message="two online refits",
+        )
+        assert daemon.metric("vaeguard_window_refits_total", 'result="failed"') == 0
+        assert daemon.metric("vaeguard_window_refits_total", 'result="skipped"') == 0
+        assert daemon.terminate() == 0, daemon.log()[-3000:]
+    finally:
+        daemon.stop()
+    got = by_id(scores)
+    assert len(got) == len(scores.messages) == len(reference), "lost or duplicated records"
+    refits = [line for line in daemon.log_lines() if line.get("msg") == "online refit"]
+    assert len(refits) == 2
+    # before the first refit (due after 30 rows per host): the bundle's own scores; after it
+    # (at the latest after record 70) they have moved
+    assert_same_scores(
+        {i: r for i, r in got.items() if i < 60}, {i: v for i, v in reference.items() if i < 60}
+    )
+    later = [i for i in reference if i >= 70]
+    assert any(abs(got[i]["score"] - reference[i][0]) > 1e-3 for i in later)
+
+    # In process: after a refit, a restart (the bundle's model again) keeps the windows but
+    # not the likelihood histories, which hold the refitted model's scores.
+    serving = load_serving(bundle, "v1")
+    messages = encode_records(records)
+    for start in range(0, len(messages), 35):
+        process(serving, messages[start : start + 35], step_settings())
+    assert serving.learning.refit_rows == [70, 140]
+    restarted = load_serving(bundle, "v1")
+    kept = restarted.restore(json.loads(json.dumps(serving.snapshot())))
+    assert kept["windows"] and not kept["likelihood"]
+    untouched = load_serving(bundle, "v1")
+    process(untouched, messages[:35], step_settings())
+    assert untouched.learning.refits == 0
+    assert load_serving(bundle, "v1").restore(untouched.snapshot())["likelihood"]

@@ -131,3 +131,45 @@ def test_an_irregular_stream_is_scored_at_every_point_after_the_warm_up():
     gated = merge_config(params, {"window": {"min_observed": 0.5}})
     old = run_online(ViewSet.from_params(gated), kept, first_fit=80)
     assert np.isfinite(old.raw).all(axis=0)[10:].mean() < 0.9
+
+
+@pytest.mark.parametrize("batch", [50, 25])
+def test_the_daemon_step_refits_online_where_the_runner_does(batch):
+    """Online learning is the serving object's own: fed through the daemon's batch step in
+    other batch sizes (that end on the due rows), the same first model refits on the same rows
+    with the same windows and gives the runner's outputs."""
+    from vaeguard.daemon.batch import process
+    from vaeguard.serving.window import WindowServing
+    from vaeguard.timeseries.nab import NAB_PARAMS
+
+    params = merge_config(
+        NAB_PARAMS, {**PARAMS, "schedule": {"retrain_growth": None, "retrain_max_gap": 100}}
+    )
+    runner = run_online(ViewSet.from_params(params), records(), first_fit=150)
+    assert runner.trained_at == [150, 250, 350]
+
+    views = ViewSet.from_params(params)
+    first = run_online(views, records()[:151], first_fit=150)  # the same (seeded) first fit
+    assert first.trained_at == [150]
+    serving = WindowServing(views, fitted_at=150)
+    messages = encode_records(records())
+    outputs = np.zeros(N)
+    refits = []
+    for start in range(0, N, batch):
+        done = process(serving, messages[start : start + batch], step_settings())
+        assert not done.dead
+        if done.refit is not None:
+            assert done.refit["ok"] and "learn" in done.timings
+            refits.append(start + batch)
+        for r in done.scored:
+            outputs[r.source.offset] = r.anomaly_likelihood
+    assert refits == serving.learning.refit_rows == [250, 350]
+    assert serving.model_id.endswith("+refit2")
+    np.testing.assert_allclose(outputs, runner.output, atol=1e-4)
+    # ... and the refits changed the scores after them (so the comparison could fail), and
+    # only after them (causal)
+    frozen = merge_config(params, {"schedule": {"retrain_max_gap": None}})
+    once = run_online(ViewSet.from_params(frozen), records(), first_fit=150)
+    assert once.trained_at == [150]
+    np.testing.assert_array_equal(once.raw[:, :250], runner.raw[:, :250])
+    assert not np.allclose(once.raw[:, 250:], runner.raw[:, 250:])

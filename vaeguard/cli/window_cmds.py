@@ -310,6 +310,14 @@ def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: in
         if lk is not None
         else "off",
     )
+    gap = detector.schedule.get("retrain_max_gap")
+    t.add_row(
+        "online learning",
+        f"warm refits every {gap} rows per entity on the newest "
+        f"{detector.schedule['max_train']} windows"
+        if gap
+        else "off",
+    )
     console.print(t)
 
 

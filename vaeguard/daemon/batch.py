@@ -51,6 +51,9 @@ class BatchResult:
     buffered: int = 0  # records that only updated a stateful model's state
     replayed: int = 0  # records a stateful model's restored state already holds
     isolated: int = 0  # times a failure inside the step was isolated to its records
+    #: A window model's online refit after this batch (``ok``, ``result``, ``windows``,
+    #: ``seconds``).
+    refit: dict[str, Any] | None = None
     #: Seconds spent per stage: decode, featurize, score (with explanations), encode.
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -105,6 +108,12 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
             )
 
     t3 = time.perf_counter()
+    if items:
+        try:
+            result.refit = serving.learn()
+        except Exception as exc:  # learning is an extra: it never costs a record
+            _log_isolated("learn", exc, 0)
+    t4 = time.perf_counter()
     dead_outputs = [
         dlq_output(d, s.dlq_topic, s.connector, s.task, s.max_request_size) for d in result.dead
     ]
@@ -138,8 +147,10 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
         "decode": t1 - t0,
         "featurize": max(0.0, t2 - t1),
         "score": t3 - max(t1, t2),
-        "encode": time.perf_counter() - t3,
+        "encode": time.perf_counter() - t4,
     }
+    if result.refit is not None:
+        result.timings["learn"] = t4 - t3
     return result
 
 

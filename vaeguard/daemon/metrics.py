@@ -74,7 +74,8 @@ LAST_COMMIT = Gauge(
 STAGE_SECONDS = Counter(
     "vaeguard_stage_seconds",
     "Time spent per stage of the record path (decode, featurize, score, encode, produce, "
-    "alert, commit): divided by vaeguard_records_consumed_total, a record's microseconds.",
+    "alert, commit; learn: window mode's online refits): divided by "
+    "vaeguard_records_consumed_total, a record's microseconds.",
     ["stage"],
 )
 STAGES = ("decode", "featurize", "score", "encode", "produce", "alert", "commit")
@@ -124,6 +125,14 @@ WINDOW_BUFFERED = Counter(
     "vaeguard_window_buffered_records",
     "Window mode: records that only filled their entity's window (no score record yet).",
 )
+WINDOW_REFITS = Counter(
+    "vaeguard_window_refits",
+    "Window mode: online warm refits of the views on the newest windows (result: ok, failed, "
+    "skipped: too few windows held).",
+    ["result"],
+)
+for _result in ("ok", "failed", "skipped"):
+    WINDOW_REFITS.labels(_result)
 WINDOW_REPLAYED = Counter(
     "vaeguard_window_replayed_records",
     "Window mode: replayed records skipped because the restored state already held them.",

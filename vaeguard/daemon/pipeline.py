@@ -81,6 +81,7 @@ class Stats:
     duplicates_possible: int = 0
     buffered: int = 0  # window mode: records that only filled their entity's window
     replayed: int = 0  # window mode: replayed records the restored state already held
+    refits: int = 0  # window mode: online warm refits that succeeded
     #: Seconds per stage of the record path (see metrics.STAGES), summed over batches.
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -433,6 +434,9 @@ class Pipeline:
         if result.buffered:
             self.stats.buffered += result.buffered
             metrics.WINDOW_BUFFERED.inc(result.buffered)
+        if result.refit is not None:
+            metrics.WINDOW_REFITS.labels(result.refit["result"]).inc()
+            self.stats.refits += bool(result.refit["ok"])
         scored, dead = result.scored, result.dead
         timings = dict(result.timings)
         t0 = time.perf_counter()

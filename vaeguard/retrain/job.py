@@ -152,8 +152,10 @@ class RetrainJob:
         current, current_name = self.registry.load()
         if is_window_model(current):
             raise RetrainRefused(
-                f"{current_name} is a window-mode model: scheduled retraining covers row models "
-                "only; retrain it with `vaeguard train-window --registry` instead"
+                f"{current_name} is a window-mode model: it learns online in the daemon (warm "
+                "refits every schedule.retrain_max_gap rows per entity); scheduled retraining "
+                "covers row models only; retrain it from scratch with `vaeguard train-window "
+                "--registry` instead"
             )
         window = read_window(
             self.kafka_config,

@@ -108,6 +108,11 @@ class Serving(Protocol):
         get none: with ``output.mode: anomalies`` nobody reads them, and building them is most
         of the per-record cost)."""
 
+    def learn(self) -> dict[str, Any] | None:
+        """Called once per batch after it is scored: a model that learns online (window mode)
+        refits here when due; returns what happened (``ok``, ``result``, ``windows``,
+        ``seconds``) or None."""
+
     # -- state: no-ops for stateless models -------------------------------------------------
 
     def covers(self, source: Source) -> bool:
@@ -131,6 +136,9 @@ class Stateless:
 
     stateful = False
     n_entities = 0
+
+    def learn(self) -> dict[str, Any] | None:
+        return None
 
     def covers(self, source: Source) -> bool:
         return False

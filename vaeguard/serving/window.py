@@ -36,6 +36,7 @@ from vaeguard.scored import ScoredRecord, Source
 from vaeguard.serving.base import Features, Inbound
 from vaeguard.serving.explain import score_records, top_contributions
 from vaeguard.snapshot import check_header
+from vaeguard.timeseries.learning import OnlineLearning
 
 STATE_FORMAT = "vaeguard-daemon-window-state"
 STATE_VERSION = 1
@@ -70,7 +71,10 @@ class WindowServing:
     kind = "window"
     stateful = True
 
-    def __init__(self, detector, version: str = "", model_id: str = ""):
+    def __init__(self, detector, version: str = "", model_id: str = "", *, fitted_at: int = 0):
+        """``fitted_at``: the stream position (rows) the model was trained at, when known (the
+        NAB runner's first fit, from which the schedule's growth rule counts); a daemon starts
+        at 0 and refits every ``retrain_max_gap`` rows per entity."""
         from vaeguard.timeseries.views import ViewSet
 
         self.views = ViewSet.of(detector)
@@ -91,6 +95,9 @@ class WindowServing:
         ]
         #: Each view's raw scores of the last scored batch (the NAB runner keeps them).
         self.last_raw: list[np.ndarray] = []
+        #: Warm refits on the newest windows, as the bundle's schedule says (`learning`).
+        self.learning = OnlineLearning(self.views, fitted_at=fitted_at)
+        self._model_id = model_id
         self._channel_index = [channels.index(m) for m in self.detector.inputs]
 
     def warm_up(self) -> None:
@@ -121,6 +128,7 @@ class WindowServing:
             point[spec.time_field] = record.get(spec.time_field)
             points.append(point)
         batch = self.state.update_and_featurize(points)
+        self.learning.observe(len(items), batch, self.state.n_entities)
         n_rejected = len(batch.rejected)
         return Features(
             x=batch.x,
@@ -203,6 +211,19 @@ class WindowServing:
             decision=decided,
             inclusive=decided is likelihood,
         )
+
+    # -- online learning -----------------------------------------------------------------------
+
+    def learn(self) -> dict[str, Any] | None:
+        """After a batch is scored: refit the views warm when the schedule says so."""
+        info = self.learning.refit_if_due(self.n_entities)
+        if info is not None and info["ok"]:
+            # Raw scores of the refitted model are judged against histories built with the
+            # previous one, as the NAB runner does; a restart serves the bundle's model again,
+            # whose id no longer matches the snapshot's, so its likelihood histories restart.
+            self.model_id = f"{self._model_id}+refit{self.learning.refits}"
+            self.score_reference = getattr(self.detector, "score_reference_", None)
+        return info
 
     def _alert_level(self) -> float | None:
         spec = self.views.likelihood_spec

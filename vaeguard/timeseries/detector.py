@@ -217,6 +217,12 @@ class WindowDetector:
             self._build()  # (a model loaded from a bundle has no initial weights to go back to)
         elif fresh:
             self._reinitialize()
+        elif not getattr(self.model_, "compiled", False) or self.model_.optimizer is None:
+            # A model loaded from a bundle (the daemon's online refits) has no optimizer yet:
+            # its warm fit starts with a fresh one.
+            from vaeguard._quiet import import_keras
+
+            self.model_.compile(optimizer=import_keras().optimizers.Adam(self.learning_rate))
         if fresh:
             # Same seed state for every fresh start: a model's training does not depend on
             # what this detector trained before (e.g. other series in the same worker).

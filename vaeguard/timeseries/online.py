@@ -12,7 +12,9 @@ do: nothing is known up front, so
    state and the likelihood history the first scores are judged against;
 3. each time the stream has grown by ``retrain_growth``× (at most ``retrain_max_gap`` rows
    apart) the views retrain warm on the newest ``max_train`` windows of the rows seen so far,
-   and serving continues with the same per-entity state.
+   and serving continues with the same per-entity state. The serving object does this itself
+   (`vaeguard.timeseries.learning`), as it does in ``vaeguard run``: the runner only ends its
+   batches on the rows where a refit is due.
 
 Causal by construction: a row is scored by a model trained on earlier rows only, its window
 holds earlier rows only, and the likelihood walks the rows in arrival order.
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS
+from vaeguard.timeseries.learning import Windows, fit_views
 from vaeguard.timeseries.views import ViewLikelihood, ViewSet
 
 #: Records per batch step (the daemon's default ``batch_max_records``); the result does not
@@ -120,37 +123,44 @@ def run_online(
         entities=[None] * n,
     )
     schedule = views.schedule
-    points = training_points(n, first_fit, schedule["retrain_growth"], schedule["retrain_max_gap"])
     serving = None
-    fed = 0
-    for k, start in enumerate(points):
+    # The first fit: at the end of the probationary period, or at the next point of the
+    # schedule if the stream has too few windows by then.
+    for start in training_points(
+        n, first_fit, schedule["retrain_growth"], schedule["retrain_max_gap"]
+    ):
         batch = views.featurizer().update_and_featurize(records[:start])
         if len(batch) < MIN_TRAIN_WINDOWS:
             continue
-        train = slice(max(0, len(batch) - int(schedule["max_train"])), len(batch))
-        x, c, mask = batch.x[train], None if batch.c is None else batch.c[train], batch.mask[train]
-        views.fit(x, c, mask, warm_start=serving is not None)
-        views.calibrate(x, c, mask)
-        views.fit_plausible_range(batch)
+        windows = Windows(batch.x, batch.mask, batch.c, batch.center, batch.scale)
+        fit_views(views, windows.newest(int(schedule["max_train"])), warm_start=False)
         out.trained_at.append(int(start))
-        if serving is None:
-            serving = WindowServing(views)
-        stop = points[k + 1] if k + 1 < len(points) else n
-        while fed < stop:
-            part = messages[fed : min(fed + chunk, stop)]
-            result = process(serving, part, settings)
-            out.refused += len(result.dead)
-            raws = serving.last_raw
-            if result.scored and (not raws or len(raws[0]) != len(result.scored)):
-                raise RuntimeError("the batch step isolated a failure: raw scores are incomplete")
-            for j, record in enumerate(result.scored):
-                i = record.source.offset
-                out.output[i] = record.anomaly_likelihood or 0.0
-                out.entities[i] = record.key
-                for v, raw in enumerate(raws):
-                    out.raw[v, i] = raw[j]
-            serving.last_raw = []
-            fed += len(part)
+        serving = WindowServing(views, fitted_at=start)
+        break
+    if serving is None:
+        return out
+    # Then every row from the first through the daemon's batch step; the serving object refits
+    # itself when its schedule says so (`vaeguard.timeseries.learning`), after the batch that
+    # reaches the due row: batches end exactly there, so the refits fall on the schedule's rows.
+    fed = 0
+    while fed < n:
+        due = serving.learning.rows_until_due(serving.n_entities)
+        stop = min(n, fed + chunk, fed + max(1, due) if math.isfinite(due) else n)
+        part = messages[fed:stop]
+        result = process(serving, part, settings)
+        out.refused += len(result.dead)
+        raws = serving.last_raw
+        if result.scored and (not raws or len(raws[0]) != len(result.scored)):
+            raise RuntimeError("the batch step isolated a failure: raw scores are incomplete")
+        for j, record in enumerate(result.scored):
+            i = record.source.offset
+            out.output[i] = record.anomaly_likelihood or 0.0
+            out.entities[i] = record.key
+            for v, raw in enumerate(raws):
+                out.raw[v, i] = raw[j]
+        serving.last_raw = []
+        fed = stop
+    out.trained_at += [int(r) for r in serving.learning.refit_rows]
     return out
 
 

@@ -28,10 +28,11 @@ from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 STATE_FORMAT = "vaeguard-view-likelihood-state"
 STATE_VERSION = 1
 
-#: How a detector learns online when it starts from nothing (the NAB runner; see
-#: `vaeguard.timeseries.nab`): the first fit at the end of the probationary period, then warm
-#: retraining each time the stream has grown by ``retrain_growth``×, on the newest
-#: ``max_train`` windows.
+#: How a detector learns online (`vaeguard.timeseries.learning`): warm retraining on the newest
+#: ``max_train`` windows every ``retrain_max_gap`` rows per entity (None: never, in the
+#: daemon) and, from a known first fit (the NAB runner's, at the end of the probationary
+#: period), each time the stream has grown by ``retrain_growth``×. These are the defaults of a
+#: configuration that names no schedule (bundles written before online learning existed).
 DEFAULT_SCHEDULE: dict[str, Any] = {
     "retrain_growth": 2.0,
     "retrain_max_gap": None,
@@ -47,7 +48,8 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: view's raw score against the entity's last 1000; the most surprised view; saturating at
 #: 1e-5; kept only when it beats every output of the entity's previous 100 points. Time grid
 #: inferred per entity (gaps are missing slots); every point scored, however sparse its window
-#: (``min_observed: 0``: an irregularly sampled stream is never left unscored).
+#: (``min_observed: 0``: an irregularly sampled stream is never left unscored). The views
+#: retrain warm on the newest 4000 windows every 1000 rows per entity (online learning).
 _VIEW_MODEL: dict[str, Any] = {
     "latent_dim": 4,
     "hidden": [64, 32],
@@ -75,7 +77,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "suppress": 100,
         "alert": 1.0,
     },
-    "schedule": {"retrain_growth": 2.0, "retrain_max_gap": None, "max_train": 4000},
+    "schedule": {"retrain_growth": 2.0, "retrain_max_gap": 1000, "max_train": 4000},
 }
 
 

@@ -7,6 +7,7 @@ offline path (`WindowDetector` + `WindowFeaturizer` over the same records), so t
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import subprocess
@@ -25,6 +26,7 @@ from tests.daemon.conftest import (
     daemon_env,
     unique,
 )
+from vaeguard.errors import DataError
 
 WINDOW = 8
 T0 = 1_700_000_000
@@ -493,17 +495,43 @@ def test_the_daemon_learns_online_and_loses_nothing(broker, tmp_path):
     later = [i for i in reference if i >= 70]
     assert any(abs(got[i]["score"] - reference[i][0]) > 1e-3 for i in later)
 
-    # In process: after a refit, a restart (the bundle's model again) keeps the windows but
-    # not the likelihood histories, which hold the refitted model's scores.
+    # In process: a restart resumes the refitted model from the saved state (its weights and
+    # calibration travel in the snapshot), so the next records score as if nothing happened.
     serving = load_serving(bundle, "v1")
     messages = encode_records(records)
-    for start in range(0, len(messages), 35):
+    for start in range(0, len(messages) - 35, 35):
         process(serving, messages[start : start + 35], step_settings())
-    assert serving.learning.refit_rows == [70, 140]
+    assert serving.learning.refit_rows == [70]
+    saved = json.loads(json.dumps(serving.snapshot(), allow_nan=False))  # the state file
     restarted = load_serving(bundle, "v1")
-    kept = restarted.restore(json.loads(json.dumps(serving.snapshot())))
-    assert kept["windows"] and not kept["likelihood"]
-    untouched = load_serving(bundle, "v1")
-    process(untouched, messages[:35], step_settings())
-    assert untouched.learning.refits == 0
-    assert load_serving(bundle, "v1").restore(untouched.snapshot())["likelihood"]
+    kept = restarted.restore(saved)
+    assert kept["windows"] and kept["likelihood"] and kept["refits"] == 1
+    assert restarted.model_id == serving.model_id != load_serving(bundle, "v1").model_id
+    tail = messages[len(messages) - 35 :]
+    a = process(serving, tail, step_settings())
+    b = process(restarted, tail, step_settings())
+    assert [r.score for r in a.scored] == pytest.approx([r.score for r in b.scored], rel=1e-5)
+    assert [r.anomaly_likelihood for r in a.scored] == pytest.approx(
+        [r.anomaly_likelihood for r in b.scored], abs=1e-6
+    )
+    # ... which differs from the bundle's model (so the comparison could fail)
+    fresh = load_serving(bundle, "v1")
+    fresh.restore({**saved, "refit": None})
+    c = process(fresh, tail, step_settings())
+    assert [r.score for r in c.scored] != pytest.approx([r.score for r in a.scored], rel=1e-3)
+
+    # A snapshot of another bundle's refits is not applied; a damaged one is refused whole.
+    other = {**saved, "refit": {**saved["refit"], "base_model_id": "another-model"}}
+    kept = load_serving(bundle, "v1").restore(other)
+    assert kept["refits"] == 0 and not kept["likelihood"]
+    views = saved["refit"]["views"]
+    wrong_shape = [{**views[0], "weights": views[0]["weights"][:-1]}, *views[1:]]
+    shape = views[0]["baseline"]["shape"]
+    nan = {
+        "shape": shape,
+        "data": base64.b64encode(np.full(shape, np.nan, "<f4").tobytes()).decode(),
+    }
+    for bad in (wrong_shape, [{**views[0], "baseline": nan}, *views[1:]], "junk", views[:1]):
+        damaged = {**saved, "refit": {**saved["refit"], "views": bad}}
+        with pytest.raises(DataError, match="refit state"):
+            load_serving(bundle, "v1").restore(damaged)

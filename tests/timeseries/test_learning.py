@@ -3,15 +3,19 @@ windows it trains on, and that a failed refit leaves the previous model serving.
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.timeseries.test_detector import series, small_detector
+from vaeguard.errors import DataError
 from vaeguard.timeseries.featurizer import WindowBatch
-from vaeguard.timeseries.learning import OnlineLearning
+from vaeguard.timeseries.learning import OnlineLearning, apply_refit_state, refit_state
 from vaeguard.timeseries.online import run_online
 from vaeguard.timeseries.views import ViewSet
 
@@ -145,3 +149,65 @@ def test_with_many_entities_the_windows_kept_span_the_same_time():
         learning.observe(16, batch(first, 16), n_entities=4)
     held = learning.windows()
     np.testing.assert_array_equal(held.x[:, 0], np.arange(120, 160, 4))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def refitted():
+    det = small_detector(retrain_steps=10)
+    views = ViewSet([det], det.likelihood_spec, {"retrain_growth": None, "retrain_max_gap": 60})
+    run_online(views, series()[:200], first_fit=100)
+    return views, refit_state(views)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    key=st.sampled_from(
+        [
+            "weights",
+            "threshold",
+            "baseline",
+            "score_reference",
+            "plausible_range",
+            "training_info",
+            "fits",
+        ]
+    ),
+    value=json_values,
+    where=st.sampled_from(["field", "array data", "array shape", "whole"]),
+    data=st.data(),
+)
+def test_a_damaged_refit_state_is_refused_with_a_clear_error(refitted, key, value, where, data):
+    """The refit section of a window-state file is read from disk: whatever it holds, it is
+    applied whole or refused with DataError, never another exception and never half-applied."""
+    views, good = refitted
+    state = json.loads(json.dumps(good))
+    item = state[0]
+    if where == "whole":
+        state = value
+    elif where == "field":
+        item[key] = value
+    else:
+        arrays = item["weights"] if key == "weights" else [item["baseline"]]
+        target = arrays[data.draw(st.integers(0, len(arrays) - 1))]
+        if where == "array data":
+            target["data"] = data.draw(st.text(max_size=40) | st.just("AAAA") | st.just("////"))
+        else:
+            target["shape"] = data.draw(st.lists(st.integers(-2, 70), max_size=3))
+    before = [w.copy() for w in views.views[0].model_.get_weights()]
+    try:
+        apply_refit_state(views, state)
+    except DataError:
+        for a, b in zip(before, views.views[0].model_.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)  # refused whole
+    apply_refit_state(views, good)  # the good state always applies

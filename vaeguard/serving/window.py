@@ -97,7 +97,8 @@ class WindowServing:
         self.last_raw: list[np.ndarray] = []
         #: Warm refits on the newest windows, as the bundle's schedule says (`learning`).
         self.learning = OnlineLearning(self.views, fitted_at=fitted_at)
-        self._model_id = model_id
+        self._model_id = model_id  # the bundle's; `model_id` moves on with each refit
+        self._refit_state: dict[str, Any] | None = None
         self._channel_index = [channels.index(m) for m in self.detector.inputs]
 
     def warm_up(self) -> None:
@@ -219,11 +220,40 @@ class WindowServing:
         info = self.learning.refit_if_due(self.n_entities)
         if info is not None and info["ok"]:
             # Raw scores of the refitted model are judged against histories built with the
-            # previous one, as the NAB runner does; a restart serves the bundle's model again,
-            # whose id no longer matches the snapshot's, so its likelihood histories restart.
+            # previous one, as the NAB runner does. The snapshot carries the refitted weights
+            # (`_refit_snapshot`); a restart without them serves the bundle's model, whose id
+            # no longer matches the snapshot's, so its likelihood histories restart.
             self.model_id = f"{self._model_id}+refit{self.learning.refits}"
             self.score_reference = getattr(self.detector, "score_reference_", None)
+            self._refit_state = None  # encoded again at the next snapshot
         return info
+
+    def _refit_snapshot(self) -> dict[str, Any] | None:
+        if not self.learning.refits:
+            return None
+        if self._refit_state is None:  # once per refit, not at every save
+            from vaeguard.timeseries.learning import refit_state
+
+            self._refit_state = {
+                "base_model_id": self._model_id,
+                "refits": self.learning.refits,
+                "views": refit_state(self.views),
+            }
+        return self._refit_state
+
+    def _restore_refit(self, state: Any) -> int:
+        """Resume the refitted model of a snapshot taken while serving this same bundle."""
+        from vaeguard.timeseries.learning import apply_refit_state
+
+        if not isinstance(state, dict) or state.get("base_model_id") != self._model_id:
+            return 0
+        refits = int(state["refits"])
+        apply_refit_state(self.views, state["views"])
+        self.learning.refits = refits
+        self.model_id = f"{self._model_id}+refit{refits}"
+        self.score_reference = getattr(self.detector, "score_reference_", None)
+        self._refit_state = None
+        return refits
 
     def _alert_level(self) -> float | None:
         spec = self.views.likelihood_spec
@@ -253,13 +283,15 @@ class WindowServing:
             "offsets": dict(self.offsets),
             "featurizer": self.state.snapshot(),
             "likelihood": self.likelihood.snapshot() if self.likelihood is not None else None,
+            "refit": self._refit_snapshot(),
         }
 
     def restore(self, state: dict[str, Any]) -> dict[str, Any]:
         """Continue from a snapshot; returns what was kept (for the log).
 
-        Windows and scalers carry over when the window spec is compatible; likelihood histories
-        only when they hold this same model's raw scores with the same likelihood spec.
+        Windows and scalers carry over when the window spec is compatible; online refits of
+        this same bundle are resumed (`vaeguard.timeseries.learning`); likelihood histories only
+        when they hold this same (refitted) model's raw scores with the same likelihood spec.
         """
         from vaeguard.timeseries.featurizer import WindowFeaturizer, WindowSpec
         from vaeguard.timeseries.views import STATE_FORMAT as LIKELIHOOD_FORMAT
@@ -270,7 +302,7 @@ class WindowServing:
             snap = dict(state["featurizer"])
             old_spec = WindowSpec.from_dict(snap["spec"])
             offsets = {str(k): int(v) for k, v in dict(state["offsets"]).items()}
-            kept = {"windows": False, "likelihood": False, "entities": 0}
+            kept = {"windows": False, "likelihood": False, "entities": 0, "refits": 0}
             if not spec_compatible(old_spec, self.spec):
                 # Fresh windows, but what was already produced stays produced (see `covers`).
                 self.offsets = offsets
@@ -278,6 +310,8 @@ class WindowServing:
             snap["spec"] = self.spec.to_dict()
             snap["entities"] = list(snap["entities"])[-self.spec.max_entities :]
             featurizer = WindowFeaturizer.restore(snap)
+            # refitted weights first: the likelihood histories hold their scores
+            kept["refits"] = self._restore_refit(state.get("refit"))
             likelihood = self.likelihood
             lk_state = state.get("likelihood")
             if (

@@ -17,10 +17,15 @@ row is always scored by a model trained on earlier rows only (causal). If it fai
 previous weights and thresholds are put back and serving goes on. The schedule is the
 bundle's (``schedule`` section, `vaeguard.timeseries.views.DEFAULT_SCHEDULE`);
 ``retrain_max_gap: null`` turns online learning off in the daemon.
+
+`refit_state` / `apply_refit_state`: the refitted weights and calibration as plain data (float32
+arrays in base64, no pickle), saved with the daemon's window state so that a restart resumes
+the refitted model, not the bundle's.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import logging
 import math
@@ -31,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from vaeguard.errors import DataError
 from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS
 
 log = logging.getLogger("vaeguard.timeseries.learning")
@@ -224,3 +230,81 @@ class OnlineLearning:
             view.model_.set_weights(state["weights"])
             for k, v in state["attrs"].items():
                 setattr(view, k, v)
+
+
+# -- the refitted model as plain data (the daemon's window state) --------------------------------
+
+
+def _encode(a: np.ndarray) -> dict[str, Any]:
+    a = np.asarray(a, dtype="<f4")  # (tobytes is C order; ascontiguousarray would make 0-d 1-d)
+    return {"shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode(d: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    try:
+        raw = base64.b64decode(d["data"], validate=True)
+        a = np.frombuffer(raw, dtype="<f4").reshape([int(n) for n in d["shape"]])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"refit state: bad array ({exc})") from None
+    if shape is not None and a.shape != tuple(shape):
+        raise DataError(f"refit state: an array of shape {a.shape}, the model has {shape}")
+    if not np.isfinite(a).all():
+        raise DataError("refit state: non-finite values")
+    return a.astype("float32")
+
+
+def refit_state(views) -> list[dict[str, Any]]:
+    """Every view's weights and calibration, JSON-safe."""
+    out = []
+    for view in views.views:
+        pr = view.plausible_range_
+        out.append(
+            {
+                "weights": [_encode(w) for w in view.model_.get_weights()],
+                "threshold": view.threshold_.to_dict(),
+                "baseline": _encode(view.baseline_),
+                "score_reference": _encode(view.score_reference_),
+                "plausible_range": None if pr is None else pr.to_dict(),
+                "training_info": dict(view.training_info_),
+                "fits": int(getattr(view, "fits_", 0)),
+            }
+        )
+    return out
+
+
+def apply_refit_state(views, state: Any) -> None:
+    """Put saved refitted weights and calibration in place; `DataError` (and nothing changed)
+    when they do not fit these views."""
+    from vaeguard.model.counterfactual import PlausibleRange
+    from vaeguard.thresholds import Threshold
+
+    if not isinstance(state, list) or len(state) != len(views.views):
+        raise DataError("refit state: expected one entry per view")
+    staged = []
+    for view, item in zip(views.views, state, strict=True):
+        try:
+            current = view.model_.get_weights()
+            weights = item["weights"]
+            if not isinstance(weights, list) or len(weights) != len(current):
+                raise DataError("refit state: the number of weight arrays differs")
+            staged.append(
+                {
+                    "weights": [_decode(d, w.shape) for d, w in zip(weights, current, strict=True)],
+                    "threshold_": Threshold.from_dict(item["threshold"]),
+                    "baseline_": _decode(item["baseline"], view.baseline_.shape).astype("float64"),
+                    "score_reference_": _decode(item["score_reference"]).astype("float64"),
+                    "plausible_range_": None
+                    if item["plausible_range"] is None
+                    else PlausibleRange.from_dict(item["plausible_range"]),
+                    "training_info_": dict(item["training_info"]),
+                    "fits_": int(item["fits"]),
+                }
+            )
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"refit state is corrupt: {type(exc).__name__}: {exc}") from None
+    for view, item in zip(views.views, staged, strict=True):
+        view.model_.set_weights(item.pop("weights"))
+        for k, v in item.items():
+            setattr(view, k, v)

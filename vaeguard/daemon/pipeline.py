@@ -334,7 +334,8 @@ class Pipeline:
     def _poll(self) -> dict[Any, list[Any]]:
         """Up to batch_max_records, waiting at most batch_max_wait_ms after the first record."""
         limit = self.scoring.batch_max_records
-        batch = self._poll_once(IDLE_POLL_MS, limit)
+        self._recently_revoked = set()
+        batch = self._drop_revoked(self._poll_once(IDLE_POLL_MS, limit))
         if not batch:
             return batch
         count = sum(len(v) for v in batch.values())
@@ -344,20 +345,36 @@ class Pipeline:
             if wait_ms <= 0:
                 break
             more = self._poll_once(wait_ms, limit - count)
-            if self._recently_revoked:
-                for tp in self._recently_revoked:
-                    count -= len(batch.pop(tp, []))
             for tp, records in more.items():
                 batch.setdefault(tp, []).extend(records)
-                count += len(records)
+            batch = self._drop_revoked(batch)
+            count = sum(len(v) for v in batch.values())
             if not more:
                 break
         return batch
 
+    def _drop_revoked(self, batch: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """Drop the unprocessed records of partitions revoked during the poll (their next owner
+        replays them from the committed offset). A partition handed back to this consumer in
+        the same rebalance keeps its fetch position, past the dropped records: rewind it to the
+        first of them, or they would never be scored while later offsets get committed (found
+        by the supervisor test: a rebalance after a worker's SIGKILL lost one fetch's worth)."""
+        if not self._recently_revoked:
+            return batch
+        for tp in self._recently_revoked:
+            records = batch.pop(tp, [])
+            if records and tp in self.assignment:
+                self.consumer.seek(tp, records[0].offset)
+                log.info(
+                    "partition assigned back during a rebalance: rewound to its unprocessed records",
+                    extra={"partition": _names({tp}), "offset": records[0].offset},
+                )
+        self._recently_revoked = set()
+        return {tp: records for tp, records in batch.items() if records}
+
     def _poll_once(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         from kafka.errors import KafkaError
 
-        self._recently_revoked = set()
         try:
             records = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:

@@ -223,10 +223,15 @@ class WindowServing:
             # previous one, as the NAB runner does. The snapshot carries the refitted weights
             # (`_refit_snapshot`); a restart without them serves the bundle's model, whose id
             # no longer matches the snapshot's, so its likelihood histories restart.
-            self.model_id = f"{self._model_id}+refit{self.learning.refits}"
-            self.score_reference = getattr(self.detector, "score_reference_", None)
-            self._refit_state = None  # encoded again at the next snapshot
+            self._serving_refit(self.learning.refits)
         return info
+
+    def _serving_refit(self, refits: int) -> None:
+        """What follows from serving the bundle's model after ``refits`` refits."""
+        self.learning.refits = refits
+        self.model_id = f"{self._model_id}+refit{refits}"
+        self.score_reference = getattr(self.detector, "score_reference_", None)
+        self._refit_state = None  # encoded again at the next snapshot
 
     def _refit_snapshot(self) -> dict[str, Any] | None:
         if not self.learning.refits:
@@ -249,10 +254,7 @@ class WindowServing:
             return 0
         refits = int(state["refits"])
         apply_refit_state(self.views, state["views"])
-        self.learning.refits = refits
-        self.model_id = f"{self._model_id}+refit{refits}"
-        self.score_reference = getattr(self.detector, "score_reference_", None)
-        self._refit_state = None
+        self._serving_refit(refits)
         return refits
 
     def _alert_level(self) -> float | None:

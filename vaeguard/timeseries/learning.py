@@ -53,20 +53,26 @@ class Windows:
     center: np.ndarray
     scale: np.ndarray
 
+    @classmethod
+    def of(cls, batch) -> Windows:
+        """The training part of a `WindowBatch`."""
+        return cls(batch.x, batch.mask, batch.c, np.asarray(batch.center), np.asarray(batch.scale))
+
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def newest(self, n: int) -> Windows:
-        if len(self) <= n:
-            return self
-        cut = slice(len(self) - n, len(self))
+    def take(self, rows) -> Windows:
+        """These rows (an index array or a slice)."""
         return Windows(
-            self.x[cut],
-            self.mask[cut],
-            None if self.c is None else self.c[cut],
-            self.center[cut],
-            self.scale[cut],
+            self.x[rows],
+            self.mask[rows],
+            None if self.c is None else self.c[rows],
+            self.center[rows],
+            self.scale[rows],
         )
+
+    def newest(self, n: int) -> Windows:
+        return self if len(self) <= n else self.take(slice(len(self) - n, len(self)))
 
 
 def fit_views(views, windows: Windows, *, warm_start: bool) -> None:
@@ -116,17 +122,9 @@ class OnlineLearning:
         self._windows_seen += n
         if take.size == 0:
             return
-        part = Windows(
-            batch.x, batch.mask, batch.c, np.asarray(batch.center), np.asarray(batch.scale)
-        )
+        part = Windows.of(batch)
         if take.size < n:
-            part = Windows(
-                part.x[take],
-                part.mask[take],
-                None if part.c is None else part.c[take],
-                part.center[take],
-                part.scale[take],
-            )
+            part = part.take(take)
         part = part.newest(self.max_train)
         self._parts.append(part)
         self._held += len(part)

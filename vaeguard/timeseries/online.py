@@ -132,8 +132,7 @@ def run_online(
         batch = views.featurizer().update_and_featurize(records[:start])
         if len(batch) < MIN_TRAIN_WINDOWS:
             continue
-        windows = Windows(batch.x, batch.mask, batch.c, batch.center, batch.scale)
-        fit_views(views, windows.newest(int(schedule["max_train"])), warm_start=False)
+        fit_views(views, Windows.of(batch).newest(int(schedule["max_train"])), warm_start=False)
         out.trained_at.append(int(start))
         serving = WindowServing(views, fitted_at=start)
         break

@@ -8,7 +8,9 @@ accepted its records, so a crash at any moment replays what was not finished (at
 and loses nothing. Rebalance callbacks run inside ``poll()``, i.e. between batches: at that
 point every processed record is committed, so a revocation has nothing to flush; records that
 were polled but not processed yet for a revoked partition are dropped (the new owner reads them
-from the committed offset).
+from the committed offset) and, should the rebalance hand that partition back to this
+consumer, it is rewound to the first of them: kafka-python keeps a retained partition's fetch
+position (as the Java client does), which is past the dropped records.
 
 Failures of the broker or the alert layer are retried with capped exponential backoff while
 `/readyz` reports not ready; nothing needs an operator to resume.
@@ -124,6 +126,11 @@ class Pipeline:
         self.stats = Stats()
         self.assignment: set[Any] = set()
         self._recently_revoked: set[Any] = set()
+        #: First offset of each revoked partition's dropped records: where to rewind it if the
+        #: rebalance hands it back.
+        self._dropped_from: dict[Any, int] = {}
+        #: Between a revocation and the assignment that ends the rebalance.
+        self._rebalancing = False
         self._positions: dict[Any, int] = {}
         self._last_broker_ok = 0.0
         self._broker_ok = False
@@ -253,6 +260,11 @@ class Pipeline:
 
     def _assigned(self, assigned: set[Any]) -> None:
         self.assignment |= assigned
+        # Eager rebalancing: ``assigned`` is the whole new assignment. A partition not handed
+        # back has a new owner, which reads from the committed offset: nothing to rewind.
+        self._rebalancing = False
+        self._rewind(assigned & self._dropped_from.keys())
+        self._dropped_from.clear()
         self._broker_up()
         metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
         log.info(
@@ -262,6 +274,7 @@ class Pipeline:
 
     def _revoked(self, revoked: set[Any], lost: bool) -> None:
         self.assignment -= revoked
+        self._rebalancing = True
         self.checkpoint.revoked(revoked)
         self._recently_revoked |= revoked
         for tp in revoked:
@@ -354,24 +367,32 @@ class Pipeline:
         return batch
 
     def _drop_revoked(self, batch: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
-        """Drop the unprocessed records of partitions revoked during the poll (their next owner
-        replays them from the committed offset). A partition handed back to this consumer in
-        the same rebalance may keep its fetch position, past the dropped records: rewind it to
-        the first of them, so they are scored before later offsets get committed. (Hardening,
-        not the fix of the loss the supervisor test shows after a worker's SIGKILL: that still
-        reproduces about 1 run in 4 with this in place; its cause is open.)"""
+        """Drop the unprocessed records of partitions revoked during the poll: their next owner
+        replays them from the committed offset. If the same rebalance gives a partition back to
+        this consumer, kafka-python keeps its fetch position, which is past the dropped records,
+        and the next commit would cover them unscored: so the partition is rewound to the first
+        of them: now if the assignment came within the same poll, else when it comes (`_assigned`)."""
         if not self._recently_revoked:
             return batch
         for tp in self._recently_revoked:
             records = batch.pop(tp, [])
-            if records and tp in self.assignment:
-                self.consumer.seek(tp, records[0].offset)
-                log.info(
-                    "partition assigned back during a rebalance: rewound to its unprocessed records",
-                    extra={"partition": _names({tp}), "offset": records[0].offset},
-                )
+            if records:
+                first = records[0].offset
+                self._dropped_from[tp] = min(first, self._dropped_from.get(tp, first))
         self._recently_revoked = set()
+        if not self._rebalancing:  # the assignment came within the same poll
+            self._rewind(self.assignment & self._dropped_from.keys())
+            self._dropped_from.clear()
         return {tp: records for tp, records in batch.items() if records}
+
+    def _rewind(self, partitions: set[Any]) -> None:
+        for tp in partitions:
+            offset = self._dropped_from.pop(tp)
+            self.consumer.seek(tp, offset)
+            log.info(
+                "partition handed back by the rebalance: rewound to its dropped records",
+                extra={"partition": _names({tp})[0], "offset": offset},
+            )
 
     def _poll_once(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         from kafka.errors import KafkaError
@@ -398,7 +419,8 @@ class Pipeline:
         self._last_metrics_check = now
         self.checkpoint.tick()
         self.readiness()  # keeps vaeguard_ready current for a supervisor (no HTTP in workers)
-        self.assignment = set(self.consumer.assignment())
+        if not self._rebalancing:  # kafka-python lists the revoked ones until the assignment
+            self.assignment = set(self.consumer.assignment())
         metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
         try:
             coordinator = self.consumer.metrics().get("consumer-coordinator-metrics", {})

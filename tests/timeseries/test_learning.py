@@ -3,6 +3,7 @@ windows it trains on, and that a failed refit leaves the previous model serving.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from types import SimpleNamespace
@@ -15,7 +16,12 @@ from hypothesis import strategies as st
 from tests.timeseries.test_detector import series, small_detector
 from vaeguard.errors import DataError
 from vaeguard.timeseries.featurizer import WindowBatch
-from vaeguard.timeseries.learning import OnlineLearning, apply_refit_state, refit_state
+from vaeguard.timeseries.learning import (
+    OnlineLearning,
+    _decode,
+    apply_refit_state,
+    refit_state,
+)
 from vaeguard.timeseries.online import run_online
 from vaeguard.timeseries.views import ViewSet
 
@@ -111,6 +117,7 @@ def test_a_failed_refit_puts_the_previous_model_back(monkeypatch):
     learning.observe(1100, feat)
     before = [w.copy() for w in det.model_.get_weights()]
     threshold = det.threshold_
+    calibration = (det.baseline_.copy(), det.score_reference_.copy(), det.plausible_range_)
 
     def broken_fit(*args, **kwargs):
         for v in det.model_.weights:  # half-trained garbage, then a failure
@@ -124,6 +131,11 @@ def test_a_failed_refit_puts_the_previous_model_back(monkeypatch):
     for a, b in zip(before, det.model_.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert det.threshold_ == threshold
+    # the calibration is float64 and comes back bit for bit (not rounded through float32)
+    assert det.baseline_.dtype == det.score_reference_.dtype == np.float64
+    np.testing.assert_array_equal(det.baseline_, calibration[0])
+    np.testing.assert_array_equal(det.score_reference_, calibration[1])
+    assert det.plausible_range_.to_dict() == calibration[2].to_dict()
     assert np.isfinite(views.raw_scores(feat.x, feat.c, feat.mask)[0]).all()
     assert learning.rows_until_due(1) == 1000  # the next attempt waits for a whole gap
 
@@ -184,7 +196,7 @@ def refitted():
         ]
     ),
     value=json_values,
-    where=st.sampled_from(["field", "array data", "array shape", "whole"]),
+    where=st.sampled_from(["field", "array data", "array shape", "array dtype", "whole"]),
     data=st.data(),
 )
 def test_a_damaged_refit_state_is_refused_with_a_clear_error(refitted, key, value, where, data):
@@ -202,6 +214,8 @@ def test_a_damaged_refit_state_is_refused_with_a_clear_error(refitted, key, valu
         target = arrays[data.draw(st.integers(0, len(arrays) - 1))]
         if where == "array data":
             target["data"] = data.draw(st.text(max_size=40) | st.just("AAAA") | st.just("////"))
+        elif where == "array dtype":
+            target["dtype"] = data.draw(json_values | st.sampled_from(["<f4", "<f8", ">f8", "|O"]))
         else:
             target["shape"] = data.draw(st.lists(st.integers(-2, 70), max_size=3))
     before = [w.copy() for w in views.views[0].model_.get_weights()]
@@ -211,3 +225,20 @@ def test_a_damaged_refit_state_is_refused_with_a_clear_error(refitted, key, valu
         for a, b in zip(before, views.views[0].model_.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)  # refused whole
     apply_refit_state(views, good)  # the good state always applies
+
+
+def test_a_refit_state_written_before_dtypes_were_kept_still_applies(refitted):
+    """State files of the previous release hold every array as float32, with no dtype."""
+    views, good = refitted
+    state = json.loads(json.dumps(good))
+    for item in state:
+        for array in [*item["weights"], item["baseline"], item["score_reference"]]:
+            values = np.frombuffer(base64.b64decode(array["data"]), dtype=array.pop("dtype"))
+            array["data"] = base64.b64encode(values.astype("<f4").tobytes()).decode("ascii")
+    apply_refit_state(views, state)
+    view = views.views[0]
+    assert view.baseline_.dtype == np.float64
+    good_baseline = _decode(good[0]["baseline"])
+    assert good_baseline.dtype == np.float64  # what this release writes
+    np.testing.assert_allclose(view.baseline_, good_baseline, rtol=1e-6)
+    apply_refit_state(views, good)

@@ -18,15 +18,15 @@ previous weights and thresholds are put back and serving goes on. The schedule i
 bundle's (``schedule`` section, `vaeguard.timeseries.views.DEFAULT_SCHEDULE`);
 ``retrain_max_gap: null`` turns online learning off in the daemon.
 
-`refit_state` / `apply_refit_state`: the refitted weights and calibration as plain data (float32
-arrays in base64, no pickle), saved with the daemon's window state so that a restart resumes
-the refitted model, not the bundle's.
+`refit_state` / `apply_refit_state`: the refitted weights and calibration as plain data (arrays
+in base64 with their float32 / float64 dtype, no pickle), saved with the daemon's window state so
+that a restart resumes the refitted model, not the bundle's; the same pair puts the previous
+model back when a refit fails.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import logging
 import math
 import time
@@ -174,12 +174,12 @@ class OnlineLearning:
             )
             return {"ok": False, "result": "skipped", "windows": held, "seconds": 0.0}
         started = time.perf_counter()
-        saved = self._save()
+        saved = refit_state(self.views)
         try:
             fit_views(self.views, windows, warm_start=True)
             self._check(windows)
         except Exception as exc:
-            self._restore(saved)
+            apply_refit_state(self.views, saved)
             self.failures += 1
             log.warning(
                 "online refit failed; the previous model keeps serving",
@@ -201,54 +201,42 @@ class OnlineLearning:
             if not np.isfinite(scores).all():
                 raise ValueError("the refitted model scores non-finite values")
 
-    def _save(self) -> list[dict[str, Any]]:
-        out = []
-        for view in self.views.views:
-            out.append(
-                {
-                    "weights": [w.copy() for w in view.model_.get_weights()],
-                    "attrs": {
-                        k: copy.deepcopy(getattr(view, k))
-                        for k in (
-                            "threshold_",
-                            "baseline_",
-                            "score_reference_",
-                            "plausible_range_",
-                            "training_info_",
-                            "fits_",
-                        )
-                        if hasattr(view, k)
-                    },
-                }
-            )
-        return out
-
-    def _restore(self, saved: list[dict[str, Any]]) -> None:
-        for view, state in zip(self.views.views, saved, strict=True):
-            view.model_.set_weights(state["weights"])
-            for k, v in state["attrs"].items():
-                setattr(view, k, v)
-
 
 # -- the refitted model as plain data (the daemon's window state) --------------------------------
 
 
+#: The dtypes an array keeps in the refit state: the weights are float32, the calibration
+#: float64 (a rollback must put back exactly what was there).
+_DTYPES = ("<f4", "<f8")
+
+
 def _encode(a: np.ndarray) -> dict[str, Any]:
-    a = np.asarray(a, dtype="<f4")  # (tobytes is C order; ascontiguousarray would make 0-d 1-d)
-    return {"shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+    a = np.asarray(a)
+    dtype = "<f8" if a.dtype == np.float64 else "<f4"
+    a = a.astype(dtype, copy=False)  # (tobytes is C order; ascontiguousarray would make 0-d 1-d)
+    return {
+        "shape": list(a.shape),
+        "dtype": dtype,
+        "data": base64.b64encode(a.tobytes()).decode("ascii"),
+    }
 
 
 def _decode(d: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    if not isinstance(d, dict):
+        raise DataError("refit state: an array is not an object")
+    dtype = d.get("dtype", "<f4")  # state files written before the dtype was kept: float32
+    if dtype not in _DTYPES:
+        raise DataError(f"refit state: unsupported array dtype {dtype!r}")
     try:
         raw = base64.b64decode(d["data"], validate=True)
-        a = np.frombuffer(raw, dtype="<f4").reshape([int(n) for n in d["shape"]])
+        a = np.frombuffer(raw, dtype=dtype).reshape([int(n) for n in d["shape"]])
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"refit state: bad array ({exc})") from None
     if shape is not None and a.shape != tuple(shape):
         raise DataError(f"refit state: an array of shape {a.shape}, the model has {shape}")
     if not np.isfinite(a).all():
         raise DataError("refit state: non-finite values")
-    return a.astype("float32")
+    return a.astype(np.dtype(dtype).newbyteorder("="))
 
 
 def refit_state(views) -> list[dict[str, Any]]:
@@ -287,7 +275,10 @@ def apply_refit_state(views, state: Any) -> None:
                 raise DataError("refit state: the number of weight arrays differs")
             staged.append(
                 {
-                    "weights": [_decode(d, w.shape) for d, w in zip(weights, current, strict=True)],
+                    "weights": [
+                        _decode(d, w.shape).astype(w.dtype)
+                        for d, w in zip(weights, current, strict=True)
+                    ],
                     "threshold_": Threshold.from_dict(item["threshold"]),
                     "baseline_": _decode(item["baseline"], view.baseline_.shape).astype("float64"),
                     "score_reference_": _decode(item["score_reference"]).astype("float64"),

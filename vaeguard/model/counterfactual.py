@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from vaeguard.model.scoring import BUCKETS, _pad, compile_function
+from vaeguard.model.scoring import _pad, chunks, compile_function
 
 #: The plausible range is [min − MARGIN·span, max + MARGIN·span] of the training rows
 #: (span = max − min), per feature, not crossing zero for a feature whose training values all
@@ -135,8 +135,7 @@ def conditional_imputation(model, x, c, keep, low, high, steps: int):
 class Imputer:
     """Batched, compiled conditional imputation of a `VAE` (see `conditional_imputation`).
 
-    Batches are padded to the scorer's buckets, so the graph is traced a bounded number of
-    times whatever the batch sizes.
+    Batches are cut and padded as the scorer's (`vaeguard.model.scoring.chunks`).
     """
 
     def __init__(self, model, low_scaled: np.ndarray, high_scaled: np.ndarray, steps: int):
@@ -153,17 +152,16 @@ class Imputer:
                 model, x, c if conditional else None, keep, self.low, self.high, self.steps
             )
 
-        self._graph = compile_function(graph)
+        n_cond = max(model.n_conditions, 1)
+        self._graph = compile_function(graph, (model.n_features, n_cond, model.n_features))
 
     def __call__(self, x: np.ndarray, c: np.ndarray | None, keep: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         if c is None:
             c = np.zeros((n, max(self.model.n_conditions, 1)), dtype="float32")
         out = []
-        for start in range(0, n, BUCKETS[-1]):
-            stop = min(start + BUCKETS[-1], n)
+        for start, stop, padded in chunks(n):
             size = stop - start
-            padded = next(b for b in BUCKETS if b >= size)
             filled = self._graph(
                 _pad(x[start:stop], padded),
                 _pad(c[start:stop], padded),

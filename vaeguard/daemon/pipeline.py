@@ -371,7 +371,8 @@ class Pipeline:
         replays them from the committed offset. If the same rebalance gives a partition back to
         this consumer, kafka-python keeps its fetch position, which is past the dropped records,
         and the next commit would cover them unscored: so the partition is rewound to the first
-        of them: now if the assignment came within the same poll, else when it comes (`_assigned`)."""
+        of them, now if the assignment came within the same poll, else when it comes
+        (`_assigned`)."""
         if not self._recently_revoked:
             return batch
         for tp in self._recently_revoked:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from vaeguard.model.scoring import _pad, chunks, compile_function
+from vaeguard.model.scoring import _pad, chunks, compile_function, condition_width
 
 #: The plausible range is [min − MARGIN·span, max + MARGIN·span] of the training rows
 #: (span = max − min), per feature, not crossing zero for a feature whose training values all
@@ -152,13 +152,12 @@ class Imputer:
                 model, x, c if conditional else None, keep, self.low, self.high, self.steps
             )
 
-        n_cond = max(model.n_conditions, 1)
-        self._graph = compile_function(graph, (model.n_features, n_cond, model.n_features))
+        self._graph = compile_function(graph, model)
 
     def __call__(self, x: np.ndarray, c: np.ndarray | None, keep: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         if c is None:
-            c = np.zeros((n, max(self.model.n_conditions, 1)), dtype="float32")
+            c = np.zeros((n, condition_width(self.model)), dtype="float32")
         out = []
         for start, stop, padded in chunks(n):
             size = stop - start

@@ -101,21 +101,27 @@ def reconstruction_terms(model, x, c, mask, epsilon):
     return -log_p_hat, ops.sum(weights * nll, axis=0), ops.sum(weights * mean, axis=0), z_mean
 
 
-def compile_function(fn, widths: tuple[int, ...] | None = None):
-    """Compile a pure keras.ops function with the running backend's compiler.
+def condition_width(model) -> int:
+    """Columns of the condition batch a compiled graph takes (one column of zeros when the
+    model has no conditions: the graph's signature is the same either way)."""
+    return max(model.n_conditions, 1)
 
-    ``widths``: the columns of each (rows × columns) float32 argument. With them, TensorFlow
-    traces one graph for every batch size up front, instead of static graphs for the first
-    sizes it sees and a shape-relaxed one later: which graph scored a batch would otherwise
-    depend on the sizes the instance happened to see before, and the two kinds round the last
-    bit of float32 differently (a reloaded model scored 1 row in 9 of a batch one ulp apart
-    from the model it was saved from)."""
+
+def compile_function(fn, model):
+    """Compile ``fn(x, c, mask)`` over float32 batches of ``model``'s rows (``n_features``,
+    `condition_width` and ``n_features`` columns) with the running backend's compiler.
+
+    TensorFlow gets an input signature with a free batch dimension: one graph for every batch
+    size, traced once. Left to reduce_retracing it traced static graphs for the first sizes it
+    saw and a shape-relaxed one later, so which graph scored a batch depended on the sizes the
+    instance happened to see before, and the two kinds round the last bit of float32
+    differently (a reloaded model scored 1 row in 9 of a batch one ulp apart from the model it
+    was saved from)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        if widths is None:
-            return tf.function(fn, reduce_retracing=True)
+        widths = (model.n_features, condition_width(model), model.n_features)
         signature = [tf.TensorSpec((None, w), tf.float32) for w in widths]
         return tf.function(fn, input_signature=signature)
     if backend == "jax":
@@ -147,16 +153,14 @@ class Scorer:
                 model, x, c if conditional else None, mask if masked else None, self.epsilon
             )
 
-        n_cond = max(model.n_conditions, 1)
-        self._graph = compile_function(graph, (model.n_features, n_cond, model.n_features))
+        self._graph = compile_function(graph, model)
 
     def __call__(
         self, x: np.ndarray, c: np.ndarray | None = None, mask: np.ndarray | None = None
     ) -> RawScores:
         n = x.shape[0]
-        n_cond = max(self.model.n_conditions, 1)
         if c is None:
-            c = np.zeros((n, n_cond), dtype="float32")
+            c = np.zeros((n, condition_width(self.model)), dtype="float32")
         if mask is None:
             mask = np.ones_like(x, dtype="float32")
         scores, nlls, expected, z_means = [], [], [], []

@@ -935,8 +935,22 @@ def main(argv=None) -> int:
         + ", ".join(f"{r['rate_from_10pct']:,.0f}" for r in two)
         + "."
     )
-    print("\n### Where a record's microseconds go (`output.mode: all`, in-process daemon)\n")
-    wall = 1e6 / daemon_rate
+    print(
+        "Ratios within each repeat (the sides of one repeat run back to back): all / floor "
+        + ", ".join(f"{d / f:.2f}" for d, f in zip(daemon, io_only, strict=True))
+        + "; anomalies / decode-only "
+        + ", ".join(f"{a / b:.2f}" for a, b in zip(anomalies, bare, strict=True))
+        + "; two workers / one "
+        + ", ".join(f"{t['rate'] / o['rate']:.2f}" for t, o in zip(two, one, strict=True))
+        + "."
+    )
+    print(
+        "\n### Where a record's microseconds go (`output.mode: all`, in-process daemon; "
+        f"means over the {len(daemon)} runs)\n"
+    )
+    # The stage timers add up over every run, so the wall time is the runs' mean too (the
+    # median run's alone left a negative rest when the runs' speeds differed).
+    wall = float(np.mean([1e6 / r for r in daemon]))
     print("| stage | µs per record | share of the wall time per record |")
     print("|---|---:|---:|")
     parts = (
@@ -967,6 +981,30 @@ def main(argv=None) -> int:
         f"{score_split['anomalous']:.1%} of the records, "
         f"{score_split['counterfactuals'] / max(score_split['anomalous'], 1e-12) * 1e6:.0f} µs of "
         "counterfactuals each."
+    )
+    # What the first target leaves for scoring: the stages the floor does too (poll, decode,
+    # produce, commit) cost what they cost here, the rest must fit in what is left.
+    target_wall = float(np.mean([1e6 / (0.8 * r) for r in io_only]))
+    own = sum(stages.get(s, 0.0) for s in ("featurize", "score", "encode", "alert")) / staged * 1e6
+    shared = wall - own
+    model_us = stages.get("score", 0.0) / staged * 1e6 * score_split["model"] / isolated
+    featurize_us = stages.get("featurize", 0.0) / staged * 1e6
+    print(
+        f"\nBudget at the first target: 0.8× the floor is {target_wall:.1f} µs per record. The "
+        f"stages the floor has too (poll, decode, produce, commit) take {shared:.1f} µs per "
+        f"record here ({np.mean([1e6 / r for r in io_only]):.1f} µs is the floor's whole wall "
+        "time), which leaves "
+        f"{target_wall - shared:.1f} µs for featurize, score, encode and alert; they take "
+        f"{own:.1f} µs (the model alone {model_us:.1f})."
+    )
+    bare_wall = float(np.mean([1e6 / r for r in bare]))
+    print(
+        f"Budget at the second target: 0.6× decode-only is {bare_wall / 0.6:.1f} µs per "
+        f"record. The decode-only consumer's own wall time is {bare_wall:.1f} µs, and "
+        f"featurizing ({featurize_us:.1f}) and the model ({model_us:.1f}), which "
+        "`anomalies` mode runs on every record as `all` does, bring that to "
+        f"{bare_wall + featurize_us + model_us:.1f} µs before any explanation, alert, "
+        "score record or commit. (Both budgets: means over the runs.)"
     )
     if sweep:
         print("\n| batch_max_records | batch_max_wait_ms | daemon records/s |\n|---:|---:|---:|")

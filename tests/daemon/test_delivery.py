@@ -65,11 +65,14 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(broker, small_bundle, dae
 
     seen_before = _sources(scores)
     second = daemons("second", env).start()
+    # Usually within seconds. The embedded Tansu broker at times holds a restarted static
+    # member's rejoin for the group's rebalance timeout (max_poll_interval_ms, 60 s; README,
+    # "Scale on one machine"): seen once in a full-suite run, so the wait covers it.
     wait_for(
         lambda: len(_sources(scores) - seen_before) > 0 if scores.drain() else False,
-        timeout=15,
+        timeout=75,
         interval=0.05,
-        message="scoring to resume within 15 s of the restart",
+        message="scoring to resume after the restart",
     )
     stream.join(60)
     wait_for(

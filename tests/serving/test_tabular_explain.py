@@ -121,3 +121,53 @@ def test_rows_without_blame_keep_the_excess_ranking():
     assert [c["feature"] for c in rows[0]] == ["q", "r"]
     assert "score_drop" not in rows[0][0]
     assert [c["feature"] for c in rows[1]] == ["p"] and rows[1][0]["share"] == 1.0
+
+
+_cells = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@st.composite
+def _explained(draw):
+    n = draw(st.integers(0, 5))
+    d = draw(st.integers(1, 5))
+    matrix = lambda: np.array(  # noqa: E731
+        draw(st.lists(st.lists(_cells, min_size=d, max_size=d), min_size=n, max_size=n)),
+        dtype="float64",
+    ).reshape(n, d)
+    kwargs = {}
+    if draw(st.booleans()):
+        kwargs["valid"] = np.array(
+            draw(st.lists(st.lists(st.booleans(), min_size=d, max_size=d), min_size=n, max_size=n)),
+            dtype=bool,
+        ).reshape(n, d)
+    if draw(st.booleans()):
+        rounds = draw(st.integers(0, d))
+        blame = np.full((n, rounds), -1, dtype="int64")
+        for i in range(n):
+            picked = draw(st.permutations(range(d)))[: draw(st.integers(0, rounds))]
+            blame[i, : len(picked)] = picked
+        kwargs.update(blame=blame, score_drop=matrix())
+    return (
+        matrix(),
+        matrix(),
+        matrix(),
+        [f"f{j}" for j in range(d)],
+        draw(st.integers(0, 6)),
+        kwargs,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(_explained())
+def test_the_fast_path_of_top_contributions_builds_what_the_general_one_does(case):
+    """Without per-feature columns, rows are built in comprehensions and the unusual ones
+    (masked cells, counterfactual rows) redone; empty columns force the general loop."""
+    contributions, observed, expected, names, k, kwargs = case
+    fast = top_contributions(contributions, observed, expected, names, k, **kwargs)
+    general = top_contributions(
+        contributions, observed, expected, names, k, columns=[{}] * len(names), **kwargs
+    )
+    assert fast == general
+    assert [[list(item) for item in row] for row in fast] == [
+        [list(item) for item in row] for row in general
+    ]

@@ -178,12 +178,9 @@ class AlertLayer:
                 raise AlertDeliveryError("the alert layer is closed")
             now = self.clock()
             # The daemon retries a batch whose process() raised: its records are not counted twice.
-            coords = {(r.source.topic, r.source.partition, r.source.offset) for r in records}
-            fresh = [
-                r
-                for r in records
-                if (r.source.topic, r.source.partition, r.source.offset) not in self._last_batch
-            ]
+            coords = {tuple(r.source) for r in records}  # (topic, partition, offset)
+            last = self._last_batch
+            fresh = [r for r in records if tuple(r.source) not in last] if last else list(records)
             self._last_batch = coords
             touched, closed = self._apply(fresh, now)
             closed += self._expire(now)
@@ -242,7 +239,8 @@ class AlertLayer:
 
     # -- records → episodes ----------------------------------------------------------------
 
-    def _group(self, r: ScoredRecord) -> tuple[tuple, dict[str, str | None]]:
+    def _key(self, r: ScoredRecord) -> tuple:
+        """The episode a record belongs to: its values of ``group_by``."""
         values = []
         for item in self.settings.group_by:
             if item == "topic":
@@ -251,7 +249,10 @@ class AlertLayer:
                 values.append(r.key)
             else:
                 values.append(r.labels.get(item[len("labels.") :]))
-        return tuple(values), dict(zip(self.settings.group_by, values, strict=True))
+        return tuple(values)
+
+    def _group(self, key: tuple) -> dict[str, str | None]:
+        return dict(zip(self.settings.group_by, key, strict=True))
 
     def _apply(self, records: Sequence[ScoredRecord], now: float) -> tuple[set[tuple], list]:
         touched: set[tuple] = set()
@@ -259,7 +260,9 @@ class AlertLayer:
         evicted: list[tuple[Episode, dt.datetime]] = []
         episodes = self._episodes
         for r in records:
-            key, group = self._group(r)
+            if not r.is_anomaly and not episodes:  # nothing open that it could resolve
+                continue
+            key = self._key(r)
             ep = episodes.get(key)
             if not r.is_anomaly:
                 if ep is not None:
@@ -276,6 +279,7 @@ class AlertLayer:
             )
             if ep is None:
                 evicted += self._evict(len(episodes) + 1 - self.settings.max_open_episodes, now)
+                group = self._group(key)
                 ep = Episode(
                     key=key,
                     group=group,

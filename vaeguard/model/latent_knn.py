@@ -69,14 +69,13 @@ def knn_distance(z: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
     if n == 0:
         return out
     k = max(1, min(int(k), ref.shape[0]))
-    ref_sq = np.einsum("ij,ij->i", ref, ref)
+    # ‖q − r‖² = ‖q‖² + (‖r‖² − 2 q·r): the row's own ‖q‖² does not change which r are nearest,
+    # so it is added after the selection, to k numbers per row, not to m. The bracket is one
+    # matrix product of [q, 1] with [−2 r, ‖r‖²] (no passes over the m-wide matrix after it).
+    aug_ref = np.concatenate([-2.0 * ref, np.einsum("ij,ij->i", ref, ref)[:, None]], axis=1).T
     for start in range(0, n, CHUNK_ROWS):
         q = z[start : start + CHUNK_ROWS]
-        # ‖q − r‖² = ‖q‖² + (‖r‖² − 2 q·r): the row's own ‖q‖² does not change which r are
-        # nearest, so it is added after the selection, to k numbers per row, not to m.
-        g = q @ ref.T
-        g *= -2.0
-        g += ref_sq
+        g = np.concatenate([q, np.ones((q.shape[0], 1))], axis=1) @ aug_ref
         nearest = g.min(axis=1, keepdims=True) if k == 1 else np.partition(g, k - 1, axis=1)[:, :k]
         nearest += np.einsum("ij,ij->i", q, q)[:, None]
         np.maximum(nearest, 0.0, out=nearest)

@@ -940,7 +940,7 @@ def main(argv=None) -> int:
         + ", ".join(f"{d / f:.2f}" for d, f in zip(daemon, io_only, strict=True))
         + "; anomalies / decode-only "
         + ", ".join(f"{a / b:.2f}" for a, b in zip(anomalies, bare, strict=True))
-        + "; two workers / one "
+        + "; two workers / one (TensorFlow's default pools) "
         + ", ".join(f"{t['rate'] / o['rate']:.2f}" for t, o in zip(two, one, strict=True))
         + "."
     )

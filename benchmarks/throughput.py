@@ -984,7 +984,8 @@ def main(argv=None) -> int:
     )
     # What the first target leaves for scoring: the stages the floor does too (poll, decode,
     # produce, commit) cost what they cost here, the rest must fit in what is left.
-    target_wall = float(np.mean([1e6 / (0.8 * r) for r in io_only]))
+    floor_wall = float(np.mean([1e6 / r for r in io_only]))
+    target_wall = floor_wall / 0.8
     own = sum(stages.get(s, 0.0) for s in ("featurize", "score", "encode", "alert")) / staged * 1e6
     shared = wall - own
     model_us = stages.get("score", 0.0) / staged * 1e6 * score_split["model"] / isolated
@@ -992,8 +993,7 @@ def main(argv=None) -> int:
     print(
         f"\nBudget at the first target: 0.8× the floor is {target_wall:.1f} µs per record. The "
         f"stages the floor has too (poll, decode, produce, commit) take {shared:.1f} µs per "
-        f"record here ({np.mean([1e6 / r for r in io_only]):.1f} µs is the floor's whole wall "
-        "time), which leaves "
+        f"record here ({floor_wall:.1f} µs is the floor's whole wall time), which leaves "
         f"{target_wall - shared:.1f} µs for featurize, score, encode and alert; they take "
         f"{own:.1f} µs (the model alone {model_us:.1f})."
     )

@@ -39,7 +39,7 @@ from vaeguard.alerts.settings import AlertsSettings
 from vaeguard.alerts.sink import SinkContext, kafka_config_for
 from vaeguard.alerts.spool import Spool
 from vaeguard.errors import ConfigError, VaeguardError
-from vaeguard.scored import ScoredRecord
+from vaeguard.scored import ScoredRecord, Source
 from vaeguard.severity import DEFAULT_BANDS
 
 log = logging.getLogger("vaeguard.alerts")
@@ -163,7 +163,7 @@ class AlertLayer:
         self._episodes: dict[tuple, Episode] = {}
         self._retry_keys: set[tuple] = set()
         self._carry: list[_Note] = []
-        self._last_batch: set[tuple[str, int, int]] = set()
+        self._last_batch: set[Source] = set()
         self._lock = threading.Lock()
         self._closed = False
         self._last_error: str | None = None
@@ -178,9 +178,9 @@ class AlertLayer:
                 raise AlertDeliveryError("the alert layer is closed")
             now = self.clock()
             # The daemon retries a batch whose process() raised: its records are not counted twice.
-            coords = {tuple(r.source) for r in records}  # (topic, partition, offset)
+            coords = {r.source for r in records}
             last = self._last_batch
-            fresh = [r for r in records if tuple(r.source) not in last] if last else list(records)
+            fresh = [r for r in records if r.source not in last] if last else list(records)
             self._last_batch = coords
             touched, closed = self._apply(fresh, now)
             closed += self._expire(now)

@@ -331,7 +331,7 @@ def train_demo_model():
         demo.CALIBRATION_DAYS * demo.TICKS_PER_DAY,
         seed=workload.seed + 5,
     )
-    det = VAEDetector(epochs=60, hidden=(64, 32), latent_dim=4, mc_samples=32, patience=8, seed=0)
+    det = VAEDetector(**demo.MODEL_PARAMS)
     det.fit(history)
     det.calibrate(calibration, method="spot", risk=1e-4)
     return det, workload

@@ -449,19 +449,24 @@ CV_BASE: dict[str, Any] = {
 CV_FITS: dict[str, dict[str, Any]] = {
     "base": {},
     "β 0.5, floor −3": {"beta": 0.5, "min_log_var": -3.0},
-    "β 0.5, floor −2": {"beta": 0.5, "min_log_var": -2.0},
     "β 0.25, floor −3": {"beta": 0.25, "min_log_var": -3.0},
-    "β 0.5, floor −3, standard scaling": {"beta": 0.5, "min_log_var": -3.0, "scaling": "standard"},
-    "β 0.5, floor −3, 300 epochs": {"beta": 0.5, "min_log_var": -3.0, "epochs": 300},
     # β's grid went 1 → 0.5 → 0.25 with every step better in-sample: one step past its edge.
     "β 0.1, floor −3": {"beta": 0.1, "min_log_var": -3.0},
-    "β 0.1, floor −2": {"beta": 0.1, "min_log_var": -2.0},
+    # A latent that keeps more of the data's local structure for the latent kNN term.
+    "β 0.25, floor −3, latent 16": {"beta": 0.25, "min_log_var": -3.0, "latent_dim": 16},
+    "β 0.1, floor −3, latent 16": {"beta": 0.1, "min_log_var": -3.0, "latent_dim": 16},
 }
-#: Fit candidates of an earlier, larger run that no fold picked (nor the choice with all
+#: Fit candidates of earlier, larger runs that no fold picked (nor the choice with all
 #: eleven): leaving them out of the pool changes no fold's choice, so the out-of-fold mean is
-#: the same with or without them, and the run is 20 minutes shorter. ``--all-candidates``
-#: puts them back (see RESULTS-odds.md for that run).
+#: the same with or without them, and a cold run is about an hour shorter. ``--all-candidates``
+#: puts them back (see RESULTS-odds.md for those runs).
 CV_FITS_SCREENED: dict[str, dict[str, Any]] = {
+    "β 0.5, floor −2": {"beta": 0.5, "min_log_var": -2.0},
+    "β 0.5, floor −3, standard scaling": {"beta": 0.5, "min_log_var": -3.0, "scaling": "standard"},
+    "β 0.5, floor −3, 300 epochs": {"beta": 0.5, "min_log_var": -3.0, "epochs": 300},
+    "β 0.1, floor −2": {"beta": 0.1, "min_log_var": -2.0},
+    "β 0.25, floor −3, latent 32": {"beta": 0.25, "min_log_var": -3.0, "latent_dim": 32},
+    "β 0.25, floor −3, hidden 128-64": {"beta": 0.25, "min_log_var": -3.0, "hidden": (128, 64)},
     "latent 16": {"latent_dim": 16},
     "β 0.5": {"beta": 0.5},
     "β 0.5, standard scaling": {"beta": 0.5, "scaling": "standard"},
@@ -761,12 +766,17 @@ def knob_steps(meta) -> list[tuple[str, Any]]:
     return steps
 
 
+#: Out-of-fold objectives closer than this are a tie (below the third decimal the tables
+#: print): a component must win by a visible margin to stay.
+PRUNE_TIE = 0.001
+
+
 def prune(metric, sets, meta) -> dict[str, Any]:
     """A component that wins in-sample but loses out-of-fold goes.
 
     Each component the in-sample choice uses is tested: the out-of-fold mean (ROC-AUC + AP) / 2
     of the pool with it against the pool without it. If any is not better with it (ties go:
-    fewer knobs, old behaviour), the one whose removal helps most leaves the pool and the
+    fewer knobs, old behaviour; within `PRUNE_TIE` is a tie), the one whose removal helps most leaves the pool and the
     choice is made again; this stops when every component of the choice wins out-of-fold.
     Only the in-sample winner's components are ever removed, so the pool cannot be whittled
     down to whatever happens to score well on one held-out set.
@@ -785,7 +795,7 @@ def prune(metric, sets, meta) -> dict[str, Any]:
             without = [c for c in pool if not uses(c)]
             if uses(chosen) and without:
                 trials.append((name, without, leave_one_set_out(metric, sets, without)))
-        losers = [t for t in trials if objective(t[2]) >= objective(current)]
+        losers = [t for t in trials if objective(t[2]) >= objective(current) - PRUNE_TIE]
         if not losers:
             steps += [
                 {"knob": n, "choice": chosen, "with": current, "without": r, "kept": True}
@@ -851,7 +861,8 @@ def cv_markdown(cv: dict[str, Any]) -> str:
         "",
         "Each component that the choice with all eleven sets uses, in turn: the out-of-fold "
         "mean with it in the pool and without it (the knob at its old value; a fit candidate "
-        "left out). A component that is not better out-of-fold with it goes (ties go), and the "
+        "left out). A component that is not better out-of-fold with it goes (ties go, and "
+        f"objectives (ROC-AUC + AP) / 2 within {PRUNE_TIE} of each other are a tie), and the "
         "choice is made again without it.",
         "",
         "| choice with all eleven (in-sample) | its component | out-of-fold with (ROC-AUC / AP) | without | kept |",

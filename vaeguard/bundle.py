@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard._version import __version__
-from vaeguard.errors import BundleError
+from vaeguard.errors import BundleError, DataError
 
 FORMAT = "vaeguard-bundle"
 #: The newest format this reads and writes. 2: the score has a latent kNN term
@@ -284,7 +284,7 @@ def _finite(v: Any) -> bool:
 def load_bundle(path):
     """Load a bundle into a ready `VAEDetector`, verifying the model file against the manifest."""
     from vaeguard._quiet import import_keras
-    from vaeguard.detector import VAEDetector
+    from vaeguard.detector import VAEDetector, symptom_mask
     from vaeguard.model.vae import VAE
     from vaeguard.preprocessing import ConditionEncoder, RobustScaler
     from vaeguard.thresholds import Threshold
@@ -322,7 +322,16 @@ def load_bundle(path):
         **VAEDetector._UNRECORDED_PARAMS,
         **{k: v for k, v in m["params"].items() if k in VAEDetector._PARAMS},
     }
-    detector = VAEDetector(**params)
+    symptoms = params["symptoms"]
+    if not isinstance(symptoms, list | tuple) or not all(isinstance(v, str) for v in symptoms):
+        raise BundleError(
+            f"corrupt bundle at {path}: bad params (symptoms must be a list of feature names)"
+        )
+    try:
+        detector = VAEDetector(**params)
+        symptom_mask(detector.symptoms, m["features"])
+    except (DataError, TypeError) as exc:
+        raise BundleError(f"corrupt bundle at {path}: bad params ({exc})") from None
     detector.model_ = model
     detector.feature_names_ = list(m["features"])
     detector.n_features_in_ = len(m["features"])

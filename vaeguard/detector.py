@@ -79,10 +79,28 @@ class ScoreResult:
         )[0]
 
 
+def symptom_mask(symptoms: Sequence[str], names: Sequence[str]) -> np.ndarray | None:
+    """Which of ``names`` are declared symptoms (None when none are); a name that is not a
+    feature, or every feature a symptom, is a `DataError`."""
+    if not symptoms:
+        return None
+    if isinstance(symptoms, str) or not all(isinstance(s, str) for s in symptoms):
+        raise DataError("symptoms must be a list of feature names")
+    unknown = sorted(set(symptoms) - set(names))
+    if unknown:
+        raise DataError(
+            f"symptoms: {', '.join(map(repr, unknown))} not among the features ({', '.join(names)})"
+        )
+    mask = np.isin(np.asarray(list(names), dtype=object), list(symptoms))
+    if mask.all():
+        raise DataError("symptoms: at least one feature must not be a symptom")
+    return mask
+
+
 class VAEDetector:
     """Variational-autoencoder anomaly detector, scored by Monte-Carlo reconstruction probability.
 
-    The defaults of β, the variance floor and the latent kNN term were chosen
+    The defaults of β, the latent size, the variance floor and the latent kNN term were chosen
     leave-one-dataset-out on the eleven shared ODDS sets (``benchmarks/odds.py --cv``;
     ``benchmarks/RESULTS-odds.md``); the others were kept because no candidate beat them there.
 
@@ -109,6 +127,11 @@ class VAEDetector:
         the mean distance from the row's posterior mean to its ``knn_k`` nearest training
         posterior means. 0 scores by the reconstruction probability alone (and is what a bundle
         saved before this term existed loads with). Needs ``validation_fraction`` > 0.
+    symptoms
+        Feature names that are effects of the others (latency, error rate, load): when a row's
+        other features are anomalous by themselves, its explanation blames the cause first, the
+        symptoms following it (`vaeguard.model.counterfactual.explain_rows`). Scores are the
+        same with or without. Empty: every feature is explained alike.
     threshold_method, target_fpr, risk
         "quantile" (false-positive rate ``target_fpr`` on normal data) or "spot" (EVT, ``risk``).
     seed
@@ -117,9 +140,9 @@ class VAEDetector:
 
     def __init__(
         self,
-        latent_dim: int = 8,
+        latent_dim: int = 16,
         hidden: Sequence[int] = (64, 32),
-        beta: float = 0.25,
+        beta: float = 0.1,
         epochs: int = 200,
         batch_size: int = 128,
         learning_rate: float = 1e-3,
@@ -133,6 +156,7 @@ class VAEDetector:
         max_log_var: float = 4.0,
         knn_weight: float = 0.5,
         knn_k: int = 1,
+        symptoms: Sequence[str] = (),
         threshold_method: str = "quantile",
         target_fpr: float = 0.01,
         risk: float = 1e-3,
@@ -155,6 +179,7 @@ class VAEDetector:
         self.max_log_var = max_log_var
         self.knn_weight = knn_weight
         self.knn_k = knn_k
+        self.symptoms = (symptoms,) if isinstance(symptoms, str) else tuple(symptoms)
         self.threshold_method = threshold_method
         self.target_fpr = target_fpr
         self.risk = risk
@@ -167,13 +192,13 @@ class VAEDetector:
     _PARAMS = (
         "latent_dim", "hidden", "beta", "epochs", "batch_size", "learning_rate", "mc_samples",
         "patience", "validation_fraction", "kl_warmup_epochs", "activation", "dropout",
-        "min_log_var", "max_log_var", "knn_weight", "knn_k", "threshold_method", "target_fpr",
-        "risk", "seed", "verbose",
+        "min_log_var", "max_log_var", "knn_weight", "knn_k", "symptoms", "threshold_method",
+        "target_fpr", "risk", "seed", "verbose",
     )  # fmt: skip
 
     #: Parameters added after the first bundles were written, and the value that reproduces
     #: a bundle whose manifest does not record them (what it was trained and scored with).
-    _UNRECORDED_PARAMS: ClassVar[dict[str, Any]] = {"knn_weight": 0.0, "knn_k": 1}
+    _UNRECORDED_PARAMS: ClassVar[dict[str, Any]] = {"knn_weight": 0.0, "knn_k": 1, "symptoms": ()}
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._PARAMS}
@@ -182,7 +207,9 @@ class VAEDetector:
         for name, value in params.items():
             if name not in self._PARAMS:
                 raise ValueError(f"unknown parameter {name!r}")
-            setattr(self, name, tuple(value) if name == "hidden" else value)
+            if name == "symptoms" and isinstance(value, str):
+                value = (value,)
+            setattr(self, name, tuple(value) if name in ("hidden", "symptoms") else value)
         return self
 
     def __repr__(self) -> str:
@@ -218,6 +245,7 @@ class VAEDetector:
             raise DataError(f"need at least {MIN_TRAIN_ROWS} rows of normal data to train, got {n}")
         if len(set(names)) != len(names):
             raise DataError("feature names must be unique")
+        symptom_mask(self.symptoms, names)
         condition_encoder = ConditionEncoder()
         if conditions is not None:
             condition_encoder = ConditionEncoder.fit(conditions, set(categorical or ()))
@@ -500,6 +528,8 @@ class VAEDetector:
             explain_rows,
         )
 
+        per_row = CANDIDATES if candidates is None else candidates
+
         if base is None:
             base = self.score_matrix(x_raw, c)
         n, d = base.contributions.shape
@@ -509,9 +539,12 @@ class VAEDetector:
             idx = np.flatnonzero(base.is_anomaly) if rows == "anomalous" else np.arange(n)
         else:
             idx = np.unique(np.asarray(rows, dtype="int64"))
-        feats = candidate_features(
-            base.contributions[idx], CANDIDATES if candidates is None else candidates
-        )
+        feats = candidate_features(base.contributions[idx], per_row)
+        symptoms = symptom_mask(self.symptoms, self.feature_names_)
+        causes = None
+        if symptoms is not None:
+            cause_cols = np.flatnonzero(~symptoms)
+            causes = cause_cols[candidate_features(base.contributions[idx][:, cause_cols], per_row)]
         rounds = max(0, min(int(k), feats.shape[1]))
         drop = np.full((n, d), np.nan)
         blame = np.full((n, rounds), -1, dtype="int64")
@@ -526,6 +559,9 @@ class VAEDetector:
                 base.scores[idx],
                 feats,
                 rounds,
+                symptoms=symptoms,
+                causes=causes,
+                threshold=self.threshold_.value,
             )
             done = ~np.isnan(cf.expected)
             imputed = self._plausible(self.scaler_.inverse_transform(cf.expected))

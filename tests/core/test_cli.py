@@ -67,6 +67,8 @@ def trained(labelled_csv, tmp_path_factory):
             str(out),
             "--label-column",
             "label",
+            "--symptoms",
+            "io",
             *FAST_ARGS,
         ],
     )
@@ -89,6 +91,7 @@ def test_train_uses_only_normal_rows_and_skips_text_columns(trained):
     m = json.loads((trained / "bundle.json").read_text())
     assert m["features"] == ["cpu", "mem", "io"]
     assert m["data_fingerprint"]["rows"] == 1160
+    assert m["params"]["symptoms"] == ["io"]
 
 
 def test_score_writes_one_line_per_row_in_order(trained, labelled_csv, tmp_path):
@@ -151,6 +154,8 @@ def test_generate_interpolate_inspect_report(trained, labelled_csv, tmp_path):
     assert len(path.read_text().splitlines()) == 4
     result = runner.invoke(app, ["inspect", "--model", str(trained), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["features"] == ["cpu", "mem", "io"]
+    result = runner.invoke(app, ["inspect", "--model", str(trained)])
+    assert result.exit_code == 0 and "symptoms" in result.output, result.output
     pictures = tmp_path / "report"
     result = runner.invoke(
         app,
@@ -235,6 +240,20 @@ def test_wrong_column_name(labelled_csv, tmp_path):
     _assert_one_clear_line(
         run_cli("train", "--data", labelled_csv, "--out", tmp_path / "m", "--label-column", "lbl"),
         "'lbl' not found",
+    )
+    _assert_one_clear_line(
+        run_cli(
+            "train",
+            "--data",
+            labelled_csv,
+            "--out",
+            tmp_path / "m",
+            "--features",
+            "cpu,mem",
+            "--symptoms",
+            "nosuch",
+        ),
+        "'nosuch' not among the features",
     )
 
 

@@ -3,6 +3,7 @@ bundles still loading."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tests.conftest import make_normal_data
-from vaeguard import BundleError, VAEDetector
+from vaeguard import BundleError, DataError, VAEDetector
 from vaeguard.model.counterfactual import PlausibleRange
 
 FINITE = st.floats(allow_nan=False, allow_infinity=False, width=64)
@@ -23,8 +24,12 @@ def within(result, r) -> bool:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(x=arrays("float64", st.tuples(st.integers(1, 9), st.just(5)), elements=FINITE))
-def test_expected_values_stay_in_the_plausible_range_for_any_finite_input(fitted, x):
+@given(
+    x=arrays("float64", st.tuples(st.integers(1, 9), st.just(5)), elements=FINITE),
+    symptoms=st.sampled_from([(), ("x1",), ("x0", "x2", "x4")]),
+)
+def test_expected_values_stay_in_the_plausible_range_for_any_finite_input(fitted, x, symptoms):
+    fitted = with_symptoms(fitted, *symptoms)
     r = fitted.plausible_range
     with np.errstate(over="ignore", invalid="ignore"):  # 1e308 overflows float32: that's the point
         cheap = fitted.score_matrix(x)
@@ -112,6 +117,70 @@ def test_only_anomalous_rows_are_explained_by_default(fitted):
     assert "score_drop" in result.top_contributions(0)[0]
     normal = int(np.flatnonzero(~flagged)[0])
     assert "score_drop" not in result.top_contributions(normal)[0]
+
+
+# -- declared symptoms --------------------------------------------------------------------------
+
+
+def with_symptoms(fitted, *names):
+    det = copy.copy(fitted)
+    return det.set_params(symptoms=names)
+
+
+def cause_and_symptom(normal_data, n=30, cause=3.0, symptom=30.0):
+    """Rows where x0 left its relation to the others by ``cause`` σ and x1 by ``symptom`` σ
+    (x1 as a latency that explodes once x0, its CPU, saturates)."""
+    x = make_normal_data(n, seed=31, n_features=5)
+    sd = normal_data.std(axis=0)
+    x[:, 0] += cause * sd[0]
+    x[:, 1] += symptom * sd[1]
+    return x
+
+
+def test_an_anomalous_cause_is_blamed_before_its_declared_symptom(fitted, normal_data):
+    x = cause_and_symptom(normal_data)
+    plain = fitted.counterfactual_matrix(x, rows="all", k=2)
+    assert (plain.blame[:, 0] == 1).mean() >= 0.9  # the data alone blames the larger shift
+    declared = with_symptoms(fitted, "x1").counterfactual_matrix(x, rows="all", k=2)
+    assert (declared.blame[:, 0] == 0).mean() >= 0.9, declared.blame
+    # The cause's correction (the symptom following it) explains the row: most of its score.
+    hits = declared.blame[:, 0] == 0
+    share = declared.score_drop[hits, 0] / (declared.scores[hits] - fitted.threshold)
+    assert np.median(share) > 0.9
+    assert np.array_equal(plain.scores, declared.scores)  # scores do not change
+
+
+def test_a_symptom_alone_is_still_blamed(fitted, normal_data):
+    x = cause_and_symptom(normal_data, cause=0.0)
+    declared = with_symptoms(fitted, "x1").counterfactual_matrix(x, rows="all", k=2)
+    assert (declared.blame[:, 0] == 1).mean() >= 0.9, declared.blame
+
+
+@pytest.mark.parametrize(
+    ("symptoms", "message"),
+    [(["x9"], "'x9' not among the features"), (["x0", "x1", "x2", "x3", "x4"], "at least one")],
+)
+def test_symptoms_that_are_not_features_are_refused_by_name(normal_data, symptoms, message):
+    with pytest.raises(DataError, match=message):
+        VAEDetector(epochs=1, symptoms=symptoms).fit(normal_data)
+
+
+def test_symptoms_travel_in_the_bundle(fitted, tmp_path):
+    with_symptoms(fitted, "x1", "x3").save(tmp_path / "b")
+    assert VAEDetector.load(tmp_path / "b").symptoms == ("x1", "x3")
+    fitted.save(tmp_path / "old")  # none declared: an old bundle reads the same
+    assert VAEDetector.load(tmp_path / "old").symptoms == ()
+
+
+@pytest.mark.parametrize("bad", [["nope"], "x1x", 5, [1, 2], {"x1": 1}])
+def test_a_bundle_with_malformed_symptoms_is_refused(fitted, tmp_path, bad):
+    fitted.save(tmp_path / "b")
+    path = tmp_path / "b" / "bundle.json"
+    manifest = json.loads(path.read_text())
+    manifest["params"]["symptoms"] = bad
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="symptoms"):
+        VAEDetector.load(tmp_path / "b")
 
 
 # -- the bundle ---------------------------------------------------------------------------------

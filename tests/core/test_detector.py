@@ -56,7 +56,7 @@ def test_explain_points_at_the_shifted_feature(fitted, normal_data):
     blame = fitted.counterfactual(rows, rows="all", k=1).blame[:, 0]
     assert (blame == shifted).mean() > 0.95
     # The cheap per-feature ranking (normal rows' explanation) is weaker with the defaults
-    # chosen by benchmarks/odds.py --cv (β 0.25, variance floor −3: 77 % here, 98 % with
+    # chosen by benchmarks/odds.py --cv (β 0.1, variance floor −3: 78 % here, 98 % with
     # β 1 / floor −6); RESULTS-odds.md reports the ODDS planted-shift rate.
     assert (fitted.explain(rows).argmax(axis=1) == shifted).mean() > 0.7
 

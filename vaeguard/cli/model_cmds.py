@@ -109,6 +109,12 @@ def train(
         None, "--target-fpr", help="False-positive rate for the quantile threshold."
     ),
     risk: float | None = typer.Option(None, "--risk", help="Tail risk for the SPOT threshold."),
+    symptoms: str | None = typer.Option(
+        None,
+        "--symptoms",
+        help="Comma-separated features that follow the others (e.g. latency, error rate): "
+        "explanations blame an anomalous cause before its symptoms.",
+    ),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -166,6 +172,8 @@ def train(
             params["hidden"] = tuple(int(h) for h in hidden.split(","))
         except ValueError:
             raise DataError(f"--hidden must be comma-separated integers, got {hidden!r}") from None
+    if symptoms:
+        params["symptoms"] = tuple(_split(symptoms) or ())
     try:
         detector = VAEDetector(**params)
         detector._validate_params()
@@ -525,6 +533,8 @@ def inspect(
         "architecture",
         f"hidden {p['hidden']}, latent {p['latent_dim']}, β {p['beta']}, L = {p['mc_samples']} MC draws",
     )
+    if p.get("symptoms"):
+        t.add_row("symptoms", escape(", ".join(map(str, p["symptoms"]))))
     training = m.get("training", {})
     t.add_row(
         "training",

@@ -17,6 +17,11 @@ the manifold too. `explain_rows` blames greedily: the best correction is applied
 search repeats on the corrected row, so later expected values are not pulled off the manifold
 by the feature already blamed.
 
+Some features are effects of others (p99 latency follows a saturated CPU). When both leave the
+training range, the effect usually leaves it much further, and the data alone then blames it.
+Features declared as *symptoms* change that for the rows whose other features are anomalous by
+themselves: the cause is blamed first, the symptoms imputed again after its correction.
+
 The graph is `keras.ops` only, compiled and padded to the scorer's batch buckets.
 """
 
@@ -44,6 +49,9 @@ ITERATIONS = 2
 #: term (all of them when the model has fewer). Bounds the cost of a row at CANDIDATES ×
 #: (ITERATIONS + 1) model passes.
 CANDIDATES = 8
+#: A correction that lowers a row's score by less than this many nats explains nothing: when
+#: no candidate's does better, the round blames the candidate with the largest excess.
+MIN_GAIN = 0.01
 #: Models saved before the plausible range existed fall back to median ± this many robust σ.
 FALLBACK_SIGMAS = 6.0
 #: Scaled inputs are clipped to ±this before imputation (as `TabularServing` does before
@@ -205,19 +213,52 @@ def single_feature_counterfactuals(
 
     Returns (imputed value, rescored score), both n × C; ``x`` is scaled.
     """
+    values, rescored, _ = _corrections(scorer, imputer, x, c, features)
+    return values, rescored
+
+
+def _corrections(scorer, imputer, x, c, features, follow=None):
+    """`single_feature_counterfactuals`, plus the corrected rows (n × C × D). ``follow``
+    (bool, D): features imputed again along with every correction (a cause's symptoms)."""
     n, n_c = features.shape
+    d = x.shape[1]
     if n == 0 or n_c == 0:
-        return np.zeros((n, n_c)), np.zeros((n, n_c))
+        return np.zeros((n, n_c)), np.zeros((n, n_c)), np.zeros((n, n_c, d), dtype="float32")
     rows = np.repeat(np.arange(n), n_c)
     cols = features.reshape(-1)
     x_rep = np.asarray(x, dtype="float32")[rows]
     keep = np.ones_like(x_rep)
+    if follow is not None:
+        keep[:, np.asarray(follow, dtype=bool)] = 0.0
     keep[np.arange(rows.size), cols] = 0.0
     c_rep = None if c is None else np.asarray(c)[rows]
     filled = imputer(x_rep, c_rep, keep)
     rescored = scorer(filled, c_rep).score
     values = filled[np.arange(rows.size), cols].astype("float64")
-    return values.reshape(n, n_c), rescored.reshape(n, n_c)
+    return values.reshape(n, n_c), rescored.reshape(n, n_c), filled.reshape(n, n_c, d)
+
+
+def symptom_free_scores(scorer, imputer, x, c, symptoms: np.ndarray) -> np.ndarray:
+    """Each row's score once its ``symptoms`` (bool, D) are imputed from its other features:
+    above the threshold, those other features are anomalous by themselves."""
+    keep = np.broadcast_to(~np.asarray(symptoms, dtype=bool), x.shape).astype("float32")
+    return np.asarray(scorer(imputer(x, c, keep), c).score, dtype="float64")
+
+
+def _pick(gain: np.ndarray) -> np.ndarray:
+    """Per row, the candidate whose correction lowers the score most; where none lowers it by
+    `MIN_GAIN`, the first one (candidates come in order of excess)."""
+    g = np.nan_to_num(gain, nan=-np.inf, posinf=np.inf)
+    best = np.argmax(g, axis=1)
+    return np.where(g[np.arange(len(g)), best] >= MIN_GAIN, best, 0)
+
+
+def _without(remaining: np.ndarray, blamed: np.ndarray) -> np.ndarray:
+    """Each row's candidates less its blamed feature (less its last one if it had none)."""
+    hit = remaining == blamed[:, None]
+    last = ~hit.any(axis=1)
+    hit[last, -1] = True
+    return remaining[~hit].reshape(len(remaining), -1)
 
 
 def explain_rows(
@@ -228,6 +269,10 @@ def explain_rows(
     scores: np.ndarray,
     features: np.ndarray,
     rounds: int,
+    *,
+    symptoms: np.ndarray | None = None,
+    causes: np.ndarray | None = None,
+    threshold: float | None = None,
 ) -> Counterfactuals:
     """Greedy counterfactual explanation of each row (``x`` scaled, ``scores`` its scores).
 
@@ -237,6 +282,13 @@ def explain_rows(
     So a later feature's expected value is conditioned on the earlier corrections (an
     anomalous feature left in place pulls every other imputation off the data manifold), and
     the drops add up.
+
+    ``symptoms`` (bool, D) are features declared to follow the others (latency, error rate:
+    effects, not causes). A row still above ``threshold`` with its symptoms imputed from its
+    other features has an anomalous cause, which the data alone cannot tell from its symptoms
+    when both left the training range: its first round blames the cause (among ``causes``,
+    n × C') whose correction, with the symptoms imputed again after it, lowers the score most,
+    and that drop includes what the symptoms then lose.
     """
     n, d = x.shape
     rounds = max(0, min(int(rounds), features.shape[1] if features.ndim == 2 else 0))
@@ -248,18 +300,34 @@ def explain_rows(
     current = np.array(x, dtype="float32", copy=True)
     score = np.asarray(scores, dtype="float64").copy()
     remaining = np.asarray(features, dtype="int64")
-    rows = np.arange(n)
+    caused = np.zeros(n, dtype=bool)
+    if symptoms is not None and causes is not None and threshold is not None:
+        symptoms = np.asarray(symptoms, dtype=bool)
+        if symptoms.any() and not symptoms.all() and np.asarray(causes).shape[1]:
+            caused = symptom_free_scores(scorer, imputer, current, c, symptoms) > threshold
     for r in range(rounds):
-        values, rescored = single_feature_counterfactuals(scorer, imputer, current, c, remaining)
-        gain = score[:, None] - rescored
-        best = np.argmax(np.nan_to_num(gain, nan=-np.inf, posinf=np.inf), axis=1)
-        j = remaining[rows, best]
-        order[:, r] = j
-        expected[rows, j] = values[rows, best]
-        drop[rows, j] = gain[rows, best]
-        current[rows, j] = values[rows, best]
-        score = rescored[rows, best]
-        left = np.ones(remaining.shape, dtype=bool)
-        left[rows, best] = False
-        remaining = remaining[left].reshape(n, -1)
+        groups = [(np.arange(n), remaining, None)]
+        if r == 0 and caused.any():
+            groups = [
+                (np.flatnonzero(caused), np.asarray(causes, dtype="int64")[caused], symptoms),
+                (np.flatnonzero(~caused), remaining[~caused], None),
+            ]
+        blamed = np.full(n, -1, dtype="int64")
+        for idx, candidates, follow in groups:
+            if not idx.size:
+                continue
+            sub_c = None if c is None else np.asarray(c)[idx]
+            values, rescored, filled = _corrections(
+                scorer, imputer, current[idx], sub_c, candidates, follow
+            )
+            best = _pick(score[idx, None] - rescored)
+            at = np.arange(idx.size)
+            j = candidates[at, best]
+            blamed[idx] = j
+            order[idx, r] = j
+            expected[idx, j] = values[at, best]
+            drop[idx, j] = score[idx] - rescored[at, best]
+            current[idx] = filled[at, best]
+            score[idx] = rescored[at, best]
+        remaining = _without(remaining, blamed)
     return Counterfactuals(order, expected, drop)

@@ -322,14 +322,9 @@ def load_bundle(path):
         **VAEDetector._UNRECORDED_PARAMS,
         **{k: v for k, v in m["params"].items() if k in VAEDetector._PARAMS},
     }
-    symptoms = params["symptoms"]
-    if not isinstance(symptoms, list | tuple) or not all(isinstance(v, str) for v in symptoms):
-        raise BundleError(
-            f"corrupt bundle at {path}: bad params (symptoms must be a list of feature names)"
-        )
     try:
+        symptom_mask(params["symptoms"], m["features"])
         detector = VAEDetector(**params)
-        symptom_mask(detector.symptoms, m["features"])
     except (DataError, TypeError) as exc:
         raise BundleError(f"corrupt bundle at {path}: bad params ({exc})") from None
     detector.model_ = model

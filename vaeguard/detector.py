@@ -82,10 +82,10 @@ class ScoreResult:
 def symptom_mask(symptoms: Sequence[str], names: Sequence[str]) -> np.ndarray | None:
     """Which of ``names`` are declared symptoms (None when none are); a name that is not a
     feature, or every feature a symptom, is a `DataError`."""
+    if not isinstance(symptoms, list | tuple) or not all(isinstance(s, str) for s in symptoms):
+        raise DataError("symptoms must be a list of feature names")
     if not symptoms:
         return None
-    if isinstance(symptoms, str) or not all(isinstance(s, str) for s in symptoms):
-        raise DataError("symptoms must be a list of feature names")
     unknown = sorted(set(symptoms) - set(names))
     if unknown:
         raise DataError(

@@ -207,19 +207,19 @@ def candidate_features(contributions: np.ndarray, candidates: int | None) -> np.
 
 
 def single_feature_counterfactuals(
-    scorer, imputer: Imputer, x: np.ndarray, c: np.ndarray | None, features: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    scorer,
+    imputer: Imputer,
+    x: np.ndarray,
+    c: np.ndarray | None,
+    features: np.ndarray,
+    follow: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Impute each (row, feature) pair of ``features`` (n × C indices) on its own and rescore.
 
-    Returns (imputed value, rescored score), both n × C; ``x`` is scaled.
+    ``follow`` (bool, D): features imputed again along with every correction (a cause's
+    symptoms). Returns (imputed value, rescored score), both n × C, and the corrected rows
+    (n × C × D); ``x`` is scaled.
     """
-    values, rescored, _ = _corrections(scorer, imputer, x, c, features)
-    return values, rescored
-
-
-def _corrections(scorer, imputer, x, c, features, follow=None):
-    """`single_feature_counterfactuals`, plus the corrected rows (n × C × D). ``follow``
-    (bool, D): features imputed again along with every correction (a cause's symptoms)."""
     n, n_c = features.shape
     d = x.shape[1]
     if n == 0 or n_c == 0:
@@ -317,7 +317,7 @@ def explain_rows(
             if not idx.size:
                 continue
             sub_c = None if c is None else np.asarray(c)[idx]
-            values, rescored, filled = _corrections(
+            values, rescored, filled = single_feature_counterfactuals(
                 scorer, imputer, current[idx], sub_c, candidates, follow
             )
             best = _pick(score[idx, None] - rescored)

@@ -13,11 +13,17 @@
 # The alert spool lives in /var/lib/vaeguard: mount a volume there so spooled alerts survive a
 # container replacement. Give each replica a stable VAEGUARD_KAFKA__GROUP_INSTANCE_ID (e.g. a
 # StatefulSet pod name): a restarted container then takes its partitions back at once.
+#
+# Dependencies come from requirements.lock only: exact versions with their hashes, installed with
+# --require-hashes --no-deps, then the project itself with --no-deps (no other download at all:
+# the build backend, setuptools, is in the lock and the build is not isolated). The lock is for
+# Linux x86_64 and Python 3.12 (this base image); its header has the command that regenerates it
+# (it keeps the pins; add --upgrade to move them). Its tensorflow pin matches the GPU base's tag,
+# where pip keeps the TensorFlow already installed.
 
 ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE}
 
-ARG EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -27,12 +33,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 
 # Only what the package needs: the project's own files (see .dockerignore), no tests or data.
+# The locked dependencies first: their layer is rebuilt only when the lock changes.
 WORKDIR /src
+COPY requirements.lock ./
+RUN python3 -m pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY vaeguard ./vaeguard
 COPY config/vaeguard.yaml /etc/vaeguard/vaeguard.yaml
-# On the TensorFlow GPU base, TensorFlow is already installed and pip keeps it.
-RUN python3 -m pip install ".${EXTRAS:+[$EXTRAS]}" \
+RUN python3 -m pip install --no-deps --no-build-isolation . \
     && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /var/lib/vaeguard --create-home \
        --shell /usr/sbin/nologin vaeguard

@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(__file__).resolve().parent.parent / "runs" / "nab-cv",
         help="--cv: where each model configuration's raw scores are cached",
     )
+    parser.add_argument(
+        "--models",
+        choices=("default", "all"),
+        default="default",
+        help="--cv: the default model configuration only (every fold chose it in the earlier "
+        "runs, RESULTS-nab.md), or every model candidate (about 8× the run time)",
+    )
     args = parser.parse_args(argv)
     if args.cv:
         return cross_validation(args)
@@ -122,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cross_validation(args) -> int:
-    from benchmarks.nab_cv import CATEGORIES, cross_validate, model_candidates, run_models
+    from benchmarks.nab_cv import (
+        CATEGORIES,
+        cross_validate,
+        model_candidates,
+        peer_detections,
+        run_models,
+    )
     from vaeguard.timeseries.nab import merged_params
 
     overrides = json.loads(args.params.read_text()) if args.params else None
@@ -132,7 +145,10 @@ def cross_validation(args) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    runs = run_models(model_candidates(base), args.data_dir, args.cache, args.jobs, log)
+    models = model_candidates(base)
+    if args.models == "default":
+        models = dict(list(models.items())[:1])
+    runs = run_models(models, args.data_dir, args.cache, args.jobs, log)
     cv = cross_validate(runs, base["likelihood"], windows, log)
     n = len(next(iter(runs.values())))
     print(f"NAB leave-one-category-out cross-validation, {n} series under {args.data_dir}")
@@ -146,6 +162,8 @@ def cross_validation(args) -> int:
         + [f"{cv['in_sample_alerts'][p]:.1f}" for p in PROFILE_LABELS],
         ["vaeguard, in-sample (chosen on all 4 categories; NAB scorer)"]
         + [f"{cv['in_sample_nab'][p]:.1f}" for p in PROFILE_LABELS],
+        ["vaeguard, previous default (Gaussian tail, 1e-5; in-sample; alerts)"]
+        + [f"{cv['previous_alerts'][p]:.1f}" for p in PROFILE_LABELS],
     ]
     for peer in PEERS:
         scores = score_detector_profiles(args.references, peer, windows)
@@ -161,6 +179,36 @@ def cross_validation(args) -> int:
     for held in CATEGORIES:
         print(f"- {held}: {cv['chosen_per_fold'][held]}")
     print(f"- product default (all four): {cv['final']}")
+    numenta = peer_detections(args.references, "numenta", windows)
+    print(
+        "\nWhat an operator sees (after the probationary period): labelled windows with a "
+        "detection, and detections outside every window; vaeguard out-of-fold at its alert "
+        "level, numenta at its standard-profile threshold\n"
+    )
+    print(
+        "| category | windows | detected: vaeguard | numenta | outside windows: vaeguard | "
+        "numenta | per 1,000 points: vaeguard | numenta |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, ours_by in (
+        ("out-of-fold", cv["oof_detections"]),
+        ("previous default, in-sample", cv["previous_detections"]),
+    ):
+        totals = [None, None]
+        for c in [*CATEGORIES, "all"]:
+            if c == "all":
+                ours, peer = totals
+            else:
+                ours, peer = ours_by[c], numenta[c]
+                totals = [
+                    ours if totals[0] is None else totals[0] + ours,
+                    peer if totals[1] is None else totals[1] + peer,
+                ]
+            print(
+                f"| {c} ({label}) | {ours.windows} | {ours.detected} | {peer.detected} | "
+                f"{ours.outside} | {peer.outside} | {ours.outside_per_1000:.2f} | "
+                f"{peer.outside_per_1000:.2f} |"
+            )
     print("\nEvery candidate (standard profile, alerts; best in-sample first):\n")
     cols = ["all", *(f"without {c}" for c in CATEGORIES)]
     print("| candidate | " + " | ".join(cols) + " |")

@@ -33,7 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.nab_scoring import PROFILES, _prepare, _score_prepared_corpus
+from benchmarks.nab_scoring import (
+    PROFILES,
+    Detections,
+    _prepare,
+    _prepare_corpus,
+    _score_prepared_corpus,
+    detections,
+    load_results,
+)
 
 CATEGORIES = ("artificialNoAnomaly", "artificialWithAnomaly", "realKnownCause", "realTraffic")
 
@@ -42,11 +50,26 @@ CATEGORIES = ("artificialNoAnomaly", "artificialWithAnomaly", "realKnownCause", 
 #: entity's first W slots).
 RUN_VERSION = 2
 
-#: Likelihood post-processing grid (replayed; every combination is a candidate).
+#: Likelihood post-processing grid (replayed; every combination is a candidate): the alert
+#: budget (false alerts per 1,000 points; at most 2, so that a fleet's pages stay rare), how
+#: many of the newest raw scores are averaged before they are judged, and how many past
+#: scores the tail is estimated from.
 LIKELIHOOD_GRID: dict[str, list[Any]] = {
-    "decades": [4.0, 5.0, 6.0, 8.0],
-    "suppress": [100, 200, 300],
-    "history": [500, 1000, 2000],
+    "budget": [0.5, 1.0, 2.0],
+    "short": [1, 10],
+    "history": [1000, 2000],
+}
+
+
+#: The likelihood of the previous default (before the alert budget), for comparison.
+PREVIOUS_LIKELIHOOD: dict[str, Any] = {
+    "estimator": "gaussian",
+    "budget": None,
+    "decades": 5.0,
+    "short": 1,
+    "history": 1000,
+    "min_std": 0.1,
+    "suppress": 100,
 }
 
 
@@ -169,6 +192,28 @@ class Scorer:
         series = [replace(self.prepared[k], scores=outputs[k]) for k in sorted(keys)]
         return _score_prepared_corpus(series, PROFILES[profile]).score
 
+    def detections(
+        self, outputs: dict[str, np.ndarray], keys: list[str], threshold: float
+    ) -> Detections:
+        total = Detections(0, 0, 0, 0)
+        for k in keys:
+            total = total + detections(replace(self.prepared[k], scores=outputs[k]), threshold)
+        return total
+
+
+def peer_detections(
+    references: Path, detector: str, windows: dict[str, Any]
+) -> dict[str, Detections]:
+    """A published detector's detections per category at its own standard-profile threshold
+    (the one NAB's optimiser picks for it on these series)."""
+    prepared = _prepare_corpus(load_results(references, detector), windows)
+    threshold = _score_prepared_corpus(prepared, PROFILES["standard"]).threshold
+    out = {c: Detections(0, 0, 0, 0) for c in CATEGORIES}
+    for series in prepared:
+        category = series.name.split("/")[0]
+        out[category] = out[category] + detections(series, threshold)
+    return out
+
 
 def cross_validate(
     runs: dict[str, dict[str, dict[str, Any]]],
@@ -179,7 +224,8 @@ def cross_validate(
     """Leave-one-category-out selection over every candidate; the pooled out-of-fold result."""
     from vaeguard.timeseries.online import replay_likelihood
 
-    first = next(iter(runs.values()))
+    first_model = next(iter(runs))
+    first = runs[first_model]
     keys = sorted(first)
     by_category = {c: [k for k in keys if k.split("/")[0] == c] for c in CATEGORIES}
     scorer = Scorer({k: first[k]["stamps"] for k in keys}, windows)
@@ -221,7 +267,23 @@ def cross_validate(
             oof_outputs[k] = outputs[best["candidate"]][k]
             oof_alerts[k] = alerts[best["candidate"]][k]
     final = max(table, key=lambda r: r["all"])
+    # The previous default (a Gaussian tail of the last 1000 scores, alert at 1e-5, every
+    # scored point learned), replayed on the same raw scores: chosen on all 25, so in-sample.
+    previous = {**base_likelihood, **PREVIOUS_LIKELIHOOD}
+    prev_alerts = {
+        k: (
+            replay_likelihood(
+                runs[first_model][k]["raw"], runs[first_model][k]["entities"], previous
+            )
+            >= alert
+        ).astype("float64")
+        for k in keys
+    }
     result = {
+        "previous_alerts": {p: scorer.score(prev_alerts, keys, p) for p in PROFILES},
+        "previous_detections": {
+            c: scorer.detections(prev_alerts, by_category[c], 1.0) for c in CATEGORIES
+        },
         "chosen_per_fold": chosen,
         "final": final["candidate"],
         "oof_alerts": {p: scorer.score(oof_alerts, keys, p) for p in PROFILES},
@@ -230,6 +292,13 @@ def cross_validate(
             p: scorer.score(alerts[final["candidate"]], keys, p) for p in PROFILES
         },
         "in_sample_nab": {p: scorer.score(outputs[final["candidate"]], keys, p) for p in PROFILES},
+        "oof_detections": {
+            c: scorer.detections(oof_alerts, by_category[c], 1.0) for c in CATEGORIES
+        },
+        "in_sample_detections": {
+            c: scorer.detections(alerts[final["candidate"]], by_category[c], 1.0)
+            for c in CATEGORIES
+        },
         "table": sorted(table, key=lambda r: -r["all"]),
         "candidates": len(candidates),
     }

@@ -49,7 +49,9 @@ __all__ = [
     "PROFILES",
     "CorpusScore",
     "CostProfile",
+    "Detections",
     "SeriesScore",
+    "detections",
     "load_results",
     "load_windows",
     "main",
@@ -310,6 +312,43 @@ def _score_prepared(series: _PreparedSeries, profile: CostProfile, threshold: fl
         tn=int((scored & ~in_window).sum()) - fp,
         fn=int((scored & in_window).sum()) - tp,
     )
+
+
+@dataclass(frozen=True)
+class Detections:
+    """What an operator sees at one alert level, counted after the probationary period:
+    labelled windows with at least one detection, and detections outside every window."""
+
+    windows: int  # labelled windows with scored rows
+    detected: int  # of those, windows with a detection
+    outside: int  # detections (rows) outside every window
+    rows: int  # scored rows
+
+    def __add__(self, other: Detections) -> Detections:
+        return Detections(
+            self.windows + other.windows,
+            self.detected + other.detected,
+            self.outside + other.outside,
+            self.rows + other.rows,
+        )
+
+    @property
+    def outside_per_1000(self) -> float:
+        return 1000.0 * self.outside / self.rows if self.rows else math.nan
+
+
+def detections(series: _PreparedSeries, threshold: float) -> Detections:
+    """`Detections` of one prepared series at ``threshold``."""
+    scored = np.arange(len(series.scores)) >= series.n_probation
+    detected = scored & (series.scores >= threshold)
+    windows = hit = 0
+    for k in range(series.n_windows):
+        rows = scored & (series.window_of_row == k)
+        if rows.any():
+            windows += 1
+            hit += bool((detected & rows).any())
+    outside = int((detected & (series.window_of_row < 0)).sum())
+    return Detections(windows, hit, outside, int(scored.sum()))
 
 
 def score_series(

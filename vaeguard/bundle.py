@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard._version import __version__
-from vaeguard.errors import BundleError, DataError
+from vaeguard.errors import BundleError, VaeguardError
 
 FORMAT = "vaeguard-bundle"
 #: The newest format this reads and writes. 2: the score has a latent kNN term
@@ -91,8 +92,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-#: Part names: ``views/1``, ``views/2`` … (relative, no way out of the bundle).
-_PART_RE = re.compile(r"^[a-z]+/[0-9]{1,3}$")
+#: Part names: ``views/1``, ``views/2`` … (relative, no way out of the bundle; matched whole).
+_PART_RE = re.compile(r"[a-z]+/[0-9]{1,3}")
+#: A part's pin: the SHA-256 of its ``bundle.json``, in hex.
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
@@ -104,7 +107,7 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
         raise BundleError(
             f"refusing to write a bundle into {path}: the folder is not empty and holds no bundle"
         )
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)  # owner only, like its files
 
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".keras")
     os.close(fd)
@@ -144,7 +147,7 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
         # its own in a sub-folder, pinned by the SHA-256 of its manifest.
         manifest["parts"] = {}
         for name, part in parts.items():
-            if not _PART_RE.match(name):
+            if not _PART_RE.fullmatch(name):
                 raise BundleError(f"bad bundle part name {name!r}")
             save_bundle(part, path / name)
             manifest["parts"][name] = sha256_file(path / name / MANIFEST_FILE)
@@ -184,8 +187,8 @@ def read_manifest(path) -> dict[str, Any]:
             f"corrupt bundle at {path}: {MANIFEST_FILE} is not a vaeguard bundle manifest"
         )
     version = manifest.get("format_version")
-    if not isinstance(version, int):
-        raise BundleError(f"corrupt bundle at {path}: format_version is missing")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"corrupt bundle at {path}: format_version is missing or malformed")
     if version > FORMAT_VERSION:
         raise BundleError(
             f"incompatible bundle at {path}: format version {version} is newer than this vaeguard "
@@ -226,6 +229,23 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         raise BundleError(
             f"corrupt bundle at {path}: threshold must have a finite value and a method"
         )
+    if not isinstance(threshold.get("params", {}), dict) or not _count(
+        threshold.get("calibration_rows", 0)
+    ):
+        raise BundleError(
+            f"corrupt bundle at {path}: threshold.params must be an object and "
+            "threshold.calibration_rows a count"
+        )
+    if threshold["method"] == "budget":
+        _check_budget(path, threshold.get("params", {}))
+    reference = m.get("score_reference")
+    if reference is not None and (
+        not isinstance(reference, list) or not all(_finite(v) for v in reference)
+    ):
+        raise BundleError(f"corrupt bundle at {path}: score_reference must list finite numbers")
+    for key in ("training", "extra", "latent_knn"):
+        if m.get(key) is not None and not isinstance(m[key], dict):
+            raise BundleError(f"corrupt bundle at {path}: field {key!r} must be an object")
     baseline = need("baseline", list)
     if len(baseline) != n or not all(_finite(v) for v in baseline):
         raise BundleError(f"corrupt bundle at {path}: baseline must hold {n} finite numbers")
@@ -240,11 +260,106 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
     if kind == "window" and not isinstance((m.get("extra") or {}).get("window_mode"), dict):
         raise BundleError(f"corrupt bundle at {path}: a window model without extra.window_mode")
     need("model_sha256", str)
+    bundle_file(path, m, "model_file")
+    _check_parts(path, m.get("parts"))
     keras_version = str(m["versions"].get("keras", ""))
     if keras_version.split(".")[0] != "3":
         raise BundleError(
             f"incompatible bundle at {path}: written by Keras {keras_version or '?'}, this reads Keras 3"
         )
+
+
+def bundle_file(path: Path, m: dict[str, Any], key: str) -> Path:
+    """The file a manifest field names (``model_file``: default ``model.keras``), refused
+    unless it is a plain file name inside the bundle: the manifest says what to load and hash,
+    so it must not reach anywhere else (``/etc/…``, ``../other-bundle/model.keras``, a
+    symlink out)."""
+    name = m.get(key, MODEL_FILE)
+    bad = (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or os.path.isabs(name)
+    )
+    target = None if bad else Path(path) / name
+    if target is not None and not _inside(Path(path), target):
+        bad = True
+    if bad:
+        raise BundleError(
+            f"corrupt bundle at {path}: field {key!r} must be a plain file name inside the "
+            f"bundle, got {_short(name)}"
+        )
+    return target
+
+
+def _check_parts(path: Path, parts: Any) -> None:
+    """``parts`` (optional): ``views/<k>`` → the SHA-256 of that sub-bundle's manifest."""
+    if parts is None:
+        return
+    if not isinstance(parts, dict):
+        raise BundleError(f"corrupt bundle at {path}: field 'parts' must be an object")
+    for name, digest in parts.items():
+        if not _PART_RE.fullmatch(name) or not _inside(Path(path), Path(path) / name):
+            raise BundleError(
+                f"corrupt bundle at {path}: field 'parts' names {_short(name)}, not a part "
+                "folder inside the bundle (views/<k>)"
+            )
+        if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
+            raise BundleError(
+                f"corrupt bundle at {path}: field 'parts' pins {name} with {_short(digest)}, "
+                "not a SHA-256"
+            )
+
+
+def _check_budget(path: Path, params: dict[str, Any]) -> None:
+    """A budget threshold's ``params`` are what serving re-derives it from (the alert budget,
+    the fitted tail, the sorted calibration scores): they must give a finite threshold, now
+    and when the tail is fitted again on them (`vaeguard.serving.calibration`)."""
+    from vaeguard.thresholds import fit_tail, tail_value
+
+    budget, tail, reference = params.get("budget"), params.get("tail"), params.get("reference")
+    ok = _finite(budget) and 0.0 < budget < 1000.0
+    ok = ok and isinstance(tail, list) and len(tail) == 4 and all(map(_finite, tail))
+    ok = ok and isinstance(reference, list) and bool(reference) and all(map(_finite, reference))
+    if ok:
+        _, log10_share, shape, scale = tail
+        ok = log10_share <= 0 and shape >= 0 and scale > 0
+        ok = ok and all(a <= b for a, b in itertools.pairwise(reference))
+    if ok:
+        values = np.asarray(reference, dtype="float64")
+        level = math.log10(budget / 1000.0)
+        try:
+            with np.errstate(all="ignore"):
+                refit = fit_tail(values, 1e-6 * max(1.0, float(np.abs(values).max())))
+                ok = math.isfinite(tail_value(values, tail, level)) and math.isfinite(
+                    tail_value(values, refit, level)
+                )
+        except (ArithmeticError, ValueError):
+            ok = False
+    if not ok:
+        raise BundleError(
+            f"corrupt bundle at {path}: threshold.params of a budget threshold must hold a "
+            "budget in (0, 1000), its tail fit and its sorted finite calibration scores"
+        )
+
+
+def _inside(root: Path, target: Path) -> bool:
+    """Whether ``target`` resolves (symlinks followed) to a path inside ``root``."""
+    try:
+        return target.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an odd name
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _check_plausible_range(path: Path, r: Any, n: int) -> None:
@@ -286,13 +401,12 @@ def load_bundle(path):
     from vaeguard._quiet import import_keras
     from vaeguard.detector import VAEDetector, symptom_mask
     from vaeguard.model.vae import VAE
-    from vaeguard.preprocessing import ConditionEncoder, RobustScaler
-    from vaeguard.thresholds import Threshold
+    from vaeguard.preprocessing import ConditionEncoder
 
     keras = import_keras()
     path = Path(path)
     m = read_manifest(path)
-    model_path = path / m.get("model_file", MODEL_FILE)
+    model_path = bundle_file(path, m, "model_file")
     if not model_path.is_file():
         raise BundleError(f"corrupt bundle at {path}: {model_path.name} is missing")
     if sha256_file(model_path) != m["model_sha256"]:
@@ -310,7 +424,7 @@ def load_bundle(path):
 
     try:
         conditions = ConditionEncoder.from_dict(m["conditions"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except _MALFORMED as exc:
         raise BundleError(f"corrupt bundle at {path}: bad conditions ({exc})") from None
     if model.n_features != len(m["features"]) or model.n_conditions != conditions.width:
         raise BundleError(
@@ -325,8 +439,28 @@ def load_bundle(path):
     try:
         symptom_mask(params["symptoms"], m["features"])
         detector = VAEDetector(**params)
-    except (DataError, TypeError) as exc:
+    except (VaeguardError, *_MALFORMED) as exc:
         raise BundleError(f"corrupt bundle at {path}: bad params ({exc})") from None
+    try:
+        _fill(detector, model, m, conditions, path)
+    except BundleError:
+        raise
+    except (VaeguardError, *_MALFORMED) as exc:  # a value the checks above let through
+        raise BundleError(
+            f"corrupt bundle at {path}: {type(exc).__name__}: {_short(str(exc))}"
+        ) from None
+    return detector
+
+
+#: What reading a malformed manifest value can raise (a wrong type, a huge or absurd number).
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError)
+
+
+def _fill(detector, model, m: dict[str, Any], conditions, path: Path) -> None:
+    """Give a fresh `VAEDetector` the model and everything the checked manifest records."""
+    from vaeguard.preprocessing import RobustScaler
+    from vaeguard.thresholds import Threshold
+
     detector.model_ = model
     detector.feature_names_ = list(m["features"])
     detector.n_features_in_ = len(m["features"])
@@ -342,10 +476,10 @@ def load_bundle(path):
     detector.score_reference_ = np.asarray(
         m.get("score_reference") or [detector.threshold_.value], dtype="float64"
     )
-    training = dict(m.get("training", {}))
+    training = dict(m.get("training") or {})
     detector.history_ = training.pop("history", {})
     detector.training_info_ = training
-    detector.bundle_extra_ = m.get("extra", {})
+    detector.bundle_extra_ = m.get("extra") or {}
     detector.latent_knn_ = None
     if m.get("latent_knn") is not None:
         from vaeguard.model.latent_knn import LatentKNN
@@ -360,11 +494,9 @@ def load_bundle(path):
         detector.knn_weight = 0.0
     detector.parts_ = {}
     parts = m.get("parts") or {}
-    if not isinstance(parts, dict):
-        raise BundleError(f"corrupt bundle at {path}: parts must be an object")
-    for name, digest in parts.items():
-        part = path / str(name)
-        if not _PART_RE.match(str(name)) or not (part / MANIFEST_FILE).is_file():
+    for name, digest in parts.items():  # names and pins checked by read_manifest
+        part = path / name
+        if not (part / MANIFEST_FILE).is_file():
             raise BundleError(f"corrupt bundle at {path}: part {name!r} is missing")
         if sha256_file(part / MANIFEST_FILE) != digest:
             raise BundleError(
@@ -373,4 +505,3 @@ def load_bundle(path):
         detector.parts_[name] = load_bundle(part)
     detector.manifest_ = m
     detector._scorer = None
-    return detector

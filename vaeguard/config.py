@@ -198,6 +198,14 @@ class ModelSettings(_Section):
     device: str = "auto"
     #: How often to check the model path for a new version (0 = never).
     reload_interval_s: float = Field(30.0, ge=0)
+    #: The alert budget: at most this many false alerts per 1,000 points per entity (window
+    #: mode) or per 1,000 rows (tabular mode) on normal data. None: each bundle's own (set at
+    #: training with --budget).
+    alert_budget: float | None = Field(None, gt=0, lt=1000)
+    #: Tabular models calibrated by their budget: re-estimate the threshold on the recent
+    #: normal rows' scores as the stream goes (a slowly drifting process does not alarm on
+    #: every row); false keeps the threshold the bundle was calibrated with.
+    follow_normal: bool = True
 
     @field_validator("device")
     @classmethod
@@ -215,6 +223,12 @@ class ScoringSettings(_Section):
     batch_max_wait_ms: int = Field(20, ge=0, le=60_000)
     top_k: int = Field(3, ge=0)
     max_record_bytes: int = Field(262_144, ge=64)
+    #: Largest message key, and entity field as text, accepted (bytes): a score record is keyed
+    #: by the entity and carries it, so it must stay far below the producer's request limit.
+    max_key_bytes: int = Field(4096, ge=16, le=65_536)
+    #: Seconds without committed progress, while records wait, after which an assigned
+    #: partition counts as stalled (/readyz not ready, vaeguard_partition_stalled = 1).
+    stall_after_s: float = Field(120.0, ge=1, le=86_400)
     #: Severity name → minimum margin above the threshold, in nats (ascending, first is 0).
     severity_bands: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_BANDS))
     #: Window-mode models: folder of the per-entity state snapshot (windows, online scalers,
@@ -223,6 +237,10 @@ class ScoringSettings(_Section):
     state_dir: Path | None = None
     #: Seconds between two saves of that state; offsets are committed with each save.
     state_interval_s: float = Field(5.0, ge=0)
+    #: Key of the HMAC-SHA256 that authenticates the state file (at least 16 characters); a
+    #: file whose MAC does not verify is moved aside like a corrupt one. None = not
+    #: authenticated (anyone who can write the folder can change the restored state).
+    state_key: SecretStr | None = None
 
     @field_validator("severity_bands")
     @classmethod
@@ -237,6 +255,22 @@ class ScoringSettings(_Section):
         if NORMAL in v:
             raise ValueError(f"{NORMAL!r} is implicit (at or below the threshold)")
         return v
+
+    @field_validator("state_key")
+    @classmethod
+    def _state_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (an HMAC-SHA256 key)")
+        return v
+
+    @model_validator(mode="after")
+    def _stall_after_a_save(self) -> ScoringSettings:
+        if self.stall_after_s <= self.state_interval_s:
+            raise ValueError(
+                f"stall_after_s ({self.stall_after_s:g}) must exceed state_interval_s "
+                f"({self.state_interval_s:g}): window mode commits only with each state save"
+            )
+        return self
 
     @property
     def bands(self) -> tuple[tuple[str, float], ...]:
@@ -267,6 +301,15 @@ class HttpSettings(_Section):
     max_connections: int = Field(16, ge=1, le=1024)
 
 
+class SupervisorSettings(_Section):
+    """`vaeguard run --workers N`: how the supervisor watches its workers."""
+
+    #: A worker whose heartbeat (sent from its main loop, idle or not) is older than this is
+    #: taken as hung and restarted (SIGTERM, SIGKILL after shutdown_grace_s). It must exceed
+    #: the longest batch and a worker's start (imports, model load).
+    hang_timeout_s: float = Field(120.0, ge=10, le=86_400)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -293,6 +336,7 @@ class Settings(BaseSettings):
     output: OutputSettings = Field(default_factory=OutputSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
     #: Seconds SIGTERM / SIGINT may take to finish the in-flight batch, commit and close.
     shutdown_grace_s: float = Field(30.0, gt=0)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
@@ -309,8 +353,11 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-safe data with every secret masked, for the start-up log:
         `SecretStr` fields, credentials inside URLs (userinfo, token-like query parameters)
-        and values of secret-named keys such as a sink's ``Authorization`` header."""
-        return redact(self.model_dump(mode="json"))
+        and values of secret-named keys; in sinks every header value and URL path too
+        (`AlertsSettings.redacted`)."""
+        out = redact(self.model_dump(mode="json"))
+        out["alerts"] = self.alerts.redacted()
+        return out
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

@@ -132,8 +132,11 @@ class VAEDetector:
         other features are anomalous by themselves, its explanation blames the cause first, the
         symptoms following it (`vaeguard.model.counterfactual.explain_rows`). Scores are the
         same with or without. Empty: every feature is explained alike.
-    threshold_method, target_fpr, risk
-        "quantile" (false-positive rate ``target_fpr`` on normal data) or "spot" (EVT, ``risk``).
+    threshold_method, budget, target_fpr, risk
+        "budget" (the default: at most ``budget`` false alerts per 1,000 normal rows, the alert
+        budget shared with window mode: the rank among the calibration scores, a fitted Pareto
+        tail beyond them), "quantile" (false-positive rate ``target_fpr``) or "spot" (EVT,
+        ``risk``).
     seed
         Makes training, sampling and scoring repeatable.
     """
@@ -157,7 +160,8 @@ class VAEDetector:
         knn_weight: float = 0.5,
         knn_k: int = 1,
         symptoms: Sequence[str] = (),
-        threshold_method: str = "quantile",
+        threshold_method: str = "budget",
+        budget: float = 10.0,
         target_fpr: float = 0.01,
         risk: float = 1e-3,
         seed: int | None = 0,
@@ -181,6 +185,7 @@ class VAEDetector:
         self.knn_k = knn_k
         self.symptoms = (symptoms,) if isinstance(symptoms, str) else tuple(symptoms)
         self.threshold_method = threshold_method
+        self.budget = budget
         self.target_fpr = target_fpr
         self.risk = risk
         self.seed = seed
@@ -193,12 +198,17 @@ class VAEDetector:
         "latent_dim", "hidden", "beta", "epochs", "batch_size", "learning_rate", "mc_samples",
         "patience", "validation_fraction", "kl_warmup_epochs", "activation", "dropout",
         "min_log_var", "max_log_var", "knn_weight", "knn_k", "symptoms", "threshold_method",
-        "target_fpr", "risk", "seed", "verbose",
+        "budget", "target_fpr", "risk", "seed", "verbose",
     )  # fmt: skip
 
     #: Parameters added after the first bundles were written, and the value that reproduces
     #: a bundle whose manifest does not record them (what it was trained and scored with).
-    _UNRECORDED_PARAMS: ClassVar[dict[str, Any]] = {"knn_weight": 0.0, "knn_k": 1, "symptoms": ()}
+    _UNRECORDED_PARAMS: ClassVar[dict[str, Any]] = {
+        "knn_weight": 0.0,
+        "knn_k": 1,
+        "symptoms": (),
+        "budget": 10.0,
+    }
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._PARAMS}
@@ -226,12 +236,15 @@ class VAEDetector:
         categorical: Sequence[str] | None = None,
         callbacks: Sequence[Any] = (),
         init_from: VAEDetector | None = None,
+        max_categories: int | None = None,
     ) -> VAEDetector:
         """Train on normal data and calibrate the threshold on a held-out share of it.
 
         ``conditions`` (CVAE) are extra columns the model conditions on rather than scores:
         a DataFrame, a mapping of column → values, or a numeric array. ``init_from`` warm-starts
         from another fitted detector's weights when the architectures match.
+        ``max_categories`` caps the one-hot columns of each categorical condition (see
+        `ConditionEncoder.fit`).
         """
         from vaeguard._quiet import import_keras
         from vaeguard.model.vae import VAE, KLWarmup
@@ -248,7 +261,9 @@ class VAEDetector:
         symptom_mask(self.symptoms, names)
         condition_encoder = ConditionEncoder()
         if conditions is not None:
-            condition_encoder = ConditionEncoder.fit(conditions, set(categorical or ()))
+            condition_encoder = ConditionEncoder.fit(
+                conditions, set(categorical or ()), max_categories
+            )
             overlap = set(condition_encoder.names) & set(names)
             if overlap:
                 raise DataError(
@@ -333,7 +348,11 @@ class VAEDetector:
             self._scorer = None
             scores = scores + self.latent_knn_.term(raw.z_mean)
         self.threshold_ = calibrate(
-            scores, self.threshold_method, target_fpr=self.target_fpr, risk=self.risk
+            scores,
+            self.threshold_method,
+            target_fpr=self.target_fpr,
+            risk=self.risk,
+            budget=self.budget,
         )
         self.score_reference_ = np.quantile(scores, REFERENCE_LEVELS)
         self.training_info_ = {
@@ -369,10 +388,17 @@ class VAEDetector:
         )
 
     def _validate_params(self) -> None:
-        if self.threshold_method not in ("quantile", "spot"):
+        if self.threshold_method not in ("budget", "quantile", "spot"):
             raise ValueError(
-                f"threshold_method must be 'quantile' or 'spot', got {self.threshold_method!r}"
+                "threshold_method must be 'budget', 'quantile' or 'spot', "
+                f"got {self.threshold_method!r}"
             )
+        if not (
+            isinstance(self.budget, int | float)
+            and not isinstance(self.budget, bool)
+            and 0.0 < self.budget < 1000.0
+        ):
+            raise ValueError("budget must be in (0, 1000) false alerts per 1,000 rows")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("validation_fraction must be in [0, 1)")
         if not (math.isfinite(self.knn_weight) and self.knn_weight >= 0):
@@ -561,7 +587,7 @@ class VAEDetector:
                 rounds,
                 symptoms=symptoms,
                 causes=causes,
-                threshold=self.threshold_.value,
+                threshold=base.threshold,
             )
             done = ~np.isnan(cf.expected)
             imputed = self._plausible(self.scaler_.inverse_transform(cf.expected))
@@ -609,6 +635,7 @@ class VAEDetector:
         method: str | None = None,
         target_fpr: float | None = None,
         risk: float | None = None,
+        budget: float | None = None,
     ) -> Threshold:
         """Re-calibrate the threshold on fresh normal data (e.g. a larger held-out set)."""
         scores = self.score(X, conditions).scores
@@ -617,6 +644,7 @@ class VAEDetector:
             method or self.threshold_method,
             target_fpr=target_fpr if target_fpr is not None else self.target_fpr,
             risk=risk if risk is not None else self.risk,
+            budget=budget if budget is not None else self.budget,
         )
         self.score_reference_ = np.quantile(scores, REFERENCE_LEVELS)
         return self.threshold_

@@ -11,6 +11,10 @@ human-readable detail), never an exception that escapes:
   here, at parse time, not after scoring; an integer beyond 64 bits becomes a float). orjson
   parses the common case; the standard library's parser, with the checks above as hooks, is
   the reference that names the reason of a refusal (a property test holds the two together);
+* a message's envelope → `check_envelope`: its key at most ``max_key_bytes`` and its headers
+  at most ``max_bytes`` in all; a decoded record's entity → `check_entity`: at most
+  ``max_key_bytes`` once written as text (a score record is keyed by the entity and carries it,
+  so an unbounded one would make a score record larger than the producer can send);
 * a field → `to_number`: JSON numbers, booleans (as 1 / 0) and decimal strings (``"12.5"``, as
   CSV cells always are); an empty string or null is *missing*; anything else is not a number;
 * a timestamp → `to_timestamp`: epoch seconds (a number too large to be seconds in range is
@@ -40,6 +44,8 @@ __all__ = [
     "TIMESTAMP_RANGE",
     "Reason",
     "Rejection",
+    "check_entity",
+    "check_envelope",
     "decode",
     "entity_text",
     "loads",
@@ -53,6 +59,8 @@ class Reason(StrEnum):
 
     EMPTY = "empty_value"
     OVERSIZE = "oversize"
+    OVERSIZE_KEY = "oversize_key"
+    OVERSIZE_HEADERS = "oversize_headers"
     INVALID_UTF8 = "invalid_utf8"
     INVALID_JSON = "invalid_json"
     TOO_DEEP = "too_deep"
@@ -65,11 +73,17 @@ class Reason(StrEnum):
     INVALID_TIMESTAMP = "invalid_timestamp"
     LATE_RECORD = "late_record"
     PROCESSING_ERROR = "processing_error"
+    #: The record was scored, but its score record is larger than the producer or the broker
+    #: takes: it goes to the dead-letter topic instead of stalling the partition.
+    OVERSIZE_OUTPUT = "oversize_output"
 
 
 #: Kafka Connect's "stage" of a failure: decoding the value, or the task refusing its content.
 STAGE_DECODE = "VALUE_CONVERTER"
 STAGE_VALIDATE = "TASK_PUT"
+STAGE_KEY = "KEY_CONVERTER"
+STAGE_HEADERS = "HEADER_CONVERTER"
+STAGE_PRODUCE = "KAFKA_PRODUCE"
 
 
 @dataclass(slots=True)
@@ -246,6 +260,74 @@ def decode(value: bytes | bytearray | memoryview | None, max_bytes: int) -> dict
     except UnicodeDecodeError as exc:
         return Rejection(Reason.INVALID_UTF8, "UnicodeDecodeError", str(exc), STAGE_DECODE)
     return _object(loads(text))
+
+
+def check_envelope(
+    key: bytes | bytearray | memoryview | None,
+    headers: Any,
+    max_key_bytes: int,
+    max_header_bytes: int,
+) -> Rejection | None:
+    """None when the message key and headers are within their limits, else the refusal.
+
+    Headers count their names (UTF-8) and values; a header that is not a (name, bytes) pair
+    is refused too, since it could not be carried to the dead-letter topic as it is.
+    """
+    if key is not None and len(key) > max_key_bytes:
+        return Rejection(
+            Reason.OVERSIZE_KEY,
+            "ValueError",
+            f"the message key is {len(key)} bytes, more than scoring.max_key_bytes={max_key_bytes}",
+            STAGE_KEY,
+        )
+    if not headers:
+        return None
+    size = 0
+    try:
+        for name, value in headers:
+            size += len(name.encode("utf-8", "replace")) + (0 if value is None else len(value))
+    except (TypeError, ValueError, AttributeError):
+        return Rejection(
+            Reason.INVALID_FIELD,
+            "TypeError",
+            "the message headers are not (name, bytes) pairs",
+            STAGE_HEADERS,
+        )
+    if size > max_header_bytes:
+        return Rejection(
+            Reason.OVERSIZE_HEADERS,
+            "ValueError",
+            f"the message headers are {size} bytes, more than "
+            f"scoring.max_record_bytes={max_header_bytes}",
+            STAGE_HEADERS,
+        )
+    return None
+
+
+def check_entity(record: dict, field: str, max_key_bytes: int) -> Rejection | None:
+    """None when the record's entity field is absent or at most ``max_key_bytes`` as text."""
+    value = record.get(field)
+    if value is None:
+        return None
+    if type(value) is str:
+        if len(value) * 4 <= max_key_bytes:  # UTF-8 takes at most 4 bytes a character
+            return None
+        size = len(value.encode("utf-8", "replace"))
+    elif type(value) is float or type(value) is bool:  # short whatever their value
+        return None
+    else:
+        try:
+            size = len(entity_text(value).encode("utf-8", "replace"))
+        except (TypeError, ValueError, RecursionError):
+            size = max_key_bytes + 1
+    if size <= max_key_bytes:
+        return None
+    return Rejection(
+        Reason.OVERSIZE_KEY,
+        "ValueError",
+        f"the entity field {_short(field)} is {size} bytes as text, more than "
+        f"scoring.max_key_bytes={max_key_bytes}",
+    )
 
 
 def _object(obj: Any) -> dict | Rejection:

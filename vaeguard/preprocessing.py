@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,21 +54,29 @@ class RobustScaler:
 
 @dataclass
 class ConditionColumn:
-    """One condition: categorical (one-hot over the training categories) or numeric (scaled)."""
+    """One condition: categorical (one-hot over the training categories) or numeric (scaled).
+
+    ``other``: a categorical condition fitted with a cap on its categories has one more column,
+    last, shared by the rarer training values and by every value unseen in training. Without
+    it (every bundle written before the cap, and any fitted under it) an unseen value encodes
+    as all zeros, as it always did.
+    """
 
     name: str
     kind: str  # "categorical" | "numeric"
     categories: list[str] = field(default_factory=list)
     center: float = 0.0
     scale: float = 1.0
+    other: bool = False
 
     @property
     def width(self) -> int:
-        return len(self.categories) if self.kind == "categorical" else 1
+        return len(self.categories) + self.other if self.kind == "categorical" else 1
 
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "categorical":
-            return {"name": self.name, "kind": self.kind, "categories": self.categories}
+            d = {"name": self.name, "kind": self.kind, "categories": self.categories}
+            return {**d, "other": True} if self.other else d
         return {"name": self.name, "kind": self.kind, "center": self.center, "scale": self.scale}
 
     @classmethod
@@ -78,7 +87,14 @@ class ConditionColumn:
             categories=list(d.get("categories", [])),
             center=float(d.get("center", 0.0)),
             scale=float(d.get("scale", 1.0)),
+            other=_flag(d.get("other", False)),
         )
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"'other' must be true or false, got {value!r}")
+    return value
 
 
 def _looks_categorical(values: np.ndarray) -> bool:
@@ -96,7 +112,8 @@ class ConditionEncoder:
     """Encodes the CVAE's condition columns (time of day, entity type, …) into one vector.
 
     A category never seen in training encodes as all zeros: the model then conditions on
-    "none of the known categories" instead of failing the whole batch.
+    "none of the known categories" instead of failing the whole batch; under a cap on the
+    categories (``max_categories``) it goes to the "other" column instead, with the rare ones.
     """
 
     columns: list[ConditionColumn] = field(default_factory=list)
@@ -110,7 +127,13 @@ class ConditionEncoder:
         return [c.name for c in self.columns]
 
     @classmethod
-    def fit(cls, data: Any, categorical: set[str] | None = None) -> ConditionEncoder:
+    def fit(
+        cls, data: Any, categorical: set[str] | None = None, max_categories: int | None = None
+    ) -> ConditionEncoder:
+        """``max_categories``: at most this many columns per categorical condition (at least 2):
+        beyond it, the most frequent values keep theirs and the rest share an "other" one."""
+        if max_categories is not None and max_categories < 2:
+            raise DataError(f"max_categories must be at least 2, got {max_categories}")
         categorical = set(categorical or ())
         names = column_names(data)
         if names is None:
@@ -120,8 +143,7 @@ class ConditionEncoder:
         for name in names:
             raw = get_column(data, name)
             if name in categorical or _looks_categorical(raw):
-                categories = sorted({_category(v) for v in raw})
-                columns.append(ConditionColumn(name, "categorical", categories=categories))
+                columns.append(_categorical(name, raw, max_categories))
             else:
                 values = numeric_column(data, name)
                 scaler = RobustScaler.fit(values.reshape(-1, 1))
@@ -150,8 +172,9 @@ class ConditionEncoder:
         for col in self.columns:
             if col.kind == "categorical":
                 index = {c: k for k, c in enumerate(col.categories)}
+                unseen = len(col.categories) if col.other else None
                 for i, value in enumerate(get_column(data, col.name)):
-                    k = index.get(_category(value))
+                    k = index.get(_category(value), unseen)
                     if k is not None:
                         out[i, offset + k] = 1.0
             else:
@@ -167,6 +190,16 @@ class ConditionEncoder:
     @classmethod
     def from_dict(cls, items: list[dict[str, Any]]) -> ConditionEncoder:
         return cls([ConditionColumn.from_dict(d) for d in items])
+
+
+def _categorical(name: str, raw: Any, max_categories: int | None) -> ConditionColumn:
+    counts = Counter(_category(v) for v in raw)
+    if max_categories is None or len(counts) <= max_categories:
+        return ConditionColumn(name, "categorical", categories=sorted(counts))
+    # the most frequent first, ties by name, so that the same data keeps the same columns
+    ranked = sorted(counts, key=lambda c: (-counts[c], c))
+    kept = sorted(ranked[: max_categories - 1])
+    return ConditionColumn(name, "categorical", categories=kept, other=True)
 
 
 def _category(value: Any) -> str:

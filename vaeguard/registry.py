@@ -5,12 +5,23 @@
       v0001/               an immutable version: a model bundle + lineage.json
       v0002/
       CURRENT              the version in service ("v0002"), replaced atomically
-      promotions.jsonl     append-only log of every change of CURRENT (for rollback and audit)
+      promotions.jsonl     log of every change of CURRENT (for rollback and audit)
+
+Version names are ``v`` and 4 to 9 ASCII digits (`VERSION_PATTERN`); any other name is refused
+with one line (`VersionNameError`), and a folder with another name is not a version.
 
 A version is written into a hidden temporary folder and published with one rename, so a
-half-written version never exists under a version name, let alone becomes current. CURRENT is
-replaced by write + fsync + rename. Mutations hold an exclusive lock on `.lock`, so two
-processes (a retrain job and an operator) cannot interleave.
+half-written version never exists under a version name, let alone becomes current. Every
+mutation (register, promote, rollback, prune) holds the exclusive lock on `.registry.lock` from
+its first read to its last write: a promote cannot check a version that a prune then deletes.
+
+A change of CURRENT is logged first and made second: its entry is appended to promotions.jsonl
+and fsynced, then CURRENT is replaced (write + fsync + rename); readers leave out a torn last
+line and a last entry that never took effect (its ``from`` is still current), and the next
+writer cuts them off, so after a crash at any point the log ends where CURRENT points.
+
+Everything is written owner-only (files 0600, or 0400 inside a version; folders 0700): who can
+write the registry chooses the model in service.
 """
 
 from __future__ import annotations
@@ -36,11 +47,26 @@ MARKER = "registry.json"
 CURRENT = "CURRENT"
 PROMOTIONS = "promotions.jsonl"
 LINEAGE = "lineage.json"
-VERSION_RE = re.compile(r"^v(\d{4,})$")
+#: A version name: ``v`` and 4 to 9 ASCII digits (v0001 … v999999999).
+VERSION_PATTERN = r"v[0-9]{4,9}"
+VERSION_RE = re.compile(VERSION_PATTERN, re.ASCII)
+_NUMBER_RE = re.compile(r"[0-9]{1,9}", re.ASCII)
+_MAX_VERSION = 999_999_999
 
 
 class RegistryError(VaeguardError):
     """A registry operation cannot be done (unknown version, nothing to roll back to, …)."""
+
+
+class VersionNameError(RegistryError):
+    """A version name that the registry never uses (a usage error, like a bad setting)."""
+
+    exit_code = 2
+
+
+def is_version_name(name: object) -> bool:
+    """True for a name of the `VERSION_PATTERN` form (ASCII only, the whole string)."""
+    return isinstance(name, str) and VERSION_RE.fullmatch(name) is not None
 
 
 @dataclass
@@ -98,7 +124,7 @@ class ModelRegistry:
                 raise RegistryError(
                     f"cannot create a registry in {self.root}: the folder is not empty"
                 )
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_atomic(
                 self.root / MARKER,
                 json.dumps(
@@ -112,12 +138,14 @@ class ModelRegistry:
     def lock(self, name: str = "registry", *, blocking: bool = True) -> Iterator[None]:
         """An exclusive, cross-process lock: "registry" guards mutations, "retrain" guards jobs.
 
-        flock locks belong to the open file, so the two names never block each other and a
-        crashed holder releases its lock with its process.
+        flock locks belong to the open file, so the two names never block each other, two
+        threads exclude each other like two processes, and a crashed holder releases its lock
+        with its process. Not reentrant: a holder must not take the same lock again.
         """
-        with open(self.root / f".{name}.lock", "a+") as f:
+        fd = os.open(self.root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
                 raise RegistryError(
                     f"registry {self.root}: the {name} lock is held by another process"
@@ -125,25 +153,35 @@ class ModelRegistry:
             try:
                 yield
             finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     # -- reading ------------------------------------------------------------------------------
 
     def version_names(self) -> list[str]:
-        names = [p.name for p in self.root.iterdir() if p.is_dir() and VERSION_RE.match(p.name)]
+        """The versions, oldest first; folders with other names are not versions (ignored)."""
+        names = [p.name for p in self.root.iterdir() if is_version_name(p.name) and p.is_dir()]
         return sorted(names, key=lambda n: int(n[1:]))
 
     def current(self) -> str | None:
         """The version in service, or None for an empty registry."""
-        try:
-            name = (self.root / CURRENT).read_text().strip()
-        except FileNotFoundError:
+        name = self._read_current()
+        if name is None:
             return None
-        if not VERSION_RE.match(name) or not (self.root / name).is_dir():
+        if not is_version_name(name) or not (self.root / name).is_dir():
             raise RegistryError(
-                f"registry {self.root}: CURRENT names {name!r}, which is not a version here"
+                f"registry {self.root}: CURRENT names {_short(name)}, which is not a version here"
             )
         return name
+
+    def _read_current(self) -> str | None:
+        """What CURRENT says (None when there is no CURRENT), not checked."""
+        try:
+            raw = (self.root / CURRENT).read_bytes()
+        except FileNotFoundError:
+            return None
+        return raw.decode("utf-8", errors="replace").strip()
 
     def path_of(self, version: str) -> Path:
         version = self._normalize(version)
@@ -156,8 +194,10 @@ class ModelRegistry:
     def info(self, version: str) -> VersionInfo:
         path = self.path_of(version)
         lineage = {}
-        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+        with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
             lineage = json.loads((path / LINEAGE).read_text())
+        if not isinstance(lineage, dict):
+            lineage = {}
         threshold = None
         created = lineage.get("created_at", "")
         try:
@@ -174,15 +214,9 @@ class ModelRegistry:
         return [self.info(v) for v in self.version_names()]
 
     def promotions(self) -> list[dict[str, Any]]:
-        try:
-            lines = (self.root / PROMOTIONS).read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
-        return out
+        """The changes of CURRENT that took effect, oldest first (see the module docstring)."""
+        entries, _ = self._log(self._read_current())
+        return entries
 
     def load(self, version: str | None = None):
         """Load a version (default: current) as a validated detector; returns (detector, version)."""
@@ -206,7 +240,10 @@ class ModelRegistry:
             try:
                 save_bundle(detector, tmp / "bundle")
                 names = self.version_names()
-                version = f"v{(int(names[-1][1:]) + 1) if names else 1:04d}"
+                number = (int(names[-1][1:]) + 1) if names else 1
+                if number > _MAX_VERSION:
+                    raise RegistryError(f"registry {self.root} is full: {names[-1]} is the last")
+                version = f"v{number:04d}"
                 record = {
                     "version": version,
                     "created_at": _now(),
@@ -231,12 +268,12 @@ class ModelRegistry:
         from vaeguard.bundle import load_bundle
 
         version = self._normalize(version)
-        path = self.path_of(version)
-        try:
-            load_bundle(path)
-        except BundleError as exc:
-            raise RegistryError(f"refusing to promote {version}: {exc}") from None
-        with self.lock():
+        with self.lock():  # checked and switched under one lock: a prune cannot come between
+            path = self.path_of(version)
+            try:
+                load_bundle(path)
+            except BundleError as exc:
+                raise RegistryError(f"refusing to promote {version}: {exc}") from None
             self._set_current(version, reason)
         return version
 
@@ -278,34 +315,102 @@ class ModelRegistry:
             fsync_dir(self.root)
         return doomed
 
+    # -- the promotion log (callers hold the registry lock to write) ------------------------------
+
+    def _log(self, current: str | None) -> tuple[list[dict[str, Any]], int]:
+        """The entries that took effect, and the length of the file's prefix that holds them.
+
+        Left out: a torn last line (no newline: the append never finished) and a last entry
+        whose switch never happened (CURRENT still names its ``from``). Lines that are not
+        entries (corrupt, or naming something that is not a version) are skipped.
+        """
+        try:
+            raw = (self.root / PROMOTIONS).read_bytes()
+        except FileNotFoundError:
+            return [], 0
+        end = raw.rfind(b"\n") + 1  # a last line without its newline is torn
+        entries: list[tuple[dict[str, Any], int]] = []
+        start = 0
+        for line in raw[:end].split(b"\n")[:-1]:
+            entry = _entry(line)
+            if entry is not None:
+                entries.append((entry, start))
+            start += len(line) + 1
+        if entries:
+            last, offset = entries[-1]
+            if last["from"] == current and last["to"] != current:
+                entries.pop()
+                end = offset
+        return [e for e, _ in entries], end
+
     def _set_current(self, version: str, reason: str) -> None:
-        previous = self.current()
+        """Log the change, then make it: see the module docstring for why in this order."""
+        current = self._read_current()  # may name a lost version: switching away repairs that
+        current = current if is_version_name(current) else None
+        entries, end = self._log(current)
+        path = self.root / PROMOTIONS
+        if path.exists() and end < path.stat().st_size:
+            os.truncate(path, end)  # a torn line or a switch that never happened
+        logged = entries[-1]["to"] if entries else None
+        if logged != current:  # CURRENT moved outside the registry (by hand, an older vaeguard)
+            self._append({"at": _now(), "from": logged, "to": current, "reason": "outside change"})
+        self._append({"at": _now(), "from": current, "to": version, "reason": reason})
         write_atomic(self.root / CURRENT, (version + "\n").encode())
-        entry = {"at": _now(), "from": previous, "to": version, "reason": reason}
-        with open(self.root / PROMOTIONS, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        fd = os.open(self.root / PROMOTIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write((json.dumps(entry) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
 
     @staticmethod
     def _normalize(version: str) -> str:
+        """``v0002``, or a bare number (``2``), as the version name; anything else: one line."""
         v = str(version).strip()
-        if v.isdigit():
+        if _NUMBER_RE.fullmatch(v):
             v = f"v{int(v):04d}"
-        if not VERSION_RE.match(v):
-            raise RegistryError(
-                f"{version!r} is not a version name (expected v0001, v0002, … or a number)"
+        if not is_version_name(v):
+            raise VersionNameError(
+                f"{_short(version)} is not a version name "
+                f"(expected {VERSION_PATTERN}: v0001, v0002, … or a number)"
             )
         return v
 
 
+def _entry(line: bytes) -> dict[str, Any] | None:
+    """One promotion-log line as an entry, or None when it is not one."""
+    try:
+        entry = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(entry, dict) or not is_version_name(entry.get("to")):
+        return None
+    if entry.get("from") is not None and not is_version_name(entry.get("from")):
+        return None
+    entry.setdefault("from", None)
+    return entry
+
+
+def _short(name: object, limit: int = 40) -> str:
+    """A name for an error line: repr (so no newline gets through), cut to a readable length."""
+    text = repr(str(name))
+    return text if len(text) <= limit else text[: limit - 4] + "…'"
+
+
 def _make_read_only(path: Path) -> None:
-    for p in path.rglob("*"):
-        if p.is_file():
-            p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    """A published version: files 0400, folders 0700 (owner only; see the module docstring)."""
+    for p in [path, *path.rglob("*")]:
+        if p.is_dir():
+            p.chmod(stat.S_IRWXU)
+        elif p.is_file():
+            p.chmod(stat.S_IRUSR)
 
 
 def _make_writable(path: Path) -> None:
     for p in path.rglob("*"):
         if p.is_file():
             p.chmod(stat.S_IRUSR | stat.S_IWUSR)
+        elif p.is_dir():
+            p.chmod(stat.S_IRWXU)

@@ -31,6 +31,9 @@ class ScoredRecord:
     ``labels`` carries string fields of the input (conditions, tags) for alert routing.
     ``anomaly_likelihood`` (window-mode models that configure one): how unusual the entity's
     recent scores are against its own history, in [0, 1]; absent from the JSON when None.
+    ``p_value``: the probability of a score at least this high on normal data, as the alert
+    budget judges it (the tail probability against the entity's own recent scores in window
+    mode, against the calibration scores in tabular mode); absent when the model has none.
     """
 
     key: str | None
@@ -44,6 +47,7 @@ class ScoredRecord:
     source: Source
     labels: dict[str, str] = field(default_factory=dict)
     anomaly_likelihood: float | None = None
+    p_value: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -59,4 +63,6 @@ class ScoredRecord:
         }
         if self.anomaly_likelihood is not None:
             out["anomaly_likelihood"] = self.anomaly_likelihood
+        if self.p_value is not None:
+            out["p_value"] = self.p_value
         return out

@@ -1,4 +1,10 @@
-"""Threshold calibration on held-out normal scores: an empirical quantile, or EVT (SPOT).
+"""Threshold calibration on held-out normal scores: an alert budget, an empirical quantile,
+or EVT (SPOT).
+
+The alert budget (false alerts per 1,000 rows) is the one rule shared with window mode: the
+score's tail probability is its rank among the calibration scores, and beyond the largest of
+them a generalized Pareto tail fitted by probability-weighted moments with its shape taken at
+an upper confidence bound (`fit_tail`), so a small calibration sample errs towards fewer alerts.
 
 The quantile is exact for the false-positive rate it targets but cannot reach beyond the
 calibration sample (1 in 10,000 needs well over 10,000 rows). SPOT (Siffer et al., KDD 2017)
@@ -9,6 +15,7 @@ extrapolates to risks far smaller than 1/n.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +23,7 @@ import numpy as np
 
 from vaeguard.errors import DataError
 
-METHODS = ("quantile", "spot")
+METHODS = ("budget", "quantile", "spot")
 #: SPOT needs this many peaks for the GPD fit to mean anything; fewer falls back to a quantile.
 MIN_PEAKS = 10
 #: SPOT lowers its initial level, when the sample is small, to keep at least this many peaks.
@@ -103,9 +110,139 @@ def spot_threshold(scores, risk: float = 1e-3, init_level: float = 0.98) -> Thre
     return Threshold(float(value), "spot", params, int(n))
 
 
+#: The tail fit uses the largest ``max(MIN_EXCESSES, TAIL_SHARE × n)`` of n scores.
+TAIL_SHARE = 0.05
+MIN_EXCESSES = 10
+#: How many standard errors the fitted tail shape is raised by (an upper confidence bound).
+SHAPE_MARGIN = 1.0
+#: The heaviest tail shape used (1: a tail as heavy as a Cauchy's).
+MAX_SHAPE = 1.0
+
+
+def fit_tail(values: np.ndarray, min_scale: float) -> tuple[float, float, float, float]:
+    """(u, log10 of the share of scores above u, shape, scale) of a generalized Pareto tail
+    fitted to the largest of the sorted ``values``, by probability-weighted moments (Hosking
+    & Wallis, 1987), with the shape raised by `SHAPE_MARGIN` standard errors and never below
+    0: a tail estimated from few points errs towards the heavier, so towards fewer alerts."""
+    n = values.shape[0]
+    k = min(n - 1, max(MIN_EXCESSES, math.ceil(TAIL_SHARE * n)))
+    if k < 2:
+        return float(values[-1]), 0.0, MAX_SHAPE, min_scale
+    u = float(values[n - k - 1])
+    excess = values[n - k :] - u
+    a0 = float(excess.mean())
+    weights = 1.0 - (np.arange(1, k + 1) - 0.35) / k
+    a1 = float((weights * excess).mean())
+    if a0 <= 0 or a0 - 2 * a1 <= 1e-12 * a0:
+        shape, scale = MAX_SHAPE, max(a0, min_scale)
+    else:
+        shape = 2.0 - a0 / (a0 - 2.0 * a1)
+        scale = 2.0 * a0 * a1 / (a0 - 2.0 * a1)
+    shape = max(shape, 0.0)
+    shape = min(MAX_SHAPE, shape + SHAPE_MARGIN * (1.0 + shape) / math.sqrt(k))
+    scale = max(scale, min_scale)
+    return u, math.log10(k / (n + 1)), shape, scale
+
+
+def log10_tail_of(values: np.ndarray, tail: Sequence[float], x: float) -> float:
+    """log10 P(score ≥ x) against the sorted past scores ``values`` and their `fit_tail`:
+    the rank among them up to the tail's threshold, the fitted Pareto tail beyond it."""
+    u, log10_share, shape, scale = tail
+    if x <= u:
+        n = values.shape[0]
+        return math.log10((n - int(np.searchsorted(values, x, side="left")) + 1) / (n + 1))
+    y = (x - u) / scale
+    log_s = -y if shape < 1e-9 else -math.log1p(shape * y) / shape
+    return max(log10_share + log_s / math.log(10.0), -300.0)
+
+
+def log10_tails(values: np.ndarray, tail: Sequence[float], x: np.ndarray) -> np.ndarray:
+    """`log10_tail_of` for an array of scores."""
+    u, log10_share, shape, scale = tail
+    x = np.asarray(x, dtype="float64")
+    n = values.shape[0]
+    out = np.log10((n - np.searchsorted(values, x, side="left") + 1) / (n + 1))
+    beyond = x > u
+    if beyond.any():
+        y = (x[beyond] - u) / scale
+        log_s = -y if shape < 1e-9 else -np.log1p(shape * y) / shape
+        out[beyond] = np.maximum(log10_share + log_s / math.log(10.0), -300.0)
+    return out
+
+
+def tail_value(values: np.ndarray, tail: Sequence[float], log10_p: float) -> float:
+    """The score whose tail probability is 10**log10_p (the inverse of `log10_tail_of`)."""
+    u, log10_share, shape, scale = tail
+    if log10_p >= log10_share:
+        n = values.shape[0]
+        # the smallest past score whose rank reaches the level, as a conservative threshold
+        count = max(1, math.floor(10**log10_p * (n + 1)) - 1)
+        return float(values[max(0, n - count)])
+    ratio = 10 ** (log10_p - log10_share)
+    if shape < 1e-9:
+        return u - scale * math.log(ratio)
+    return u + scale / shape * (ratio ** (-shape) - 1.0)
+
+
+#: Sorted calibration scores kept with a budget threshold (evenly spaced order statistics
+#: beyond this many): what the p-values of the body of the distribution are ranked against.
+MAX_REFERENCE = 1000
+
+
+def budget_threshold(scores, budget: float) -> Threshold:
+    """The score a normal row exceeds with probability ``budget`` / 1000, by the same tail
+    estimate as window mode's alert budget (`fit_tail`): the rank among the calibration
+    scores where they reach that far, the fitted Pareto tail beyond."""
+    if not (isinstance(budget, int | float) and 0.0 < budget < 1000.0):
+        raise ValueError("budget must be in (0, 1000) false alerts per 1,000 rows")
+    s = np.sort(_clean(scores))
+    n = s.size
+    tail = fit_tail(s, 1e-6 * max(1.0, float(np.abs(s).max())))
+    value = tail_value(s, tail, math.log10(budget / 1000.0))
+    if n > MAX_REFERENCE:
+        s = s[np.linspace(0, n - 1, MAX_REFERENCE).round().astype(int)]
+    params = {
+        "budget": float(budget),
+        "tail": [float(v) for v in tail],
+        "reference": [float(v) for v in s],
+    }
+    return Threshold(float(value), "budget", params, n)
+
+
+def rebudget(threshold: Threshold, budget: float) -> Threshold:
+    """The same calibration at another budget (a threshold calibrated by `budget_threshold`)."""
+    tail, reference = threshold.params.get("tail"), threshold.params.get("reference")
+    if threshold.method != "budget" or not tail or not reference:
+        raise ValueError(
+            f"its threshold was calibrated by {threshold.method!r}, which keeps no tail to "
+            "re-derive it at another budget; retrain it (vaeguard train --budget)"
+        )
+    values = np.asarray(reference, dtype="float64")
+    value = tail_value(values, tail, math.log10(budget / 1000.0))
+    params = {**threshold.params, "budget": float(budget)}
+    return Threshold(float(value), "budget", params, threshold.calibration_rows)
+
+
+def p_values(threshold: Threshold, scores) -> np.ndarray | None:
+    """Each score's probability on normal data (None unless the threshold has a tail fit)."""
+    tail = threshold.params.get("tail")
+    reference = threshold.params.get("reference")
+    if threshold.method != "budget" or tail is None or not reference:
+        return None
+    values = np.asarray(reference, dtype="float64")
+    return np.power(10.0, log10_tails(values, tail, scores))
+
+
 def calibrate(
-    scores, method: str = "quantile", *, target_fpr: float = 0.01, risk: float = 1e-3
+    scores,
+    method: str = "quantile",
+    *,
+    target_fpr: float = 0.01,
+    risk: float = 1e-3,
+    budget: float = 10.0,
 ) -> Threshold:
+    if method == "budget":
+        return budget_threshold(scores, budget)
     if method == "quantile":
         return quantile_threshold(scores, target_fpr)
     if method == "spot":

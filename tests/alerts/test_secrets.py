@@ -1,5 +1,6 @@
 """Secrets stay out of logs and out of plugins that do not need them: redaction of URLs,
-headers and secret-named settings; Kafka credentials only for sinks that produce to Kafka."""
+headers and secret-named settings, and in sinks of every header value and URL path; Kafka
+credentials only for sinks that produce to Kafka."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vaeguard.alerts.layer import build_workers
-from vaeguard.alerts.settings import AlertsSettings
+from vaeguard.alerts.settings import AlertsSettings, redact_sink
 from vaeguard.redaction import MASK, redact, redact_text, redact_url
 
 HOSTS = st.sampled_from(["hooks.example.com", "127.0.0.1:8443", "[::1]:9093", "am"])
@@ -107,7 +108,9 @@ def test_sink_settings_are_logged_without_credentials(sink_plugins):
         text = repr(dumped)
         for secret in ("hunter2", "t0k3n", "b3ar3r", "k3y", "0th3r", "hm4c", "am-pass", "am-t0k", "R0UT1NG", "gr4f"):  # fmt: skip
             assert secret not in text, secret
-        assert "hooks.example.com/in?token=***&team=sre" in text and "'X-Team': 'sre'" in text
+        # Where a sink points stays visible; its path, query and every header value do not.
+        assert "'url': 'https://***@hooks.example.com/***'" in text
+        assert "'X-Team': '***'" in text and "'url': 'http://***@127.0.0.1:9093'" in text
     # What is sent is untouched: only the logged copy is masked.
     assert "hunter2" in str(alerts.sinks[0].settings.url)
 
@@ -188,3 +191,117 @@ def test_error_messages_quoting_a_url_are_masked():
     error = RuntimeError("Client error '401' for url 'https://bot:pw1@h.example/x?api_key=k2'")
     text = describe_error(error)
     assert "pw1" not in text and "k2" not in text and "h.example/x?api_key=***" in text
+
+
+def leaves(data) -> list[str]:
+    """Every string in JSON-like data, keys included."""
+    if isinstance(data, dict):
+        return [*data, *(s for v in data.values() for s in leaves(v))]
+    if isinstance(data, list | tuple):
+        return [s for v in data for s in leaves(v)]
+    return [data] if isinstance(data, str) else []
+
+
+def logged(alerts: AlertsSettings) -> list[list[str]]:
+    """What reaches a log: the section's own dump and the daemon's start-up one."""
+    return [leaves(alerts.redacted()), leaves(_daemon_settings(alerts).redacted())]
+
+
+#: RFC 9110 header names and the visible ASCII a header value may hold.
+HEADER_NAMES = st.text(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=30
+)
+HEADER_VALUES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=6)
+#: What a token in a URL path is made of (RFC 3986 unreserved characters).
+TOKENS = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~", min_size=8)
+URL_SHAPES = st.sampled_from(
+    [
+        ("https://hooks.slack.com/services/T000/B000/{}", "https://hooks.slack.com/***"),
+        ("https://ops.example.com/api/{}/alerts", "https://ops.example.com/***"),
+        ("https://ops.example.com:8443/hook?{}", "https://ops.example.com:8443/***"),
+        ("http://127.0.0.1:9093/in#{}", "http://127.0.0.1:9093/***"),
+        ("https://bot:{}@ops.example.com/in", "https://***@ops.example.com/***"),
+    ]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(name=HEADER_NAMES, value=HEADER_VALUES)
+def test_every_sink_header_value_is_masked_whatever_its_name(sink_plugins, name, value):
+    base = {"name": "hook", "type": "webhook", "url": "https://hooks.example.com/in"}
+    plain = AlertsSettings.from_mapping({"sinks": [base]})
+    assume(value not in f"{name}-2")  # header names are logged, by design
+    assume(not any(value in s for dump in logged(plain) for s in dump))  # only in the header
+    alerts = AlertsSettings.from_mapping(
+        {"sinks": [{**base, "headers": {name: value}, "secret_headers": {f"{name}-2": value}}]}
+    )
+    for dump in logged(alerts):
+        assert not any(value in s for s in dump)
+    [sink] = alerts.redacted()["sinks"]
+    assert sink["headers"] == {name: MASK}  # the name is kept: it tells what was sent
+
+
+@settings(max_examples=100, deadline=None)
+@given(token=TOKENS, shape=URL_SHAPES)
+def test_a_token_anywhere_in_a_sink_url_is_masked(sink_plugins, token, shape):
+    template, expected = shape
+
+    def configure(url: str) -> AlertsSettings:
+        return AlertsSettings.from_mapping(
+            {
+                "sinks": [
+                    {"name": "hook", "type": "webhook", "url": url},
+                    {"name": "am", "type": "alertmanager", "url": url, "generator_url": url},
+                    {"name": "pd", "type": "pagerduty", "routing_key": "r" * 32, "client_url": url},
+                ]
+            }
+        )
+
+    plain = configure(template.format("t"))
+    assume(not any(token in s for dump in logged(plain) for s in dump))  # only in the URL
+    alerts = configure(template.format(token))
+    for dump in logged(alerts):
+        assert not any(token in s for s in dump)
+    hook, am, pd = alerts.redacted()["sinks"]
+    assert hook["url"] == am["url"] == am["generator_url"] == pd["client_url"] == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+))  # fmt: skip
+def test_sink_redaction_never_raises(data):
+    assert isinstance(redact_sink(redact({"x": data})), dict)
+
+
+def test_header_and_url_examples_from_real_services(sink_plugins):
+    alerts = AlertsSettings.from_mapping(
+        {
+            "sinks": [
+                {
+                    "name": "azure",
+                    "type": "webhook",
+                    "url": "https://fn.example.net/api/notify/0123abcd?code=c0de",
+                    "headers": {
+                        "X-Functions-Key": "fn-k3y",
+                        "Ocp-Apim-Subscription-Key": "ap1m-k3y",
+                        "X-Custom": "cust0m",
+                    },
+                },
+                {
+                    "name": "slack-like",
+                    "type": "webhook",
+                    "url": "https://hooks.slack.com/services/T000/B000/XXXXsl4ck",
+                },
+            ]
+        }
+    )
+    for dump in logged(alerts):
+        text = " ".join(dump)
+        for secret in ("fn-k3y", "ap1m-k3y", "cust0m", "0123abcd", "c0de", "XXXXsl4ck", "T000"):
+            assert secret not in text, secret
+        assert "https://fn.example.net/***" in dump and "https://hooks.slack.com/***" in dump
+    # Only the logged copy is masked: the sink sends the real values.
+    assert alerts.sinks[0].settings.headers["X-Custom"] == "cust0m"

@@ -33,7 +33,8 @@ def test_manifest_records_what_the_issue_asks_for(bundle):
     for key in ("vaeguard", "keras", "tensorflow"):
         assert m["versions"][key]
     assert {"center", "scale"} <= set(m["scaler"])
-    assert m["threshold"]["method"] == "quantile"
+    assert m["threshold"]["method"] == "budget"
+    assert m["threshold"]["params"]["budget"] == 10.0 and m["params"]["budget"] == 10.0
     assert m["data_fingerprint"]["rows"] == 3000 and len(m["data_fingerprint"]["sha256"]) == 64
     assert m["created_at"] and m["training"]["history"]["loss"]
 

@@ -69,6 +69,8 @@ def trained(labelled_csv, tmp_path_factory):
             "label",
             "--symptoms",
             "io",
+            "--budget",
+            "5",
             *FAST_ARGS,
         ],
     )
@@ -92,6 +94,8 @@ def test_train_uses_only_normal_rows_and_skips_text_columns(trained):
     assert m["features"] == ["cpu", "mem", "io"]
     assert m["data_fingerprint"]["rows"] == 1160
     assert m["params"]["symptoms"] == ["io"]
+    assert m["params"]["budget"] == 5.0
+    assert m["threshold"]["method"] == "budget" and m["threshold"]["params"]["budget"] == 5.0
 
 
 def test_score_writes_one_line_per_row_in_order(trained, labelled_csv, tmp_path):
@@ -104,6 +108,8 @@ def test_score_writes_one_line_per_row_in_order(trained, labelled_csv, tmp_path)
     assert len(lines) == 1200
     assert [r["row"] for r in lines] == list(range(1, 1201))
     assert {"score", "threshold", "is_anomaly", "severity", "contributions"} <= set(lines[0])
+    assert all(0.0 <= r["p_value"] <= 1.0 for r in lines)
+    assert all(r["p_value"] < 5 / 1000 for r in lines if r["is_anomaly"])
     flagged = [r for r in lines[-40:] if r["is_anomaly"]]
     assert len(flagged) > 35
     assert all(r["contributions"][0]["feature"] == "cpu" for r in flagged)
@@ -156,6 +162,8 @@ def test_generate_interpolate_inspect_report(trained, labelled_csv, tmp_path):
     assert result.exit_code == 0 and json.loads(result.output)["features"] == ["cpu", "mem", "io"]
     result = runner.invoke(app, ["inspect", "--model", str(trained)])
     assert result.exit_code == 0 and "symptoms" in result.output, result.output
+    assert "alert budget" in result.output and "5 false alerts per 1,000" in result.output
+    assert "reference" not in result.output  # the calibration sample is not printed
     pictures = tmp_path / "report"
     result = runner.invoke(
         app,

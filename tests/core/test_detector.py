@@ -8,6 +8,7 @@ import pytest
 from tests.conftest import make_normal_data
 from tests.core.conftest import FAST
 from vaeguard import DataError, NotFittedError, VAEDetector
+from vaeguard.thresholds import p_values as tail_probabilities
 
 
 def test_injected_outliers_outrank_normals(fitted):
@@ -24,9 +25,30 @@ def test_injected_outliers_outrank_normals(fitted):
 def test_calibrated_false_positive_rate_holds_on_fresh_normal_data(fitted):
     fresh = make_normal_data(20000, seed=99, n_features=5)
     fpr = fitted.predict(fresh).mean()
-    assert fitted.threshold_.method == "quantile"
-    # target 1%; the threshold comes from 600 held-out rows, so allow sampling error
+    assert fitted.threshold_.method == "budget" and fitted.budget == 10.0
+    # the budget: 10 per 1,000 rows; the threshold comes from 600 held-out rows, so allow
+    # sampling error (the tail's upper confidence bound errs towards fewer alerts)
+    assert 0.001 < fpr < 0.015
+
+
+def test_the_quantile_threshold_targets_its_rate(normal_data):
+    det = VAEDetector(**FAST, threshold_method="quantile", target_fpr=0.01).fit(normal_data)
+    fpr = det.predict(make_normal_data(20000, seed=99, n_features=5)).mean()
+    assert det.threshold_.method == "quantile"
     assert 0.002 < fpr < 0.03
+
+
+def test_a_small_budget_reaches_beyond_the_calibration_rows(fitted):
+    """A budget of 1 in 10,000 rows from 600 calibration rows: the fitted tail extrapolates."""
+    threshold = fitted.calibrate(make_normal_data(600, seed=31, n_features=5), budget=0.1)
+    assert threshold.method == "budget"
+    fpr = fitted.predict(make_normal_data(50000, seed=32, n_features=5)).mean()
+    assert fpr < 0.0004
+    p = tail_probabilities(
+        threshold, fitted.decision_function(make_normal_data(4000, seed=33, n_features=5))
+    )
+    # p-values of normal rows are (close to) uniform in the body: about 10 % below 0.1
+    assert 0.05 < (p < 0.1).mean() < 0.15
 
 
 def test_spot_threshold_targets_its_risk(normal_data):

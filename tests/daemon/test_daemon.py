@@ -89,8 +89,9 @@ def test_clean_run_dead_letters_readiness_and_sigterm(broker, small_bundle, daem
     record = out[0]
     assert set(record) == {
         "key", "ts", "score", "threshold", "is_anomaly", "severity", "contributions",
-        "model_version", "source",
+        "model_version", "source", "p_value",
     }  # fmt: skip
+    assert all(0.0 <= r["p_value"] <= 1.0 for r in out)
     assert len(record["contributions"]) == 3
     # (an anomalous record's contributions also carry their counterfactual "score_drop")
     assert set(record["contributions"][0]) - {"score_drop"} == {
@@ -129,6 +130,9 @@ def test_clean_run_dead_letters_readiness_and_sigterm(broker, small_bundle, daem
     assert daemon.metric("vaeguard_records_consumed_total") == n_good + len(POISON)
     assert daemon.metric("vaeguard_batch_duration_seconds_count") >= 1
     assert daemon.metric("vaeguard_model_info") == 1
+    # the p-values, counted at each level: as many at 0.1 or below as records said so
+    expected = sum(1 for r in out if r["p_value"] <= 0.1)
+    assert daemon.metric("vaeguard_score_p_value_below_total", 'level="0.1"') == expected
     body = daemon.get("/metrics")[1]
     assert f'vaeguard_consumer_lag{{partition="0",topic="{topic}"}}' in body
     assert 'vaeguard_sink_alerts_sent_total{sink="log"}' in body, "the default log sink's metrics"

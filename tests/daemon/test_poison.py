@@ -9,8 +9,11 @@ input offset.
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 import time
+from collections import namedtuple
 
 import pytest
 
@@ -25,6 +28,7 @@ from tests.daemon.conftest import (
 from tests.daemon.poison import fix_values, tabular_poison
 
 HOSTS = ("web", "db")
+Message = namedtuple("Message", "topic partition offset key value headers timestamp")
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +139,145 @@ def test_poison_corpus_on_a_conditional_tabular_daemon(broker, conditional_bundl
     for reason, n in counted.items():
         assert n == sum(1 for v in expected.values() if v == reason), reason
     assert daemon.terminate() == 0
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int | None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    check = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return check.committed(TopicPartition(topic, 0))
+    finally:
+        check.close()
+
+
+def test_oversized_keys_headers_and_entities_never_stall_a_partition(
+    broker, conditional_bundle, daemons
+):
+    """Issue 26: a 700 KB key made a score record larger than the producer sends, and the
+    daemon retried it forever. Each of these is now one dead letter with its reason, the
+    records after it are scored and committed, and the daemon stops cleanly."""
+    from kafka import KafkaProducer
+
+    bs = broker.bootstrap_servers
+    topic, group = unique("huge-in"), unique("huge")
+    create_topic(bs, topic, 1)
+    daemon = daemons("huge", daemon_env(bs, conditional_bundle, [topic], group)).start()
+    daemon.wait_ready()
+    scores = Collector(bs, f"{group}.scores")
+    dlq = Collector(bs, f"{group}.dlq")
+    big = KafkaProducer(bootstrap_servers=bs, max_request_size=8 * 1024 * 1024, acks="all")
+    value = json.dumps(good(1)).encode()
+    rest = json.dumps({**good(2), "key": ""}).encode()
+    at_limit = json.dumps({**good(2), "key": "e" * (262_144 - len(rest) - 16)}).encode()
+    assert 262_000 < len(at_limit) <= 262_144  # scoring.max_record_bytes, the default
+    poison = [
+        ({"key": b"k" * 700_000}, "oversize_key"),
+        ({"headers": [(f"h{i}", b"x" * 70_000) for i in range(10)]}, "oversize_headers"),
+        ({"key": b"db-1", "value": at_limit}, "oversize_key"),
+        ({"value": json.dumps({**good(3), "key": {"tags": ["t" * 100] * 50}}).encode()},
+         "oversize_key"),
+    ]  # fmt: skip
+    expected: dict[int, str] = {}
+    futures = []
+    for i, (message, reason) in enumerate(poison):
+        futures.append(big.send(topic, **{"value": value, **message}))
+        expected[2 * i] = reason
+        futures.append(big.send(topic, json.dumps(good(10 + i)).encode(), key=b"web-1"))
+        expected[2 * i + 1] = "scored"
+    for f in futures:
+        f.get(timeout=60)
+    big.close()
+
+    scores.wait_count(len(poison), 90, "the records after each oversized one, scored")
+    dlq.wait_count(len(poison), 90, "a dead letter for each oversized record")
+    wait_for(
+        lambda: _committed(bs, group, topic) == len(expected),
+        timeout=60,
+        interval=0.2,
+        message="every offset committed",
+    )
+    got = {r["source"]["offset"]: "scored" for r in scores.json()}
+    got.update(dlq_reasons(dlq))
+    assert got == expected
+    assert all(len(m.value) < 1024 for m in scores.messages)
+    by_offset = {int(dict(m.headers)["__connect.errors.offset"]): m for m in dlq.messages}
+    assert by_offset[0].key == b"k" * 700_000  # kept: it fits a dead letter, not a score record
+    assert sum(k.startswith("h") for k, _ in by_offset[2].headers) == 10  # kept: they fit
+    assert daemon.metric("vaeguard_records_dead_lettered_total", 'reason="oversize_key"') == 3
+    assert daemon.metric("vaeguard_retries_total", 'stage="produce"') == 0
+    assert daemon.readyz()[1]["stalled_partitions"] == []
+    assert daemon.terminate() == 0, daemon.log()[-3000:]
+
+
+def test_a_record_the_producer_refuses_is_one_dead_letter_and_never_retried(
+    broker, monkeypatch, caplog
+):
+    """The size check the producer does before sending, and the broker's refusal, are the
+    same error: the output becomes a dead letter, then its minimal form, then it is skipped
+    with a log line and a count, never retried."""
+    from prometheus_client import REGISTRY
+
+    from vaeguard.config import load_settings
+    from vaeguard.daemon import pipeline as pipeline_module
+    from vaeguard.daemon.pipeline import Pipeline, Shutdown
+    from vaeguard.daemon.records import DeadLetter, dlq_output
+    from vaeguard.ingest import Reason, Rejection
+
+    bs = broker.bootstrap_servers
+    group = unique("refused")
+    for name, value in {"BOOTSTRAP_SERVERS": bs, "GROUP_ID": group}.items():
+        monkeypatch.setenv(f"VAEGUARD_KAFKA__{name}", value)
+    monkeypatch.setenv("VAEGUARD_KAFKA__OUTPUT_TOPIC", f"{group}.scores")
+    monkeypatch.setenv("VAEGUARD_KAFKA__DLQ_TOPIC", f"{group}.dlq")
+    create_topic(bs, f"{group}.scores", 1)
+    create_topic(bs, f"{group}.dlq", 1)
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def pipeline(limit: int) -> Pipeline:
+        monkeypatch.setattr(pipeline_module, "MAX_REQUEST_SIZE", limit)
+        p = Pipeline(load_settings(None), provider=None, alert_layer=None, shutdown=Shutdown(30))
+        p.producer = p._new_producer()
+        return p
+
+    m = Message("in", 0, 7, b"web-1", b'{"a": 1}', [], 0)
+    huge = Message("in", 0, 8, None, b"v" * 50_000, [("trace", b"t")], 0)
+    dead = DeadLetter(huge, Rejection(Reason.INVALID_JSON, "ValueError", "nope"))
+    retries = sample("vaeguard_retries_total", stage="produce")
+
+    p = pipeline(8192)
+    outputs = [
+        (f"{group}.scores", b"web-1", b"s" * 20_000, None),  # refused by the producer
+        (f"{group}.scores", b"web-1", b"{}", None),
+        dlq_output(dead, f"{group}.dlq", "g", "t", 10**6),  # cut for a larger limit: refused
+    ]
+    replaced = p._produce(outputs, [(m, None), (m, None), (huge, dead)])
+    p.producer.close(timeout=10)
+    (oversize,) = replaced
+    assert oversize.reason == "oversize_output" and oversize.message is m
+    assert oversize.rejection.error_class == "MessageSizeTooLargeError"
+    scores = Collector(bs, f"{group}.scores").wait_count(1, 30, "the small score record")
+    dlq = Collector(bs, f"{group}.dlq").wait_count(2, 30, "two dead letters")
+    assert [s.value for s in scores] == [b"{}"]
+    letters = {dict(d.headers)["vaeguard.errors.reason"]: d for d in dlq}
+    assert letters[b"oversize_output"].key == b"web-1"
+    assert letters[b"oversize_output"].value == b'{"a": 1}'
+    minimal = letters[b"invalid_json"]
+    assert minimal.key is None and minimal.value == b""
+    assert dict(minimal.headers)["vaeguard.errors.truncated"] == b"50000"
+
+    # a limit below even the minimal dead letter: logged, counted, skipped; the call returns
+    dropped = sample("vaeguard_dead_letters_dropped_total")
+    p = pipeline(256)
+    caplog.set_level(logging.ERROR, logger="vaeguard.daemon")
+    assert p._produce([outputs[0]], [(m, None)]) and p._produce([outputs[2]], [(huge, dead)]) == []
+    p.producer.close(timeout=10)
+    assert sample("vaeguard_dead_letters_dropped_total") == dropped + 2
+    skipped = [r for r in caplog.records if "refused as too large even" in r.getMessage()]
+    assert [(r.topic, r.partition, r.offset) for r in skipped] == [("in", 0, 7), ("in", 0, 8)]
+    assert sample("vaeguard_retries_total", stage="produce") == retries, "never retried"
 
 
 def test_sigkill_loop_loses_nothing_and_every_restart_scores(broker, small_bundle, daemons):

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from vaeguard.daemon.batch import StepSettings, process
-from vaeguard.daemon.records import DeadLetter, dlq_headers, dlq_output, encode_scored
+from vaeguard.daemon.records import (
+    DeadLetter,
+    dlq_headers,
+    dlq_minimal,
+    dlq_output,
+    encode_scored,
+    record_size,
+)
 from vaeguard.ingest import Reason, Rejection
 from vaeguard.preprocessing import ConditionColumn, ConditionEncoder
 from vaeguard.scored import Source
@@ -151,8 +158,8 @@ def test_a_dead_letter_too_large_for_the_producer_is_cut_to_fit(limit):
         Rejection(Reason.OVERSIZE, "ValueError", "the value is too large"),
     )
     _, key, value, headers = dlq_output(dead, "dlq", "grp", "inst", limit)
-    size = len(key or b"") + len(value) + sum(len(k) + len(v) + 16 for k, v in headers)
-    assert size <= limit
+    assert record_size(key, value, headers) <= limit  # as kafka-python's producer measures it
+    assert record_size(key, value, headers) >= limit - 8  # and no more cut than needed
     names = dict(headers)
     assert names["vaeguard.errors.truncated"] == b"3000000"
     assert names["vaeguard.errors.reason"] == b"oversize"
@@ -209,3 +216,124 @@ def test_anomalies_mode_outputs_and_explains_only_anomalies(small_bundle):
     assert len(out.outputs) == len(flagged)  # only the anomalies go to the output topic
     assert all(r.contributions for r in flagged)
     assert all(not r.contributions for r in out.scored if not r.is_anomaly)
+
+
+def test_record_size_is_what_the_producer_refuses_above_max_request_size():
+    """The producer's own check (kafka-python measures each record before `send`)."""
+    from kafka import KafkaProducer
+
+    headers = [("trace", b"t" * 300), ("h", None)]
+    for key, value in [(None, b""), (b"k" * 1000, b"v" * 5000), (b"", b"x" * 200_000)]:
+        measured = KafkaProducer.__new__(KafkaProducer)
+        measured.config = {"api_version": (2, 8), "compression_type": None}
+        assert record_size(key, value, headers) == measured._estimate_size_in_bytes(
+            key, value, headers
+        )
+
+
+def test_a_dead_letter_drops_headers_then_key_only_when_they_alone_are_too_large():
+    headers = [("trace", b"t" * 5000)]
+    dead = DeadLetter(
+        Message("in", 0, 5, b"k" * 20_000, b"v" * 100, headers, 0),
+        Rejection(Reason.OVERSIZE_KEY, "ValueError", "the key is too large"),
+    )
+    _, key, value, out = dlq_output(dead, "dlq", "grp", "inst", 30_000)  # everything fits
+    assert key == b"k" * 20_000 and value == b"v" * 100 and ("trace", b"t" * 5000) in out
+    _, key, value, out = dlq_output(dead, "dlq", "grp", "inst", 22_000)  # the headers go
+    names = dict(out)
+    assert key == b"k" * 20_000 and "trace" not in names
+    assert names["vaeguard.errors.headers_dropped"] == b"1"
+    _, key, value, out = dlq_output(dead, "dlq", "grp", "inst", 10_000)  # then the key
+    names = dict(out)
+    assert key is None and names["vaeguard.errors.key_dropped"] == b"20000"
+    assert value == b"v" * 100 and record_size(key, value, out) <= 10_000
+    assert names["vaeguard.errors.reason"] == b"oversize_key"
+
+
+def test_the_minimal_dead_letter_keeps_only_the_error_headers():
+    dead = DeadLetter(
+        Message("in", 2, 9, b"k" * 700_000, b"v" * 300, [("trace", b"t" * 9000)], 0),
+        Rejection(Reason.OVERSIZE_OUTPUT, "MessageSizeTooLargeError", "refused"),
+    )
+    topic, key, value, headers = dlq_minimal(dead, "dlq", "grp", "inst")
+    names = dict(headers)
+    assert (topic, key, value) == ("dlq", None, b"")
+    assert "trace" not in names and names["vaeguard.errors.reason"] == b"oversize_output"
+    assert names["__connect.errors.offset"] == b"9"
+    assert names["vaeguard.errors.truncated"] == b"300"
+    assert names["vaeguard.errors.headers_dropped"] == b"1"
+    assert names["vaeguard.errors.key_dropped"] == b"700000"
+    assert record_size(key, value, headers) < 2048
+
+
+def _outcomes(out) -> dict[int, str]:
+    got = {r.source.offset: "scored" for r in out.scored}
+    got.update({d.message.offset: d.reason for d in out.dead})
+    return got
+
+
+def test_oversize_keys_entities_and_headers_are_dead_letters_at_decode():
+    f = stub(["a"])
+    step = StepSettings("out", "dlq", 4096, 3, DEFAULT_BANDS, "grp", "inst", max_key_bytes=64)
+    ok = {"a": 1.0}
+    cases = [
+        (msg(json.dumps(ok).encode(), key=b"k" * 64), "scored"),  # at the limit
+        (msg(json.dumps(ok).encode(), key=b"k" * 65), "oversize_key"),
+        (msg(json.dumps({**ok, "key": "e" * 64}).encode()), "scored"),
+        (msg(json.dumps({**ok, "key": "e" * 65}).encode()), "oversize_key"),
+        (msg(json.dumps({**ok, "key": "é" * 33}).encode()), "oversize_key"),  # 66 UTF-8 bytes
+        (msg(json.dumps({**ok, "key": {"host": "x" * 60}}).encode()), "oversize_key"),
+        (msg(json.dumps({**ok, "key": 12345}).encode()), "scored"),
+        (msg(json.dumps({**ok, "key": None}).encode(), key=b"k"), "scored"),
+        (Message("t", 0, 0, None, json.dumps(ok).encode(), [("h", b"x" * 4000)], 0), "scored"),
+        (Message("t", 0, 0, None, json.dumps(ok).encode(), [("h", b"x" * 4096)], 0),
+         "oversize_headers"),
+        (Message("t", 0, 0, None, json.dumps(ok).encode(), [("h", None)] * 3, 0), "scored"),
+    ]  # fmt: skip
+    messages = [m._replace(offset=i) for i, (m, _) in enumerate(cases)]
+    f.score = lambda features, kept, **kw: [_record(it) for it in kept]
+    out = process(f, messages, step)
+    assert _outcomes(out) == {i: outcome for i, (_, outcome) in enumerate(cases)}
+    stages = {d.message.offset: d.rejection.stage for d in out.dead}
+    assert stages[1] == "KEY_CONVERTER" and stages[9] == "HEADER_CONVERTER"
+    assert "scoring.max_key_bytes=64" in next(d.detail for d in out.dead if d.message.offset == 1)
+    assert len(out.origins) == len(out.outputs)
+    for (topic, _, _, _), (m, dead) in zip(out.outputs, out.origins, strict=True):
+        assert (topic == "dlq") == (dead is not None) and m in messages
+
+
+def test_a_window_models_entity_field_is_capped_too():
+    """The batch step asks the model which field names the entity (not only ``key``)."""
+    f = stub(["a"])
+    f.entity_field = "host"
+    step = StepSettings("out", "dlq", 4096, 3, DEFAULT_BANDS, "grp", "inst", max_key_bytes=64)
+    f.score = lambda features, kept, **kw: [_record(it) for it in kept]
+    records = [{"a": 1, "host": "h" * 65}, {"a": 1, "key": "k" * 65}, {"a": 1, "host": "h"}]
+    out = process(f, [msg(json.dumps(r).encode(), offset=i) for i, r in enumerate(records)], step)
+    assert _outcomes(out) == {0: "oversize_key", 1: "oversize_key", 2: "scored"}
+
+
+def test_a_score_record_the_producer_would_refuse_is_a_dead_letter():
+    """Measured as the producer measures it, key included: never sent to be refused."""
+    f = stub(["a"])
+    f.score = lambda features, kept, **kw: [_record(it, pad=3000) for it in kept]
+    step = StepSettings("out", "dlq", 4096, 3, DEFAULT_BANDS, "grp", "inst", max_request_size=3300)
+    messages = [
+        msg(json.dumps({"a": 1}).encode(), offset=0),
+        msg(json.dumps({"a": 1}).encode(), key=b"k" * 150, offset=1),  # the key tips it over
+    ]
+    out = process(f, messages, step)
+    assert _outcomes(out) == {0: "scored", 1: "oversize_output"}
+    (dead,) = out.dead
+    assert dead.rejection.stage == "KAFKA_PRODUCE" and "max_request_size=3300" in dead.detail
+    for _, key, value, headers in out.outputs:
+        assert record_size(key, value, headers) <= 3300
+
+
+def _record(item, pad: int = 0):
+    from vaeguard.scored import ScoredRecord
+
+    return ScoredRecord(
+        key="x" * pad, ts=None, score=1.0, threshold=2.0, is_anomaly=False, severity="normal",
+        contributions=[], model_version="v", source=item.source,
+    )  # fmt: skip

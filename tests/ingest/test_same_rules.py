@@ -50,6 +50,7 @@ TABLE = [
     (b"\xff\xfe", "invalid_utf8"),
     (b'"just a string"', "not_an_object"),
     (b'{"pad": "' + b"x" * 10_000 + b'"}', "oversize"),
+    (_with(key="e" * 4097), "oversize_key"),  # the entity, beyond scoring.max_key_bytes
 ]
 MAX_BYTES = 8192
 
@@ -119,3 +120,20 @@ def test_vaeguard_score_reads_what_the_daemon_scores(small_bundle, daemon_view, 
     assert [r["row"] for r in rows] == list(range(1, len(TABLE) + 1))
     outcomes = [r["rejected"]["reason"] if "rejected" in r else "scored" for r in rows]
     assert outcomes == daemon_view
+
+
+def test_vaeguard_score_refuses_an_oversize_entity_as_the_daemon_does(small_bundle, tmp_path):
+    """The entity cap at its edge: 4096 bytes scored, 4097 refused (the table above holds the
+    daemon, retraining and `vaeguard score` to the same refusal)."""
+    from vaeguard.cli.main import app
+
+    data = tmp_path / "rows.jsonl"
+    data.write_bytes(_with(key="e" * 4096) + b"\n" + _with(key="e" * 4097) + b"\n")
+    out = tmp_path / "scores.jsonl"
+    result = CliRunner().invoke(
+        app, ["score", "--model", str(small_bundle), "--data", str(data), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "rejected" not in rows[0]
+    assert rows[1]["rejected"]["reason"] == "oversize_key"

@@ -511,6 +511,12 @@ def build_workers(
                 raise ConfigError(
                     f"sink {cfg.name!r} ({cfg.type}) cannot be set up: {describe_error(exc)}"
                 ) from None
+            if getattr(cfg.settings, "verify_tls", True) is False:
+                log.warning(
+                    "sink does not verify TLS certificates (verify_tls: false): anyone on the "
+                    "path can read and alter its alerts and credentials",
+                    extra={"sink": cfg.name, "type": cfg.type},
+                )
             spool = Spool(settings.spool_dir, cfg.name, max_bytes, dead_max_bytes)
             worker = SinkWorker(sink, delivery, spool, type_name=cfg.type)
             workers[cfg.name] = worker.start() if start else worker

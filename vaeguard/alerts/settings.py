@@ -239,11 +239,14 @@ class AlertsSettings(BaseModel):
         return result
 
     def redacted(self) -> dict[str, Any]:
-        """JSON-safe, with secrets masked (`SecretStr` fields, credentials in URLs and in
-        secret-named keys such as ``headers.Authorization``): what may be logged."""
+        """JSON-safe, with secrets masked: what may be logged. `SecretStr` fields, credentials
+        in URLs and secret-named keys everywhere; in sinks also every header value, whatever
+        its name, and every URL's path, query and fragment (see `redact_sink`)."""
         from vaeguard.redaction import redact
 
-        return redact(self.model_dump(mode="json"))
+        out = redact(self.model_dump(mode="json"))
+        out["sinks"] = [redact_sink(s) for s in out["sinks"]]
+        return out
 
     def sink(self, name: str) -> SinkConfig:
         for s in self.sinks:
@@ -271,6 +274,46 @@ class AlertsSettings(BaseModel):
             return cls.model_validate(dict(data or {}))
         except ValidationError as exc:
             raise ConfigError(describe(exc, origin)) from None
+
+
+#: A URL inside a longer text, and the scheme + authority a masked sink URL keeps.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_STARTS_WITH_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+_HEADER_KEY = re.compile(r"header", re.IGNORECASE)
+
+
+def _url_origin(url: str) -> str:
+    """``scheme://authority/***``: a sink URL's path, query and fragment can be its credential
+    (Slack's ``/services/T…/B…/<token>``, ``/api/<token>/…``); only where it points is kept."""
+    scheme, _, rest = url.partition("://")
+    end = next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))
+    tail = rest[end:]
+    return f"{scheme}://{rest[:end]}" + ("" if tail in ("", "/") else "/***")
+
+
+def redact_sink(data: Any, *, header: bool = False) -> Any:
+    """A sink's JSON-safe settings (already through `redact`) as they may be logged: every
+    value under a key naming headers is masked, whatever the header is called
+    (``X-Functions-Key``, ``Ocp-Apim-Subscription-Key``...), and every URL keeps only its
+    scheme and host. It errs on the side of masking: a sink's settings are its credentials."""
+    from vaeguard.redaction import MASK
+
+    if isinstance(data, dict):
+        return {
+            k: redact_sink(v, header=header or bool(_HEADER_KEY.search(str(k))))
+            for k, v in data.items()
+        }
+    if isinstance(data, list | tuple):
+        return [redact_sink(v, header=header) for v in data]
+    if isinstance(data, str):
+        if header and data:
+            return MASK
+        if "://" not in data:
+            return data
+        if _STARTS_WITH_URL.match(data):  # a URL setting: whole, even with a raw space in it
+            return _url_origin(data.strip())
+        return _URL_IN_TEXT.sub(lambda m: _url_origin(m.group(0)), data)
+    return data
 
 
 def describe(exc: ValidationError, prefix: str = "alerts") -> str:

@@ -4,7 +4,11 @@ An append-only log of operations, fsync'ed before any call returns:
 ``{"op": "add", "nid": ..., "alert": {...}, "reason": ..., "at": ...}`` when an alert is
 spooled, ``{"op": "ack", "nid": ...}`` once it is delivered. Pending = adds without an ack, in
 file order. When nothing is pending the file is truncated; a torn last line (a crash in the
-middle of a write, before the append returned) is ignored.
+middle of a write, before the append returned) is ignored. An append writes all of its lines
+or, if the disk refuses (full, quota), truncates what it wrote and raises `SpoolError`: what
+was reported as spooled is never torn.
+
+Files are 0600 and folders created 0700: alerts name hosts, labels and scores.
 
 Alerts a sink can never deliver (`UndeliverableAlertError`, a payload that cannot be built)
 are *dead letters*: moved to ``dead/<sink>.jsonl`` beside the spool (``{"op": "dead", ...}``
@@ -19,6 +23,7 @@ rewrites hold an exclusive ``flock`` on ``<sink>.lock``, and a redelivery pass h
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -76,7 +81,7 @@ class Spool:
 
     @contextlib.contextmanager
     def _locked(self, suffix: str = ".lock", blocking: bool = True) -> Iterator[bool]:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.directory)
         fd = os.open(self.directory / f"{self.sink_name}{suffix}", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
@@ -113,13 +118,12 @@ class Spool:
                     f"({self.size() / 1e6:.1f} MB ≥ spool_max_mb); alerts are not being "
                     f"delivered: check the sink"
                 )
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = _open_private(self.path)
             try:
                 # A crash may have left a torn last line: start ours on a fresh line.
                 if os.fstat(fd).st_size and not self._ends_with_newline():
                     data = b"\n" + data
-                os.write(fd, data)
-                os.fsync(fd)
+                _append_whole(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -169,7 +173,7 @@ class Spool:
         )
         try:
             with self._lock, self._locked():
-                self.dead_path.parent.mkdir(parents=True, exist_ok=True)
+                _private_dir(self.dead_path.parent)
                 size = _size(self.dead_path)
                 if (
                     self.dead_max_bytes is not None
@@ -181,10 +185,9 @@ class Spool:
                         "dead letters rotated: the oldest were dropped",
                         extra={"sink": self.sink_name, "path": str(self.dead_path)},
                     )
-                fd = os.open(self.dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = _open_private(self.dead_path)
                 try:
-                    os.write(fd, data)
-                    os.fsync(fd)
+                    _append_whole(fd, data)
                 finally:
                     os.close(fd)
         except OSError as exc:
@@ -290,7 +293,7 @@ class Spool:
                 return 0
             if acks >= COMPACT_AFTER_ACKS:
                 tmp = self.path.with_suffix(".tmp")
-                with open(tmp, "wb") as f:
+                with open(tmp, "wb", opener=_private_opener) as f:
                     for e in entries:
                         line = {
                             "op": "add",
@@ -326,6 +329,52 @@ def dead_sinks(directory: Path | str) -> list[str]:
         return []
     names = {p.name.removesuffix(".1").removesuffix(".jsonl") for p in dead.glob("*.jsonl*")}
     return sorted(n for n in names if any(Spool(directory, n).dead()))
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` 0700 (missing parents get the default mode): alerts carry entity names,
+    labels and scores."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def _open_private(path: Path) -> int:
+    """An append descriptor of ``path``, 0600 (also a file an older version made 0644)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Write all of ``data`` and fsync, or leave the file as it was and raise `OSError`.
+
+    ``os.write`` may write less than asked (a signal, a full disk, a quota): the rest is
+    written in a loop, since a torn record is skipped on read-back and the alert, reported as
+    spooled, would be lost. If the write cannot complete, what it wrote is truncated away, so
+    the file ends at a record boundary again. The caller holds the spool's lock.
+    """
+    start = os.fstat(fd).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(errno.EIO, "the write made no progress")
+            view = view[written:]
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        raise
 
 
 def _size(path: Path) -> int:

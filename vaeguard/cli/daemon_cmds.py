@@ -26,15 +26,18 @@ def run(
         "1",
         "--workers",
         help="Group members to run on this machine (N or auto = one per core), supervised: "
-        "a dead worker is restarted, SIGTERM stops them all, one /healthz /readyz /metrics. "
+        "a dead or hung worker (supervisor.hang_timeout_s) is restarted, SIGTERM or SIGINT "
+        "stops them all, one /healthz /readyz /metrics. "
         "Each worker's TensorFlow/OpenMP pools get cores // N threads (at least 1) unless "
         "TF_NUM_INTRAOP_THREADS, TF_NUM_INTEROP_THREADS or OMP_NUM_THREADS is set.",
     ),
 ) -> None:
     """Score Kafka topics continuously: records in, score records and dead letters out."""
+    from vaeguard.daemon.supervisor import resolve_workers, worker_startup
+
+    heartbeat = worker_startup()  # a supervisor's worker: die with it, beat from the loop
     from vaeguard.config import load_settings
     from vaeguard.daemon.logs import configure_logging
-    from vaeguard.daemon.supervisor import resolve_workers
 
     settings = load_settings(config)
     configure_logging(settings.logging.level)
@@ -44,7 +47,7 @@ def run(
         return
     from vaeguard.daemon.app import Daemon
 
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, heartbeat=heartbeat)
     signals = {"count": 0}
 
     def on_signal(signum, frame) -> None:

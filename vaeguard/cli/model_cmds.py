@@ -103,7 +103,12 @@ def train(
         None, "--mc-samples", min=1, help="Monte-Carlo draws L in the score."
     ),
     threshold_method: str | None = typer.Option(
-        None, "--threshold-method", help="quantile or spot."
+        None, "--threshold-method", help="budget (the default), quantile or spot."
+    ),
+    budget: float | None = typer.Option(
+        None,
+        "--budget",
+        help="Alert budget: at most this many false alerts per 1,000 normal rows (default 10).",
     ),
     target_fpr: float | None = typer.Option(
         None, "--target-fpr", help="False-positive rate for the quantile threshold."
@@ -162,6 +167,7 @@ def train(
         ("latent_dim", latent_dim),
         ("mc_samples", mc_samples),
         ("threshold_method", threshold_method),
+        ("budget", budget),
         ("target_fpr", target_fpr),
         ("risk", risk),
     ):
@@ -516,18 +522,34 @@ def inspect(
     t.add_row("created", m["created_at"])
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
     window = (m.get("extra") or {}).get("window_mode")
+    th = m["threshold"]
     if isinstance(window, dict):
+        spec = window.get("window") if isinstance(window.get("window"), dict) else window
+        likelihood = window.get("likelihood")
         t.add_row(
             "window mode",
-            f"{window.get('window')} points of {', '.join(window.get('metrics') or [])} per "
-            f"{window.get('entity_field')} (time {window.get('time_field')}, interval "
-            f"{window.get('interval')}); likelihood {'on' if window.get('likelihood') else 'off'}",
+            escape(
+                f"{spec.get('window')} points of {', '.join(map(str, spec.get('metrics') or []))} "
+                f"per {spec.get('entity_field')} (time {spec.get('time_field')}, interval "
+                f"{spec.get('interval')}); likelihood {'on' if likelihood else 'off'}"
+            ),
+        )
+        if isinstance(likelihood, dict) and likelihood.get("budget") is not None:
+            t.add_row(
+                "alert budget",
+                f"{likelihood['budget']:g} false alerts per 1,000 points per entity "
+                f"({likelihood.get('estimator')} tail of the entity's last "
+                f"{likelihood.get('history')} scores)",
+            )
+    elif th.get("method") == "budget":
+        t.add_row(
+            "alert budget", f"{th['params'].get('budget'):g} false alerts per 1,000 normal rows"
         )
     t.add_row("features", escape(", ".join(m["features"])))
     if m["conditions"]:
         t.add_row("conditions", ", ".join(f"{c['name']} ({c['kind']})" for c in m["conditions"]))
-    th = m["threshold"]
-    t.add_row("threshold", f"{th['value']:.4f} ({th['method']}, {th['params']})")
+    shown = {k: v for k, v in th["params"].items() if k not in ("reference", "tail")}
+    t.add_row("threshold", escape(f"{th['value']:.4f} ({th['method']}, {shown})"))
     p = m["params"]
     t.add_row(
         "architecture",

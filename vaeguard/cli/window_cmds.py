@@ -109,6 +109,12 @@ def train_window(
     likelihood_warmup: int | None = typer.Option(
         None, "--likelihood-warmup", min=1, help="Scores an entity needs before its likelihood."
     ),
+    budget: float | None = typer.Option(
+        None,
+        "--budget",
+        help="Alert budget: at most this many false alerts per 1,000 points per entity on a "
+        "stationary stream (default: the configuration's).",
+    ),
     calibration_fraction: float = typer.Option(
         0.2, "--calibration-fraction", help="Share of the windows (the tail) for the threshold."
     ),
@@ -161,6 +167,7 @@ def train_window(
         score_slots=score_slots,
         likelihood=likelihood,
         likelihood_warmup=likelihood_warmup,
+        budget=budget,
         seed=seed,
     )
 
@@ -226,6 +233,7 @@ def _configured(
     steps,
     likelihood,
     likelihood_warmup,
+    budget=None,
     **flags,
 ):
     """The `ViewSet` of the default configuration, ``--config`` and the flags given."""
@@ -275,6 +283,10 @@ def _configured(
         lk = params["likelihood"]
         lk["min_history"] = likelihood_warmup
         lk["history"] = max(int(lk.get("history", 2000)), likelihood_warmup)
+    if budget is not None:
+        if params["likelihood"] is None:
+            raise DataError("--budget needs the likelihood (drop --no-likelihood)")
+        params["likelihood"]["budget"] = budget
     try:
         return ViewSet.from_params(params)
     except ConfigError:

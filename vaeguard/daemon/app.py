@@ -37,8 +37,11 @@ class Daemon:
         provider: ModelProvider | None = None,
         alert_layer: Any = None,
         on_batch=None,
+        heartbeat=None,
     ):
         self.settings = settings
+        #: Called from the pipeline's loop, idle or not (a supervised worker's liveness).
+        self._heartbeat = heartbeat
         self.shutdown = Shutdown(settings.shutdown_grace_s)
         self.provider = provider or _provider_for(settings)
         self._alert_layer = alert_layer
@@ -113,7 +116,14 @@ class Daemon:
             if user_on_batch is not None:
                 user_on_batch(scored, dead)
 
-        self.pipeline = Pipeline(s, self.provider, alert_layer, self.shutdown, on_batch=on_batch)
+        self.pipeline = Pipeline(
+            s,
+            self.provider,
+            alert_layer,
+            self.shutdown,
+            on_batch=on_batch,
+            heartbeat=self._heartbeat,
+        )
         self.provider.start()
         try:
             if self.retraining is not None:
@@ -174,6 +184,18 @@ def _provider_for(settings: Settings) -> ModelProvider:
         if current is None:
             raise ConfigError(f"invalid setting model.path: registry {path} has no current version")
         read_manifest(registry.path_of(current))  # a clear BundleError now, not after connecting
-        return RegistryModelProvider(path, settings.model.device, settings.model.reload_interval_s)
+        return RegistryModelProvider(
+            path,
+            settings.model.device,
+            settings.model.reload_interval_s,
+            alert_budget=settings.model.alert_budget,
+            follow_normal=settings.model.follow_normal,
+        )
     read_manifest(path)  # a clear BundleError now rather than after connecting
-    return BundleModelProvider(path, settings.model.device, settings.model.reload_interval_s)
+    return BundleModelProvider(
+        path,
+        settings.model.device,
+        settings.model.reload_interval_s,
+        alert_budget=settings.model.alert_budget,
+        follow_normal=settings.model.follow_normal,
+    )

@@ -5,6 +5,12 @@ to test and to fuzz. Its one promise: **no record can make it raise**. Decoding 
 featurizing refuse bad records one by one; if scoring or encoding still raises, the batch is
 bisected down to the rows that fail, and each of those becomes a dead letter with reason
 ``processing_error`` and the exception in its headers, while every other record is scored.
+
+Sizes are bounded on the way in and on the way out, so no record can make its output larger
+than the producer sends: the decode stage refuses a message key or entity over
+``max_key_bytes`` (``oversize_key``) and headers over ``max_record_bytes``
+(``oversize_headers``); the encode stage measures each score record as the producer will and
+dead-letters one that does not fit (``oversize_output``).
 """
 
 from __future__ import annotations
@@ -15,14 +21,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vaeguard.daemon.records import DeadLetter, dlq_output, encode_scored, output_key
-from vaeguard.ingest import Reason, Rejection, decode, short_detail
+from vaeguard.daemon.records import (
+    DeadLetter,
+    Output,
+    dlq_output,
+    encode_scored,
+    fits,
+    output_key,
+    record_size,
+)
+from vaeguard.ingest import (
+    STAGE_PRODUCE,
+    Reason,
+    Rejection,
+    check_entity,
+    check_envelope,
+    decode,
+    short_detail,
+)
 from vaeguard.scored import ScoredRecord, Source
 from vaeguard.serving.base import Features, Inbound, Serving
 
 log = logging.getLogger("vaeguard.daemon")
 
-Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
+__all__ = ["BatchResult", "Output", "StepSettings", "process", "source_of"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +62,8 @@ class StepSettings:
     max_request_size: int = 1_048_576
     #: ``all`` (a score record per scored record) or ``anomalies`` (only the anomalous ones).
     output_mode: str = "all"
+    #: The largest message key, and entity as text, accepted (scoring.max_key_bytes).
+    max_key_bytes: int = 4096
 
 
 @dataclass
@@ -48,6 +72,9 @@ class BatchResult:
     dead: list[DeadLetter] = field(default_factory=list)
     #: Dead letters first, then score records: what must be acknowledged before the commit.
     outputs: list[Output] = field(default_factory=list)
+    #: For each output, the consumed message it came from and, for a dead letter, its
+    #: `DeadLetter` (None for a score record): what replaces an output the broker refuses.
+    origins: list[tuple[Any, DeadLetter | None]] = field(default_factory=list)
     buffered: int = 0  # records that only updated a stateful model's state
     replayed: int = 0  # records a stateful model's restored state already holds
     isolated: int = 0  # times a failure inside the step was isolated to its records
@@ -73,11 +100,30 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
 
     items: list[Inbound] = []
     origin: list[Any] = []  # the message of each item
-    max_bytes = s.max_record_bytes
+    max_bytes, max_key = s.max_record_bytes, s.max_key_bytes
+    short_text = max_key // 4  # a string this short is within max_key_bytes in any UTF-8
+    # The entity, and the ``key`` field that keys a score record (`output_key`).
+    fields = tuple(dict.fromkeys(("key", getattr(serving, "entity_field", None) or "key")))
     for m in fresh:
+        key, headers = m.key, getattr(m, "headers", None)
+        if headers or (key is not None and len(key) > max_key):
+            refused = check_envelope(key, headers, max_key, max_bytes)
+            if refused is not None:
+                result.dead.append(DeadLetter(m, refused))
+                continue
         obj = decode(m.value, max_bytes)
         if type(obj) is not dict:
             result.dead.append(DeadLetter(m, obj))
+            continue
+        refused = None
+        for name in fields:
+            entity = obj.get(name)
+            if entity is not None and (type(entity) is not str or len(entity) > short_text):
+                refused = check_entity(obj, name, max_key)
+                if refused is not None:
+                    break
+        if refused is not None:
+            result.dead.append(DeadLetter(m, refused))
             continue
         items.append(Inbound(obj, Source(m.topic, m.partition, m.offset), m.key, m.timestamp))
         origin.append(m)
@@ -117,8 +163,12 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
     dead_outputs = [
         dlq_output(d, s.dlq_topic, s.connector, s.task, s.max_request_size) for d in result.dead
     ]
+    dead_origins: list[tuple[Any, DeadLetter | None]] = [(d.message, d) for d in result.dead]
     score_outputs: list[Output] = []
+    score_origins: list[tuple[Any, DeadLetter | None]] = []
     only_anomalies = s.output_mode == "anomalies"
+    limit = s.max_request_size
+    near_limit = limit - 1024  # below it a score record fits whatever the framing (`fits`)
     for i, record in sorted(scored, key=lambda p: p[0]):
         if only_anomalies and not record.is_anomaly:
             result.scored.append(record)
@@ -126,23 +176,32 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
         m = origin[i]
         try:
             value = encode_scored(record)
-            if len(value) > s.max_request_size - 1024:
-                raise ValueError(
-                    f"the score record is {len(value)} bytes, more than the producer's "
-                    f"max_request_size={s.max_request_size}"
-                )
             key = output_key(m, items[i].record)
+            refused = None
+            if len(value) + len(key or b"") > near_limit and not fits(key, value, limit):
+                refused = Rejection(
+                    Reason.OVERSIZE_OUTPUT,
+                    "MessageSizeTooLargeError",
+                    f"the score record is {record_size(key, value)} bytes as the producer "
+                    f"measures it, more than its max_request_size={s.max_request_size}",
+                    STAGE_PRODUCE,
+                )
         except Exception as exc:
             result.isolated += 1
-            dead = DeadLetter(m, _processing_error(exc), "vaeguard.daemon.records")
+            refused = _processing_error(exc)
+        if refused is not None:
+            dead = DeadLetter(m, refused, "vaeguard.daemon.records")
             result.dead.append(dead)
             dead_outputs.append(
                 dlq_output(dead, s.dlq_topic, s.connector, s.task, s.max_request_size)
             )
+            dead_origins.append((m, dead))
             continue
         score_outputs.append((s.output_topic, key, value, None))
+        score_origins.append((m, None))
         result.scored.append(record)
     result.outputs = dead_outputs + score_outputs
+    result.origins = dead_origins + score_origins
     result.timings = {
         "decode": t1 - t0,
         "featurize": max(0.0, t2 - t1),

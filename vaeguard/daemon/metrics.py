@@ -26,6 +26,23 @@ RECORDS_DEAD_LETTERED = Counter(
 )
 for _reason in Reason:  # every reason shows in /metrics from the start, at 0
     RECORDS_DEAD_LETTERED.labels(reason=str(_reason))
+DEAD_LETTERS_DROPPED = Counter(
+    "vaeguard_dead_letters_dropped",
+    "Dead letters the producer or broker refused as too large even in their minimal form (no "
+    "key, no value, only the error headers): logged with the input's topic, partition and "
+    "offset, then skipped so the partition moves on.",
+)
+PARTITION_STALLED = Gauge(
+    "vaeguard_partition_stalled",
+    "1 while an assigned partition has records waiting and no committed progress for "
+    "scoring.stall_after_s seconds.",
+    ["topic", "partition"],
+    multiprocess_mode="livemax",
+)
+PARTITION_STALLS = Counter(
+    "vaeguard_partition_stalls",
+    "Times an assigned partition became stalled (see vaeguard_partition_stalled).",
+)
 ALERT_RECORD_ERRORS = Counter(
     "vaeguard_alert_record_errors",
     "Scored records the alert layer failed on with an error (logged; no alert was raised).",
@@ -107,6 +124,15 @@ def forget_partition(topic: str, partition: int) -> None:
         CONSUMER_LAG.remove(topic, str(partition))
 
 
+def forget_stall(topic: str, partition: int) -> None:
+    """A revoked partition's stall is no longer ours to report."""
+    if MULTIPROCESS:
+        PARTITION_STALLED.labels(topic, str(partition)).set(0)
+        return
+    with contextlib.suppress(KeyError):
+        PARTITION_STALLED.remove(topic, str(partition))
+
+
 SCORE_DRIFT_PSI = Gauge(
     "vaeguard_score_drift_psi",
     "PSI of recent live scores against the model's calibration scores (NaN until judged).",
@@ -137,6 +163,14 @@ WINDOW_REPLAYED = Counter(
     "vaeguard_window_replayed_records",
     "Window mode: replayed records skipped because the restored state already held them.",
 )
+WINDOW_STATE_REFUSED = Counter(
+    "vaeguard_window_state_refused",
+    "Window mode: state files refused at start (unreadable, not JSON, corrupt, or failing "
+    "their HMAC): moved aside, every entity started a fresh window.",
+    ["reason"],
+)
+for _reason in ("unreadable", "corrupt", "unauthenticated"):
+    WINDOW_STATE_REFUSED.labels(_reason)
 WINDOW_ENTITIES = Gauge(
     "vaeguard_window_entities",
     "Window mode: entities with state in memory.",
@@ -150,3 +184,26 @@ HTTP_CONNECTIONS_DROPPED = Counter(
 )
 for _reason in ("busy", "timeout"):
     HTTP_CONNECTIONS_DROPPED.labels(_reason)
+
+#: Levels of `SCORE_P_VALUE` (tail probabilities on normal data).
+P_VALUE_LEVELS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1)
+SCORE_P_VALUE = Counter(
+    "vaeguard_score_p_value_below",
+    "Scored records whose p-value (the probability of a score at least this high on normal "
+    "data, the alert budget's measure) is at most `level`; divided by "
+    "vaeguard_records_scored_total, the share at each level to compare with the alert budget.",
+    ["level"],
+)
+for _level in P_VALUE_LEVELS:
+    SCORE_P_VALUE.labels(f"{_level:g}")
+
+
+def observe_p_values(p_values) -> None:
+    """Count a batch's p-values at each level (one increment per level, not per record)."""
+    import numpy as np
+
+    values = np.asarray(p_values, dtype="float64")
+    for level in P_VALUE_LEVELS:
+        count = int((values <= level).sum())
+        if count:
+            SCORE_P_VALUE.labels(f"{level:g}").inc(count)

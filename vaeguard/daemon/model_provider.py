@@ -45,10 +45,22 @@ class BundleModelProvider:
     ``failure`` holds the error that stopped the first load (no model can ever serve then).
     """
 
-    def __init__(self, path: Path, device: str = "auto", reload_interval_s: float = 30.0):
+    def __init__(
+        self,
+        path: Path,
+        device: str = "auto",
+        reload_interval_s: float = 30.0,
+        *,
+        alert_budget: float | None = None,
+        follow_normal: bool = True,
+    ):
         self.path = Path(path)
         self.device = device
         self.reload_interval_s = reload_interval_s
+        #: Replaces the alert budget of every model served (None: each bundle's own).
+        self.alert_budget = alert_budget
+        #: Tabular models: keep the budget's threshold on the recent normal rows.
+        self.follow_normal = follow_normal
         self.failure: BaseException | None = None
         self._active: ActiveModel | None = None
         self._ready = threading.Event()
@@ -159,7 +171,7 @@ class BundleModelProvider:
     def load(self, path: Path, version: str) -> ActiveModel:
         """Load, validate and warm a model (compiles every batch-size bucket of the scorer)."""
         started = time.monotonic()
-        serving = load_serving(path, version)
+        serving = load_serving(path, version, budget=self.alert_budget, follow=self.follow_normal)
         try:
             serving.warm_up()
         except VaeguardError as exc:
@@ -193,10 +205,24 @@ class RegistryModelProvider(BundleModelProvider):
     refused for good: the serving version stays until CURRENT names another one.
     """
 
-    def __init__(self, path: Path, device: str = "auto", reload_interval_s: float = 30.0):
+    def __init__(
+        self,
+        path: Path,
+        device: str = "auto",
+        reload_interval_s: float = 30.0,
+        *,
+        alert_budget: float | None = None,
+        follow_normal: bool = True,
+    ):
         from vaeguard.registry import ModelRegistry
 
-        super().__init__(path, device, reload_interval_s)
+        super().__init__(
+            path,
+            device,
+            reload_interval_s,
+            alert_budget=alert_budget,
+            follow_normal=follow_normal,
+        )
         self.registry = ModelRegistry(path)
         self.refused: dict[str, str] = {}
 

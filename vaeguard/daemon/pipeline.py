@@ -13,7 +13,11 @@ consumer, it is rewound to the first of them: kafka-python keeps a retained part
 position (as the Java client does), which is past the dropped records.
 
 Failures of the broker or the alert layer are retried with capped exponential backoff while
-`/readyz` reports not ready; nothing needs an operator to resume.
+`/readyz` reports not ready; nothing needs an operator to resume. A record the producer or the
+broker refuses as too large is not retried: it becomes one dead letter (cut to fit), and if
+even the smallest dead letter is refused, it is logged, counted and skipped, so no record can
+stall a partition. Whatever else keeps a partition from committing while its records wait is
+caught by the stall detector (`vaeguard.daemon.stall`): /readyz turns not ready.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from kafka import ConsumerRebalanceListener
 from vaeguard.config import Settings
 from vaeguard.daemon import batch as batch_step
 from vaeguard.daemon import metrics
-from vaeguard.daemon.checkpoint import Checkpoint, StateStore
+from vaeguard.daemon.checkpoint import Checkpoint, StateStore, state_key
 from vaeguard.daemon.model_provider import ActiveModel, ModelProvider
-from vaeguard.daemon.records import DeadLetter
+from vaeguard.daemon.records import DeadLetter, Output, dlq_minimal, dlq_output
+from vaeguard.daemon.stall import StallDetector
 from vaeguard.errors import VaeguardError
+from vaeguard.ingest import STAGE_PRODUCE, Reason, Rejection, short_detail
 from vaeguard.scored import ScoredRecord
 
 log = logging.getLogger("vaeguard.daemon")
@@ -113,8 +119,11 @@ class Pipeline:
         shutdown: Shutdown,
         *,
         on_batch: Callable[[list[ScoredRecord], list[DeadLetter]], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ):
         self.settings = settings
+        #: Called wherever the loop comes round or waits (a supervisor's hang detection).
+        self._beat = heartbeat or (lambda: None)
         self.kafka = settings.kafka
         self.scoring = settings.scoring
         self.provider = provider
@@ -131,6 +140,8 @@ class Pipeline:
         self._dropped_from: dict[Any, int] = {}
         #: Between a revocation and the assignment that ends the rebalance.
         self._rebalancing = False
+        #: Assigned partitions whose committed offsets the checkpoint has not been told yet.
+        self._committed_unknown: set[Any] = set()
         self._positions: dict[Any, int] = {}
         self._last_broker_ok = 0.0
         self._broker_ok = False
@@ -147,14 +158,21 @@ class Pipeline:
             task=self._task_id,
             max_request_size=MAX_REQUEST_SIZE,
             output_mode=settings.output.mode,
+            max_key_bytes=settings.scoring.max_key_bytes,
         )
         store = (
-            StateStore(settings.scoring.state_dir, settings.kafka.group_id, self._task_id)
+            StateStore(
+                settings.scoring.state_dir,
+                settings.kafka.group_id,
+                self._task_id,
+                state_key(settings.scoring),
+            )
             if settings.scoring.state_dir is not None
             else None
         )
         self.checkpoint = Checkpoint(store, settings.scoring.state_interval_s, self._commit)
         self._partitioner = KeyPartitioner()
+        self.stalls = StallDetector(settings.scoring.stall_after_s)
 
     # -- readiness ------------------------------------------------------------------------------
 
@@ -167,11 +185,14 @@ class Pipeline:
             "broker_reachable": self.broker_reachable,
             "stopping": self.shutdown.requested.is_set(),
         }
+        stalled = self.stalls.check()
+        details["stalled_partitions"] = [stall.to_json() for stall in stalled]
         ready = (
             model is not None
             and bool(self.assignment)
             and details["broker_reachable"]
             and not details["stopping"]
+            and not stalled
         )
         metrics.READY.set(1 if ready else 0)
         return ready, details
@@ -196,6 +217,7 @@ class Pipeline:
             if not self._connect():
                 return
             while not self.shutdown.requested.is_set():
+                self._beat()
                 batch = self._poll()
                 if batch:
                     self._process(batch)
@@ -238,6 +260,7 @@ class Pipeline:
                     "cannot reach Kafka; retrying",
                     extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay},
                 )
+                self._beat()
                 self.shutdown.requested.wait(delay)
         return False
 
@@ -254,17 +277,20 @@ class Pipeline:
             except Exception as exc:
                 log.warning("producer close failed", extra={"error": str(exc)})
         self.assignment = set()
+        self.stalls.clear()
         metrics.PARTITIONS_ASSIGNED.set(0)
 
     # -- rebalance callbacks (IO thread, during poll) -----------------------------------------
 
     def _assigned(self, assigned: set[Any]) -> None:
         self.assignment |= assigned
+        self._committed_unknown |= assigned  # fetched off the IO thread (`_learn_committed`)
         # Eager rebalancing: ``assigned`` is the whole new assignment. A partition not handed
         # back has a new owner, which reads from the committed offset: nothing to rewind.
         self._rebalancing = False
         self._rewind(assigned & self._dropped_from.keys())
         self._dropped_from.clear()
+        self.stalls.assigned(assigned)
         self._broker_up()
         metrics.PARTITIONS_ASSIGNED.set(len(self.assignment))
         log.info(
@@ -274,9 +300,11 @@ class Pipeline:
 
     def _revoked(self, revoked: set[Any], lost: bool) -> None:
         self.assignment -= revoked
+        self._committed_unknown -= revoked
         self._rebalancing = True
         self.checkpoint.revoked(revoked)
         self._recently_revoked |= revoked
+        self.stalls.revoked(revoked)
         for tp in revoked:
             self._positions.pop(tp, None)
             metrics.forget_partition(tp.topic, tp.partition)
@@ -442,10 +470,12 @@ class Pipeline:
             if high is None or position is None:
                 continue
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+            self.stalls.lag(tp, high - position)
 
     def _active_model(self) -> ActiveModel:
         model = self.provider.current()
         while model is None:
+            self._beat()
             model = self.provider.wait_ready(0.5)
             if model is None and self.shutdown.expired():
                 raise ShutdownExpired("stopped before the model finished loading")
@@ -460,9 +490,12 @@ class Pipeline:
         started = time.perf_counter()
         model = self._active_model()
         serving = model.serving
+        if serving.stateful:  # before `covers` skips anything
+            self._learn_committed()
         messages = [m for records in batch.values() for m in records]
         for tp, records in batch.items():
             metrics.RECORDS_CONSUMED.labels(topic=tp.topic).inc(len(records))
+            self.stalls.polled(tp, records[0].offset)
 
         result = batch_step.process(serving, messages, self._step)
         if result.replayed:
@@ -481,7 +514,11 @@ class Pipeline:
         scored, dead = result.scored, result.dead
         timings = dict(result.timings)
         t0 = time.perf_counter()
-        self._produce(result.outputs)
+        refused = self._produce(result.outputs, result.origins)
+        if refused:  # score records too large for the broker: dead letters now, not scores
+            gone = {batch_step.source_of(d.message) for d in refused}
+            scored = [r for r in scored if r.source not in gone]
+            dead = [*dead, *refused]
         t1 = time.perf_counter()
         self._alert(scored)
         t2 = time.perf_counter()
@@ -494,6 +531,9 @@ class Pipeline:
             metrics.WINDOW_ENTITIES.set(serving.n_entities)
 
         n_anomalous = sum(1 for r in scored if r.is_anomaly)
+        p_values = [r.p_value for r in scored if r.p_value is not None]
+        if p_values:
+            metrics.observe_p_values(p_values)
         metrics.RECORDS_SCORED.inc(len(scored))
         metrics.RECORDS_ANOMALOUS.inc(n_anomalous)
         for d in dead:
@@ -524,18 +564,35 @@ class Pipeline:
 
     # -- the three steps that must succeed before a commit --------------------------------------
 
-    def _produce(self, outputs: list[tuple[str, bytes | None, bytes, list | None]]) -> None:
+    def _produce(
+        self,
+        outputs: list[Output],
+        origins: list[tuple[Any, DeadLetter | None]] | None = None,
+    ) -> list[DeadLetter]:
+        """Produce every output until each is acknowledged; retried with backoff while the
+        broker fails. ``origins``: each output's consumed message and, for a dead letter, its
+        `DeadLetter` (`batch_step.BatchResult.origins`).
+
+        An output refused as too large (by the producer's own check in ``send`` or by the
+        broker) is never retried: a score record becomes a dead letter (``oversize_output``),
+        a dead letter its minimal form (`dlq_minimal`), and a minimal dead letter refused too
+        is logged and counted, then skipped. Returns the dead letters that replaced score
+        records."""
         from kafka.errors import KafkaError
 
-        pending = outputs
+        if origins is None:
+            origins = [(None, None)] * len(outputs)
+        pending = [_Out(o, m, d) for o, (m, d) in zip(outputs, origins, strict=True)]
+        replaced: list[DeadLetter] = []
         attempt = 0
         while pending:
-            futures = []
+            futures: list[Any] = []
             error: BaseException | None = None
             if self.producer is None:
                 self._replace_producer("no producer after an earlier reset")
             partition = self._partitioner(self.producer) if self.producer is not None else None
-            for i, (topic, key, value, headers) in enumerate(pending):
+            for i, item in enumerate(pending):
+                topic, key, value, headers = item.output
                 if self.producer is None:  # still none: the broker is away, retry below
                     futures = [None] * len(pending)
                     break
@@ -549,24 +606,79 @@ class Pipeline:
                             partition=None if key is None else partition(topic, key),
                         )
                     )
+                except SIZE_ERRORS as exc:  # the producer's own size check, before sending
+                    futures.append(_Refused(exc))
                 except KafkaError as exc:  # metadata or buffer wait timed out
                     error = exc
                     futures.extend([None] * (len(pending) - i))
                     break
             self._flush(futures)
-            failed = []
+            failed: list[_Out] = []
+            smaller: list[_Out] = []
             for item, future in zip(pending, futures, strict=True):
-                if future is None or not future.succeeded():
-                    failed.append(item)
-                    if error is None and future is not None and future.is_done:
-                        error = future.exception
+                if future is not None and future.succeeded():
+                    continue
+                exc = future.exception if future is not None and future.is_done else None
+                if isinstance(exc, SIZE_ERRORS):
+                    nxt = self._smaller(item, exc, replaced)
+                    if nxt is not None:
+                        smaller.append(nxt)
+                    continue
+                failed.append(item)
+                if error is None and exc is not None:
+                    error = exc
             if not failed:
                 self._broker_up()
-                return
+                pending = smaller  # sent at once: the broker answered, only the size was wrong
+                continue
             self._broker_down()
             attempt += 1
             self._retry_wait("produce", attempt, error, {"failed": len(failed), "of": len(pending)})
-            pending = failed
+            pending = failed + smaller
+        return replaced
+
+    def _smaller(self, item: _Out, exc: BaseException, replaced: list[DeadLetter]) -> _Out | None:
+        """What to send instead of an output refused as too large (None: give it up)."""
+        s = self._step
+        if item.message is not None and item.dead is None:  # a score record
+            dead = DeadLetter(
+                item.message,
+                Rejection(
+                    Reason.OVERSIZE_OUTPUT,
+                    type(exc).__name__,
+                    short_detail(f"the score record was refused as too large: {exc}"),
+                    STAGE_PRODUCE,
+                ),
+                "vaeguard.daemon.pipeline",
+            )
+            replaced.append(dead)
+            return _Out(
+                dlq_output(dead, s.dlq_topic, s.connector, s.task, s.max_request_size),
+                item.message,
+                dead,
+            )
+        if item.dead is not None and not item.minimal:
+            return _Out(
+                dlq_minimal(item.dead, s.dlq_topic, s.connector, s.task),
+                item.message,
+                item.dead,
+                minimal=True,
+            )
+        m = item.message
+        metrics.DEAD_LETTERS_DROPPED.inc()
+        log.error(
+            "a record's dead letter was refused as too large even without its key and value; "
+            "the record is skipped",
+            extra={
+                "topic": getattr(m, "topic", None),
+                "partition": getattr(m, "partition", None),
+                "offset": getattr(m, "offset", None),
+                "reason": item.dead.reason if item.dead is not None else None,
+                "output_topic": item.output[0],
+                "error": f"{type(exc).__name__}: {exc}",
+            },
+        )
+        return None
 
     def _flush(self, futures) -> None:
         """Wait for every future to resolve, or for the producer to break its own contract.
@@ -584,6 +696,7 @@ class Pipeline:
             time.monotonic() + (self._delivery_timeout_ms + self.kafka.request_timeout_ms) / 1000
         )
         while True:
+            self._beat()
             with contextlib.suppress(KafkaTimeoutError):
                 self.producer.flush(timeout=1.0)
             if all(f is None or f.is_done for f in futures):
@@ -667,11 +780,37 @@ class Pipeline:
         self._broker_up()
         metrics.LAST_COMMIT.set_to_current_time()
         self._positions.update(next_offsets)
+        for tp, offset in next_offsets.items():
+            self.stalls.committed(tp, offset)
+
+    def _learn_committed(self) -> None:
+        """Tell the checkpoint the group's committed offsets of newly assigned partitions, so
+        a window state's offsets beyond them cannot skip records (`Checkpoint.committed`).
+        Fetched here, not in the rebalance callback: that runs on the IO thread, which a
+        blocking fetch would deadlock."""
+        from kafka.errors import KafkaError
+
+        attempt = 0
+        while self._committed_unknown:
+            partitions = set(self._committed_unknown)
+            try:
+                found = {
+                    tp: self.consumer.committed(tp, timeout_ms=self.kafka.request_timeout_ms)
+                    for tp in partitions
+                }
+            except KafkaError as exc:
+                self._broker_down()
+                attempt += 1
+                self._retry_wait("committed", attempt, exc, {"partitions": _names(partitions)})
+                continue
+            self._committed_unknown -= partitions
+            self.checkpoint.committed(found)
 
     def _retry_wait(
         self, stage: str, attempt: int, error: BaseException | None, extra: dict
     ) -> None:
         metrics.RETRIES.labels(stage=stage).inc()
+        self.readiness()  # the stall detector, and vaeguard_ready for a supervisor
         if self.shutdown.expired(margin=1.0):
             raise ShutdownExpired(
                 f"shutdown grace expired while retrying the {stage} step; the batch was not "
@@ -689,7 +828,45 @@ class Pipeline:
                 **extra,
             },
         )
+        self._beat()
         time.sleep(delay)
+
+
+@dataclass(slots=True)
+class _Out:
+    """An output on its way to the broker, with what it came from."""
+
+    output: Output
+    message: Any = None  # the consumed record
+    dead: DeadLetter | None = None  # set for a dead letter
+    minimal: bool = False  # a dead letter already reduced to its error headers
+
+
+class _Refused:
+    """A send the producer refused at once, dressed as a failed future."""
+
+    is_done = True
+
+    def __init__(self, exception: BaseException):
+        self.exception = exception
+
+    def succeeded(self) -> bool:
+        return False
+
+
+def _size_errors() -> tuple[type[BaseException], ...]:
+    from kafka import errors
+
+    names = ("MessageSizeTooLargeError", "RecordListTooLargeError", "RecordTooLargeError")
+    return tuple(getattr(errors, n) for n in names if hasattr(errors, n))
+
+
+#: Errors that mean "this record is too large": retrying it can never succeed.
+SIZE_ERRORS = _size_errors()
+
+
+#: Longest key whose hash `KeyPartitioner` remembers (an entity; not a dead letter's payload).
+MAX_CACHED_KEY = 1024
 
 
 class KeyPartitioner:
@@ -719,7 +896,9 @@ class KeyPartitioner:
                 return None  # metadata not known yet: the producer partitions it itself
             h = hashes.get(key)
             if h is None:
-                h = hashes[key] = murmur2(key) & 0x7FFFFFFF
+                h = murmur2(key) & 0x7FFFFFFF
+                if len(key) <= MAX_CACHED_KEY:  # a dead letter's huge key is hashed, not kept
+                    hashes[key] = h
             return parts[h % len(parts)]
 
         return partition

@@ -4,7 +4,9 @@ A refused record becomes a `DeadLetter`, produced to the dead-letter topic with 
 key and bytes and Kafka Connect's DLQ headers (``__connect.errors.*``) plus ``vaeguard.errors.
 reason``, so existing DLQ tooling can read it. A dead letter too large for the producer's
 ``max_request_size`` is sent with its value cut to fit and a ``vaeguard.errors.truncated``
-header holding the original size: the reason is never lost to a size limit.
+header holding the original size: the reason is never lost to a size limit. Sizes are measured
+as kafka-python's producer measures a record before it refuses it (`record_size`), so what fits
+here is never refused by the client.
 """
 
 from __future__ import annotations
@@ -18,13 +20,32 @@ try:
 except ImportError:
     orjson = None
 
+from kafka.record.default_records import DefaultRecordBatchBuilder
+
 from vaeguard.ingest import Reason, Rejection, entity_text, short_detail
 from vaeguard.scored import ScoredRecord
 
-__all__ = ["DeadLetter", "Reason", "dlq_headers", "dlq_output", "encode_scored", "output_key"]
+__all__ = [
+    "DeadLetter",
+    "Reason",
+    "dlq_headers",
+    "dlq_minimal",
+    "dlq_output",
+    "encode_scored",
+    "fits",
+    "output_key",
+    "record_size",
+]
 
-#: Room kept for the record batch's own framing when fitting a dead letter under the limit.
-_FRAMING_BYTES = 1024
+Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
+
+#: What `record_size` adds at most to a record without headers beyond its key and value bytes
+#: (the batch header, the record's own overhead and the two length varints).
+_NO_HEADER_SLACK = (
+    DefaultRecordBatchBuilder.HEADER_STRUCT.size
+    + DefaultRecordBatchBuilder.MAX_RECORD_OVERHEAD
+    + 11
+)
 
 
 @dataclass(slots=True)
@@ -47,7 +68,7 @@ def dlq_headers(dead: DeadLetter, connector: str, task: str) -> list[tuple[str, 
     """The original headers plus Kafka Connect's error-context headers and our reason code."""
     m = dead.message
     r = dead.rejection
-    headers = list(m.headers or [])
+    headers = _own_headers(m)
     headers += [
         ("__connect.errors.topic", m.topic.encode()),
         ("__connect.errors.partition", str(m.partition).encode()),
@@ -63,9 +84,41 @@ def dlq_headers(dead: DeadLetter, connector: str, task: str) -> list[tuple[str, 
     return headers
 
 
+def _own_headers(message: Any) -> list[tuple[str, bytes | None]]:
+    """The input's headers that can be sent on as they are ((name, bytes) pairs)."""
+    headers = getattr(message, "headers", None) or []
+    try:
+        return [
+            (k, v)
+            for k, v in headers
+            if isinstance(k, str) and (v is None or isinstance(v, bytes | bytearray))
+        ]
+    except (TypeError, ValueError):
+        return []
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: list | None = None) -> int:
+    """A record's size as kafka-python's producer estimates it before sending (and refuses it
+    above ``max_request_size``): the v2 record batch holding it alone, an upper bound."""
+    headers = headers or []
+    try:
+        return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    except (UnicodeEncodeError, TypeError):  # a header name the client could not send anyway
+        safe = [(k.encode("utf-8", "replace").decode("utf-8"), v) for k, v in headers]
+        return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, safe)
+
+
+def fits(key: bytes | None, value: bytes, limit: int) -> bool:
+    """Whether a record without headers (a score record) fits the producer's request limit;
+    the exact estimate only near the limit."""
+    if len(value) + (len(key) if key is not None else 0) + _NO_HEADER_SLACK <= limit:
+        return True
+    return record_size(key, value) <= limit
+
+
 def dlq_output(
     dead: DeadLetter, topic: str, connector: str, task: str, max_request_size: int
-) -> tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]:
+) -> Output:
     """(topic, key, value, headers) of a dead letter, cut to fit the producer's request limit.
 
     What gives way, in order: the value (cut, with ``vaeguard.errors.truncated`` = original
@@ -75,22 +128,36 @@ def dlq_output(
     value = bytes(m.value) if m.value is not None else b""
     key = m.key
     headers = dlq_headers(dead, connector, task)
-    own = headers[len(m.headers or []) :]
-    room = max_request_size - _FRAMING_BYTES - len(key or b"") - _size(headers)
-    if room < 0:
-        headers = [*own, ("vaeguard.errors.headers_dropped", str(len(m.headers or [])).encode())]
-        room = max_request_size - _FRAMING_BYTES - len(key or b"") - _size(headers)
-    if room < 0:
-        key = None
-        room = max_request_size - _FRAMING_BYTES - _size(headers)
-    if len(value) > room:
-        headers.append(("vaeguard.errors.truncated", str(len(value)).encode()))
-        value = value[: max(0, room - 64)]
+    if record_size(key, value, headers) <= max_request_size:
+        return topic, key, value, headers
+    n_own = len(_own_headers(m))
+    truncated = ("vaeguard.errors.truncated", str(len(value)).encode())
+    if record_size(key, b"", [*headers, truncated]) > max_request_size:
+        headers = [*headers[n_own:], ("vaeguard.errors.headers_dropped", str(n_own).encode())]
+        if key is not None and record_size(key, b"", [*headers, truncated]) > max_request_size:
+            headers.append(("vaeguard.errors.key_dropped", str(len(key)).encode()))
+            key = None
+    if record_size(key, value, headers) > max_request_size:
+        headers = [*headers, truncated]
+        # the value's length varint grows from 1 byte (empty) to at most 5
+        room = max_request_size - record_size(key, b"", headers) - 4
+        value = value[: max(0, room)]
     return topic, key, value, headers
 
 
-def _size(headers: list[tuple[str, bytes]]) -> int:
-    return sum(len(k.encode("utf-8", "replace")) + len(v or b"") + 16 for k, v in headers)
+def dlq_minimal(dead: DeadLetter, topic: str, connector: str, task: str) -> Output:
+    """The smallest form of a dead letter: no key, no value, only the error headers (and what
+    was dropped), for when the broker refused the full one as too large."""
+    m = dead.message
+    n_own = len(_own_headers(m))
+    headers = dlq_headers(dead, connector, task)[n_own:]
+    value = m.value
+    headers.append(("vaeguard.errors.truncated", str(0 if value is None else len(value)).encode()))
+    if n_own:
+        headers.append(("vaeguard.errors.headers_dropped", str(n_own).encode()))
+    if m.key is not None:
+        headers.append(("vaeguard.errors.key_dropped", str(len(m.key)).encode()))
+    return topic, None, b"", headers
 
 
 def output_key(message: Any, record: dict[str, Any]) -> bytes | None:

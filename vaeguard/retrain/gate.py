@@ -18,6 +18,8 @@ class GateResult:
 
 def _target_rate(detector) -> float:
     th = detector.threshold_
+    if th.method == "budget":
+        return float(th.params.get("budget", detector.budget)) / 1000.0
     if th.method == "spot":
         return float(th.params.get("risk", detector.risk))
     return float(th.params.get("target_fpr", detector.target_fpr))

@@ -1,4 +1,9 @@
-"""One retraining run: window → filter → candidate → gate → register and promote (or refuse)."""
+"""One retraining run: window → filter → candidate → gate → register and promote (or refuse).
+
+The window is bounded by records and by bytes (`retrain.max_records`, `retrain.max_bytes`), and
+the candidate's categorical conditions by `retrain.max_categories` columns each: a topic's
+values, not the operator, decide how many categories there are.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 
 from vaeguard.errors import VaeguardError
-from vaeguard.ingest import Rejection, decode
+from vaeguard.ingest import Rejection, check_entity, decode
 from vaeguard.registry import ModelRegistry, RegistryError
 from vaeguard.retrain.gate import check_candidate
 from vaeguard.retrain.settings import RetrainSettings
@@ -71,12 +76,20 @@ class RetrainOutcome:
         return f"retraining {what}: {'; '.join(self.reasons)}"
 
 
-#: The daemon's default scoring.max_record_bytes.
+#: The daemon's default scoring.max_record_bytes and scoring.max_key_bytes.
 DEFAULT_MAX_RECORD_BYTES = 262_144
+DEFAULT_MAX_KEY_BYTES = 4096
 
 
 def _decode(value: bytes | None, max_bytes: int) -> dict[str, Any] | Rejection:
-    return decode(value, max_bytes)
+    """The daemon's decode stage for a record value: the same refusals, the entity's size
+    included (a record the daemon dead-letters is not trained on)."""
+    record = decode(value, max_bytes)
+    if type(record) is dict:
+        refused = check_entity(record, "key", DEFAULT_MAX_KEY_BYTES)
+        if refused is not None:
+            return refused
+    return record
 
 
 class RetrainJob:
@@ -162,6 +175,7 @@ class RetrainJob:
             self.topics,
             window_s=s.window_seconds,
             max_records=s.max_records,
+            max_bytes=s.max_bytes,
             decode=self.decode,
             idle_timeout_s=s.poll_timeout_s,
         )
@@ -215,6 +229,7 @@ class RetrainJob:
             feature_names=current.feature_names_,
             categorical=categorical,
             init_from=current if s.warm_start else None,
+            max_categories=s.max_categories,  # the topic's values, not a fixed list: capped
         )
         c_hold = None
         if c_norm is not None:

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from vaeguard.registry import ModelRegistry
 from vaeguard.retrain.job import RetrainJob, RetrainOutcome
 from vaeguard.retrain.notify import outcome_alert, send_alert
-from vaeguard.retrain.scheduler import RetrainScheduler
+from vaeguard.retrain.scheduler import RetrainScheduler, default_state_dir, store_name_for
 
 log = logging.getLogger("vaeguard.retrain")
-
-#: The job store's folder inside the registry when ``retrain.state_dir`` is not set.
-STATE_DIR = ".state"
 
 
 class RetrainService:
@@ -42,8 +38,17 @@ class RetrainService:
             max_record_bytes=settings.scoring.max_record_bytes,
             on_failure=self._rejected,
         )
-        state_dir = settings.retrain.state_dir or Path(settings.model.path) / STATE_DIR
-        self.scheduler = RetrainScheduler(settings.retrain, self.run_once, state_dir=state_dir)
+        # The job store never lives in the registry by default: whoever publishes models
+        # there must not decide what the daemon runs (the store holds schedule times only).
+        if settings.retrain.state_dir:
+            self.scheduler = RetrainScheduler(settings.retrain, self.run_once)
+        else:
+            self.scheduler = RetrainScheduler(
+                settings.retrain,
+                self.run_once,
+                state_dir=default_state_dir(),
+                store_name=store_name_for(settings.kafka.group_id),
+            )
         self.last_outcome: RetrainOutcome | None = None
 
     def start(self) -> None:

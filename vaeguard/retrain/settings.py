@@ -52,7 +52,10 @@ class RetrainSettings(BaseModel):
     )
     state_dir: str | None = Field(
         None,
-        description="Where the scheduler's SQLite job store lives (null: <registry>/.state).",
+        description="Folder of the scheduler's SQLite job store, which holds schedule times only, "
+        "never code (its file: scheduler.sqlite; null: $XDG_STATE_HOME/vaeguard, else "
+        "~/.local/state/vaeguard, the file named <kafka.group_id>.scheduler.sqlite). Keep it "
+        "outside the registry; the folder is made 0700, the file 0600.",
     )
     misfire_grace_s: float = Field(
         3600, gt=0, description="A run missed by up to this long is caught up (once)."
@@ -73,6 +76,18 @@ class RetrainSettings(BaseModel):
     )
     poll_timeout_s: float = Field(
         10.0, gt=0, description="Give up reading the window after this long without new records."
+    )
+    max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Keep at most this many bytes of raw record values (the most recent), "
+        "so that the window held in memory is bounded whatever the record size.",
+    )
+    max_categories: int = Field(
+        100,
+        ge=2,
+        description="A categorical condition keeps its most frequent values, this many columns "
+        "at most; the rarer ones, and those first seen after training, share an 'other' column.",
     )
 
     @field_validator("window")

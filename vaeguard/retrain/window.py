@@ -3,6 +3,8 @@
 The reader has no consumer group: it assigns partitions itself and never commits, so the
 daemon's committed offsets are untouched. It seeks with offsets_for_times and also filters by
 record timestamp, because some brokers (Tansu among them) answer offsets_for_times coarsely.
+What it keeps is bounded by records and by the bytes of their raw values (`RecentRecords`): a
+window of large records cannot take the job's memory with it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class WindowData:
     older: int = 0
     truncated: bool = False
     partitions: int = 0
+    #: Bytes of the raw values of the records kept.
+    bytes: int = 0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -38,8 +42,35 @@ class WindowData:
             "read": self.read,
             "undecodable": self.undecodable,
             "truncated_to_most_recent": self.truncated,
+            "bytes": self.bytes,
             "partitions": self.partitions,
         }
+
+
+class RecentRecords:
+    """The most recent records offered, at most ``max_records`` of them and at most ``max_bytes``
+    bytes of raw values (None: no byte bound); older ones are dropped as newer ones come."""
+
+    def __init__(self, max_records: int, max_bytes: int | None = None):
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.items: collections.deque[tuple[int, int, dict[str, Any]]] = collections.deque()
+        self.bytes = 0
+        self.truncated = False
+
+    def add(self, timestamp: int, size: int, record: dict[str, Any]) -> None:
+        self.items.append((timestamp, size, record))
+        self.bytes += size
+        while len(self.items) > self.max_records or (
+            self.max_bytes is not None and self.bytes > self.max_bytes
+        ):
+            _, dropped, _ = self.items.popleft()
+            self.bytes -= dropped
+            self.truncated = True
+
+    def records(self) -> list[dict[str, Any]]:
+        """Oldest first by record timestamp."""
+        return [r for _, _, r in sorted(self.items, key=lambda item: item[0])]
 
 
 def read_window(
@@ -51,8 +82,10 @@ def read_window(
     decode: Callable[[bytes | None], Any],
     idle_timeout_s: float = 10.0,
     now_ms: int | None = None,
+    max_bytes: int | None = None,
 ) -> WindowData:
-    """All decodable records with timestamps in [now − window, now], the most recent max_records."""
+    """All decodable records with timestamps in [now − window, now], the most recent ones
+    within max_records and max_bytes of raw values."""
     from kafka import KafkaConsumer, TopicPartition
 
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -87,7 +120,7 @@ def read_window(
                 consumer.seek_to_end(tp)
             else:
                 consumer.seek(tp, hit.offset)
-        kept: collections.deque = collections.deque(maxlen=max_records)
+        kept = RecentRecords(max_records, max_bytes)
         last_progress = time.monotonic()
         while True:
             batch = consumer.poll(timeout_ms=500, max_records=5000)
@@ -102,16 +135,15 @@ def read_window(
                         data.undecodable += 1
                         data.rejected[str(getattr(record, "reason", "undecodable"))] += 1
                         continue
-                    if len(kept) == kept.maxlen:
-                        data.truncated = True
-                    kept.append((message.timestamp, record))
+                    kept.add(message.timestamp, len(message.value or b""), record)
             if batch:
                 last_progress = time.monotonic()
             if _caught_up(consumer, partitions):
                 break
             if time.monotonic() - last_progress > idle_timeout_s:
                 break
-        data.records = [r for _, r in sorted(kept, key=lambda item: item[0])]
+        data.records = kept.records()
+        data.truncated, data.bytes = kept.truncated, kept.bytes
         return data
     finally:
         consumer.close()

@@ -193,6 +193,7 @@ def score_records(
     likelihood: Sequence[float] | None = None,
     decision: np.ndarray | None = None,
     inclusive: bool = False,
+    p_values: Sequence[float] | None = None,
 ) -> list[ScoredRecord]:
     """One `ScoredRecord` per row; ``items`` are the `Inbound` records the rows report on.
 
@@ -218,9 +219,15 @@ def score_records(
                 source=item.source,
                 labels=labels_of(item.record),
                 anomaly_likelihood=None if likelihood is None else _finite(likelihood[i]),
+                p_value=None if p_values is None else p_values[i],
             )
         )
     return out
+
+
+def p_values_of(log10_tails: np.ndarray) -> list[float]:
+    """Tail probabilities from their log10 (which the likelihood keeps), for score records."""
+    return np.power(10.0, np.minimum(np.asarray(log10_tails, dtype="float64"), 0.0)).tolist()
 
 
 def _finite(v: float) -> float:

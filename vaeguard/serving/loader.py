@@ -7,10 +7,16 @@ from pathlib import Path
 from vaeguard.serving.base import Serving
 
 
-def load_serving(path, version: str = "") -> Serving:
+def load_serving(
+    path, version: str = "", *, budget: float | None = None, follow: bool = True
+) -> Serving:
     """Load, validate and wrap the bundle at ``path`` in the `Serving` class of its kind.
 
-    Raises `vaeguard.errors.BundleError` for a missing, corrupt or incompatible bundle.
+    ``budget`` (false alerts per 1,000 points per entity, or per 1,000 rows in tabular mode)
+    replaces the alert budget the bundle was trained with; ``follow`` keeps a tabular model's
+    budget threshold on the recent normal rows (`vaeguard.serving.calibration`). Raises
+    `vaeguard.errors.BundleError` for a missing, corrupt or incompatible bundle, and
+    `vaeguard.errors.ConfigError` for a budget the bundle cannot take.
     """
     from vaeguard.bundle import load_bundle, model_kind
 
@@ -21,7 +27,39 @@ def load_serving(path, version: str = "") -> Serving:
         from vaeguard.serving.window import WindowServing
         from vaeguard.timeseries.bundle import window_detector_from
 
-        return WindowServing(window_detector_from(detector, str(path)), version, model_id)
+        views = window_detector_from(detector, str(path))
+        if budget is not None:
+            with_budget(views, budget, path)
+        return WindowServing(views, version, model_id)
     from vaeguard.serving.tabular import TabularServing
 
-    return TabularServing(detector, version)
+    if budget is not None:
+        with_budget(detector, budget, path)
+    return TabularServing(detector, version, follow=follow)
+
+
+def with_budget(model, budget: float, path) -> None:
+    """Set the alert budget of a loaded model: a window model's likelihood, or a tabular
+    threshold re-derived from the calibration tail the bundle keeps."""
+    import dataclasses
+
+    from vaeguard.errors import ConfigError
+    from vaeguard.timeseries.views import ViewSet
+
+    if not (isinstance(budget, int | float) and 0.0 < budget < 1000.0):
+        raise ConfigError(f"model.alert_budget: must be in (0, 1000), got {budget!r}")
+    if isinstance(model, ViewSet) or hasattr(model, "likelihood_spec"):
+        if not ViewSet.of(model).use_likelihood:
+            raise ConfigError(
+                f"model.alert_budget: the window model at {path} was trained without the "
+                "likelihood (--no-likelihood); it has no alert budget"
+            )
+        model.likelihood_spec = dataclasses.replace(model.likelihood_spec, budget=float(budget))
+        return
+    from vaeguard.thresholds import rebudget
+
+    try:
+        model.threshold_ = rebudget(model.threshold_, float(budget))
+    except ValueError as exc:
+        raise ConfigError(f"model.alert_budget: the model at {path}: {exc}") from None
+    model.budget = float(budget)

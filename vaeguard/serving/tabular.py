@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,9 @@ from vaeguard.errors import BundleError
 from vaeguard.ingest import Reason, Rejection, entity_text, to_number, to_timestamp
 from vaeguard.scored import ScoredRecord
 from vaeguard.serving.base import Features, Inbound, Stateless
+from vaeguard.serving.calibration import FollowingThreshold
 from vaeguard.serving.explain import score_records, top_contributions
+from vaeguard.thresholds import p_values as tail_probabilities
 
 #: Scaled inputs are clipped to ±this many robust σ before scoring, so an absurd but finite
 #: value (1e300) scores as "extremely anomalous" instead of overflowing float32 to inf / NaN.
@@ -41,12 +44,20 @@ class TabularServing(Stateless):
     """
 
     kind = "tabular"
+    #: The record field naming the entity (else the message key): capped by the batch step.
+    entity_field = "key"
     #: Explain anomalous rows by counterfactuals (off: every row gets the cheap explanation).
     counterfactuals = True
 
-    def __init__(self, detector, version: str = ""):
+    def __init__(self, detector, version: str = "", *, follow: bool = True):
+        """``follow``: keep the alert budget's threshold on the recent normal rows' scores
+        (`FollowingThreshold`; a model calibrated by another rule keeps its fixed threshold)."""
         self.detector = detector
         self.version = version
+        self.following = None
+        threshold = getattr(detector, "threshold_", None)
+        if follow and threshold is not None and threshold.method == "budget":
+            self.following = FollowingThreshold(detector.threshold_)
         self.feature_names = list(detector.feature_names_)
         conditions = detector.conditions_
         self.conditions = conditions if conditions is not None and conditions.columns else None
@@ -167,6 +178,12 @@ class TabularServing(Stateless):
         center, scale = det.scaler_.center, det.scaler_.scale
         x_in = np.clip(x, center - CLIP_SIGMAS * scale, center + CLIP_SIGMAS * scale)
         result = det.score_matrix(x_in, features.c)
+        following = self.following
+        if following is not None:
+            p_values = following.p_values(result.scores)
+            result = dataclasses.replace(result, threshold=following.value)
+        else:
+            p_values = tail_probabilities(det.threshold_, result.scores)
         if self.counterfactuals and result.is_anomaly.any():
             # Anomalous rows only: what their top features should have been, and how much each
             # correction explains (`VAEDetector.counterfactual_matrix`). Normal rows keep the
@@ -176,7 +193,7 @@ class TabularServing(Stateless):
             result = det.counterfactual_matrix(
                 x_in, features.c, base=result, k=top_k, candidates=max(CANDIDATES, top_k)
             )
-        rows = None if explain == "all" else np.flatnonzero(result.scores > det.threshold_.value)
+        rows = None if explain == "all" else np.flatnonzero(result.scores > result.threshold)
         contributions = top_contributions(
             result.contributions,
             x,
@@ -187,16 +204,20 @@ class TabularServing(Stateless):
             blame=result.blame,
             rows=rows,
         )
-        return score_records(
+        records = score_records(
             items,
             features.entities,
             features.timestamps,
             result.scores,
-            det.threshold_.value,
+            result.threshold,
             contributions,
             bands=bands,
             model_version=self.version,
+            p_values=None if p_values is None else p_values.tolist(),
         )
+        if following is not None:  # the next batch is judged with these rows learned
+            following.learn(result.scores, p_values)
+        return records
 
 
 def _timestamp(item: Inbound) -> Any:

@@ -34,7 +34,7 @@ import numpy as np
 from vaeguard.errors import BundleError, DataError
 from vaeguard.scored import ScoredRecord, Source
 from vaeguard.serving.base import Features, Inbound
-from vaeguard.serving.explain import score_records, top_contributions
+from vaeguard.serving.explain import p_values_of, score_records, top_contributions
 from vaeguard.snapshot import check_header
 from vaeguard.timeseries.learning import OnlineLearning
 
@@ -64,12 +64,45 @@ def _partition(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+#: Kafka offsets are signed 64-bit.
+_MAX_OFFSET = 2**63 - 1
+
+
+def _offsets(value: Any) -> dict[str, int]:
+    """A snapshot's ``offsets``: "topic:partition" → the next offset its state holds."""
+    if not isinstance(value, dict):
+        raise DataError("offsets must be an object")
+    for key, offset in value.items():
+        topic, _, partition = key.rpartition(":")
+        if not topic or not (partition.isascii() and partition.isdigit()):
+            raise DataError(f"offsets: {key[:80]!r} is not topic:partition")
+        if (
+            not isinstance(offset, int)
+            or isinstance(offset, bool)
+            or not 0 <= offset <= _MAX_OFFSET
+        ):
+            raise DataError(f"offsets[{key[:80]!r}] must be a Kafka offset (0 to 2^63 - 1)")
+    return dict(value)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: a DataError's own message, else the exception's type and message (cut)."""
+    text = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 class WindowServing:
     """A `ViewSet` (or one `WindowDetector`) behind the `Serving` interface; owns the
     per-entity state."""
 
     kind = "window"
     stateful = True
+
+    @property
+    def entity_field(self) -> str:
+        """The record field naming the entity (else the message key): capped by the batch step."""
+        return self.spec.entity_field
 
     def __init__(self, detector, version: str = "", model_id: str = "", *, fitted_at: int = 0):
         """``fitted_at``: the stream position (rows) the model was trained at, when known (the
@@ -166,6 +199,10 @@ class WindowServing:
             records = self._records(
                 features, items, score, nll, expected, likelihood, top_k, bands, explain
             )
+            if likelihood is not None:
+                p_values = p_values_of(self.likelihood.last_log10_tail)
+                for record, p_value in zip(records, p_values, strict=True):
+                    record.p_value = p_value
         except BaseException:
             if saved is not None:  # a retried batch must not count twice in the histories
                 self.likelihood.put_back(saved)
@@ -246,16 +283,17 @@ class WindowServing:
             }
         return self._refit_state
 
-    def _restore_refit(self, state: Any) -> int:
-        """Resume the refitted model of a snapshot taken while serving this same bundle."""
-        from vaeguard.timeseries.learning import apply_refit_state
+    def _stage_refit(self, state: Any) -> tuple[int, list[dict[str, Any]]] | None:
+        """The refitted model of a snapshot taken while serving this same bundle, decoded and
+        checked but not applied (None: the snapshot has none for this bundle)."""
+        from vaeguard.timeseries.learning import stage_refit_state
 
         if not isinstance(state, dict) or state.get("base_model_id") != self._model_id:
-            return 0
-        refits = int(state["refits"])
-        apply_refit_state(self.views, state["views"])
-        self._serving_refit(refits)
-        return refits
+            return None
+        refits = state.get("refits")
+        if not isinstance(refits, int) or isinstance(refits, bool) or refits < 1:
+            raise DataError("refit.refits must be a count of refits (>= 1)")
+        return refits, stage_refit_state(self.views, state.get("views"))
 
     def _alert_level(self) -> float | None:
         spec = self.views.likelihood_spec
@@ -265,6 +303,23 @@ class WindowServing:
 
     def covers(self, source: Source) -> bool:
         return source.offset < self.offsets.get(_partition(source.topic, source.partition), -1)
+
+    def bound_offset(self, partition: str, committed: int | None, *, trusted: bool) -> bool:
+        """Keep `covers` from skipping records the consumer group has not committed: the next
+        offset held for ``partition`` ("topic:partition") is cut to the group's ``committed``
+        offset (dropped when there is none), unless ``trusted`` (the checkpoint knows the state
+        was saved just before a commit that did not happen, so it holds those records). Returns
+        whether it was cut."""
+        held = self.offsets.get(partition)
+        if held is None or (trusted and committed is not None):
+            return False
+        if committed is None:
+            del self.offsets[partition]
+            return True
+        if held > committed:
+            self.offsets[partition] = committed
+            return True
+        return False
 
     def advance(self, next_offsets) -> None:
         for tp, offset in next_offsets.items():
@@ -294,33 +349,44 @@ class WindowServing:
         Windows and scalers carry over when the window spec is compatible; online refits of
         this same bundle are resumed (`vaeguard.timeseries.learning`); likelihood histories only
         when they hold this same (refitted) model's raw scores with the same likelihood spec.
+        A snapshot is a file from disk: everything is checked first and either all of it is
+        taken or, with `DataError`, none of it (non-finite thresholds, statistics or weights,
+        offsets that are not Kafka offsets, any malformed field).
         """
+        from vaeguard.errors import ConfigError
         from vaeguard.timeseries.featurizer import WindowFeaturizer, WindowSpec
+        from vaeguard.timeseries.learning import put_refit_state
         from vaeguard.timeseries.views import STATE_FORMAT as LIKELIHOOD_FORMAT
         from vaeguard.timeseries.views import ViewLikelihood
 
         check_header(state, STATE_FORMAT, STATE_VERSION, "daemon window-state file")
         try:
-            snap = dict(state["featurizer"])
+            offsets = _offsets(state["offsets"])
+            snap = state["featurizer"]
+            if not isinstance(snap, dict) or not isinstance(snap.get("spec"), dict):
+                raise DataError("featurizer must be an object with a spec")
+            snap = dict(snap)
             old_spec = WindowSpec.from_dict(snap["spec"])
-            offsets = {str(k): int(v) for k, v in dict(state["offsets"]).items()}
             kept = {"windows": False, "likelihood": False, "entities": 0, "refits": 0}
             if not spec_compatible(old_spec, self.spec):
                 # Fresh windows, but what was already produced stays produced (see `covers`).
                 self.offsets = offsets
                 return kept
             snap["spec"] = self.spec.to_dict()
-            snap["entities"] = list(snap["entities"])[-self.spec.max_entities :]
+            if not isinstance(snap.get("entities"), list):
+                raise DataError("featurizer.entities must be a list")
+            snap["entities"] = snap["entities"][-self.spec.max_entities :]
             featurizer = WindowFeaturizer.restore(snap)
             # refitted weights first: the likelihood histories hold their scores
-            kept["refits"] = self._restore_refit(state.get("refit"))
+            refit = self._stage_refit(state.get("refit"))
+            model_id = self.model_id if refit is None else f"{self._model_id}+refit{refit[0]}"
             likelihood = self.likelihood
             lk_state = state.get("likelihood")
             if (
                 self.likelihood is not None
                 and isinstance(lk_state, dict)
                 and lk_state.get("format") == LIKELIHOOD_FORMAT
-                and state.get("model_id") == self.model_id
+                and state.get("model_id") == model_id
             ):
                 restored = ViewLikelihood.restore(lk_state)
                 if restored.spec == self.likelihood.spec and len(restored.views) == len(
@@ -328,8 +394,22 @@ class WindowServing:
                 ):
                     likelihood = restored
                     kept["likelihood"] = True
-        except (KeyError, TypeError, ValueError, AttributeError, DataError) as exc:
-            raise DataError(f"daemon window-state is corrupt: {exc}") from None
+        except (
+            DataError,
+            ConfigError,
+            LookupError,
+            TypeError,
+            ValueError,
+            ArithmeticError,
+            AttributeError,
+            RecursionError,
+        ) as exc:
+            raise DataError(f"daemon window-state is corrupt: {_reason(exc)}") from None
+        # all checked: nothing below can fail half-way
+        if refit is not None:
+            put_refit_state(self.views, refit[1])
+            self._serving_refit(refit[0])
+            kept["refits"] = refit[0]
         self.state, self.likelihood, self.offsets = featurizer, likelihood, offsets
         kept.update(windows=True, entities=featurizer.n_entities)
         return kept

@@ -142,23 +142,61 @@ def window_detector_from(vae_detector, where: str = "bundle"):
     from vaeguard.errors import ConfigError
     from vaeguard.timeseries.views import ViewSet
 
-    params = vae_detector.bundle_extra_[WINDOW_KEY]
+    params = (getattr(vae_detector, "bundle_extra_", None) or {}).get(WINDOW_KEY)
+    if not isinstance(params, dict):
+        raise BundleError(f"corrupt bundle at {where}: extra.{WINDOW_KEY} must be an object")
     try:
         views = ViewSet.from_params(dict(params))
-    except (ConfigError, TypeError, ValueError) as exc:
+    except (
+        ConfigError,
+        TypeError,
+        ValueError,
+        ArithmeticError,
+        LookupError,
+        AttributeError,
+    ) as exc:
+        # whatever a hand-edited window_mode holds: one line naming the section, not a trace
         raise BundleError(
             f"corrupt bundle at {where}: bad window_mode parameters ({exc})"
         ) from None
+    _check_schedule(views.schedule, where)
     parts = getattr(vae_detector, "parts_", {}) or {}
     if set(parts) != {f"views/{k}" for k in range(1, len(views.views))}:
         raise BundleError(
             f"corrupt bundle at {where}: window_mode describes {len(views.views)} views, "
             f"the bundle holds {1 + len(parts)} models"
         )
-    _attach(views.primary, vae_detector, where)
-    for k, view in enumerate(views.views[1:], start=1):
-        _attach(view, parts[f"views/{k}"], f"{where}/views/{k}")
+    try:
+        _attach(views.primary, vae_detector, where)
+        for k, view in enumerate(views.views[1:], start=1):
+            _attach(view, parts[f"views/{k}"], f"{where}/views/{k}")
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        # a window_mode value only the scorer checks (mc_samples, seed …)
+        raise BundleError(
+            f"corrupt bundle at {where}: bad window_mode parameters ({type(exc).__name__}: {exc})"
+        ) from None
     return views
+
+
+def _check_schedule(schedule: dict[str, Any], where: str) -> None:
+    """The online-learning schedule serving counts rows with: whole numbers of windows and
+    rows, a finite growth factor (null or 0: off)."""
+
+    def count(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    growth = schedule.get("retrain_growth")
+    ok = count(schedule.get("max_train"), 1)
+    ok = ok and (schedule.get("retrain_max_gap") is None or count(schedule["retrain_max_gap"], 0))
+    ok = ok and (
+        growth is None
+        or (isinstance(growth, int | float) and not isinstance(growth, bool) and 0 <= growth <= 1e3)
+    )
+    if not ok:
+        raise BundleError(
+            f"corrupt bundle at {where}: window_mode.schedule needs max_train >= 1 windows, "
+            "retrain_max_gap null or rows >= 0, retrain_growth null or a factor up to 1000"
+        )
 
 
 def load_window_bundle(path):

@@ -54,7 +54,14 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
-from vaeguard.ingest import Reason, Rejection, entity_text, to_number, to_timestamp
+from vaeguard.ingest import (
+    TIMESTAMP_RANGE,
+    Reason,
+    Rejection,
+    entity_text,
+    to_number,
+    to_timestamp,
+)
 from vaeguard.snapshot import check_header
 from vaeguard.timeseries.conditions import TimeConditions
 from vaeguard.timeseries.normalization import OnlineScaler
@@ -494,33 +501,35 @@ class WindowFeaturizer:
 
     @classmethod
     def restore(cls, state: dict[str, Any]) -> WindowFeaturizer:
-        """A featurizer continuing exactly where `snapshot()` left off."""
+        """A featurizer continuing exactly where `snapshot()` left off.
+
+        The snapshot is read from disk, so every field is checked before any of it is used:
+        `DataError` for a wrong type, a non-finite time, statistic or value, a negative count,
+        an array of the wrong shape (a NaN or infinite scaler would poison every window of
+        its entity; an ``end`` of ``1e400`` is no slot at all)."""
         check_header(state, STATE_FORMAT, STATE_VERSION, "window-state snapshot")
         try:
-            featurizer = cls(WindowSpec.from_dict(state["spec"]))
+            featurizer = cls(WindowSpec.from_dict(_expect(state["spec"], dict, "spec")))
             spec = featurizer.spec
-            cap = spec.capacity
+            stats = _expect(state["stats"], dict, "stats")
             for name in cls.STAT_NAMES:
-                featurizer.stats[name] = int(state["stats"].get(name, 0))
-            for item in state["entities"]:
-                e = _Entity(spec)
-                e.origin = item["origin"]
-                e.interval = item["interval"]
-                e.end = int(item["end"])
-                e.last_ts = -math.inf if item["last_ts"] is None else float(item["last_ts"])
-                if item["recent"] is not None:
-                    recent = _none_to_nan(item["recent"], (cap, len(spec.channels)))
-                    e.buf[_ring(e.end - cap + 1, cap, cap)] = recent
-                e.pending = [
-                    (float(t), list(_none_to_nan(v, (len(spec.channels),))))
-                    for t, v in item["pending"]
-                ]
-                e.scaler.load_dict(item["scaler"])
-                if e.seasonal is not None:
-                    e.seasonal.load_dict(item["seasonal"])
-                featurizer._entities[str(item["key"])] = e
-        except (KeyError, TypeError, ValueError) as exc:
+                featurizer.stats[name] = _count(stats.get(name, 0), f"stats.{name}")
+            for item in _expect(state["entities"], list, "entities"):
+                key, entity = _restore_entity(_expect(item, dict, "an entity"), spec)
+                featurizer._entities[key] = entity
+        except DataError as exc:
             raise DataError(f"window-state snapshot is corrupt: {exc}") from None
+        except (
+            ConfigError,
+            KeyError,
+            TypeError,
+            ValueError,
+            ArithmeticError,
+            AttributeError,
+        ) as exc:
+            raise DataError(
+                f"window-state snapshot is corrupt: {type(exc).__name__}: {exc}"
+            ) from None
         return featurizer
 
     @classmethod
@@ -532,6 +541,100 @@ class WindowFeaturizer:
         return cls.restore(state)
 
 
+#: The smallest grid interval a snapshot may hold (seconds): finer than float timestamps resolve.
+MIN_INTERVAL = 1e-9
+
+
+def _restore_entity(item: dict[str, Any], spec: WindowSpec) -> tuple[str, _Entity]:
+    """One entity of a snapshot, checked (see `WindowFeaturizer.restore`)."""
+    cap, m = spec.capacity, len(spec.channels)
+    low, high = TIMESTAMP_RANGE
+    e = _Entity(spec)
+    key = _expect(item["key"], str, "an entity's key")
+    e.origin = _time(item["origin"], "origin", optional=True)
+    e.interval = _time(item["interval"], "interval", optional=True)
+    last_ts = _time(item["last_ts"], "last_ts", optional=True)
+    e.last_ts = -math.inf if last_ts is None else last_ts
+    if any(t is not None and not low <= t <= high for t in (e.origin, last_ts)):
+        raise DataError(f"entity {key!r}: origin and last_ts must be timestamps in range")
+    if e.interval is not None and not MIN_INTERVAL <= e.interval <= high - low:
+        raise DataError(f"entity {key!r}: interval must be positive seconds")
+    if not isinstance(spec.interval, str) and e.interval != float(spec.interval):
+        raise DataError(f"entity {key!r}: interval differs from the spec's {spec.interval}")
+    end = item["end"]
+    if not isinstance(end, int) or isinstance(end, bool) or end < -1:
+        raise DataError(f"entity {key!r}: end must be a slot number (-1 for none)")
+    e.end = end
+    if spec.interval != "rows" and e.origin is not None:
+        # The newest slot is the latest point's: a slot beyond it would make every new point
+        # of the entity "late" (an ``end`` of 10**30 stalls the entity for good).
+        if e.interval is None or last_ts is None or last_ts < e.origin:
+            raise DataError(f"entity {key!r}: a grid origin without an interval or a last point")
+        if end > round((last_ts - e.origin) / e.interval):
+            raise DataError(f"entity {key!r}: end is beyond the slot of its latest point")
+    if item["recent"] is not None:
+        e.buf[_ring(e.end - cap + 1, cap, cap)] = _values(item["recent"], (cap, m))
+    pending = _expect(item["pending"], list, "pending")
+    e.pending = []
+    for point in pending:
+        if not isinstance(point, list) or len(point) != 2:
+            raise DataError(f"entity {key!r}: a pending point must be [time, values]")
+        t = _time(point[0], "a pending time")
+        if not low <= t <= high:
+            raise DataError(f"entity {key!r}: a pending time is out of range")
+        e.pending.append((t, list(_values(point[1], (m,)))))
+    scaler = _expect(item["scaler"], dict, "scaler")
+    stats = {name: _values(scaler[name], (m,), missing=False) for name in ("count", "mean", "var")}
+    if (stats["count"] < 0).any() or (stats["var"] < 0).any():
+        raise DataError(f"entity {key!r}: scaler counts and variances must be >= 0")
+    e.scaler.load_dict(stats)
+    if e.seasonal is not None:
+        e.seasonal.load_dict(_expect(item["seasonal"], dict, "seasonal"))
+    return key, e
+
+
+def _expect(value: Any, kind: type, what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(f"{what} must be a JSON {kind.__name__}")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DataError(f"{what} must be a count (an integer >= 0)")
+    return value
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _time(value: Any, what: str, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if not _real(value):
+        raise DataError(f"{what} must be a finite number")
+    return float(value)
+
+
+def _values(items: Any, shape: tuple[int, ...], *, missing: bool = True) -> np.ndarray:
+    """A nested list of finite numbers (or null for a missing value, when ``missing``) of this
+    shape, as float64 with NaN for null."""
+    leaves = [items]
+    for n in shape:
+        if not all(isinstance(x, list) and len(x) == n for x in leaves):
+            raise DataError(f"expected an array of shape {shape}")
+        leaves = [v for x in leaves for v in x]
+    absent = [v is None for v in leaves] if missing else [False] * len(leaves)
+    values = [math.nan if gone else v for v, gone in zip(leaves, absent, strict=True)]
+    if not all(type(v) in (int, float) for v in values):  # not bool, str, list …
+        raise DataError("state values must be numbers" + " or null" * missing)
+    arr = np.asarray(values, dtype="float64").reshape(shape)
+    if not np.isfinite(arr[~np.asarray(absent, dtype=bool).reshape(shape)]).all():
+        raise DataError("state values must be finite")
+    return arr
+
+
 def _ring(start: int, n: int, capacity: int) -> np.ndarray:
     """Ring-buffer positions of the n slots from ``start``: reduced first, so a slot index
     beyond int64 (a grid inferred from nanosecond gaps, then a far timestamp) stays an index."""
@@ -539,12 +642,6 @@ def _ring(start: int, n: int, capacity: int) -> np.ndarray:
 
 
 def _nan_to_none(a: np.ndarray) -> list:
-    return np.where(np.isnan(a), None, a).tolist()
-
-
-def _none_to_nan(items: Any, shape: tuple[int, ...]) -> np.ndarray:
-    arr = np.array(items, dtype=object)
-    arr = np.where(arr == None, np.nan, arr).astype("float64")  # noqa: E711 (elementwise)
-    if arr.shape != shape:
-        raise ValueError(f"expected shape {shape}, got {arr.shape}")
-    return arr
+    """Missing (and a seasonal residual that overflowed, which a window masks all the same) as
+    null: a snapshot holds finite numbers only."""
+    return np.where(np.isfinite(a), a, None).tolist()

@@ -227,10 +227,13 @@ def _decode(d: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
     dtype = d.get("dtype", "<f4")  # state files written before the dtype was kept: float32
     if dtype not in _DTYPES:
         raise DataError(f"refit state: unsupported array dtype {dtype!r}")
+    shape_of = d.get("shape")
+    if not isinstance(shape_of, list) or not all(_count(n) for n in shape_of):
+        raise DataError("refit state: an array's shape must list sizes")
     try:
         raw = base64.b64decode(d["data"], validate=True)
-        a = np.frombuffer(raw, dtype=dtype).reshape([int(n) for n in d["shape"]])
-    except (KeyError, TypeError, ValueError) as exc:
+        a = np.frombuffer(raw, dtype=dtype).reshape(shape_of)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         raise DataError(f"refit state: bad array ({exc})") from None
     if shape is not None and a.shape != tuple(shape):
         raise DataError(f"refit state: an array of shape {a.shape}, the model has {shape}")
@@ -261,39 +264,90 @@ def refit_state(views) -> list[dict[str, Any]]:
 def apply_refit_state(views, state: Any) -> None:
     """Put saved refitted weights and calibration in place; `DataError` (and nothing changed)
     when they do not fit these views."""
-    from vaeguard.model.counterfactual import PlausibleRange
-    from vaeguard.thresholds import Threshold
+    put_refit_state(views, stage_refit_state(views, state))
 
+
+def stage_refit_state(views, state: Any) -> list[dict[str, Any]]:
+    """Decode and check saved refitted weights and calibration without touching the views
+    (`put_refit_state` then puts them in place): `DataError` unless every array has the
+    model's shape and finite values, every threshold is a finite number, every plausible range
+    finite low ≤ high pairs for the view's inputs. A state file is read from disk: a NaN
+    threshold adopted from it would flag nothing ever again."""
     if not isinstance(state, list) or len(state) != len(views.views):
         raise DataError("refit state: expected one entry per view")
     staged = []
     for view, item in zip(views.views, state, strict=True):
         try:
+            if not isinstance(item, dict):
+                raise DataError("refit state: a view's entry is not an object")
             current = view.model_.get_weights()
             weights = item["weights"]
             if not isinstance(weights, list) or len(weights) != len(current):
                 raise DataError("refit state: the number of weight arrays differs")
+            if not isinstance(item["training_info"], dict) or not _count(item["fits"]):
+                raise DataError("refit state: training_info must be an object and fits a count")
             staged.append(
                 {
                     "weights": [
                         _decode(d, w.shape).astype(w.dtype)
                         for d, w in zip(weights, current, strict=True)
                     ],
-                    "threshold_": Threshold.from_dict(item["threshold"]),
+                    "threshold_": _threshold(item["threshold"]),
                     "baseline_": _decode(item["baseline"], view.baseline_.shape).astype("float64"),
                     "score_reference_": _decode(item["score_reference"]).astype("float64"),
-                    "plausible_range_": None
-                    if item["plausible_range"] is None
-                    else PlausibleRange.from_dict(item["plausible_range"]),
+                    "plausible_range_": _plausible_range(item["plausible_range"], view.n_inputs),
                     "training_info_": dict(item["training_info"]),
                     "fits_": int(item["fits"]),
                 }
             )
         except DataError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
             raise DataError(f"refit state is corrupt: {type(exc).__name__}: {exc}") from None
+    return staged
+
+
+def put_refit_state(views, staged: list[dict[str, Any]]) -> None:
+    """Put what `stage_refit_state` checked in place (cannot fail half-way: shapes match)."""
     for view, item in zip(views.views, staged, strict=True):
+        item = dict(item)
         view.model_.set_weights(item.pop("weights"))
         for k, v in item.items():
             setattr(view, k, v)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _threshold(d: Any):
+    from vaeguard.thresholds import Threshold
+
+    if (
+        not isinstance(d, dict)
+        or not _finite(d.get("value"))
+        or not isinstance(d.get("method"), str)
+        or not isinstance(d.get("params", {}), dict)
+        or not _count(d.get("calibration_rows", 0))
+    ):
+        raise DataError("refit state: a threshold must have a finite value and a method")
+    return Threshold.from_dict(d)
+
+
+def _plausible_range(d: Any, n: int):
+    from vaeguard.model.counterfactual import PlausibleRange
+
+    if d is None:
+        return None
+    ok = isinstance(d, dict) and _finite(d.get("margin", 0.0))
+    ok = ok and isinstance(d.get("basis", ""), str)
+    for key in ("low", "high"):
+        values = d.get(key) if ok else None
+        ok = ok and isinstance(values, list) and len(values) == n and all(map(_finite, values))
+    if not (ok and all(lo <= hi for lo, hi in zip(d["low"], d["high"], strict=True))):
+        raise DataError(f"refit state: a plausible range must hold {n} finite low <= high pairs")
+    return PlausibleRange.from_dict(d)

@@ -13,6 +13,16 @@ which spreads the interesting region 0.99 … 0.9999999999 over [0.2, 1]. Suppre
 (``suppress`` > 0) keeps an alarm from repeating: an output is kept only when it beats every
 output of the entity's previous ``suppress`` points, so one incident reads as one alert.
 ``alert`` is the output level at which the daemon calls a record anomalous.
+
+The ``evt`` estimator is the false-alarm contract: a point's tail probability is its rank
+among the entity's own recent scores (a conformal p-value) where the history has enough points
+above it, and beyond that a generalized Pareto tail fitted to the history's largest scores
+(peaks over threshold), with its shape taken at an upper confidence bound so that a tail
+estimated from few points errs towards fewer alerts. ``budget`` (false alerts per 1,000
+points per entity) then sets the level: the output reaches 1 at a tail probability of
+``budget / 1000``, so on a stationary stream a point alerts with at most that probability,
+whatever the scores' distribution. With several views the smallest tail probability is
+multiplied by their number (Bonferroni), so the budget holds for the combination too.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
 from vaeguard.snapshot import check_header
+from vaeguard.thresholds import fit_tail, log10_tail_of
 
 STATE_FORMAT = "vaeguard-likelihood-state"
 STATE_VERSION = 1
@@ -38,7 +49,7 @@ _LOG_FLOOR = 1e-10
 class LikelihoodSpec:
     """Parameters of the likelihood post-processing (the same for every entity)."""
 
-    estimator: str = "tail"  # "tail" | "gaussian"
+    estimator: str = "tail"  # "tail" | "gaussian" | "evt"
     short: int = 10
     history: int = 2000
     min_history: int = 100
@@ -52,10 +63,13 @@ class LikelihoodSpec:
     max_entities: int = 10_000
     #: When set, an output at or above it makes the daemon's record an anomaly (window mode).
     alert: float | None = None
+    #: False alerts per 1,000 points per entity on a stationary stream: when set, the output
+    #: reaches 1 at a tail probability of budget / 1000 (``decades`` is then derived from it).
+    budget: float | None = None
 
     def __post_init__(self):
-        if self.estimator not in ("tail", "gaussian"):
-            raise ConfigError(f"estimator: 'tail' or 'gaussian', got {self.estimator!r}")
+        if self.estimator not in ("tail", "gaussian", "evt"):
+            raise ConfigError(f"estimator: 'tail', 'gaussian' or 'evt', got {self.estimator!r}")
         if self.short < 1:
             raise ConfigError("short: must be at least 1")
         if self.history < max(self.short, 2):
@@ -76,20 +90,48 @@ class LikelihoodSpec:
             raise ConfigError("suppress: must be >= 0")
         if self.alert is not None and not 0.0 < self.alert <= 1.0:
             raise ConfigError("alert: must be in (0, 1]")
+        if self.budget is not None and not (
+            isinstance(self.budget, int | float) and 0.0 < self.budget < 1000.0
+        ):
+            raise ConfigError("budget: false alerts per 1,000 points, must be in (0, 1000)")
+
+    @property
+    def level_decades(self) -> float:
+        """-log10 of the tail probability at which the output reaches 1."""
+        if self.budget is not None:
+            return math.log10(1000.0 / self.budget)
+        return self.decades
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["budget"] is None:  # read back identically by versions that predate it
+            del out["budget"]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LikelihoodSpec:
+        if not isinstance(d, dict):
+            raise ConfigError("likelihood spec: expected an object")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"likelihood spec: unknown field(s) {', '.join(sorted(unknown))}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as exc:  # a wrong type compared in the checks above
+            raise ConfigError(f"likelihood spec: a field has the wrong type ({exc})") from None
 
 
 class _History:
-    __slots__ = ("averages", "count", "dropped", "fit", "peaks", "recent", "since_refresh")
+    __slots__ = (
+        "averages",
+        "count",
+        "dropped",
+        "fit",
+        "peaks",
+        "pending",
+        "recent",
+        "since_refresh",
+    )
 
     def __init__(self, spec: LikelihoodSpec):
         self.recent: deque[float] = deque(maxlen=spec.short)
@@ -99,6 +141,7 @@ class _History:
         self.dropped: list[float] = []  # averages that left the history since the last refresh
         self.count = 0  # points seen (ages the entries of `peaks`)
         self.peaks: deque[tuple[int, float]] = deque()  # sliding max of the last `suppress` outputs
+        self.pending: float | None = None  # the score judged last, until it is learned
 
 
 def log10_normal_tail(z: float) -> float:
@@ -136,7 +179,9 @@ class AnomalyLikelihood:
         if values is None:
             values = np.fromiter(h.averages, dtype="float64", count=len(h.averages))
         values = np.sort(values)
-        if spec.estimator == "gaussian":
+        if spec.estimator == "evt":
+            h.fit = (values, *fit_tail(values, spec.min_std))
+        elif spec.estimator == "gaussian":
             if spec.robust:
                 center = float(np.median(values))
                 spread = _MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
@@ -156,6 +201,9 @@ class AnomalyLikelihood:
 
     def _log10_tail(self, h: _History, average: float) -> float:
         """log10 of the probability of an average at least this high, under the history."""
+        if self.spec.estimator == "evt":
+            values, *tail = h.fit
+            return log10_tail_of(values, tail, average)
         if self.spec.estimator == "gaussian":
             center, spread = h.fit
             return log10_normal_tail((average - center) / spread)
@@ -173,22 +221,36 @@ class AnomalyLikelihood:
 
     def log10_tail(self, key: str, score: float) -> float:
         """Feed one raw score; return log10 of its tail probability (0 = no opinion yet)."""
+        log10_tail = self.judge(key, score)
+        self.learn(key)
+        return log10_tail
+
+    def judge(self, key: str, score: float) -> float:
+        """log10 of one raw score's tail probability against the entity's history (0 = no
+        opinion yet); the score joins the history only at `learn`."""
         spec = self.spec
         h = self._history(key)
         if not math.isfinite(score):
             score = 1e30 if score > 0 else (h.recent[-1] if h.recent else 0.0)
         h.recent.append(float(score))
         average = sum(h.recent) / len(h.recent)
-        log10_tail = 0.0
-        if len(h.averages) >= spec.min_history:
-            if h.fit is None or h.since_refresh >= spec.refresh:
-                self._refresh(h)
-            log10_tail = min(self._log10_tail(h, average), 0.0)
-        if h.fit is not None and len(h.averages) == spec.history:
+        h.pending = average
+        if len(h.averages) < spec.min_history:
+            return 0.0
+        if h.fit is None or h.since_refresh >= spec.refresh:
+            self._refresh(h)
+        return min(self._log10_tail(h, average), 0.0)
+
+    def learn(self, key: str) -> None:
+        """Add the score last judged for this entity to its history."""
+        h = self._history(key)
+        if h.pending is None:
+            return
+        if h.fit is not None and len(h.averages) == self.spec.history:
             h.dropped.append(h.averages[0])
-        h.averages.append(average)
+        h.averages.append(h.pending)
+        h.pending = None
         h.since_refresh += 1
-        return log10_tail
 
     def emit(self, key: str, log10_tail: float) -> float:
         """The [0, 1] output of a tail probability (possibly combined over several models)."""
@@ -212,7 +274,7 @@ class AnomalyLikelihood:
     def _output(self, log10_tail: float) -> float:
         if self.spec.output == "linear":
             return 1.0 - 10.0**log10_tail
-        return min(1.0, -log10_tail / self.spec.decades)
+        return min(1.0, -log10_tail / self.spec.level_decades)
 
     def update_many(self, keys: Sequence[str], scores: Iterable[float]) -> np.ndarray:
         """`update` for a batch in arrival order (entities may interleave)."""
@@ -265,19 +327,34 @@ class AnomalyLikelihood:
             out.evicted = int(state.get("evicted", 0))
             for item in state["entities"]:
                 h = _History(out.spec)
-                h.recent.extend(float(v) for v in item["recent"])
-                h.averages.extend(float(v) for v in item["averages"])
+                h.recent.extend(_finite(v) for v in item["recent"])
+                h.averages.extend(_finite(v) for v in item["averages"])
                 if item["since_refresh"] is not None:
                     # Rebuild the estimate exactly as it was: the history at the last refresh is
                     # what has left it since, then all but the points added after.
                     lag = int(item["since_refresh"])
+                    if not 0 <= lag <= len(h.averages):
+                        raise ValueError(f"since_refresh {lag} outside the history")
                     kept = list(h.averages)[: len(h.averages) - lag]
-                    out._refresh(h, np.asarray([float(v) for v in item["dropped"]] + kept))
+                    dropped = [_finite(v) for v in item["dropped"]]
+                    if not kept and not dropped:
+                        raise ValueError("a refreshed estimate with no history")
+                    out._refresh(h, np.asarray(dropped + kept))
                     h.since_refresh = lag
-                    h.dropped = [float(v) for v in item["dropped"]]
+                    h.dropped = dropped
                 h.count = int(item["count"])
-                h.peaks.extend((int(i), float(v)) for i, v in item["peaks"])
+                h.peaks.extend((int(i), _finite(v)) for i, v in item["peaks"])
+                if h.count < 0 or any(i < 0 or i > h.count for i, _ in h.peaks):
+                    raise ValueError("suppression peaks outside the entity's count")
                 out._state[str(item["key"])] = h
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, ConfigError) as exc:
             raise DataError(f"likelihood-state snapshot is corrupt: {exc}") from None
         return out
+
+
+def _finite(value: Any) -> float:
+    """A snapshot's number, refused unless finite (a NaN history would silence an entity)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"a non-finite value {value!r}")
+    return number

@@ -15,6 +15,7 @@ bundle's own model, the other views are parts of the bundle (``views/<k>/``).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ from vaeguard.snapshot import check_header
 from vaeguard.timeseries.detector import WindowDetector
 from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 
+#: Decades beyond the alert level from which a point is left out of the histories.
+EXCLUDE_DECADES = 1.0
 STATE_FORMAT = "vaeguard-view-likelihood-state"
 STATE_VERSION = 1
 
@@ -44,12 +47,16 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: Two views of the last 32 rows, conditioned on the hour of day and scored on the newest 16
 #: slots: the metrics alone (``inputs: "metrics"``), and every channel (``inputs: null``): the
 #: metrics with the seasonal residual of the first one (value − median of the
-#: same time on the previous 3 days), so a missing daily peak is visible. Gaussian tail of each
-#: view's raw score against the entity's last 1000; the most surprised view; saturating at
-#: 1e-5; kept only when it beats every output of the entity's previous 100 points. Time grid
-#: inferred per entity (gaps are missing slots); every point scored, however sparse its window
-#: (``min_observed: 0``: an irregularly sampled stream is never left unscored). The views
-#: retrain warm on the newest 4000 windows every 1000 rows per entity (online learning).
+#: same time on the previous 3 days), so a missing daily peak is visible. The mean of each view's
+#: last 10 raw scores is judged by its tail probability against the entity's last 2000 such
+#: means (rank, then a fitted Pareto tail whose scale is at least 1 nat: the ``evt``
+#: estimator); the most surprised view, Bonferroni-corrected; the alert
+#: budget of 2 false alerts per 1,000 points sets the level (a tail of 2e-3), and points far
+#: beyond it do not join the histories; an alert is kept only when it beats every output of
+#: the entity's previous 100 points. Time grid inferred per entity (gaps are missing slots);
+#: every point scored, however sparse its window (``min_observed: 0``: an irregularly sampled
+#: stream is never left unscored). The views retrain warm on the newest 4000 windows every
+#: 1000 rows per entity (online learning).
 _VIEW_MODEL: dict[str, Any] = {
     "latent_dim": 4,
     "hidden": [64, 32],
@@ -69,11 +76,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
     },
     "views": [{"inputs": "metrics", **_VIEW_MODEL}, {"inputs": None, **_VIEW_MODEL}],
     "likelihood": {
-        "estimator": "gaussian",
-        "short": 1,
-        "history": 1000,
+        "estimator": "evt",
+        "budget": 2.0,
+        "short": 10,
+        "history": 2000,
         "min_history": 100,
-        "decades": 5.0,
+        "min_std": 1.0,
         "suppress": 100,
         "alert": 1.0,
     },
@@ -157,9 +165,25 @@ class ViewLikelihood:
             raise ValueError(f"expected {len(self.views)} views' scores, got {len(raws)}")
         columns = [np.asarray(r, dtype="float64").tolist() for r in raws]
         out = np.empty(len(keys), dtype="float64")
+        tails = np.empty(len(keys), dtype="float64")
+        # The budget holds for the most surprised of V views when each view's tail is
+        # multiplied by V (Bonferroni); bundles without a budget keep the plain minimum.
+        budget = self.spec.budget is not None
+        penalty = math.log10(len(self.views)) if budget else 0.0
+        # With a budget, a point far beyond the alert level does not join the histories: an
+        # incident is not learned as normal (on a stationary stream that leaves out a tenth of
+        # a budget's share of the points, too few to thin the tail the next points meet).
+        level = -self.spec.level_decades - EXCLUDE_DECADES
         for i, key in enumerate(keys):
-            tail = min(v.log10_tail(key, c[i]) for v, c in zip(self.views, columns, strict=True))
+            tail = min(v.judge(key, c[i]) for v, c in zip(self.views, columns, strict=True))
+            tail = min(tail + penalty, 0.0) if tail < 0.0 else tail
+            if not (budget and tail <= level):
+                for v in self.views:
+                    v.learn(key)
+            tails[i] = tail
             out[i] = self.emitter.emit(key, tail)
+        #: log10 of each row's tail probability (0: no opinion yet), for the score records.
+        self.last_log10_tail = tails + 0.0
         return out + 0.0  # (-0.0, "no opinion yet", becomes a plain 0.0)
 
     def save_entities(self, keys: Sequence[str]) -> list[dict[str, Any]]:

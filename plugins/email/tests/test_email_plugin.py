@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import ssl
 
 import pytest
@@ -227,3 +228,78 @@ def test_any_alert_text_makes_a_well_formed_message(entity, stream, severity, al
     assert sorted(parsed.keys()) == sorted(message.keys())  # no header smuggled in
     for line in raw.split(b"\r\n" if b"\r\n" in raw else b"\n"):
         assert len(line) <= HEADER_LIMIT
+
+
+# -- a login in clear ---------------------------------------------------------------------------
+# Decided from the settings alone: these tests never connect, least of all to a remote host.
+
+
+def plain(host: str, **extra) -> dict:
+    return {**sink(25, None, host=host, tls="none", **extra), "ca_file": None}
+
+
+def own(entry: dict) -> dict:
+    """A sink entry's own settings (what `EmailSettings` validates)."""
+    return {k: v for k, v in entry.items() if k not in ("name", "type")}
+
+
+@pytest.mark.parametrize(
+    "host", ["smtp.example.com", "10.0.0.5", "192.0.2.7", "::2", "localhost.example"]
+)
+def test_a_login_in_clear_to_a_remote_host_is_refused_at_config_load(host):
+    from vaeguard.alerts.settings import AlertsSettings
+    from vaeguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sinks\[ops-mail\]: tls: none would send the SMTP password in clear") as err:  # fmt: skip
+        AlertsSettings.from_mapping({"sinks": [plain(host)]})
+    assert "smtp-pass" not in str(err.value) and "allow_plaintext_login" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LOCALHOST."]
+)
+def test_loopback_relays_may_take_a_login_without_tls_quietly(host, caplog):
+    from vaeguard_email import EmailSettings, EmailSink
+
+    from vaeguard.alerts.sink import SinkContext
+
+    with caplog.at_level(logging.WARNING):
+        EmailSink(EmailSettings.model_validate(own(plain(host))), SinkContext("ops-mail"))
+    assert not caplog.records
+
+
+def test_an_allowed_login_in_clear_is_warned_about_at_start(caplog):
+    from vaeguard_email import EmailSettings, EmailSink
+
+    from vaeguard.alerts.sink import SinkContext
+
+    allowed = EmailSettings.model_validate(
+        own(plain("smtp.example.com", allow_plaintext_login=True))
+    )
+    anonymous = EmailSettings.model_validate(
+        own({**plain("smtp.example.com"), "username": None, "password": None})
+    )
+    with caplog.at_level(logging.WARNING):
+        EmailSink(allowed, SinkContext("ops-mail"))
+        EmailSink(anonymous, SinkContext("relay"))
+    first, second = caplog.records
+    assert (first.sink, second.sink) == ("ops-mail", "relay")
+    assert "the SMTP password cross the network in clear" in first.getMessage()
+    assert "password" not in second.getMessage() and "in clear" in second.getMessage()
+    assert "smtp-pass" not in caplog.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.ip_addresses().map(str)))
+def test_is_loopback_takes_any_host(host):
+    import ipaddress
+
+    from vaeguard_email import is_loopback
+
+    result = is_loopback(host)
+    assert result is True or result is False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    assert result == address.is_loopback

@@ -17,8 +17,11 @@ One message per alert, ``multipart/alternative`` with a plain-text and an HTML b
 subject ``[vaeguard] [FIRING critical] cpu_util on host-7``, and ``Message-ID`` / ``References``
 headers derived from the alert id so a mail client threads an episode's firing, repeats and
 resolve together. TLS is required by default (``tls: starttls``) and certificates are
-verified (``ca_file`` for a private CA). SMTP 4xx answers and network errors are retried;
-5xx answers (a rejected sender or recipient, failed authentication) are permanent.
+verified (``ca_file`` for a private CA). ``tls: none`` is meant for a loopback relay: with a
+login to any other host it is a config error unless ``allow_plaintext_login: true``, and
+without TLS to a non-loopback host the sink warns at start. SMTP 4xx answers and network
+errors are retried; 5xx answers (a rejected sender or recipient, failed authentication) are
+permanent.
 
 Every header built from alert data is one line of at most `SUBJECT_MAX` characters (control
 characters and line breaks become spaces): an entity key with a newline cannot inject a
@@ -28,6 +31,8 @@ header, nor make the message unbuildable and hold up the alerts behind it.
 from __future__ import annotations
 
 import html
+import ipaddress
+import logging
 import re
 import smtplib
 import ssl
@@ -35,7 +40,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Literal
 
-from pydantic import FilePath, SecretStr, field_validator
+from pydantic import FilePath, SecretStr, field_validator, model_validator
 
 from vaeguard.alerts.model import Alert
 from vaeguard.alerts.sink import (
@@ -53,6 +58,32 @@ __version__ = "0.1.0"
 SUBJECT_MAX = 200
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9.-]")
 
+log = logging.getLogger("vaeguard.alerts.sink.email")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1). No DNS lookup: a name that
+    merely resolves to loopback today is not trusted with a password in clear."""
+    name = host.strip().rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_login_refused(settings: EmailSettings) -> bool:
+    """The login would cross the network in clear (``tls: none``, a non-loopback host) and
+    ``allow_plaintext_login`` does not say that is wanted."""
+    return (
+        settings.tls == "none"
+        and settings.username is not None
+        and settings.password is not None
+        and not is_loopback(settings.host)
+        and not settings.allow_plaintext_login
+    )
+
 
 class EmailSettings(SinkSettings):
     host: str
@@ -60,6 +91,9 @@ class EmailSettings(SinkSettings):
     #: ``starttls`` (upgrade a plain connection, port 587), ``implicit`` (TLS from the first
     #: byte, port 465) or ``none`` (loopback relays only).
     tls: Literal["starttls", "implicit", "none"] = "starttls"
+    #: With ``tls: none`` and a host other than loopback, the login (username + password) is
+    #: refused at config load unless this says sending it in clear is intended.
+    allow_plaintext_login: bool = False
     username: str | None = None
     password: SecretStr | None = None
     from_addr: str
@@ -68,6 +102,15 @@ class EmailSettings(SinkSettings):
     #: CA bundle for a private certificate authority; ``verify_tls: false`` only for tests.
     ca_file: FilePath | None = None
     verify_tls: bool = True
+
+    @model_validator(mode="after")
+    def _no_login_in_clear(self) -> EmailSettings:
+        if plaintext_login_refused(self):
+            raise ValueError(
+                f"tls: none would send the SMTP password in clear to {self.host}: use tls: "
+                "starttls or implicit (or set allow_plaintext_login: true)"
+            )
+        return self
 
     @field_validator("to_addrs")
     @classmethod
@@ -148,6 +191,17 @@ class EmailSink(Sink):
 
     Settings = EmailSettings
     max_batch = 1
+
+    def __init__(self, settings: EmailSettings, context):
+        super().__init__(settings, context)
+        if settings.tls == "none" and not is_loopback(settings.host):
+            login = settings.username is not None and settings.password is not None
+            log.warning(
+                "email sink without TLS to a non-loopback host: alerts"
+                + (" and the SMTP password" if login else "")
+                + " cross the network in clear",
+                extra={"sink": context.name, "host": settings.host},
+            )
 
     def _tls_context(self) -> ssl.SSLContext:
         s = self.settings

@@ -1,4 +1,7 @@
-"""`file`: alerts appended as JSON lines, rotated by size, the newest backups kept."""
+"""`file`: alerts appended as JSON lines, rotated by size, the newest backups kept.
+
+Files are created 0600 (owner only); rotated backups are the same files renamed.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,12 @@ from pydantic import Field
 
 from vaeguard.alerts.model import Alert
 from vaeguard.alerts.sink import Sink, SinkSettings
+
+
+def _private(path: str, flags: int) -> int:
+    # Alerts name hosts, labels and scores: readable by the daemon's user only. Rotation
+    # renames, so the backups keep this mode; an existing file keeps the mode it was given.
+    return os.open(path, flags, 0o600)
 
 
 class FileSettings(SinkSettings):
@@ -44,7 +53,7 @@ class FileSink(Sink):
                 size = 0
             if size and size + len(data) > self.settings.max_bytes:
                 self._rotate()
-            with open(self.path, "ab") as f:
+            with open(self.path, "ab", opener=_private) as f:
                 f.write(data)
                 f.flush()
                 if self.settings.fsync:

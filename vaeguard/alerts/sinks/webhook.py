@@ -26,6 +26,9 @@ SIGNATURE_HEADER = "X-Vaeguard-Signature"
 ALERT_ID_HEADER = "X-Vaeguard-Alert-Id"
 #: An HTTP header name (RFC 9110 token).
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: A timestamp header as `send` writes it: unix seconds, ASCII digits (a bound keeps int()
+#: and the age arithmetic finite).
+_TIMESTAMP = re.compile(rb"[0-9]{1,18}")
 
 
 def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
@@ -37,21 +40,40 @@ def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
 
 def verify_signature(
     secret: str | bytes,
-    timestamp: str,
+    timestamp: str | bytes,
     body: bytes,
-    signature: str,
+    signature: str | bytes,
     *,
     tolerance_s: float = 300.0,
     now: float | None = None,
 ) -> bool:
-    """Receiver side: the signature matches and the timestamp is within ``tolerance_s``."""
+    """Receiver side: the signature matches and the timestamp is within ``tolerance_s``.
+
+    Its arguments come off the wire, so anything malformed (a missing or non-ASCII header, a
+    timestamp that is no plain number, a ``str`` body, a NaN clock) is False, never an
+    exception: a receiver cannot be crashed by a crafted request, and fails closed.
+    """
     try:
-        age = (time.time() if now is None else now) - int(timestamp)
-    except (TypeError, ValueError):
+        ts = _ascii(timestamp)
+        sig = _ascii(signature)
+        if ts is None or sig is None or not _TIMESTAMP.fullmatch(ts):
+            return False
+        if not isinstance(secret, str | bytes) or not isinstance(body, bytes | bytearray):
+            return False
+        clock = time.time() if now is None else float(now)
+        if not abs(clock - int(ts)) <= float(tolerance_s):  # also False for a NaN
+            return False
+        key = secret.encode() if isinstance(secret, str) else secret
+        expected = hmac.new(key, ts + b"." + bytes(body), hashlib.sha256).hexdigest()
+        return hmac.compare_digest(b"sha256=" + expected.encode(), sig)
+    except (TypeError, ValueError, OverflowError):  # a float() of junk, a lone surrogate
         return False
-    if abs(age) > tolerance_s:
-        return False
-    return hmac.compare_digest(sign(secret, timestamp, body), signature or "")
+
+
+def _ascii(value: object) -> bytes | None:
+    if isinstance(value, str):
+        return value.encode() if value.isascii() else None
+    return bytes(value) if isinstance(value, bytes | bytearray) else None
 
 
 class WebhookSettings(SinkSettings):

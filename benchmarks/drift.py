@@ -139,13 +139,7 @@ def following(threshold, scores: np.ndarray) -> np.ndarray:
     """Flags of the rows in order, the threshold following the stream (the daemon's rule)."""
     from vaeguard.serving.calibration import FollowingThreshold
 
-    state = FollowingThreshold(threshold)
-    flags = np.zeros(len(scores), dtype=bool)
-    for i in range(0, len(scores), BATCH):
-        part = scores[i : i + BATCH]
-        flags[i : i + BATCH] = part > state.value
-        state.learn(part, state.p_values(part))
-    return flags
+    return FollowingThreshold(threshold).replay(scores, BATCH)
 
 
 def pooled(result: dict, name: str, categories) -> np.ndarray:

@@ -542,14 +542,9 @@ def tabular_count(
     if det.threshold_.method == "budget":
         from vaeguard.serving.calibration import FollowingThreshold
 
-        state = FollowingThreshold(det.threshold_)
         scores = det.decision_function(rows[split:])
-        n_flagged = 0
-        for i in range(0, len(scores), FOLLOW_BATCH):
-            part = scores[i : i + FOLLOW_BATCH]
-            n_flagged += int((part > state.value).sum())
-            state.learn(part, state.p_values(part))
-        followed = Count(len(scores), n_flagged)
+        flags_followed = FollowingThreshold(det.threshold_).replay(scores, FOLLOW_BATCH)
+        followed = Count(len(scores), int(flags_followed.sum()))
     return Count(len(flags), int(flags.sum())), followed, det.get_params()
 
 

@@ -9,10 +9,8 @@ anywhere else, even one whose SHA-256 it records correctly.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.json_fuzz import BASE_SCALARS, dump, json_values, paths, replace
 from tests.serving.window_model import window_bundle
 from vaeguard.errors import BundleError
 
@@ -139,58 +138,12 @@ def test_the_bundles_themselves_load(bundles):
 # -- arbitrary manifests ---------------------------------------------------------------------------
 
 
-class Raw(str):
-    """A JSON token written as is (``1e400``, ``NaN``, a 40-digit integer)."""
-
-
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**64), 2**64)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-    | st.sampled_from(["1e400", "-1e400", "NaN", "-Infinity", "1e308", str(10**40)]).map(Raw)
-    | st.sampled_from(
-        ["model.keras", "../model.keras", "/etc/hostname", "views/1", "views/1/model.keras", "."]
-    )
+SCALARS = BASE_SCALARS | st.sampled_from(
+    ["model.keras", "../model.keras", "/etc/hostname", "views/1", "views/1/model.keras", "."]
 )
-JSON = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
+JSON = json_values(SCALARS)
 
 
-def dump(value) -> str:
-    raws: list[str] = []
-
-    def mark(v):
-        if isinstance(v, Raw):
-            raws.append(str(v))
-            return f"\x00{len(raws) - 1}\x00"
-        if isinstance(v, list):
-            return [mark(x) for x in v]
-        if isinstance(v, dict):
-            return {k: mark(x) for k, x in v.items()}
-        return v
-
-    text = json.dumps(mark(value))
-    return re.sub(r'"\\u0000(\d+)\\u0000"', lambda m: raws[int(m.group(1))], text)
-
-
-def paths(value, prefix=()):
-    yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i in sorted({0, len(value) - 1}) if value else []:
-            yield from paths(value[i], (*prefix, i))
-
-
-@functools.cache
 def manifest_paths(root: Path) -> list[tuple]:
     """Every place in the manifest at ``root`` (long lists: first and last items), and the
     optional fields it may lack."""
@@ -198,16 +151,6 @@ def manifest_paths(root: Path) -> list[tuple]:
     found = set(paths(manifest))
     found |= {("model_file",), ("parts",), ("parts", "views/1"), ("latent_knn",)}
     return sorted(found, key=repr)
-
-
-def replace(value, path, new):
-    if not path:
-        return new
-    target = value
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = new
-    return value
 
 
 @settings(

@@ -13,13 +13,7 @@ BATCH = 100
 
 
 def _run(threshold: Threshold, scores: np.ndarray) -> np.ndarray:
-    state = FollowingThreshold(threshold)
-    flags = np.zeros(len(scores), dtype=bool)
-    for i in range(0, len(scores), BATCH):
-        part = scores[i : i + BATCH]
-        flags[i : i + BATCH] = part > state.value
-        state.learn(part, state.p_values(part))
-    return flags
+    return FollowingThreshold(threshold).replay(scores, BATCH)
 
 
 def test_on_a_stationary_stream_the_rate_holds_the_budget():

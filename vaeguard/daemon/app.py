@@ -184,15 +184,11 @@ def _provider_for(settings: Settings) -> ModelProvider:
         if current is None:
             raise ConfigError(f"invalid setting model.path: registry {path} has no current version")
         read_manifest(registry.path_of(current))  # a clear BundleError now, not after connecting
-        return RegistryModelProvider(
-            path,
-            settings.model.device,
-            settings.model.reload_interval_s,
-            alert_budget=settings.model.alert_budget,
-            follow_normal=settings.model.follow_normal,
-        )
-    read_manifest(path)  # a clear BundleError now rather than after connecting
-    return BundleModelProvider(
+        provider = RegistryModelProvider
+    else:
+        read_manifest(path)  # a clear BundleError now rather than after connecting
+        provider = BundleModelProvider
+    return provider(
         path,
         settings.model.device,
         settings.model.reload_interval_s,

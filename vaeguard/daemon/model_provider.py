@@ -205,24 +205,10 @@ class RegistryModelProvider(BundleModelProvider):
     refused for good: the serving version stays until CURRENT names another one.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        device: str = "auto",
-        reload_interval_s: float = 30.0,
-        *,
-        alert_budget: float | None = None,
-        follow_normal: bool = True,
-    ):
+    def __init__(self, path: Path, *args, **kwargs):
         from vaeguard.registry import ModelRegistry
 
-        super().__init__(
-            path,
-            device,
-            reload_interval_s,
-            alert_budget=alert_budget,
-            follow_normal=follow_normal,
-        )
+        super().__init__(path, *args, **kwargs)
         self.registry = ModelRegistry(path)
         self.refused: dict[str, str] = {}
 

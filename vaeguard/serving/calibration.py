@@ -56,3 +56,14 @@ class FollowingThreshold:
         if keep.any():
             self.scores.extend(scores[keep].tolist())
             self._fit()
+
+    def replay(self, scores: np.ndarray, batch: int) -> np.ndarray:
+        """Flags of ``scores`` judged in order, ``batch`` rows at a time, learning after each
+        batch as the daemon does (benchmarks replay a stream this way)."""
+        scores = np.asarray(scores, dtype="float64")
+        flags = np.zeros(len(scores), dtype=bool)
+        for i in range(0, len(scores), batch):
+            part = scores[i : i + batch]
+            flags[i : i + batch] = part > self.value
+            self.learn(part, self.p_values(part))
+        return flags

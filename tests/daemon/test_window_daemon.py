@@ -295,6 +295,13 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
     assert [v.inputs for v in det.views] == [("cpu", "lat"), ("cpu", "lat", "cpu_seasonal")]
     assert (trained["bundle"] / "views" / "1" / "bundle.json").is_file()
     assert all(math.isfinite(v.threshold_.value) for v in det.views)
+    # the alert budget of the default configuration, carried by the bundle and shown by inspect
+    assert det.likelihood_spec.budget == 2.0 and det.likelihood_spec.estimator == "evt"
+    shown = run_cli("inspect", "--model", str(trained["bundle"]))
+    assert shown.returncode == 0, shown.stderr
+    shown = " ".join(shown.stdout.split())
+    assert f"{WINDOW} points of cpu, lat per host" in shown
+    assert "2 false alerts per 1,000 points per entity" in shown
     registry = ModelRegistry(trained["registry"])
     vae, version = registry.load()
     assert version == "v0001" and is_window_model(vae)

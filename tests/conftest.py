@@ -65,3 +65,21 @@ def small_bundle(tmp_path_factory):
     path = tmp_path_factory.mktemp("bundle") / "model"
     det.save(path)
     return path
+
+
+_MEASURED = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def measured(pytestconfig) -> Callable[[str], None]:
+    """Show a line a test measured (e.g. restart times) in the run's summary, so that CI's
+    output carries it."""
+    return pytestconfig.stash.setdefault(_MEASURED, []).append
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    lines = config.stash.get(_MEASURED, [])
+    if lines:
+        terminalreporter.section("measured")
+        for line in lines:
+            terminalreporter.write_line(line)

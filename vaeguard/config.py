@@ -67,8 +67,9 @@ class KafkaSettings(_Section):
     #: Static membership (KIP-345): a restarted daemon with the same id takes its partitions
     #: back at once instead of waiting for a rebalance. Must be unique per running daemon.
     group_instance_id: str | None = None
-    #: 6 s is the broker's default minimum; with 1 s heartbeats a crashed daemon's partitions
-    #: move to the others within ~6 s, and a restart resumes well within 15 s.
+    #: 6 s is the broker's default minimum (group.min.session.timeout.ms); with 1 s heartbeats
+    #: a crashed daemon's partitions move to the others after ~6 s, and a restarted daemon
+    #: gets them back after that plus the rebalance (the SIGKILL loop test prints how long).
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_poll_interval_ms: int = Field(60000, ge=1000)

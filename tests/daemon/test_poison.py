@@ -9,9 +9,11 @@ input offset.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import random
+import statistics
 import time
 from collections import namedtuple
 
@@ -280,7 +282,9 @@ def test_a_record_the_producer_refuses_is_one_dead_letter_and_never_retried(
     assert sample("vaeguard_retries_total", stage="produce") == retries, "never retried"
 
 
-def test_sigkill_loop_loses_nothing_and_every_restart_scores(broker, small_bundle, daemons):
+def test_sigkill_loop_loses_nothing_and_every_restart_scores(
+    broker, small_bundle, daemons, measured
+):
     """Killed at random moments while records arrive, ten times: no offset without a score."""
     from tests.daemon.test_delivery import PacedProducer, _all_offsets, _sources
 
@@ -292,10 +296,12 @@ def test_sigkill_loop_loses_nothing_and_every_restart_scores(broker, small_bundl
     scores = Collector(bs, f"{group}.scores")
     rng = random.Random(7)
     restarts = []
+    phases: dict[str, list[float]] = {}
     stream.start()
     for k in range(10):
         daemon = daemons(f"loop-{k}", env).start()
         started = time.monotonic()
+        started_wall = time.time()
         # This process's own count: a score record of the killed one arriving late must not
         # count as the restarted daemon's first.
         # A liveness deadline, not a speed target: restart-to-first-score is measured (and
@@ -308,6 +314,8 @@ def test_sigkill_loop_loses_nothing_and_every_restart_scores(broker, small_bundl
             message=f"restart {k} to score a record",
         )
         restarts.append(time.monotonic() - started)
+        for phase, seconds in restart_phases(daemon.log_lines(), started_wall).items():
+            phases.setdefault(phase, []).append(seconds)
         time.sleep(rng.uniform(0.0, 1.5))  # a random moment mid-stream (not synchronization)
         daemon.kill()
     assert stream.sent < stream.n, "every kill must land while records are still flowing"
@@ -319,4 +327,34 @@ def test_sigkill_loop_loses_nothing_and_every_restart_scores(broker, small_bundl
         message="a score record for every input record",
     )
     assert final.terminate() == 0
-    print(f"restart to first score: max {max(restarts):.1f} s, runs {len(restarts)}")
+    summary = (
+        f"SIGKILL loop: restart to first score max {max(restarts):.1f} s, median "
+        f"{statistics.median(restarts):.1f} s over {len(restarts)} restarts; seconds after the "
+        "start, median / max: "
+        + ", ".join(
+            f"{phase} {statistics.median(v):.1f} / {max(v):.1f}" for phase, v in phases.items()
+        )
+    )
+    measured(summary)
+    print(summary)
+
+
+#: Log messages of a daemon's start, in the order they usually come.
+RESTART_EVENTS = {
+    "imports done": "vaeguard daemon starting",
+    "connected": "connected to Kafka",
+    "partitions assigned": "partitions assigned",
+    "model loaded": "model loaded",
+}
+
+
+def restart_phases(lines: list[dict], started_wall: float) -> dict[str, float]:
+    """Seconds from the process start to the first log line of each `RESTART_EVENTS` event."""
+    out = {}
+    for phase, message in RESTART_EVENTS.items():
+        for line in lines:
+            if line.get("msg") == message and "ts" in line:
+                stamp = dt.datetime.fromisoformat(line["ts"].replace("Z", "+00:00"))
+                out[phase] = stamp.timestamp() - started_wall
+                break
+    return out

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,23 @@ def test_a_hung_worker_is_restarted(broker, small_bundle, daemons):
     assert body["workers"][0]["restarts"] == 0
     assert supervisor.metric("vaeguard_worker_restarts_total", 'reason="hung"') == 1
     assert supervisor.terminate() == 0, supervisor.log()[-3000:]
+
+
+def test_the_first_restart_is_immediate_and_quick_repeated_crashes_back_off(tmp_path):
+    """A crash must not add seconds to the restart (issue 26: restart within 15 s); a worker
+    that keeps dying young waits 1, 2, 4 … s between tries, and a stable run resets that."""
+    from types import SimpleNamespace
+
+    from vaeguard.daemon.supervisor import STABLE_S, Supervisor
+
+    sup = Supervisor(Settings(), None, 1)
+    sup.metrics_dir = tmp_path
+    worker = sup.workers[0]
+    delays = []
+    for ran in (1.0, 1.0, 1.0, STABLE_S + 1.0, 1.0):
+        worker.proc = SimpleNamespace(returncode=1, pid=2**22 + 1)
+        worker.started_at = time.monotonic() - ran
+        before = time.monotonic()
+        sup._reap(worker)
+        delays.append(round(worker.next_start - before))
+    assert delays == [0, 1, 2, 0, 1]

@@ -166,7 +166,7 @@ class Worker:
     started_at: float = 0.0
     restarts: int = 0
     next_start: float = 0.0
-    backoff: float = 1.0
+    backoff: float = 0.0
     exit_codes: list[int] = field(default_factory=list)
     #: Restarts by reason (RESTART_REASONS).
     reasons: dict[str, int] = field(default_factory=dict)
@@ -267,8 +267,12 @@ class Supervisor:
             self.stop("worker settings error")
             return
         ran = time.monotonic() - w.started_at
-        w.backoff = 1.0 if ran >= STABLE_S else min(30.0, w.backoff * 2)
-        delay = 0.0 if ran >= STABLE_S else w.backoff
+        # The first restart is immediate (a crash must not add seconds to the restart); a
+        # worker that keeps dying young waits 1, 2, 4 … 30 s between tries.
+        if ran >= STABLE_S:
+            w.backoff = 0.0
+        delay = w.backoff
+        w.backoff = min(30.0, max(1.0, w.backoff * 2))
         w.next_start = time.monotonic() + delay
         w.restarts += 1
         w.reasons[reason] = w.reasons.get(reason, 0) + 1

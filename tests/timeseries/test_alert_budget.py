@@ -47,7 +47,6 @@ FAMILIES = st.sampled_from(
         ("pareto", 3.0),
         ("poisson", 2.0),
         ("poisson", 30.0),
-        ("moving_sum", 0.0),
     ]
 )
 
@@ -59,7 +58,9 @@ def _upper_bound(n: int, rate: float) -> float:
     return mean + 4.5 * math.sqrt(mean * (1 - rate)) + 1
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(family=FAMILIES, seed=st.integers(0, 2**31 - 1), budget=st.sampled_from([5.0, 20.0]))
 def test_the_budget_holds_on_stationary_streams_of_any_distribution(family, seed, budget):
     spec = LikelihoodSpec(estimator="evt", budget=budget, short=1, history=1000, alert=1.0)
@@ -70,7 +71,9 @@ def test_the_budget_holds_on_stationary_streams_of_any_distribution(family, seed
     assert alerts <= _upper_bound(judged, budget / 1000), (family, alerts, judged)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(family=FAMILIES, seed=st.integers(0, 2**31 - 1))
 def test_the_budget_holds_for_the_most_surprised_of_several_views(family, seed):
     budget = 20.0
@@ -80,6 +83,22 @@ def test_the_budget_holds_for_the_most_surprised_of_several_views(family, seed):
     outputs = views.update_many(["e"] * POINTS, raws)
     alerts = int((outputs >= 1.0).sum())
     assert alerts <= _upper_bound(POINTS - spec.min_history, budget / 1000), (family, alerts)
+
+
+def test_on_autocorrelated_scores_alerts_stay_within_the_budget():
+    """Overlapping windows make scores autocorrelated: points at the level come in runs, so
+    their count is not binomial, but alerts (one per run, suppression) stay within budget."""
+    budget = 5.0
+    spec = LikelihoodSpec(
+        estimator="evt", budget=budget, short=1, history=1000, alert=1.0, suppress=16
+    )
+    alerts = judged = 0
+    for seed in range(4):
+        lk = AnomalyLikelihood(spec)
+        outputs = np.array([lk.update("e", float(v)) for v in _stream("moving_sum", 0.0, seed)])
+        alerts += int((outputs >= 1.0).sum())
+        judged += POINTS - spec.min_history
+    assert alerts <= budget / 1000 * judged
 
 
 def test_a_gaussian_tail_breaks_the_budget_on_heavy_tails():

@@ -39,9 +39,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -370,7 +368,7 @@ def run_streams(
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """{(kind, seed): {"raw", "entities", "first_fit", "seconds", "cached"}}: every stream's
     raw scores, from the cache where the same model configuration ran the same data."""
-    from vaeguard.timeseries.nab import _init_worker, merged_params
+    from vaeguard.timeseries.nab import merged_params, run_jobs
 
     params = params or merged_params(None)
     log = log or (lambda line: None)
@@ -412,20 +410,7 @@ def run_streams(
 
     if todo:
         log(f"running {len(todo)} stream(s) through the streaming detector ({jobs} job(s)) …")
-    if jobs <= 1 or len(todo) <= 1:
-        for kind, seed in todo:
-            keep(score_stream(kind, seed, points, params))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(threads,),
-        ) as pool:
-            futures = [pool.submit(score_stream, k, s, points, params) for k, s in todo]
-            for future in as_completed(futures):
-                keep(future.result())
+    run_jobs(score_stream, [(k, s, points, params) for k, s in todo], jobs, keep)
     return {key: out[key] for key in order}
 
 

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 def cross_validation(args) -> int:
     from benchmarks.nab_cv import (
         CATEGORIES,
+        Detections,
         cross_validate,
         model_candidates,
         peer_detections,
@@ -190,20 +191,14 @@ def cross_validation(args) -> int:
         "numenta | per 1,000 points: vaeguard | numenta |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    nothing = Detections(0, 0, 0, 0)
     for label, ours_by in (
         ("out-of-fold", cv["oof_detections"]),
         ("previous default, in-sample", cv["previous_detections"]),
     ):
-        totals = [None, None]
-        for c in [*CATEGORIES, "all"]:
-            if c == "all":
-                ours, peer = totals
-            else:
-                ours, peer = ours_by[c], numenta[c]
-                totals = [
-                    ours if totals[0] is None else totals[0] + ours,
-                    peer if totals[1] is None else totals[1] + peer,
-                ]
+        rows = [(c, ours_by[c], numenta[c]) for c in CATEGORIES]
+        rows.append(("all", sum((r[1] for r in rows), nothing), sum((r[2] for r in rows), nothing)))
+        for c, ours, peer in rows:
             print(
                 f"| {c} ({label}) | {ours.windows} | {ours.detected} | {peer.detected} | "
                 f"{ours.outside} | {peer.outside} | {ours.outside_per_1000:.2f} | "

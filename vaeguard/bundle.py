@@ -25,6 +25,7 @@ import numpy as np
 
 from vaeguard._version import __version__
 from vaeguard.errors import BundleError, VaeguardError
+from vaeguard.snapshot import is_count, is_finite_number
 
 FORMAT = "vaeguard-bundle"
 #: The newest format this reads and writes. 2: the score has a latent kNN term
@@ -187,7 +188,7 @@ def read_manifest(path) -> dict[str, Any]:
             f"corrupt bundle at {path}: {MANIFEST_FILE} is not a vaeguard bundle manifest"
         )
     version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if not is_count(version, 1):
         raise BundleError(f"corrupt bundle at {path}: format_version is missing or malformed")
     if version > FORMAT_VERSION:
         raise BundleError(
@@ -218,18 +219,22 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
     scaler = need("scaler", dict)
     for key in ("center", "scale"):
         values = scaler.get(key)
-        if not isinstance(values, list) or len(values) != n or not all(_finite(v) for v in values):
+        if (
+            not isinstance(values, list)
+            or len(values) != n
+            or not all(is_finite_number(v) for v in values)
+        ):
             raise BundleError(
                 f"corrupt bundle at {path}: scaler.{key} must hold {n} finite numbers"
             )
     if any(v <= 0 for v in scaler["scale"]):
         raise BundleError(f"corrupt bundle at {path}: scaler.scale must be positive")
     threshold = need("threshold", dict)
-    if not _finite(threshold.get("value")) or not isinstance(threshold.get("method"), str):
+    if not is_finite_number(threshold.get("value")) or not isinstance(threshold.get("method"), str):
         raise BundleError(
             f"corrupt bundle at {path}: threshold must have a finite value and a method"
         )
-    if not isinstance(threshold.get("params", {}), dict) or not _count(
+    if not isinstance(threshold.get("params", {}), dict) or not is_count(
         threshold.get("calibration_rows", 0)
     ):
         raise BundleError(
@@ -240,14 +245,14 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         _check_budget(path, threshold.get("params", {}))
     reference = m.get("score_reference")
     if reference is not None and (
-        not isinstance(reference, list) or not all(_finite(v) for v in reference)
+        not isinstance(reference, list) or not all(is_finite_number(v) for v in reference)
     ):
         raise BundleError(f"corrupt bundle at {path}: score_reference must list finite numbers")
     for key in ("training", "extra", "latent_knn"):
         if m.get(key) is not None and not isinstance(m[key], dict):
             raise BundleError(f"corrupt bundle at {path}: field {key!r} must be an object")
     baseline = need("baseline", list)
-    if len(baseline) != n or not all(_finite(v) for v in baseline):
+    if len(baseline) != n or not all(is_finite_number(v) for v in baseline):
         raise BundleError(f"corrupt bundle at {path}: baseline must hold {n} finite numbers")
     need("params", dict)
     need("versions", dict)
@@ -317,12 +322,17 @@ def _check_budget(path: Path, params: dict[str, Any]) -> None:
     """A budget threshold's ``params`` are what serving re-derives it from (the alert budget,
     the fitted tail, the sorted calibration scores): they must give a finite threshold, now
     and when the tail is fitted again on them (`vaeguard.serving.calibration`)."""
-    from vaeguard.thresholds import fit_tail, tail_value
+    from vaeguard.thresholds import fit_tail, is_budget, tail_value
 
     budget, tail, reference = params.get("budget"), params.get("tail"), params.get("reference")
-    ok = _finite(budget) and 0.0 < budget < 1000.0
-    ok = ok and isinstance(tail, list) and len(tail) == 4 and all(map(_finite, tail))
-    ok = ok and isinstance(reference, list) and bool(reference) and all(map(_finite, reference))
+    ok = is_budget(budget)
+    ok = ok and isinstance(tail, list) and len(tail) == 4 and all(map(is_finite_number, tail))
+    ok = (
+        ok
+        and isinstance(reference, list)
+        and bool(reference)
+        and all(map(is_finite_number, reference))
+    )
     if ok:
         _, log10_share, shape, scale = tail
         ok = log10_share <= 0 and shape >= 0 and scale > 0
@@ -358,10 +368,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
 def _check_plausible_range(path: Path, r: Any, n: int) -> None:
     """``plausible_range`` is optional (older bundles lack it); when present it must be sound."""
     if r is None:
@@ -369,7 +375,12 @@ def _check_plausible_range(path: Path, r: Any, n: int) -> None:
     ok = isinstance(r, dict)
     for key in ("low", "high"):
         values = r.get(key) if ok else None
-        ok = ok and isinstance(values, list) and len(values) == n and all(map(_finite, values))
+        ok = (
+            ok
+            and isinstance(values, list)
+            and len(values) == n
+            and all(map(is_finite_number, values))
+        )
     if ok and all(lo <= hi for lo, hi in zip(r["low"], r["high"], strict=True)):
         return
     raise BundleError(
@@ -390,10 +401,6 @@ def model_kind(manifest: dict[str, Any]) -> str:
         extra = manifest.get("extra")
         return "window" if isinstance(extra, dict) and "window_mode" in extra else "tabular"
     return kind if isinstance(kind, str) else repr(kind)
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def load_bundle(path):

@@ -18,7 +18,7 @@ import numpy as np
 from vaeguard.data import feature_matrix
 from vaeguard.errors import DataError, NotFittedError
 from vaeguard.preprocessing import ConditionEncoder, RobustScaler
-from vaeguard.thresholds import Threshold, calibrate
+from vaeguard.thresholds import Threshold, calibrate, is_budget
 
 #: Fewest rows `fit` accepts: below this neither training nor calibration means anything.
 MIN_TRAIN_ROWS = 16
@@ -393,11 +393,7 @@ class VAEDetector:
                 "threshold_method must be 'budget', 'quantile' or 'spot', "
                 f"got {self.threshold_method!r}"
             )
-        if not (
-            isinstance(self.budget, int | float)
-            and not isinstance(self.budget, bool)
-            and 0.0 < self.budget < 1000.0
-        ):
+        if not is_budget(self.budget):
             raise ValueError("budget must be in (0, 1000) false alerts per 1,000 rows")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("validation_fraction must be in [0, 1)")

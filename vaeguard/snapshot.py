@@ -4,6 +4,7 @@ one clear line before any of it is read."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from vaeguard.errors import DataError
@@ -17,3 +18,14 @@ def check_header(state: Any, fmt: str, version: int, what: str) -> None:
         raise DataError(
             f"{what} version {state.get('version')!r} is not supported (expected {version})"
         )
+
+
+def is_finite_number(value: Any) -> bool:
+    """A JSON number (not a boolean) that is finite: what a snapshot or a manifest may hold
+    where it holds a measurement."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_count(value: Any, low: int = 0) -> bool:
+    """A JSON integer (not a boolean) of at least ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low

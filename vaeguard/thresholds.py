@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import DataError
+from vaeguard.snapshot import is_finite_number
 
 METHODS = ("budget", "quantile", "spot")
 #: SPOT needs this many peaks for the GPD fit to mean anything; fewer falls back to a quantile.
@@ -184,6 +185,17 @@ def tail_value(values: np.ndarray, tail: Sequence[float], log10_p: float) -> flo
     return u + scale / shape * (ratio ** (-shape) - 1.0)
 
 
+#: Decades beyond the budget's level from which a score is not learned as normal, in both
+#: modes (an incident must not become the normal it is judged against; on a stationary stream
+#: that leaves out a tenth of a budget's share of the scores).
+UNLEARNED_DECADES = 1.0
+
+
+def is_budget(value: Any) -> bool:
+    """A valid alert budget: a finite number in (0, 1000) false alerts per 1,000."""
+    return is_finite_number(value) and 0.0 < value < 1000.0
+
+
 #: Sorted calibration scores kept with a budget threshold (evenly spaced order statistics
 #: beyond this many): what the p-values of the body of the distribution are ranked against.
 MAX_REFERENCE = 1000
@@ -193,7 +205,7 @@ def budget_threshold(scores, budget: float) -> Threshold:
     """The score a normal row exceeds with probability ``budget`` / 1000, by the same tail
     estimate as window mode's alert budget (`fit_tail`): the rank among the calibration
     scores where they reach that far, the fitted Pareto tail beyond."""
-    if not (isinstance(budget, int | float) and 0.0 < budget < 1000.0):
+    if not is_budget(budget):
         raise ValueError("budget must be in (0, 1000) false alerts per 1,000 rows")
     s = np.sort(_clean(scores))
     n = s.size

@@ -33,6 +33,17 @@ def _close_clients():
             _OPEN.pop().close()
 
 
+def committed(bootstrap: str, group: str, topic: str, partitions) -> dict[int, int | None]:
+    """The group's committed offsets of ``partitions`` of ``topic`` (None: nothing committed)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    check = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: check.committed(TopicPartition(topic, p)) for p in partitions}
+    finally:
+        check.close()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

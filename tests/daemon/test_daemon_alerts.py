@@ -7,12 +7,12 @@ import hmac
 import json
 
 import yaml
-from kafka import KafkaConsumer, TopicPartition
 
 from tests.conftest import wait_for
 from tests.daemon.conftest import (
     Collector,
     Producer,
+    committed,
     create_topic,
     daemon_env,
     good_record,
@@ -22,11 +22,8 @@ from vaeguard.alerts.testing import FAST_DELIVERY, HTTPCapture
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int | None:
-    check = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return check.committed(TopicPartition(topic, 0))
-    finally:
-        check.close()
+    """Partition 0's committed offset."""
+    return committed(bootstrap, group, topic, [0])[0]
 
 
 def test_offsets_are_committed_only_once_the_alert_is_delivered(

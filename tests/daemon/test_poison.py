@@ -23,6 +23,7 @@ from tests.conftest import make_normal_data, wait_for
 from tests.daemon.conftest import (
     Collector,
     Producer,
+    committed,
     create_topic,
     daemon_env,
     unique,
@@ -144,13 +145,8 @@ def test_poison_corpus_on_a_conditional_tabular_daemon(broker, conditional_bundl
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int | None:
-    from kafka import KafkaConsumer, TopicPartition
-
-    check = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return check.committed(TopicPartition(topic, 0))
-    finally:
-        check.close()
+    """Partition 0's committed offset."""
+    return committed(bootstrap, group, topic, [0])[0]
 
 
 def test_oversized_keys_headers_and_entities_never_stall_a_partition(

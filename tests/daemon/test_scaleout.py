@@ -6,25 +6,16 @@ import json
 import os
 import signal
 
-from kafka import KafkaConsumer, TopicPartition
-
 from tests.conftest import wait_for
 from tests.daemon.conftest import (
     Collector,
     Producer,
+    committed,
     create_topic,
     daemon_env,
     good_record,
     unique,
 )
-
-
-def committed(bootstrap: str, group: str, topic: str, partitions) -> dict[int, int | None]:
-    check = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return {p: check.committed(TopicPartition(topic, p)) for p in partitions}
-    finally:
-        check.close()
 
 
 def anomalous_record(i: int) -> dict:

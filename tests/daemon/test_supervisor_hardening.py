@@ -23,11 +23,12 @@ from tests.conftest import wait_for
 from tests.daemon.conftest import (
     Collector,
     DaemonProcess,
+    committed,
     create_topic,
     daemon_env,
     unique,
 )
-from tests.daemon.test_scaleout import _alive, committed
+from tests.daemon.test_scaleout import _alive
 from vaeguard.config import Settings
 from vaeguard.daemon import supervisor as sup
 from vaeguard.errors import ConfigError

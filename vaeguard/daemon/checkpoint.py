@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vaeguard.errors import DataError, VaeguardError
+from vaeguard.snapshot import is_count
 
 log = logging.getLogger("vaeguard.daemon.window")
 
@@ -184,9 +185,7 @@ def _key(tp: Any) -> str:
 def _committed_in(state: dict[str, Any]) -> dict[str, int]:
     """The file's ``committed``: the group's offsets as the daemon knew them when it saved."""
     committed = state.get("committed", {})
-    if not isinstance(committed, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in committed.values()
-    ):
+    if not isinstance(committed, dict) or not all(map(is_count, committed.values())):
         raise DataError("daemon window-state is corrupt: committed must map partitions to offsets")
     return dict(committed)
 

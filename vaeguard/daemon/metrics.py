@@ -115,22 +115,24 @@ def set_model_version(version: str) -> None:
     _version[:] = [version]
 
 
-def forget_partition(topic: str, partition: int) -> None:
-    """A revoked partition's lag is no longer ours to report."""
+def _forget(gauge: Gauge, topic: str, partition: int) -> None:
+    """A revoked partition's series is no longer ours to report (set to 0 in multiprocess
+    mode, where a series cannot be removed)."""
     if MULTIPROCESS:
-        CONSUMER_LAG.labels(topic, str(partition)).set(0)
+        gauge.labels(topic, str(partition)).set(0)
         return
     with contextlib.suppress(KeyError):
-        CONSUMER_LAG.remove(topic, str(partition))
+        gauge.remove(topic, str(partition))
+
+
+def forget_partition(topic: str, partition: int) -> None:
+    """A revoked partition's lag is no longer ours to report."""
+    _forget(CONSUMER_LAG, topic, partition)
 
 
 def forget_stall(topic: str, partition: int) -> None:
     """A revoked partition's stall is no longer ours to report."""
-    if MULTIPROCESS:
-        PARTITION_STALLED.labels(topic, str(partition)).set(0)
-        return
-    with contextlib.suppress(KeyError):
-        PARTITION_STALLED.remove(topic, str(partition))
+    _forget(PARTITION_STALLED, topic, partition)
 
 
 SCORE_DRIFT_PSI = Gauge(

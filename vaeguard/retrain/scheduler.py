@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -37,6 +36,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from vaeguard.errors import ConfigError
 from vaeguard.retrain.durations import looks_like_duration, parse_duration
 from vaeguard.retrain.settings import RetrainSettings
+from vaeguard.snapshot import is_finite_number
 
 log = logging.getLogger("vaeguard.retrain.scheduler")
 
@@ -97,10 +97,8 @@ def _parse_spec(spec: Any) -> dict[str, Any]:
         raise ValueError("trigger is not an object")
     if spec.get("type") == "interval":
         seconds = spec.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise ValueError("interval seconds is not a number")
-        if not (math.isfinite(seconds) and seconds > 0):
-            raise ValueError("interval seconds is not positive")
+        if not (is_finite_number(seconds) and seconds > 0):
+            raise ValueError("interval seconds is not a positive number")
         return {"type": "interval", "seconds": float(seconds)}
     if spec.get("type") == "cron":
         fields = spec.get("fields")

@@ -19,12 +19,10 @@ from collections import deque
 
 import numpy as np
 
-from vaeguard.thresholds import Threshold, fit_tail, log10_tails, tail_value
+from vaeguard.thresholds import UNLEARNED_DECADES, Threshold, fit_tail, log10_tails, tail_value
 
 #: Recent scores the threshold is estimated from.
 HISTORY = 2000
-#: Decades beyond the budget's tail probability from which a row is not learned.
-EXCLUDE_DECADES = 1.0
 
 
 class FollowingThreshold:
@@ -52,7 +50,7 @@ class FollowingThreshold:
     def learn(self, scores: np.ndarray, p_values: np.ndarray) -> None:
         """Add a scored batch to the history (but rows far beyond the threshold) and refit."""
         scores = np.asarray(scores, dtype="float64")
-        keep = np.isfinite(scores) & (p_values > 10 ** (self.level - EXCLUDE_DECADES))
+        keep = np.isfinite(scores) & (p_values > 10 ** (self.level - UNLEARNED_DECADES))
         if keep.any():
             self.scores.extend(scores[keep].tolist())
             self._fit()

@@ -44,9 +44,10 @@ def with_budget(model, budget: float, path) -> None:
     import dataclasses
 
     from vaeguard.errors import ConfigError
+    from vaeguard.thresholds import is_budget
     from vaeguard.timeseries.views import ViewSet
 
-    if not (isinstance(budget, int | float) and 0.0 < budget < 1000.0):
+    if not is_budget(budget):
         raise ConfigError(f"model.alert_budget: must be in (0, 1000), got {budget!r}")
     if isinstance(model, ViewSet) or hasattr(model, "likelihood_spec"):
         if not ViewSet.of(model).use_likelihood:

@@ -35,7 +35,7 @@ from vaeguard.errors import BundleError, DataError
 from vaeguard.scored import ScoredRecord, Source
 from vaeguard.serving.base import Features, Inbound
 from vaeguard.serving.explain import p_values_of, score_records, top_contributions
-from vaeguard.snapshot import check_header
+from vaeguard.snapshot import check_header, is_count
 from vaeguard.timeseries.learning import OnlineLearning
 
 STATE_FORMAT = "vaeguard-daemon-window-state"
@@ -191,18 +191,15 @@ class WindowServing:
         likelihood histories moved, they are put back, so a retried batch is not counted twice."""
         scores, nll, expected = self.views.score_windows(features.x, features.c, features.mask)
         score = scores[0]
-        likelihood, saved = None, None
+        likelihood, p_values, saved = None, None, None
         if self.likelihood is not None:
             saved = self.likelihood.save_entities(features.entities)
             likelihood = self.likelihood.update_many(features.entities, scores)
+            p_values = p_values_of(self.likelihood.last_log10_tail)
         try:
             records = self._records(
-                features, items, score, nll, expected, likelihood, top_k, bands, explain
+                features, items, score, nll, expected, likelihood, p_values, top_k, bands, explain
             )
-            if likelihood is not None:
-                p_values = p_values_of(self.likelihood.last_log10_tail)
-                for record, p_value in zip(records, p_values, strict=True):
-                    record.p_value = p_value
         except BaseException:
             if saved is not None:  # a retried batch must not count twice in the histories
                 self.likelihood.put_back(saved)
@@ -210,7 +207,9 @@ class WindowServing:
         self.last_raw = scores
         return records
 
-    def _records(self, features, items, score, nll, expected, likelihood, top_k, bands, explain):
+    def _records(
+        self, features, items, score, nll, expected, likelihood, p_values, top_k, bands, explain
+    ):
         det = self.detector
         w = self.spec.window
         idx = self._channel_index  # the explained view's channels, metric-major
@@ -248,6 +247,7 @@ class WindowServing:
             likelihood=likelihood,
             decision=decided,
             inclusive=decided is likelihood,
+            p_values=p_values,
         )
 
     # -- online learning -----------------------------------------------------------------------
@@ -291,7 +291,7 @@ class WindowServing:
         if not isinstance(state, dict) or state.get("base_model_id") != self._model_id:
             return None
         refits = state.get("refits")
-        if not isinstance(refits, int) or isinstance(refits, bool) or refits < 1:
+        if not is_count(refits, 1):
             raise DataError("refit.refits must be a count of refits (>= 1)")
         return refits, stage_refit_state(self.views, state.get("views"))
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import BundleError, NotFittedError
+from vaeguard.snapshot import is_count
 
 #: The key of ``bundle.json``'s ``extra`` that marks (and describes) a window-mode model.
 WINDOW_KEY = "window_mode"
@@ -181,13 +182,11 @@ def window_detector_from(vae_detector, where: str = "bundle"):
 def _check_schedule(schedule: dict[str, Any], where: str) -> None:
     """The online-learning schedule serving counts rows with: whole numbers of windows and
     rows, a finite growth factor (null or 0: off)."""
-
-    def count(v: Any, low: int) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
     growth = schedule.get("retrain_growth")
-    ok = count(schedule.get("max_train"), 1)
-    ok = ok and (schedule.get("retrain_max_gap") is None or count(schedule["retrain_max_gap"], 0))
+    ok = is_count(schedule.get("max_train"), 1)
+    ok = ok and (
+        schedule.get("retrain_max_gap") is None or is_count(schedule["retrain_max_gap"], 0)
+    )
     ok = ok and (
         growth is None
         or (isinstance(growth, int | float) and not isinstance(growth, bool) and 0 <= growth <= 1e3)

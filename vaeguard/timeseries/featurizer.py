@@ -62,7 +62,7 @@ from vaeguard.ingest import (
     to_number,
     to_timestamp,
 )
-from vaeguard.snapshot import check_header
+from vaeguard.snapshot import check_header, is_count, is_finite_number
 from vaeguard.timeseries.conditions import TimeConditions
 from vaeguard.timeseries.normalization import OnlineScaler
 
@@ -562,7 +562,7 @@ def _restore_entity(item: dict[str, Any], spec: WindowSpec) -> tuple[str, _Entit
     if not isinstance(spec.interval, str) and e.interval != float(spec.interval):
         raise DataError(f"entity {key!r}: interval differs from the spec's {spec.interval}")
     end = item["end"]
-    if not isinstance(end, int) or isinstance(end, bool) or end < -1:
+    if not is_count(end, -1):
         raise DataError(f"entity {key!r}: end must be a slot number (-1 for none)")
     e.end = end
     if spec.interval != "rows" and e.origin is not None:
@@ -600,19 +600,15 @@ def _expect(value: Any, kind: type, what: str) -> Any:
 
 
 def _count(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not is_count(value):
         raise DataError(f"{what} must be a count (an integer >= 0)")
     return value
-
-
-def _real(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _time(value: Any, what: str, *, optional: bool = False) -> float | None:
     if value is None and optional:
         return None
-    if not _real(value):
+    if not is_finite_number(value):
         raise DataError(f"{what} must be a finite number")
     return float(value)
 

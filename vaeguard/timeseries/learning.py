@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import DataError
+from vaeguard.snapshot import is_count, is_finite_number
 from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS
 
 log = logging.getLogger("vaeguard.timeseries.learning")
@@ -228,7 +229,7 @@ def _decode(d: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
     if dtype not in _DTYPES:
         raise DataError(f"refit state: unsupported array dtype {dtype!r}")
     shape_of = d.get("shape")
-    if not isinstance(shape_of, list) or not all(_count(n) for n in shape_of):
+    if not isinstance(shape_of, list) or not all(is_count(n) for n in shape_of):
         raise DataError("refit state: an array's shape must list sizes")
     try:
         raw = base64.b64decode(d["data"], validate=True)
@@ -284,7 +285,7 @@ def stage_refit_state(views, state: Any) -> list[dict[str, Any]]:
             weights = item["weights"]
             if not isinstance(weights, list) or len(weights) != len(current):
                 raise DataError("refit state: the number of weight arrays differs")
-            if not isinstance(item["training_info"], dict) or not _count(item["fits"]):
+            if not isinstance(item["training_info"], dict) or not is_count(item["fits"]):
                 raise DataError("refit state: training_info must be an object and fits a count")
             staged.append(
                 {
@@ -316,23 +317,15 @@ def put_refit_state(views, staged: list[dict[str, Any]]) -> None:
             setattr(view, k, v)
 
 
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _threshold(d: Any):
     from vaeguard.thresholds import Threshold
 
     if (
         not isinstance(d, dict)
-        or not _finite(d.get("value"))
+        or not is_finite_number(d.get("value"))
         or not isinstance(d.get("method"), str)
         or not isinstance(d.get("params", {}), dict)
-        or not _count(d.get("calibration_rows", 0))
+        or not is_count(d.get("calibration_rows", 0))
     ):
         raise DataError("refit state: a threshold must have a finite value and a method")
     return Threshold.from_dict(d)
@@ -343,11 +336,16 @@ def _plausible_range(d: Any, n: int):
 
     if d is None:
         return None
-    ok = isinstance(d, dict) and _finite(d.get("margin", 0.0))
+    ok = isinstance(d, dict) and is_finite_number(d.get("margin", 0.0))
     ok = ok and isinstance(d.get("basis", ""), str)
     for key in ("low", "high"):
         values = d.get(key) if ok else None
-        ok = ok and isinstance(values, list) and len(values) == n and all(map(_finite, values))
+        ok = (
+            ok
+            and isinstance(values, list)
+            and len(values) == n
+            and all(map(is_finite_number, values))
+        )
     if not (ok and all(lo <= hi for lo, hi in zip(d["low"], d["high"], strict=True))):
         raise DataError(f"refit state: a plausible range must hold {n} finite low <= high pairs")
     return PlausibleRange.from_dict(d)

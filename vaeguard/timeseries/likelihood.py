@@ -37,7 +37,7 @@ import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
 from vaeguard.snapshot import check_header
-from vaeguard.thresholds import fit_tail, log10_tail_of
+from vaeguard.thresholds import fit_tail, is_budget, log10_tail_of
 
 STATE_FORMAT = "vaeguard-likelihood-state"
 STATE_VERSION = 1
@@ -90,9 +90,7 @@ class LikelihoodSpec:
             raise ConfigError("suppress: must be >= 0")
         if self.alert is not None and not 0.0 < self.alert <= 1.0:
             raise ConfigError("alert: must be in (0, 1]")
-        if self.budget is not None and not (
-            isinstance(self.budget, int | float) and 0.0 < self.budget < 1000.0
-        ):
+        if self.budget is not None and not is_budget(self.budget):
             raise ConfigError("budget: false alerts per 1,000 points, must be in (0, 1000)")
 
     @property

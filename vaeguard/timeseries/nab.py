@@ -177,6 +177,30 @@ def score_series(series: Series, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_jobs(
+    fn: Callable[..., Any],
+    calls: list[tuple],
+    jobs: int,
+    on_result: Callable[[Any], None],
+) -> None:
+    """``fn(*args)`` for each of ``calls``: in this process when ``jobs`` ≤ 1, else in
+    ``jobs`` spawned processes sharing the cores' TensorFlow threads; ``on_result`` receives
+    each result as it comes (in completion order with several jobs)."""
+    if jobs <= 1 or len(calls) <= 1:
+        for args in calls:
+            on_result(fn(*args))
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads,),
+    ) as pool:
+        for future in as_completed([pool.submit(fn, *args) for args in calls]):
+            on_result(future.result())
+
+
 def _init_worker(threads: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from vaeguard._quiet import import_keras
@@ -230,19 +254,6 @@ def run_nab(
         if progress is not None:
             progress(result)
 
-    if jobs <= 1:
-        for s in order:
-            finish(score_series(s, params))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(threads,),
-        ) as pool:
-            futures = [pool.submit(score_series, s, params) for s in order]
-            for future in as_completed(futures):
-                finish(future.result())
+    run_jobs(score_series, [(s, params) for s in order], jobs, finish)
     results.sort(key=lambda r: r["series"].key)
     return NabRun(results, time.perf_counter() - started, sum(len(r["stamps"]) for r in results))

@@ -23,11 +23,10 @@ import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
 from vaeguard.snapshot import check_header
+from vaeguard.thresholds import UNLEARNED_DECADES
 from vaeguard.timeseries.detector import WindowDetector
 from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 
-#: Decades beyond the alert level from which a point is left out of the histories.
-EXCLUDE_DECADES = 1.0
 STATE_FORMAT = "vaeguard-view-likelihood-state"
 STATE_VERSION = 1
 
@@ -173,7 +172,7 @@ class ViewLikelihood:
         # With a budget, a point far beyond the alert level does not join the histories: an
         # incident is not learned as normal (on a stationary stream that leaves out a tenth of
         # a budget's share of the points, too few to thin the tail the next points meet).
-        level = -self.spec.level_decades - EXCLUDE_DECADES
+        level = -self.spec.level_decades - UNLEARNED_DECADES
         for i, key in enumerate(keys):
             tail = min(v.judge(key, c[i]) for v, c in zip(self.views, columns, strict=True))
             tail = min(tail + penalty, 0.0) if tail < 0.0 else tail

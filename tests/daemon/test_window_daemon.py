@@ -86,9 +86,11 @@ def offline(bundle: Path, records: list[dict]):
 
     views = ViewSet.load(bundle)
     batch = views.featurizer().update_and_featurize(records)
-    raws = views.raw_scores(batch.x, batch.c, batch.mask)
-    lk = views.likelihood().update_many(batch.entities, raws)
-    return {int(i): (float(s), float(p)) for i, s, p in zip(batch.keep, raws[0], lk, strict=True)}
+    scored = views.score_windows(batch.x, batch.c, batch.mask)
+    lk = views.likelihood().update_many(batch.entities, scored.terms)
+    return {
+        int(i): (float(s), float(p)) for i, s, p in zip(batch.keep, scored.score, lk, strict=True)
+    }
 
 
 def assert_same_scores(scores: dict[int, dict], reference: dict[int, tuple[float, float]]) -> None:
@@ -164,23 +166,23 @@ def test_daemon_scores_a_window_bundle_like_the_offline_path(served):
         assert record["key"] in HOSTS
         assert 0.0 <= record["anomaly_likelihood"] <= 1.0
         for c in record["contributions"]:
-            assert c["metric"] in ("cpu", "lat") and -WINDOW < c["slot"] <= 0
-            assert c["feature"] == (
-                f"{c['metric']}[t]" if c["slot"] == 0 else f"{c['metric']}[t{c['slot']}]"
-            )
-    # The cpu spike is an anomaly; its slot is explained in the metric's own units (top_k = all
-    # slots here: which slot ranks first depends on how well the tiny model learned).
+            assert c["metric"] in ("cpu", "lat") and c["feature"] == c["metric"]
+            first, last = c["slots"]
+            assert -WINDOW < first <= last <= 0 and -WINDOW < c["slot"] <= 0
+    # The cpu spike is an anomaly, explained by metric and moment in the metric's own units
+    # (top_k = more than the two metrics here: both are listed; which ranks first depends on
+    # how well the tiny model learned: its distorted lat reconstruction can outweigh cpu's).
     spike = 2 * SPIKE[1] + 1
     assert good[spike]["host"] == SPIKE[0]
     record = scores[spike]
     assert record["is_anomaly"] and record["severity"] != "normal"
-    assert len(record["contributions"]) == 2 * WINDOW
-    newest = {(c["metric"], c["slot"]): c for c in record["contributions"]}[("cpu", 0)]
-    assert newest["feature"] == "cpu[t]"
-    assert newest["observed"] == pytest.approx(good[spike]["cpu"], rel=1e-4)
-    assert newest["observed"] - newest["expected"] > 30 and newest["contribution"] > 10
-    lat = {(c["metric"], c["slot"]): c for c in record["contributions"]}[("lat", 0)]
-    assert lat["observed"] == pytest.approx(good[spike]["lat"], rel=1e-4)
+    assert sorted(c["metric"] for c in record["contributions"]) == ["cpu", "lat"]
+    cpu, lat = sorted(record["contributions"], key=lambda c: c["metric"])
+    assert cpu["slot"] == 0 and cpu["slots"][1] == 0
+    assert cpu["observed"] == pytest.approx(good[spike]["cpu"], rel=1e-4)
+    assert cpu["observed"] - cpu["expected"] > 30 and cpu["contribution"] > 10
+    # lat at its own worst slot: the host's point that many minutes earlier (hosts interleave)
+    assert lat["observed"] == pytest.approx(good[spike + 2 * lat["slot"]]["lat"], rel=1e-4)
     others = [r for i, r in scores.items() if i < spike]
     assert sum(r["is_anomaly"] for r in others) <= 2
 
@@ -231,6 +233,35 @@ def test_window_state_survives_a_daemon_restart(broker, trained, tmp_path):
     assert_same_scores(got, reference)
     assert half in got and half + 1 in got
     assert any(line.get("msg") == "window state restored" for line in second.log_lines())
+
+
+def test_a_shift_in_one_metric_is_explained_by_that_metric_and_its_slots(trained):
+    """The daemon's batch step in process: lat shifted for 3 points of one host; the record of
+    the third names lat first, the slots the shift spans, and the values at its worst slot."""
+    from dataclasses import replace
+
+    from vaeguard.daemon.batch import process
+    from vaeguard.serving import load_serving
+    from vaeguard.timeseries.online import encode_records, step_settings
+
+    records = host_points(300, 40, seed=4)
+    web1 = [i for i, r in enumerate(records) if r["host"] == "web-1"]
+    shifted = web1[32:35]
+    for i in shifted:
+        records[i]["lat"] += 4.0  # 20 sd of its noise; cpu untouched
+    serving = load_serving(trained["bundle"], "v1")
+    done = process(serving, encode_records(records), replace(step_settings(), top_k=2))
+    assert not done.dead
+    by_offset = {r.source.offset: r for r in done.scored}
+    top = by_offset[shifted[-1]].contributions
+    assert [c["metric"] for c in top] == ["lat", "cpu"]
+    lat = top[0]
+    assert -2 <= lat["slots"][0] <= lat["slots"][1] <= 0 and -2 <= lat["slot"] <= 0
+    at = web1[34 + lat["slot"]]
+    assert lat["observed"] == pytest.approx(records[at]["lat"], rel=1e-4)
+    assert lat["observed"] - lat["expected"] > 2 and lat["share"] > 0.5
+    # before the shift, a normal record still names both metrics, with finite numbers
+    assert {c["metric"] for c in by_offset[web1[30]].contributions} == {"cpu", "lat"}
 
 
 def test_replayed_records_are_not_fed_twice_and_hot_swaps_keep_compatible_state(trained):

@@ -18,6 +18,7 @@ from vaeguard.errors import DataError
 from vaeguard.timeseries.featurizer import WindowBatch
 from vaeguard.timeseries.learning import (
     OnlineLearning,
+    Windows,
     _decode,
     apply_refit_state,
     refit_state,
@@ -47,12 +48,18 @@ def batch(first: int, n: int, d: int = 3) -> WindowBatch:
     )
 
 
+def feed(learning, rows: int, windows, n_entities: int = 1, keep=None) -> None:
+    """What the serving object does: count a batch's rows, then keep its scored windows."""
+    learning.count(rows)
+    learning.observe(Windows.of(windows), n_entities, keep=keep)
+
+
 def test_a_daemon_refits_every_gap_rows_per_entity():
     learning = OnlineLearning(schedule(retrain_growth=2.0, retrain_max_gap=100))
     assert learning.enabled
     assert learning.rows_until_due(0) == 100  # no entity yet counts as one
     assert learning.rows_until_due(3) == 300  # growth needs a known first fit: not at 0
-    learning.observe(250, batch(0, 5))
+    feed(learning, 250, batch(0, 5))
     assert learning.rows_until_due(3) == 50
     assert learning.rows_until_due(2) == 0
 
@@ -69,14 +76,14 @@ def test_the_runner_refits_at_the_doublings_and_at_most_gap_rows_apart():
 def test_no_gap_in_a_daemon_means_no_online_learning():
     learning = OnlineLearning(schedule(retrain_growth=2.0))
     assert not learning.enabled
-    learning.observe(10_000, batch(0, 5))
+    feed(learning, 10_000, batch(0, 5))
     assert math.isinf(learning.rows_until_due(1)) and learning.windows() is None
     assert learning.refit_if_due(1) is None
 
 
 def test_a_refit_due_with_too_few_windows_is_skipped_and_waits_a_whole_gap():
     learning = OnlineLearning(schedule(retrain_max_gap=20))
-    learning.observe(20, batch(0, 8))
+    feed(learning, 20, batch(0, 8))
     assert learning.refit_if_due(1) == {
         "ok": False,
         "result": "skipped",
@@ -89,7 +96,7 @@ def test_a_refit_due_with_too_few_windows_is_skipped_and_waits_a_whole_gap():
 def test_the_newest_max_train_windows_are_kept_across_batches():
     learning = OnlineLearning(schedule(retrain_max_gap=5))
     for first in (0, 4, 7, 13):  # batches of 4, 3, 6 and 8 windows
-        learning.observe(8, batch(first, {0: 4, 4: 3, 7: 6, 13: 8}[first]))
+        feed(learning, 8, batch(first, {0: 4, 4: 3, 7: 6, 13: 8}[first]))
     held = learning.windows()
     assert len(held) == 10
     np.testing.assert_array_equal(held.x[:, 0], np.arange(11, 21))
@@ -114,7 +121,7 @@ def test_a_failed_refit_puts_the_previous_model_back(monkeypatch):
     run_online(views, series()[:150], first_fit=100)
     learning = OnlineLearning(views, fitted_at=100)
     feat = views.featurizer().update_and_featurize(series()[:150])
-    learning.observe(1100, feat)
+    feed(learning, 1100, feat)
     before = [w.copy() for w in det.model_.get_weights()]
     threshold = det.threshold_
     calibration = (det.baseline_.copy(), det.score_reference_.copy(), det.plausible_range_)
@@ -146,11 +153,21 @@ def test_a_refit_scoring_non_finite_values_is_refused(monkeypatch, value):
     views = ViewSet([det], det.likelihood_spec, {"retrain_growth": None, "retrain_max_gap": 50})
     run_online(views, series()[:150], first_fit=100)
     learning = OnlineLearning(views, fitted_at=100)
-    learning.observe(150, views.featurizer().update_and_featurize(series()[:150]))
+    feed(learning, 150, views.featurizer().update_and_featurize(series()[:150]))
     real = views.raw_scores
     monkeypatch.setattr(views, "raw_scores", lambda *a: [np.full_like(s, value) for s in real(*a)])
     info = learning.refit_if_due(1)
     assert info is not None and not info["ok"] and learning.failures == 1
+
+
+def test_windows_the_likelihood_did_not_learn_are_not_trained_on():
+    """An incident judged beyond the alert level is not learned as normal by the model either."""
+    learning = OnlineLearning(schedule(retrain_max_gap=5, max_train=100))
+    keep = np.ones(20, dtype=bool)
+    keep[[3, 4, 5, 17]] = False
+    feed(learning, 20, batch(0, 20), keep=keep)
+    held = learning.windows()
+    np.testing.assert_array_equal(held.x[:, 0], np.flatnonzero(keep))
 
 
 def test_with_many_entities_the_windows_kept_span_the_same_time():
@@ -158,7 +175,7 @@ def test_with_many_entities_the_windows_kept_span_the_same_time():
     10 keeps the newest 10 of every 4th window, reaching 40 windows back, not 10."""
     learning = OnlineLearning(schedule(retrain_max_gap=5))
     for first in range(0, 160, 16):
-        learning.observe(16, batch(first, 16), n_entities=4)
+        feed(learning, 16, batch(first, 16), n_entities=4)
     held = learning.windows()
     np.testing.assert_array_equal(held.x[:, 0], np.arange(120, 160, 4))
 

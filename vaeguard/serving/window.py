@@ -11,10 +11,13 @@
   buffered;
 * a malformed record (no or invalid timestamp, non-numeric metric, a point later than the
   lateness bound) is refused with the reason;
-* a scored point's record explains the score by window slot (``cpu[t-3]``: metric ``cpu``,
-  slot ``-3``) in the metric's own units, with the [0, 1] ``anomaly_likelihood`` when the
-  bundle configures one: every view's tail against the entity's history, the most surprised
-  view, saturation and suppression (`vaeguard.timeseries.views.ViewLikelihood`). With a
+* a scored point's record explains the score by metric and moment (the metrics with the most
+  excess over the scored slots, each with the run of slots carrying it and the observed vs
+  expected value at its worst slot, in the metric's own units; `window_explain`), with the
+  [0, 1] ``anomaly_likelihood`` when the
+  bundle configures one: every view's per-metric terms judged against the entity's history,
+  the most surprised term (whose metric an alert lists first), saturation and suppression
+  (`vaeguard.timeseries.views.ViewLikelihood`). With a
   likelihood whose ``alert`` level is set, that output decides ``is_anomaly``; otherwise view
   0's raw score against its threshold does.
 
@@ -34,9 +37,10 @@ import numpy as np
 from vaeguard.errors import BundleError, DataError
 from vaeguard.scored import ScoredRecord, Source
 from vaeguard.serving.base import Features, Inbound
-from vaeguard.serving.explain import p_values_of, score_records, top_contributions
+from vaeguard.serving.explain import p_values_of, score_records
+from vaeguard.serving.window_explain import metric_contributions
 from vaeguard.snapshot import check_header, is_count
-from vaeguard.timeseries.learning import OnlineLearning
+from vaeguard.timeseries.learning import OnlineLearning, Windows
 
 STATE_FORMAT = "vaeguard-daemon-window-state"
 STATE_VERSION = 1
@@ -52,6 +56,11 @@ STATE_FIELDS = (
     "normalize",
     "seasonal",
 )
+
+
+def _affine(features: Features) -> tuple[np.ndarray, np.ndarray]:
+    """The entity statistics each row was scaled with (center, scale)."""
+    return np.asarray(features.extra["center"]), np.asarray(features.extra["scale"])
 
 
 def spec_compatible(old, new) -> bool:
@@ -122,10 +131,9 @@ class WindowServing:
         self.required_fields = [self.spec.time_field]
         self.score_reference = getattr(self.detector, "score_reference_", None)
         channels = self.spec.channels
-        w = self.spec.window
-        self._columns = [
-            {"metric": m, "slot": s - (w - 1)} for m in self.detector.inputs for s in range(w)
-        ]
+        seasonal = self.spec.seasonal
+        #: A derived channel's metric, for the roll-up (``cpu_seasonal`` → ``cpu``).
+        self._metric_of = {} if seasonal is None else {seasonal["name"]: seasonal["source"]}
         #: Each view's raw scores of the last scored batch (the NAB runner keeps them).
         self.last_raw: list[np.ndarray] = []
         #: Warm refits on the newest windows, as the bundle's schedule says (`learning`).
@@ -142,7 +150,7 @@ class WindowServing:
         for size in BUCKETS:
             x = np.zeros((size, d), dtype="float32")
             c = np.zeros((size, width), dtype="float32") if width else None
-            scores, _, _ = self.views.score_windows(x, c, np.ones_like(x))
+            scores = self.views.score_windows(x, c, np.ones_like(x)).terms
             if not all(np.isfinite(s).all() for s in scores):
                 raise BundleError("the window model produces non-finite scores on a flat window")
 
@@ -162,7 +170,7 @@ class WindowServing:
             point[spec.time_field] = record.get(spec.time_field)
             points.append(point)
         batch = self.state.update_and_featurize(points)
-        self.learning.observe(len(items), batch, self.state.n_entities)
+        self.learning.count(len(items))
         n_rejected = len(batch.rejected)
         return Features(
             x=batch.x,
@@ -189,8 +197,9 @@ class WindowServing:
     ) -> list[ScoredRecord]:
         """Score the windows in one batched call; if building the records fails after the
         likelihood histories moved, they are put back, so a retried batch is not counted twice."""
-        scores, nll, expected = self.views.score_windows(features.x, features.c, features.mask)
-        score = scores[0]
+        score, scores, nll, expected = self.views.score_windows(
+            features.x, features.c, features.mask
+        )
         likelihood, p_values, saved = None, None, None
         if self.likelihood is not None:
             saved = self.likelihood.save_entities(features.entities)
@@ -205,6 +214,14 @@ class WindowServing:
                 self.likelihood.put_back(saved)
             raise
         self.last_raw = scores
+        # Online learning trains on the windows the histories learned: an incident judged
+        # beyond the alert level is not learned as normal by the model either.
+        learned = None if self.likelihood is None else self.likelihood.last_learned
+        self.learning.observe(
+            Windows(features.x, features.mask, features.c, *_affine(features)),
+            self.state.n_entities,
+            keep=learned,
+        )
         return records
 
     def _records(
@@ -224,14 +241,18 @@ class WindowServing:
         expected = expected * scale + center
         if det.plausible_range_ is not None:  # never an expected value the training makes absurd
             expected = det.plausible_range_.clip(expected)
-        contributions = top_contributions(
+        contributions = metric_contributions(
             nll - det.baseline_,
             det.select(features.x).astype("float64") * scale + center,
             expected,
-            det.feature_names,
+            det.select(features.mask) > 0,
+            det.inputs,
+            self._metric_of,
+            w,
             top_k,
-            valid=det.select(features.mask) > 0,
-            columns=self._columns,
+            score_slots=det.score_slots,
+            # an alert names the metric the detector found most surprising
+            lead=self._lead(decided >= threshold),
             rows=None if explain == "all" else np.flatnonzero(decided >= threshold),
         )
         # the record's score stays view 0's raw score (nats) whatever decides
@@ -249,6 +270,13 @@ class WindowServing:
             inclusive=decided is likelihood,
             p_values=p_values,
         )
+
+    def _lead(self, alerted: np.ndarray) -> list[str | None] | None:
+        """Per row, the metric of the most surprised likelihood term where the row alerts."""
+        names = None if self.likelihood is None else self.likelihood.last_metric
+        if not names or len(names) != len(alerted):
+            return None
+        return [name if hit else None for name, hit in zip(names, alerted.tolist(), strict=True)]
 
     # -- online learning -----------------------------------------------------------------------
 
@@ -392,6 +420,7 @@ class WindowServing:
                 if restored.spec == self.likelihood.spec and len(restored.views) == len(
                     self.likelihood.views
                 ):
+                    restored.metrics = self.likelihood.metrics
                     likelihood = restored
                     kept["likelihood"] = True
         except (

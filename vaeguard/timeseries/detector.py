@@ -285,6 +285,38 @@ class WindowDetector:
             score = raw.nll[:, cols].sum(axis=1)
         return score, raw.nll, raw.expected
 
+    @property
+    def term_metrics(self) -> tuple[str, ...]:
+        """The metric of each likelihood term (`metric_terms`): every metric among the inputs,
+        in input order; a derived channel (the seasonal residual) belongs to its source."""
+        return tuple(dict.fromkeys(self._channel_metric(c) for c in self.inputs))
+
+    def _channel_metric(self, channel: str) -> str:
+        seasonal = self.spec.seasonal
+        return seasonal["source"] if seasonal and channel == seasonal["name"] else channel
+
+    def metric_terms(self, nll: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Each metric's part of the score (rows × `term_metrics`), from `score_windows`' nll.
+
+        A shift in one of M metrics moves its own term as much as it moves the total, against
+        a spread of one metric's noise rather than all M's: judged per metric, it is not
+        averaged away. With one metric the term is the score. ``mask`` (full windows) is needed
+        only when ``score_slots`` is None (terms rescaled to full slots, like the score)."""
+        nll = np.asarray(nll, dtype="float64")
+        w = self.spec.window
+        first = 0 if self.score_slots is None else w - self.score_slots
+        blocks = nll.reshape(nll.shape[0], len(self.inputs), w)[:, :, first:]
+        if self.score_slots is None and mask is not None:
+            seen = self.select(np.asarray(mask, dtype="float64")).reshape(blocks.shape)
+            blocks = blocks * (w / np.maximum(seen.sum(axis=2, keepdims=True), 1.0))
+        sums = blocks.sum(axis=2)  # rows × inputs
+        metrics = self.term_metrics
+        owner = np.array([metrics.index(self._channel_metric(c)) for c in self.inputs])
+        terms = np.zeros((nll.shape[0], len(metrics)))
+        for k in range(len(metrics)):
+            terms[:, k] = sums[:, owner == k].sum(axis=1)
+        return terms
+
     def calibrate(
         self,
         x: np.ndarray,

@@ -108,22 +108,30 @@ class OnlineLearning:
 
     # -- what was fed ----------------------------------------------------------------------------
 
-    def observe(self, rows: int, batch, n_entities: int = 1) -> None:
-        """Count a featurized batch's rows and keep its windows: the newest ``max_train``, one
-        in every ``n_entities`` (so that with many entities the windows still span the time
-        that ``max_train`` rows of one entity do: every hour of the day, not the last minute)."""
+    def count(self, rows: int) -> None:
+        """Count the rows of a featurized batch (the schedule is in rows)."""
+        if self.enabled:
+            self.rows += int(rows)
+
+    def observe(self, windows: Windows, n_entities: int = 1, *, keep=None) -> None:
+        """Keep a scored batch's windows: the newest ``max_train``, one in every
+        ``n_entities`` (so that with many entities the windows still span the time that
+        ``max_train`` rows of one entity do: every hour of the day, not the last minute), and
+        only those ``keep`` marks (the rows the likelihood learned as normal)."""
         if not self.enabled:
             return
-        self.rows += int(rows)
-        n = len(batch)
+        n = len(windows)
         if n == 0:
             return
         stride = max(1, int(n_entities))
-        take = np.flatnonzero((self._windows_seen + np.arange(n)) % stride == 0)
+        chosen = (self._windows_seen + np.arange(n)) % stride == 0
         self._windows_seen += n
+        if keep is not None:
+            chosen &= np.asarray(keep, dtype=bool)
+        take = np.flatnonzero(chosen)
         if take.size == 0:
             return
-        part = Windows.of(batch)
+        part = windows
         if take.size < n:
             part = part.take(take)
         part = part.newest(self.max_train)

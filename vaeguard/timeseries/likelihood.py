@@ -239,16 +239,29 @@ class AnomalyLikelihood:
             self._refresh(h)
         return min(self._log10_tail(h, average), 0.0)
 
-    def learn(self, key: str) -> None:
-        """Add the score last judged for this entity to its history."""
+    def learn(self, key: str, value: float | None = None) -> None:
+        """Add the score last judged for this entity (or ``value``, one judged earlier and
+        held back: `take_judged`) to its history."""
         h = self._history(key)
-        if h.pending is None:
+        if value is None:
+            value, h.pending = h.pending, None
+        if value is None:
             return
         if h.fit is not None and len(h.averages) == self.spec.history:
             h.dropped.append(h.averages[0])
-        h.averages.append(h.pending)
-        h.pending = None
+        h.averages.append(value)
         h.since_refresh += 1
+
+    def warming_up(self, key: str) -> bool:
+        """Whether this entity's history is still too short for an opinion."""
+        return len(self._history(key).averages) < self.spec.min_history
+
+    def take_judged(self, key: str) -> float | None:
+        """The score last judged for this entity, taken (it will not join the history unless
+        passed back to `learn`)."""
+        h = self._history(key)
+        value, h.pending = h.pending, None
+        return value
 
     def emit(self, key: str, log10_tail: float) -> float:
         """The [0, 1] output of a tail probability (possibly combined over several models)."""

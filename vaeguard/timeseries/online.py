@@ -53,13 +53,17 @@ class Message:
 
 @dataclass
 class OnlineResult:
-    """Per row: the [0, 1] output (0 without a score) and each view's raw score (NaN without)."""
+    """Per row: the [0, 1] output (0 without a score), each likelihood term's raw score (NaN
+    without; `ViewSet.term_metrics` names their metrics) and the metric its score record names
+    first (None without a score or a metric), so a benchmark can check that an alert names the
+    metric that moved."""
 
     output: np.ndarray
-    raw: np.ndarray  # views × rows
+    raw: np.ndarray  # terms × rows
     entities: list[str | None]
     trained_at: list[int] = field(default_factory=list)
     refused: int = 0
+    top_metric: list[str | None] = field(default_factory=list)
 
 
 def training_points(n: int, first_fit: int, growth: float | None, max_gap: int | None) -> list[int]:
@@ -119,8 +123,9 @@ def run_online(
     settings = step_settings()
     out = OnlineResult(
         output=np.zeros(n),
-        raw=np.full((len(views.views), n), np.nan),
+        raw=np.full((len(views.term_metrics), n), np.nan),
         entities=[None] * n,
+        top_metric=[None] * n,
     )
     schedule = views.schedule
     serving = None
@@ -155,6 +160,7 @@ def run_online(
             i = record.source.offset
             out.output[i] = record.anomaly_likelihood or 0.0
             out.entities[i] = record.key
+            out.top_metric[i] = top_metric(record.contributions)
             for v, raw in enumerate(raws):
                 out.raw[v, i] = raw[j]
         serving.last_raw = []
@@ -163,13 +169,21 @@ def run_online(
     return out
 
 
+def top_metric(contributions: Sequence[dict[str, Any]] | None) -> str | None:
+    """The ``metric`` of a score record's first contribution (None when it names none)."""
+    if not contributions:
+        return None
+    metric = contributions[0].get("metric") if isinstance(contributions[0], dict) else None
+    return metric if isinstance(metric, str) else None
+
+
 def replay_likelihood(
     raw: np.ndarray, entities: Sequence[str | None], likelihood: Any
 ) -> np.ndarray:
     """The outputs another likelihood spec would have given the same raw scores.
 
     Exactly the serving's arithmetic (`ViewLikelihood`), so post-processing can be tuned
-    without rerunning the models; ``raw`` is views × rows as in `OnlineResult`.
+    without rerunning the models; ``raw`` is terms × rows as in `OnlineResult`.
     """
     from vaeguard.timeseries.likelihood import LikelihoodSpec
 

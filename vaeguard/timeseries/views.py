@@ -1,10 +1,13 @@
 """`ViewSet`: the streaming detector of window mode — one or more VAEs over one window.
 
 A view is a `WindowDetector` that reads some channels of the shared window (`WindowSpec`): the
-metrics, and the derived seasonal channel when the spec has one. Every view scores every window;
-each view's raw scores get their own tail probability against the entity's own history (their
-scales differ); the most surprised view wins; then one emission per entity (saturation and
-suppression), so an incident seen by two views is one alert (`ViewLikelihood`).
+metrics, and the derived seasonal channel when the spec has one. Every view scores every window,
+metric by metric: a view's likelihood terms are the parts of its score from each metric's slots
+(the seasonal residual counts for its source metric), so a shift in one of many metrics is not
+averaged away. Each term's raw scores get their own tail probability against the entity's own
+history (their scales differ); the most surprised term wins and names the metric; then one
+emission per entity (saturation and suppression), so an incident seen by two views or two
+metrics is one alert (`ViewLikelihood`).
 
 The same object serves ``vaeguard run`` in window mode (`vaeguard.serving.window`) and the NAB
 runner (`vaeguard.timeseries.nab`), configured from the bundle: ``extra.window_mode`` holds
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict, deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
-from vaeguard.snapshot import check_header
+from vaeguard.snapshot import check_header, is_count, is_finite_number
 from vaeguard.thresholds import UNLEARNED_DECADES
 from vaeguard.timeseries.detector import WindowDetector
 from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
@@ -46,12 +50,12 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: Two views of the last 32 rows, conditioned on the hour of day and scored on the newest 16
 #: slots: the metrics alone (``inputs: "metrics"``), and every channel (``inputs: null``): the
 #: metrics with the seasonal residual of the first one (value − median of the
-#: same time on the previous 3 days), so a missing daily peak is visible. The mean of each view's
-#: last 10 raw scores is judged by its tail probability against the entity's last 2000 such
-#: means (rank, then a fitted Pareto tail whose scale is at least 1 nat: the ``evt``
-#: estimator); the most surprised view, Bonferroni-corrected; the alert
-#: budget of 2 false alerts per 1,000 points sets the level (a tail of 2e-3), and points far
-#: beyond it do not join the histories; an alert is kept only when it beats every output of
+#: same time on the previous 3 days), so a missing daily peak is visible. The mean of each
+#: term's (view × metric) last 10 raw scores is judged by its tail probability against the
+#: entity's last 2000 such means (rank, then a fitted Pareto tail whose scale is at least 1 nat:
+#: the ``evt`` estimator); the most surprised term, Bonferroni-corrected; the alert
+#: budget of 2 false alerts per 1,000 points sets the level (a tail of 2e-3), and an incident
+#: (with its ramp and tail) does not join the histories; an alert is kept only when it beats every output of
 #: the entity's previous 100 points. Time grid inferred per entity (gaps are missing slots);
 #: every point scored, however sparse its window (``min_observed: 0``: an irregularly sampled
 #: stream is never left unscored). The views retrain warm on the newest 4000 windows every
@@ -147,16 +151,49 @@ VIEW_FIELDS = (
 )
 
 
-class ViewLikelihood:
-    """Per-entity [0, 1] output of several views' raw scores (bounded, snapshot-able state).
+#: Points on either side of one beyond the alert level that are not learned as normal either
+#: (`ViewLikelihood`): an incident's ramp and tail.
+INCIDENT_MARGIN = 5
 
-    With one view this is exactly `AnomalyLikelihood.update`.
+
+class _Held:
+    """An entity's points judged but not learned yet, and how many more to leave out."""
+
+    __slots__ = ("points", "quiet")
+
+    def __init__(self):
+        self.points: deque[list[float | None]] = deque(maxlen=INCIDENT_MARGIN + 1)
+        self.quiet = 0
+
+
+class WindowScores(NamedTuple):
+    """What `ViewSet.score_windows` gives: view 0's ``score``, ``nll`` and ``expected``, and
+    the raw score of every likelihood term."""
+
+    score: np.ndarray
+    terms: list[np.ndarray]
+    nll: np.ndarray
+    expected: np.ndarray
+
+
+class ViewLikelihood:
+    """Per-entity [0, 1] output of several terms' raw scores (bounded, snapshot-able state).
+
+    A term is one view's score, or one view's part of it about one metric (`ViewSet`); each
+    has its own history per entity. With one term this is exactly `AnomalyLikelihood.update`.
+    ``metrics`` names each term's metric: after `update_many`, ``last_metric`` holds per row
+    the metric of the most surprised term (None while no term has an opinion).
     """
 
-    def __init__(self, spec: LikelihoodSpec, n_views: int):
+    def __init__(self, spec: LikelihoodSpec, n_terms: int, metrics: Sequence[str] | None = None):
         self.spec = spec
-        self.views = [AnomalyLikelihood(spec) for _ in range(n_views)]
+        self.views = [AnomalyLikelihood(spec) for _ in range(n_terms)]
         self.emitter = AnomalyLikelihood(spec)
+        if metrics is not None and len(metrics) != n_terms:
+            raise ValueError(f"expected {n_terms} term metrics, got {len(metrics)}")
+        self.metrics = None if metrics is None else list(metrics)
+        self.last_metric: list[str | None] = []
+        self._held: OrderedDict[str, _Held] = OrderedDict()
 
     def update_many(self, keys: Sequence[str], raws: Sequence[np.ndarray]) -> np.ndarray:
         """Feed each view's raw score of each row (arrival order); returns the outputs."""
@@ -165,42 +202,89 @@ class ViewLikelihood:
         columns = [np.asarray(r, dtype="float64").tolist() for r in raws]
         out = np.empty(len(keys), dtype="float64")
         tails = np.empty(len(keys), dtype="float64")
-        # The budget holds for the most surprised of V views when each view's tail is
-        # multiplied by V (Bonferroni); bundles without a budget keep the plain minimum.
+        # The budget holds for the most surprised of T terms when each term's tail is
+        # multiplied by T (Bonferroni); bundles without a budget keep the plain minimum.
         budget = self.spec.budget is not None
         penalty = math.log10(len(self.views)) if budget else 0.0
-        # With a budget, a point far beyond the alert level does not join the histories: an
-        # incident is not learned as normal (on a stationary stream that leaves out a tenth of
-        # a budget's share of the points, too few to thin the tail the next points meet).
+        # With a budget, an incident is not learned as normal: a point beyond the alert level
+        # does not join the histories, nor do the `INCIDENT_MARGIN` points on either side of
+        # it (an incident's ramp and tail, still high but not yet beyond). Points join the
+        # histories that many points late, once it is known they were not an incident's ramp.
         level = -self.spec.level_decades - UNLEARNED_DECADES
+        lead: list[str | None] = [None] * len(keys)
+        learned = np.ones(len(keys), dtype=bool)
         for i, key in enumerate(keys):
-            tail = min(v.judge(key, c[i]) for v, c in zip(self.views, columns, strict=True))
+            judged = [v.judge(key, c[i]) for v, c in zip(self.views, columns, strict=True)]
+            tail = min(judged)
+            if tail < 0.0 and self.metrics is not None:
+                lead[i] = self.metrics[judged.index(tail)]
             tail = min(tail + penalty, 0.0) if tail < 0.0 else tail
-            if not (budget and tail <= level):
+            if budget:
+                learned[i] = self._hold(key, tail <= level)
+            else:
                 for v in self.views:
                     v.learn(key)
             tails[i] = tail
             out[i] = self.emitter.emit(key, tail)
         #: log10 of each row's tail probability (0: no opinion yet), for the score records.
         self.last_log10_tail = tails + 0.0
+        self.last_metric = lead
+        #: Whether each row joined the histories (online learning trains on those rows only).
+        self.last_learned = learned
         return out + 0.0  # (-0.0, "no opinion yet", becomes a plain 0.0)
+
+    def _hold(self, key: str, beyond: bool) -> bool:
+        """Hold the point just judged back for `INCIDENT_MARGIN` points; learn the one that
+        leaves the hold. Returns whether the point may still be learned."""
+        held = self._held.get(key)
+        if held is None:
+            if len(self._held) >= self.spec.max_entities:
+                self._held.popitem(last=False)
+            held = self._held[key] = _Held()
+        else:
+            self._held.move_to_end(key)
+        values = [v.take_judged(key) for v in self.views]
+        if self.views[0].warming_up(key):  # no opinion yet, so no incident: nothing to hold
+            held.points.append(values)
+            while held.points:
+                for v, value in zip(self.views, held.points.popleft(), strict=True):
+                    if value is not None:
+                        v.learn(key, value)
+            return True
+        if beyond:
+            held.points.clear()  # the ramp of this incident
+            held.quiet = INCIDENT_MARGIN
+            return False
+        if held.quiet:
+            held.quiet -= 1  # its tail
+            return False
+        held.points.append(values)
+        if len(held.points) > INCIDENT_MARGIN:
+            for v, value in zip(self.views, held.points.popleft(), strict=True):
+                if value is not None:
+                    v.learn(key, value)
+        return True
 
     def save_entities(self, keys: Sequence[str]) -> list[dict[str, Any]]:
         """Copies of these entities' states, for `put_back` if the batch fails after an update."""
         unique = list(dict.fromkeys(keys))
         return [
-            {k: copy.deepcopy(lk._state.get(k)) for k in unique}
-            for lk in (*self.views, self.emitter)
+            *(
+                {k: copy.deepcopy(lk._state.get(k)) for k in unique}
+                for lk in (*self.views, self.emitter)
+            ),
+            {k: copy.deepcopy(self._held.get(k)) for k in unique},
         ]
 
     def put_back(self, saved: list[dict[str, Any]]) -> None:
         """Undo the updates since `save_entities` (entities evicted meanwhile stay evicted)."""
-        for lk, states in zip((*self.views, self.emitter), saved, strict=True):
+        stores = [lk._state for lk in (*self.views, self.emitter)] + [self._held]
+        for store, states in zip(stores, saved, strict=True):
             for key, state in states.items():
                 if state is None:
-                    lk._state.pop(key, None)
+                    store.pop(key, None)
                 else:
-                    lk._state[key] = state
+                    store[key] = state
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -208,19 +292,53 @@ class ViewLikelihood:
             "version": STATE_VERSION,
             "views": [v.snapshot() for v in self.views],
             "emitter": self.emitter.snapshot(),
+            "held": [
+                {"key": key, "points": [list(p) for p in h.points], "quiet": h.quiet}
+                for key, h in self._held.items()
+            ],
         }
 
     @classmethod
-    def restore(cls, state: dict[str, Any]) -> ViewLikelihood:
+    def restore(cls, state: dict[str, Any], metrics: Sequence[str] | None = None) -> ViewLikelihood:
         check_header(state, STATE_FORMAT, STATE_VERSION, "view-likelihood snapshot")
         try:
             views = [AnomalyLikelihood.restore(v) for v in state["views"]]
             emitter = AnomalyLikelihood.restore(state["emitter"])
         except (KeyError, TypeError) as exc:
             raise DataError(f"view-likelihood snapshot is corrupt: {exc}") from None
-        out = cls(emitter.spec, len(views))
+        if metrics is not None and len(metrics) != len(views):
+            raise DataError(f"view-likelihood snapshot has {len(views)} terms, not {len(metrics)}")
+        out = cls(emitter.spec, len(views), metrics)
         out.views, out.emitter = views, emitter
+        held = state.get("held", [])  # (absent from snapshots written before it existed)
+        if not isinstance(held, list):
+            raise DataError("view-likelihood snapshot is corrupt: held must be a list")
+        for item in held[-emitter.spec.max_entities :]:
+            key, entity = _restore_held(item, len(views))
+            out._held[key] = entity
         return out
+
+
+def _restore_held(item: Any, n_terms: int) -> tuple[str, _Held]:
+    """One entity's held points from a snapshot, checked (finite numbers, or null for a term
+    with no opinion yet; at most `INCIDENT_MARGIN` + 1 points; a count of points to leave out)."""
+    bad = DataError("view-likelihood snapshot is corrupt: a malformed held entity")
+    if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+        raise bad
+    points, quiet = item.get("points"), item.get("quiet")
+    if not isinstance(points, list) or len(points) > INCIDENT_MARGIN + 1:
+        raise bad
+    if not is_count(quiet) or quiet > INCIDENT_MARGIN:
+        raise bad
+    held = _Held()
+    for point in points:
+        if not isinstance(point, list) or len(point) != n_terms:
+            raise bad
+        if not all(v is None or is_finite_number(v) for v in point):
+            raise bad
+        held.points.append([None if v is None else float(v) for v in point])
+    held.quiet = quiet
+    return item["key"], held
 
 
 class ViewSet:
@@ -315,7 +433,7 @@ class ViewSet:
     def likelihood(self) -> ViewLikelihood | None:
         if self.likelihood_spec is None:
             return None
-        return ViewLikelihood(self.likelihood_spec, len(self.views))
+        return ViewLikelihood(self.likelihood_spec, len(self.term_metrics), self.term_metrics)
 
     # -- training and scoring ----------------------------------------------------------------------
 
@@ -362,14 +480,30 @@ class ViewSet:
                 view.plausible_range_ = None
         return self
 
-    def raw_scores(self, x, c=None, mask=None) -> list[np.ndarray]:
-        """Each view's raw score of each window."""
-        return [v.raw_scores(x, c, mask) for v in self.views]
+    @property
+    def term_metrics(self) -> list[str]:
+        """The metric of each likelihood term: view by view, each view's `term_metrics`."""
+        return [m for v in self.views for m in v.term_metrics]
 
-    def score_windows(self, x, c=None, mask=None):
-        """(each view's raw scores, view 0's per-slot nll, view 0's expected values)."""
-        score, nll, expected = self.primary.score_windows(x, c, mask)
-        return [score, *(v.raw_scores(x, c, mask) for v in self.views[1:])], nll, expected
+    def raw_scores(self, x, c=None, mask=None) -> list[np.ndarray]:
+        """Each likelihood term's raw score of each window (what `ViewLikelihood` judges)."""
+        return self.score_windows(x, c, mask).terms
+
+    def score_windows(self, x, c=None, mask=None) -> WindowScores:
+        """View 0's score, per-slot nll and expected values (they explain the record), and the
+        raw score of every likelihood term: each view's per-metric terms, or its score when it
+        reads one metric."""
+        terms: list[np.ndarray] = []
+        first = None
+        for view in self.views:
+            scored = view.score_windows(x, c, mask)
+            if first is None:
+                first = scored
+            if len(view.term_metrics) == 1:
+                terms.append(scored[0])
+            else:
+                terms.extend(view.metric_terms(scored[1], mask).T)
+        return WindowScores(first[0], terms, first[1], first[2])
 
     # -- bundles ---------------------------------------------------------------------------------
 

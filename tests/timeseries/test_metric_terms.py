@@ -1,0 +1,219 @@
+"""Multi-metric entities in window mode: each view's score judged per metric, the alert naming
+the metric, and an incident (its ramp and tail included) not learned as normal."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vaeguard.timeseries.views as views_module
+from tests.timeseries.test_detector import series, small_detector
+from vaeguard.errors import DataError
+from vaeguard.timeseries.likelihood import LikelihoodSpec
+from vaeguard.timeseries.views import INCIDENT_MARGIN, ViewLikelihood, ViewSet
+
+WINDOW = 12
+NOISE = 1.0
+
+
+def host(n: int = 700, seed: int = 0, shift: tuple[int, int, float] | None = None) -> list[dict]:
+    """Three metrics of one host driven by one load with a cycle, plus their own noise;
+    ``shift``: (metric, first row, size in noise sd) for 5 rows."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    load = 10 + 3 * np.sin(2 * math.pi * t / 60)
+    values = np.stack([load, 2 * load + 5, 30 - load], axis=1) + NOISE * rng.standard_normal((n, 3))
+    if shift is not None:
+        metric, first, size = shift
+        values[first : first + 5, metric] += size * NOISE
+    return [
+        {"ts": 60.0 * i, "cpu": float(v[0]), "mem": float(v[1]), "idle": float(v[2])}
+        for i, v in enumerate(values)
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained() -> ViewSet:
+    """Two views over three metrics with a seasonal channel of the first (period 30 rows)."""
+    params = dict(
+        window=WINDOW,
+        metrics=("cpu", "mem", "idle"),
+        interval=60,
+        seasonal={"period": 1800.0, "periods": 2, "tolerance": 60.0},
+        latent_dim=2,
+        hidden=(16,),
+        train_steps=80,
+        batch_size=32,
+        mc_samples=4,
+        score_slots=4,
+    )
+    views = ViewSet(
+        [small_detector(**params, inputs="metrics"), small_detector(**params)],
+        {"short": 1, "history": 200, "min_history": 40, "budget": 2.0},
+        {"retrain_growth": None, "retrain_max_gap": None},
+    )
+    batch = views.featurizer().update_and_featurize(host(400))
+    views.fit(batch.x, batch.c, batch.mask)
+    return views
+
+
+def test_each_view_is_judged_per_metric_and_the_seasonal_channel_belongs_to_its_source(trained):
+    assert trained.views[0].term_metrics == ("cpu", "mem", "idle")
+    assert trained.views[1].inputs[-1] == "cpu_seasonal"
+    assert trained.views[1].term_metrics == ("cpu", "mem", "idle")
+    assert trained.term_metrics == ["cpu", "mem", "idle"] * 2
+    batch = trained.featurizer().update_and_featurize(host(500, seed=1))
+    scored = trained.score_windows(batch.x, batch.c, batch.mask)
+    assert len(scored.terms) == 6
+    # with scored slots, a view's terms add up to its score
+    for k, view in enumerate(trained.views):
+        score = view.score_windows(batch.x, batch.c, batch.mask)[0]
+        np.testing.assert_allclose(sum(scored.terms[3 * k : 3 * k + 3]), score, rtol=1e-9)
+    np.testing.assert_array_equal(
+        scored.score, trained.views[0].raw_scores(batch.x, batch.c, batch.mask)
+    )
+    assert trained.likelihood().metrics == trained.term_metrics
+
+
+def test_a_view_of_one_metric_is_judged_by_its_score_unchanged():
+    det = small_detector()
+    views = ViewSet([det], det.likelihood_spec)
+    batch = views.featurizer().update_and_featurize(series())
+    views.fit(batch.x, batch.c, batch.mask)
+    assert views.term_metrics == ["value"]
+    scored = views.score_windows(batch.x, batch.c, batch.mask)
+    np.testing.assert_array_equal(scored.terms[0], det.raw_scores(batch.x, batch.c, batch.mask))
+
+
+def test_each_term_holds_its_own_metrics_slots(trained):
+    """Excess nats planted in one metric's scored slots (and in the seasonal channel of the
+    first) land in that metric's term only."""
+    view = trained.views[1]
+    rows, w = 4, WINDOW
+    nll = np.zeros((rows, len(view.inputs) * w))
+    nll[0, 1 * w + w - 1] = 7.0  # mem, newest slot: scored
+    nll[1, 2 * w + 0] = 7.0  # idle, oldest slot: not scored (score_slots=4)
+    nll[2, 3 * w + w - 2] = 7.0  # cpu_seasonal: cpu's term
+    terms = view.metric_terms(nll)
+    np.testing.assert_array_equal(terms[0], [0.0, 7.0, 0.0])
+    np.testing.assert_array_equal(terms[1], [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(terms[2], [7.0, 0.0, 0.0])
+
+
+def _incidents(n: int = 6000, every: int = 300, seed: int = 0):
+    """Raw scores of three terms (metrics a, b, c): noise, and every ``every`` points an
+    incident on term b: a three-point ramp, then twelve points far out, then a slow return."""
+    rng = np.random.default_rng(seed)
+    raws = rng.normal(0.0, 1.0, (3, n))
+    starts = list(range(600, n - 30, every))
+    shape = np.r_[2.5, 3.5, 4.5, np.full(12, 25.0), 4.5, 3.5, 2.5]
+    for s in starts:
+        raws[1, s : s + shape.size] += shape
+    return raws, starts, shape.size
+
+
+def _replay(raws, margin, monkeypatch):
+    monkeypatch.setattr(views_module, "INCIDENT_MARGIN", margin)
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=1000, alert=1.0)
+    lk = ViewLikelihood(spec, 3, ["a", "b", "c"])
+    out = lk.update_many(["e"] * raws.shape[1], list(raws))
+    return lk, out
+
+
+def test_an_incident_and_its_ramp_are_not_learned_so_the_next_one_still_alerts(monkeypatch):
+    raws, starts, span = _incidents()
+    lk, out = _replay(raws, INCIDENT_MARGIN, monkeypatch)
+    alerted = [bool((out[s : s + span] >= 1.0).any()) for s in starts]
+    assert all(alerted), alerted
+    # the alert names the metric of the incident's term
+    first = [s + int(np.argmax(out[s : s + span] >= 1.0)) for s in starts]
+    lk2 = ViewLikelihood(lk.spec, 3, ["a", "b", "c"])
+    lk2.update_many(["e"] * raws.shape[1], list(raws))
+    assert {lk2.last_metric[i] for i in first} == {"b"}
+    # without the margin the ramps join the history, which learns the incidents as normal
+    _, plain = _replay(raws, 0, monkeypatch)
+    missed = [not (plain[s : s + span] >= 1.0).any() for s in starts]
+    assert sum(missed) >= len(starts) // 2
+
+
+def test_last_learned_marks_the_rows_beyond_the_level_and_around_them(monkeypatch):
+    raws, starts, _span = _incidents(n=2000, every=500)
+    monkeypatch.setattr(views_module, "INCIDENT_MARGIN", 5)
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=1000, alert=1.0)
+    lk = ViewLikelihood(spec, 3, ["a", "b", "c"])
+    lk.update_many(["e"] * raws.shape[1], list(raws))
+    learned = lk.last_learned
+    for s in starts:
+        assert not learned[s + 3 : s + 15].any()  # beyond the level, and the margin after
+    assert learned[:500].all()
+
+
+def test_held_points_survive_a_snapshot(monkeypatch):
+    raws, _, _ = _incidents(n=2400, every=400)
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=3, history=500, alert=1.0)
+    whole = ViewLikelihood(spec, 3, ["a", "b", "c"])
+    keys = ["e", "f"] * (raws.shape[1] // 2)
+    expected = whole.update_many(keys, list(raws))
+    part = ViewLikelihood(spec, 3, ["a", "b", "c"])
+    cut = 1207  # in an incident: points are held and a margin is running
+    part.update_many(keys[:cut], [r[:cut] for r in raws])
+    assert any(h.points or h.quiet for h in part._held.values())
+    text = json.dumps(part.snapshot(), allow_nan=False)
+    restored = ViewLikelihood.restore(json.loads(text), ["a", "b", "c"])
+    rest = restored.update_many(keys[cut:], [r[cut:] for r in raws])
+    np.testing.assert_array_equal(rest, expected[cut:])
+
+
+def test_a_snapshot_of_another_number_of_terms_is_refused():
+    spec = LikelihoodSpec(estimator="evt", budget=2.0)
+    state = ViewLikelihood(spec, 2).snapshot()
+    with pytest.raises(DataError):
+        ViewLikelihood.restore(state, ["a", "b", "c"])
+
+
+held_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.lists(st.one_of(st.none(), st.floats(), st.text(max_size=2)), max_size=4),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    held=st.one_of(
+        held_values,
+        st.lists(
+            st.one_of(
+                held_values,
+                st.fixed_dictionaries(
+                    {
+                        "key": st.one_of(st.text(max_size=3), st.integers()),
+                        "points": st.one_of(
+                            held_values, st.lists(st.lists(held_values, max_size=3), max_size=8)
+                        ),
+                        "quiet": held_values,
+                    }
+                ),
+            ),
+            max_size=3,
+        ),
+    )
+)
+def test_arbitrary_held_state_restores_or_is_refused_clearly(held):
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=200, min_history=20)
+    state = ViewLikelihood(spec, 2).snapshot()
+    state["held"] = held
+    try:
+        restored = ViewLikelihood.restore(json.loads(json.dumps(state)))
+    except DataError:
+        return
+    out = restored.update_many(["", "x"] * 30, [np.arange(60.0), np.arange(60.0)])
+    assert np.isfinite(out).all()

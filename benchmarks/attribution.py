@@ -321,7 +321,7 @@ def train_demo_model():
     """`vaeguard demo`'s model (same data, settings and threshold), without its 15 s time box
     (so that the run is repeatable): returns (detector, workload, epochs run)."""
     from vaeguard import VAEDetector
-    from vaeguard.daemon import demo
+    from vaeguard.apps import demo
     from vaeguard.synthetic import Workload
 
     workload = Workload(entities=6, seed=7, ticks_per_day=demo.TICKS_PER_DAY)
@@ -339,7 +339,7 @@ def train_demo_model():
 
 def demo_planted_run(det, workload, verbose: bool) -> OddsRun:
     """Planted shifts in a normal day of the demo's workload the model has not seen."""
-    from vaeguard.daemon import demo
+    from vaeguard.apps import demo
     from vaeguard.synthetic import FEATURES
 
     def matrix(cols):
@@ -354,7 +354,7 @@ def demo_planted_run(det, workload, verbose: bool) -> OddsRun:
 def demo_streams(workload, quick: bool):
     """(name, start tick, ticks, incidents, stream seed): the demo's own live phase, and a
     longer one with ten incidents per host."""
-    from vaeguard.daemon import demo
+    from vaeguard.apps import demo
 
     start = (demo.TRAIN_DAYS + demo.CALIBRATION_DAYS + demo.BACKLOG_DAYS) * demo.TICKS_PER_DAY
     ticks = int(35.0 * demo.TICKS_PER_SECOND)
@@ -408,7 +408,7 @@ def previous_contributions(det, serving, records):
 
 
 def demo_run(det, workload, quick: bool, verbose: bool) -> list[DemoStream]:
-    from vaeguard.daemon.demo import ROOT_METRIC
+    from vaeguard.apps.demo import ROOT_METRIC
     from vaeguard.serving.tabular import TabularServing
     from vaeguard.synthetic import FEATURES, INCIDENT_KINDS
 
@@ -467,7 +467,7 @@ def demo_run(det, workload, quick: bool, verbose: bool) -> list[DemoStream]:
 
 def throughput(det, workload, seconds: float, repeats: int) -> list[dict[str, Any]]:
     """rows/s of `TabularServing.score` on 2,000-row batches, counterfactuals off / on."""
-    from vaeguard.daemon import demo
+    from vaeguard.apps import demo
     from vaeguard.serving.tabular import TabularServing
 
     serving = TabularServing(det, "bench")
@@ -648,7 +648,7 @@ def markdown(res: Results) -> str:
             "",
             f"{stream.rows:,} records, {stream.flagged:,} flagged ({stream.false_alarm_rows} "
             "outside incidents). Root metric: the metric each incident type changes first "
-            "(`vaeguard.daemon.demo.ROOT_METRIC`). Top-1: flagged rows whose first blamed metric "
+            "(`vaeguard.apps.demo.ROOT_METRIC`). Top-1: flagged rows whose first blamed metric "
             "is the root; incidents: detected incidents whose most-blamed metric (the demo "
             "summary's *blamed metric*) is the root.",
             "",

@@ -8,9 +8,9 @@ Gaussian noise around a daily cycle, a short stream, and NAB's ``artificialNoAno
 (read in place from the shared datasets). So every alert is a false alert, and the rate is
 compared with the alert budget (false alerts per 1,000 points) the detector promises.
 
-* **window mode**: each stream goes through `vaeguard.timeseries.online.run_online` exactly as
+* **window mode**: each stream goes through `vaeguard.apps.online.run_online` exactly as
   the NAB runner feeds a series (records ``{"ts", "value"}``, first fit at NAB's probationary
-  15 %, `vaeguard.timeseries.nab.merged_params` configuration). Each stream's raw scores are
+  15 %, `vaeguard.apps.nab.merged_params` configuration). Each stream's raw scores are
   cached under ``runs/false-alarms/<model config hash>/``, and the likelihood is replayed from
   them (`replay_likelihood`, the serving's arithmetic), so another likelihood spec
   (``--likelihood``) costs seconds. A point alerts when its output reaches the spec's
@@ -256,8 +256,8 @@ def load_stream(
     nab = nab_kinds() if nab is None else nab
     if kind not in nab:
         raise ValueError(f"unknown kind {kind!r}")
+    from vaeguard.apps.nab import read_series
     from vaeguard.timeseries.conditions import to_epoch_seconds
-    from vaeguard.timeseries.nab import read_series
 
     stamps, values = read_series(nab[kind])
     t = np.asarray([to_epoch_seconds(s) for s in stamps], dtype="float64")
@@ -274,8 +274,8 @@ def stream_seeds(kind: str, seeds: Sequence[int]) -> list[int]:
 
 def default_likelihood(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The default configuration's likelihood spec with ``overrides`` merged in, checked."""
+    from vaeguard.apps.nab import merged_params
     from vaeguard.timeseries.likelihood import LikelihoodSpec
-    from vaeguard.timeseries.nab import merged_params
 
     spec = {**(merged_params(None)["likelihood"] or {}), **(overrides or {})}
     LikelihoodSpec.from_dict(spec)
@@ -316,8 +316,8 @@ def stream_digest(t: np.ndarray, v: np.ndarray) -> str:
 
 def score_stream(kind: str, seed: int, points: int, params: dict[str, Any]) -> dict[str, Any]:
     """One stream through the NAB runner's path (runs in a worker process)."""
-    from vaeguard.timeseries.nab import probation_rows
-    from vaeguard.timeseries.online import run_online
+    from vaeguard.apps.nab import probation_rows
+    from vaeguard.apps.online import run_online
 
     started = time.perf_counter()
     t, v = load_stream(kind, seed, points)
@@ -368,7 +368,7 @@ def run_streams(
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """{(kind, seed): {"raw", "entities", "first_fit", "seconds", "cached"}}: every stream's
     raw scores, from the cache where the same model configuration ran the same data."""
-    from vaeguard.timeseries.nab import merged_params, run_jobs
+    from vaeguard.apps.nab import merged_params, run_jobs
 
     params = params or merged_params(None)
     log = log or (lambda line: None)
@@ -442,7 +442,7 @@ def window_counts(
     runs: dict[tuple[str, int], dict[str, Any]],
 ) -> dict[str, Count]:
     """Per kind, the alerts the spec's outputs give on the cached runs (seeds pooled)."""
-    from vaeguard.timeseries.online import replay_likelihood
+    from vaeguard.apps.online import replay_likelihood
 
     spec = default_likelihood() if likelihood_spec is None else dict(likelihood_spec)
     alert = spec.get("alert")

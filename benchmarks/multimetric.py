@@ -25,7 +25,7 @@ with the metric's mean and sd over the previous day); k in 2–10 sd, where sd i
 noise sd around its load-driven mean at the anomaly's start.
 
 Every stream goes through the one streaming detector exactly as ``vaeguard train-window`` on
-the history then ``vaeguard score`` would: `vaeguard.timeseries.online.run_online` with the
+the history then ``vaeguard score`` would: `vaeguard.apps.online.run_online` with the
 first fit at the end of the history, then online refits. A point alerts when its output
 reaches the likelihood's ``alert`` level. An anomaly is detected when an alert falls in
 ``[start, end + W)`` (W: view 0's ``score_slots``, the slots a score counts); its top-1
@@ -371,7 +371,7 @@ def _plant(stream: Stream, rng: np.random.Generator) -> None:
 def resolve(config: dict[str, Any] | None, candidate: dict[str, Any] | None = None) -> dict:
     """The default configuration with ``config`` then ``candidate`` merged in, checked; metrics
     are filled in per stream."""
-    from vaeguard.timeseries.nab import merged_params
+    from vaeguard.apps.nab import merged_params
     from vaeguard.timeseries.views import merge_config
 
     params = merged_params(config)
@@ -379,7 +379,7 @@ def resolve(config: dict[str, Any] | None, candidate: dict[str, Any] | None = No
 
 
 def stream_params(params: dict[str, Any], stream: Stream) -> dict[str, Any]:
-    from vaeguard.timeseries.nab import merged_params
+    from vaeguard.apps.nab import merged_params
 
     return merged_params(
         {**params, "window": {**params["window"], "metrics": list(stream.metrics)}}
@@ -450,7 +450,7 @@ def model_key(params: dict[str, Any], train: int, test: int) -> str:
 
 def score_stream(family: str, seed: int, train: int, test: int, params: dict) -> dict[str, Any]:
     """One stream through the streaming detector (``vaeguard train-window`` + ``score``)."""
-    from vaeguard.timeseries.online import run_online
+    from vaeguard.apps.online import run_online
 
     started = time.perf_counter()
     stream = generate(family, seed, train, test)
@@ -518,7 +518,7 @@ def run_streams(
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """{(family, seed): run}: every stream's outputs, raw scores and top metrics, from the cache
     where the same model configuration ran the same data."""
-    from vaeguard.timeseries.nab import run_jobs
+    from vaeguard.apps.nab import run_jobs
 
     folder = Path(cache) / model_key(params, train, test)
     folder.mkdir(parents=True, exist_ok=True)
@@ -554,7 +554,7 @@ def outputs_for(run: dict[str, Any], likelihood: dict[str, Any] | None) -> np.nd
     replayed from the raw scores (the serving's arithmetic)."""
     if json.dumps(likelihood, sort_keys=True) == json.dumps(run["likelihood"], sort_keys=True):
         return run["output"]
-    from vaeguard.timeseries.online import replay_likelihood
+    from vaeguard.apps.online import replay_likelihood
 
     if likelihood is None:
         return np.zeros(run["raw"].shape[1])
@@ -937,15 +937,15 @@ def calibrate_stream(family: str, seed: int, train: int, test: int, params: dict
         excess = np.where(mask, np.clip(nll - median_slot, 0.0, None), 0.0)
         slots = view.score_slots or w
         scored = np.zeros(nll.shape[1], dtype=bool)
-        for j in range(len(view.inputs)):
+        for j in range(len(view.input_channels)):
             scored[j * w + w - slots : (j + 1) * w] = True
         top = score >= np.quantile(score, 0.99)
         log_var = _decoder_log_var(view, batch.x, batch.c, batch.mask)
         entry = {
-            "inputs": list(view.inputs),
+            "inputs": list(view.input_channels),
             "score": score,
-            "channels_top": _channel_shares(excess[top], scored, len(view.inputs), w),
-            "channels_all": _channel_shares(excess, scored, len(view.inputs), w),
+            "channels_top": _channel_shares(excess[top], scored, len(view.input_channels), w),
+            "channels_all": _channel_shares(excess, scored, len(view.input_channels), w),
             "scored_top": _part(excess[top], scored),
             "scored_all": _part(excess, scored),
         }
@@ -997,7 +997,7 @@ def run_calibration(
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     from benchmarks import multimetric
-    from vaeguard.timeseries.nab import run_jobs
+    from vaeguard.apps.nab import run_jobs
 
     out: list[dict[str, Any]] = []
 

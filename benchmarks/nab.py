@@ -1,7 +1,7 @@
 """NAB benchmark: vaeguard's streaming window detector beside ARTime and Numenta HTM.
 
 ``python benchmarks/nab.py`` runs the detector over the shared NAB series with the same code path
-as ``vaeguard nab`` (`vaeguard.timeseries.nab.run_nab` with `NAB_PARAMS`, or ``--params``
+as ``vaeguard nab`` (`vaeguard.apps.nab.run_nab` with `NAB_PARAMS`, or ``--params``
 overrides: every row goes through the daemon's batch step and window-mode serving), writes NAB
 result files, then scores them in the same run with ``benchmarks/nab_scoring.py`` together with
 the published result files of ARTime and numenta (HTM) from ``nab/reference_results``. Prints
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cv:
         return cross_validation(args)
 
-    from vaeguard.timeseries.nab import merged_params, run_nab
+    from vaeguard.apps.nab import merged_params, run_nab
 
     overrides = json.loads(args.params.read_text()) if args.params else None
     params = merged_params(overrides)
@@ -137,7 +137,7 @@ def cross_validation(args) -> int:
         peer_detections,
         run_models,
     )
-    from vaeguard.timeseries.nab import merged_params
+    from vaeguard.apps.nab import merged_params
 
     overrides = json.loads(args.params.read_text()) if args.params else None
     base = merged_params(overrides)

@@ -1,9 +1,9 @@
 """Leave-one-category-out cross-validation of the streaming detector on the shared NAB series.
 
 Every choice is a candidate: a model configuration (a real run of every series through
-`vaeguard.timeseries.online.run_online`, cached per model and series under ``runs/nab-cv/``)
+`vaeguard.apps.online.run_online`, cached per model and series under ``runs/nab-cv/``)
 crossed with the likelihood's post-processing (replayed exactly from the cached raw scores by
-`vaeguard.timeseries.online.replay_likelihood`, the serving's own arithmetic). For each
+`vaeguard.apps.online.replay_likelihood`, the serving's own arithmetic). For each
 category, the candidate with the best standard-profile NAB score on the *other three*
 categories is chosen and scores the held-out one. The out-of-fold outputs of the four
 categories are pooled and scored with NAB's scorer: that is the reported figure.
@@ -136,7 +136,7 @@ def run_models(
     log: Callable[[str], None],
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """{model name: {series key: {"raw", "entities", "stamps", "seconds"}}}, cached on disk."""
-    from vaeguard.timeseries.nab import run_nab
+    from vaeguard.apps.nab import run_nab
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, params in models.items():
@@ -222,7 +222,7 @@ def cross_validate(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Leave-one-category-out selection over every candidate; the pooled out-of-fold result."""
-    from vaeguard.timeseries.online import replay_likelihood
+    from vaeguard.apps.online import replay_likelihood
 
     first_model = next(iter(runs))
     first = runs[first_model]

@@ -1,19 +1,100 @@
 """vaeguard: streaming anomaly detection with a variational autoencoder.
 
-The detector is importable without TensorFlow being loaded until it is fitted or loaded.
+The detector is importable without TensorFlow being loaded until it is fitted or loaded. The
+other models, the bundle functions, the serving loader and the registry are imported on first
+use (module ``__getattr__``), so ``import vaeguard`` stays as cheap as the CLI needs.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from vaeguard._version import __version__
 from vaeguard.detector import ScoreResult, VAEDetector
-from vaeguard.errors import BundleError, ConfigError, DataError, NotFittedError, VaeguardError
+from vaeguard.errors import (
+    AlertDeliveryError,
+    BundleError,
+    ConfigError,
+    DataError,
+    LockHeld,
+    NotFittedError,
+    PermanentSinkError,
+    RegistryError,
+    RetrainRefused,
+    RetrainRejected,
+    RetryableSinkError,
+    ShutdownExpired,
+    SinkError,
+    SpoolError,
+    StateRefused,
+    UndeliverableAlertError,
+    VaeguardError,
+    VersionNameError,
+)
+
+if TYPE_CHECKING:
+    from vaeguard.bundle import load_bundle, save_bundle
+    from vaeguard.registry import ModelRegistry
+    from vaeguard.serving.loader import load_serving
+    from vaeguard.timeseries.bundle import load_window_bundle, save_window_bundle
+    from vaeguard.timeseries.detector import WindowDetector
+    from vaeguard.timeseries.views import ViewSet
+
+#: Public names imported on first access: name → home module.
+_LAZY = {
+    "WindowDetector": "vaeguard.timeseries.detector",
+    "ViewSet": "vaeguard.timeseries.views",
+    "load_bundle": "vaeguard.bundle",
+    "save_bundle": "vaeguard.bundle",
+    "load_window_bundle": "vaeguard.timeseries.bundle",
+    "save_window_bundle": "vaeguard.timeseries.bundle",
+    "load_serving": "vaeguard.serving.loader",
+    "ModelRegistry": "vaeguard.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vaeguard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
+    "AlertDeliveryError",
     "BundleError",
     "ConfigError",
     "DataError",
+    "LockHeld",
+    "ModelRegistry",
     "NotFittedError",
+    "PermanentSinkError",
+    "RegistryError",
+    "RetrainRefused",
+    "RetrainRejected",
+    "RetryableSinkError",
     "ScoreResult",
+    "ShutdownExpired",
+    "SinkError",
+    "SpoolError",
+    "StateRefused",
+    "UndeliverableAlertError",
     "VAEDetector",
     "VaeguardError",
+    "VersionNameError",
+    "ViewSet",
+    "WindowDetector",
     "__version__",
+    "load_bundle",
+    "load_serving",
+    "load_window_bundle",
+    "save_bundle",
+    "save_window_bundle",
 ]

@@ -16,7 +16,6 @@ import math
 import os
 import platform
 import re
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 
 from vaeguard._version import __version__
 from vaeguard.errors import BundleError, VaeguardError
+from vaeguard.files import replacing, write_atomic
 from vaeguard.snapshot import is_count, is_finite_number
 
 FORMAT = "vaeguard-bundle"
@@ -64,35 +64,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync and rename: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 #: Part names: ``views/1``, ``views/2`` … (relative, no way out of the bundle; matched whole).
 _PART_RE = re.compile(r"[a-z]+/[0-9]{1,3}")
 #: A part's pin: the SHA-256 of its ``bundle.json``, in hex.
@@ -110,16 +81,8 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
         )
     path.mkdir(parents=True, exist_ok=True, mode=0o700)  # owner only, like its files
 
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".keras")
-    os.close(fd)
-    try:
-        detector.model_.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path / MODEL_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path / MODEL_FILE, suffix=".keras") as tmp:
+        detector.model_.save(str(tmp))
 
     manifest = {
         "format": FORMAT,

@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaeguard.bundle import MANIFEST_FILE, fsync_dir, read_manifest, write_atomic
-from vaeguard.errors import BundleError, VaeguardError
+from vaeguard.bundle import MANIFEST_FILE, read_manifest
+from vaeguard.errors import BundleError, LockHeld, RegistryError, VersionNameError
+from vaeguard.files import fsync_dir, write_atomic
 
 MARKER = "registry.json"
 CURRENT = "CURRENT"
@@ -52,16 +53,6 @@ VERSION_PATTERN = r"v[0-9]{4,9}"
 VERSION_RE = re.compile(VERSION_PATTERN, re.ASCII)
 _NUMBER_RE = re.compile(r"[0-9]{1,9}", re.ASCII)
 _MAX_VERSION = 999_999_999
-
-
-class RegistryError(VaeguardError):
-    """A registry operation cannot be done (unknown version, nothing to roll back to, …)."""
-
-
-class VersionNameError(RegistryError):
-    """A version name that the registry never uses (a usage error, like a bad setting)."""
-
-    exit_code = 2
 
 
 def is_version_name(name: object) -> bool:
@@ -147,7 +138,7 @@ class ModelRegistry:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
-                raise RegistryError(
+                raise LockHeld(
                     f"registry {self.root}: the {name} lock is held by another process"
                 ) from None
             try:

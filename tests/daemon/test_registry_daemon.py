@@ -19,7 +19,7 @@ from tests.daemon.conftest import (
     unique,
 )
 from tests.retrain.conftest import quiet_then_busy
-from vaeguard.bundle import write_atomic
+from vaeguard.files import write_atomic
 from vaeguard.registry import CURRENT, ModelRegistry
 
 

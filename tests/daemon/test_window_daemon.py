@@ -240,9 +240,9 @@ def test_a_shift_in_one_metric_is_explained_by_that_metric_and_its_slots(trained
     the third names lat first, the slots the shift spans, and the values at its worst slot."""
     from dataclasses import replace
 
+    from vaeguard.apps.online import encode_records, step_settings
     from vaeguard.daemon.batch import process
     from vaeguard.serving import load_serving
-    from vaeguard.timeseries.online import encode_records, step_settings
 
     records = host_points(300, 40, seed=4)
     web1 = [i for i, r in enumerate(records) if r["host"] == "web-1"]
@@ -323,7 +323,7 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
     assert det.spec.window == WINDOW and det.spec.metrics == ("cpu", "lat")
     assert det.spec.entity_field == "host" and det.use_likelihood
     # the default configuration: the metrics, and the metrics with cpu's seasonal residual
-    assert [v.inputs for v in det.views] == [("cpu", "lat"), ("cpu", "lat", "cpu_seasonal")]
+    assert [v.input_channels for v in det.views] == [("cpu", "lat"), ("cpu", "lat", "cpu_seasonal")]
     assert (trained["bundle"] / "views" / "1" / "bundle.json").is_file()
     assert all(math.isfinite(v.threshold_.value) for v in det.views)
     # the alert budget of the default configuration, carried by the bundle and shown by inspect
@@ -468,9 +468,9 @@ def test_the_daemon_learns_online_and_loses_nothing(broker, tmp_path):
     batches while it serves (the scores before the first refit are the bundle's, later ones
     move), every record is scored once, and a restart does not judge the bundle's scores
     against histories built by a refitted model."""
+    from vaeguard.apps.online import encode_records, step_settings
     from vaeguard.daemon.batch import process
     from vaeguard.serving import load_serving
-    from vaeguard.timeseries.online import encode_records, step_settings
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in host_points(0, 300, seed=0)))

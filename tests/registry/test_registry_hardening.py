@@ -197,7 +197,7 @@ def test_a_torn_last_line_is_ignored_and_cut_off(detector, tmp_path):
 
 
 def test_a_current_moved_outside_the_registry_is_logged_by_the_next_change(detector, tmp_path):
-    from vaeguard.bundle import write_atomic
+    from vaeguard.files import write_atomic
 
     reg = registry_with(tmp_path / "reg", detector, 3)
     write_atomic(reg.root / CURRENT, b"v0003\n")  # by hand, or an older vaeguard's crash

@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 
 from tests.json_fuzz import dump, json_values, paths, replace
 from tests.serving.window_model import TP, records, snapshot, window_bundle
+from vaeguard.apps.online import TOPIC, encode_records, step_settings
 from vaeguard.daemon import metrics  # noqa: F401 (registers the counter)
 from vaeguard.daemon.checkpoint import Checkpoint, StateStore
 from vaeguard.errors import DataError
 from vaeguard.scored import Source
-from vaeguard.timeseries.online import TOPIC, encode_records, step_settings
 
 PARTITION = f"{TOPIC}:0"
 KEY = b"0123456789abcdef0123"

@@ -53,8 +53,8 @@ def records(n: int = N, entity: str = "web-1") -> list[dict[str, Any]]:
 @functools.cache
 def window_bundle() -> Path:
     """The saved bundle (read-only for the tests: copy it before changing it)."""
-    from vaeguard.timeseries.nab import NAB_PARAMS
-    from vaeguard.timeseries.online import run_online
+    from vaeguard.apps.nab import NAB_PARAMS
+    from vaeguard.apps.online import run_online
     from vaeguard.timeseries.views import ViewSet, merge_config
 
     views = ViewSet.from_params(merge_config(NAB_PARAMS, PARAMS))
@@ -67,9 +67,9 @@ def window_bundle() -> Path:
 
 @functools.cache
 def _snapshot_text() -> str:
+    from vaeguard.apps.online import TOPIC, encode_records, step_settings
     from vaeguard.daemon.batch import process
     from vaeguard.serving import load_serving
-    from vaeguard.timeseries.online import TOPIC, encode_records, step_settings
 
     serving = load_serving(window_bundle(), "v1")
     messages = encode_records(records() + records(40, "web-2"))  # offsets 0 … 159

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from vaeguard.apps.online import run_online, training_points
 from vaeguard.errors import DataError, NotFittedError
 from vaeguard.timeseries.detector import WindowDetector
-from vaeguard.timeseries.online import run_online, training_points
 from vaeguard.timeseries.views import ViewSet
 
 N = 360

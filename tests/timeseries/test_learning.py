@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.timeseries.test_detector import series, small_detector
+from vaeguard.apps.online import run_online
 from vaeguard.errors import DataError
 from vaeguard.timeseries.featurizer import WindowBatch
 from vaeguard.timeseries.learning import (
@@ -23,7 +24,6 @@ from vaeguard.timeseries.learning import (
     apply_refit_state,
     refit_state,
 )
-from vaeguard.timeseries.online import run_online
 from vaeguard.timeseries.views import ViewSet
 
 

@@ -64,7 +64,7 @@ def trained() -> ViewSet:
 
 def test_each_view_is_judged_per_metric_and_the_seasonal_channel_belongs_to_its_source(trained):
     assert trained.views[0].term_metrics == ("cpu", "mem", "idle")
-    assert trained.views[1].inputs[-1] == "cpu_seasonal"
+    assert trained.views[1].input_channels[-1] == "cpu_seasonal"
     assert trained.views[1].term_metrics == ("cpu", "mem", "idle")
     assert trained.term_metrics == ["cpu", "mem", "idle"] * 2
     batch = trained.featurizer().update_and_featurize(host(500, seed=1))
@@ -95,7 +95,7 @@ def test_each_term_holds_its_own_metrics_slots(trained):
     first) land in that metric's term only."""
     view = trained.views[1]
     rows, w = 4, WINDOW
-    nll = np.zeros((rows, len(view.inputs) * w))
+    nll = np.zeros((rows, len(view.input_channels) * w))
     nll[0, 1 * w + w - 1] = 7.0  # mem, newest slot: scored
     nll[1, 2 * w + 0] = 7.0  # idle, oldest slot: not scored (score_slots=4)
     nll[2, 3 * w + w - 2] = 7.0  # cpu_seasonal: cpu's term

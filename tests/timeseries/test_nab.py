@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from vaeguard.apps.nab import merged_params, probation_rows
 from vaeguard.cli.main import app
-from vaeguard.timeseries.nab import merged_params, probation_rows
 
 FAST = {
     "window": {"window": 8},

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from vaeguard.timeseries.online import encode_records, run_online, step_settings
+from vaeguard.apps.online import encode_records, run_online, step_settings
 from vaeguard.timeseries.views import ViewSet, merge_config
 
 N = 420
@@ -53,7 +53,7 @@ def records() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def learned():
-    from vaeguard.timeseries.nab import NAB_PARAMS
+    from vaeguard.apps.nab import NAB_PARAMS
 
     params = merge_config(NAB_PARAMS, PARAMS)
     views = ViewSet.from_params(params)
@@ -118,7 +118,7 @@ def test_a_tampered_view_is_refused(learned, tmp_path):
 def test_an_irregular_stream_is_scored_at_every_point_after_the_warm_up():
     """Sampled at 40 % of a one-minute grid: the default configuration scores every point once
     the entity has been seen for a whole window; the old half-observed gate left gaps."""
-    from vaeguard.timeseries.nab import NAB_PARAMS
+    from vaeguard.apps.nab import NAB_PARAMS
 
     rng = np.random.default_rng(3)
     kept = [r for r in records() if rng.random() < 0.4]
@@ -138,9 +138,9 @@ def test_the_daemon_step_refits_online_where_the_runner_does(batch):
     """Online learning is the serving object's own: fed through the daemon's batch step in
     other batch sizes (that end on the due rows), the same first model refits on the same rows
     with the same windows and gives the runner's outputs."""
+    from vaeguard.apps.nab import NAB_PARAMS
     from vaeguard.daemon.batch import process
     from vaeguard.serving.window import WindowServing
-    from vaeguard.timeseries.nab import NAB_PARAMS
 
     params = merge_config(
         NAB_PARAMS, {**PARAMS, "schedule": {"retrain_growth": None, "retrain_max_gap": 100}}

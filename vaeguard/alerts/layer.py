@@ -38,15 +38,12 @@ from vaeguard.alerts.routing import Router, SeverityOrder
 from vaeguard.alerts.settings import AlertsSettings
 from vaeguard.alerts.sink import SinkContext, kafka_config_for
 from vaeguard.alerts.spool import Spool
-from vaeguard.errors import ConfigError, VaeguardError
+from vaeguard.errors import AlertDeliveryError as AlertDeliveryError
+from vaeguard.errors import ConfigError
 from vaeguard.scored import ScoredRecord, Source
 from vaeguard.severity import DEFAULT_BANDS
 
 log = logging.getLogger("vaeguard.alerts")
-
-
-class AlertDeliveryError(VaeguardError):
-    """Some alerts could neither be delivered nor spooled; the batch must not be committed."""
 
 
 @dataclasses.dataclass

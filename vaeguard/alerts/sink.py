@@ -27,6 +27,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from vaeguard.alerts.model import Alert
+from vaeguard.errors import PermanentSinkError as PermanentSinkError
+from vaeguard.errors import RetryableSinkError as RetryableSinkError
+from vaeguard.errors import SinkError as SinkError
+from vaeguard.errors import UndeliverableAlertError as UndeliverableAlertError
 
 
 class SinkSettings(BaseModel):
@@ -54,41 +58,6 @@ class SinkContext:
     logger: logging.Logger = field(
         default_factory=lambda: logging.getLogger("vaeguard.alerts.sink")
     )
-
-
-class SinkError(Exception):
-    """A failed delivery. ``retryable`` tells the core whether another attempt may succeed."""
-
-    retryable = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None):
-        super().__init__(message)
-        #: Seconds the target asked us to wait (HTTP Retry-After), if it said.
-        self.retry_after = retry_after
-
-
-class RetryableSinkError(SinkError):
-    """Temporary: the target is down, overloaded (HTTP 5xx, 408, 429) or timed out."""
-
-
-class PermanentSinkError(SinkError):
-    """Retrying cannot help until the sink is fixed: bad credentials, a wrong URL.
-
-    The alert is kept (parked) in the spool but not retried in the background; a restart or
-    ``vaeguard spool flush`` tries it again (after fixing the config).
-    """
-
-    retryable = False
-
-
-class UndeliverableAlertError(PermanentSinkError):
-    """This alert, not the sink, is the problem: the target rejected its payload (HTTP 400,
-    413, 422) or it cannot be turned into one.
-
-    Kept in the spool it would be retried forever; it is dead-lettered instead (moved beside
-    the spool, listed by ``vaeguard spool list``, requeued by ``vaeguard spool flush --dead``),
-    so the alerts behind it are delivered.
-    """
 
 
 #: kafka-python options every sink may see: where the cluster is and how to talk to it, no

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from vaeguard.alerts.model import Alert
-from vaeguard.errors import VaeguardError
+from vaeguard.errors import SpoolError as SpoolError
+from vaeguard.files import replacing
 
 log = logging.getLogger("vaeguard.alerts.spool")
 
@@ -44,10 +45,6 @@ SUFFIX = ".spool.jsonl"
 DEAD_DIR = "dead"
 #: Rewrite the file (dropping acknowledged entries) once it holds this many acks.
 COMPACT_AFTER_ACKS = 1000
-
-
-class SpoolError(VaeguardError):
-    """The spool cannot take an alert (disk full, unwritable, over its size limit)."""
 
 
 @dataclass(frozen=True)
@@ -292,8 +289,7 @@ class Spool:
                         os.fsync(f.fileno())
                 return 0
             if acks >= COMPACT_AFTER_ACKS:
-                tmp = self.path.with_suffix(".tmp")
-                with open(tmp, "wb", opener=_private_opener) as f:
+                with replacing(self.path) as tmp, open(tmp, "wb") as f:
                     for e in entries:
                         line = {
                             "op": "add",
@@ -303,14 +299,6 @@ class Spool:
                             "at": e.at,
                         }
                         f.write(_encode(line))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-                dir_fd = os.open(self.directory, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
             return len(entries)
 
 
@@ -335,10 +323,6 @@ def _private_dir(path: Path) -> None:
     """Create ``path`` 0700 (missing parents get the default mode): alerts carry entity names,
     labels and scores."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _private_opener(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o600)
 
 
 def _open_private(path: Path) -> int:

@@ -124,8 +124,8 @@ def replay(
     ),
 ) -> None:
     """Produce a file's rows to a topic as JSON, optionally paced (backfills, load tests)."""
-    from vaeguard.daemon.replay import file_rows
-    from vaeguard.daemon.replay import replay as do_replay
+    from vaeguard.apps.replay import file_rows
+    from vaeguard.apps.replay import replay as do_replay
 
     count, seconds = do_replay(
         file_rows(data),
@@ -148,7 +148,7 @@ def demo(
     seed: int = typer.Option(7, "--seed", help="Seed of the synthetic workload."),
 ) -> None:
     """Watch vaeguard work end to end: broker, workload, training, daemon, live anomalies."""
-    from vaeguard.daemon.demo import run_demo
+    from vaeguard.apps.demo import run_demo
 
     run_demo(seconds=seconds, entities=entities, seed=seed)
 

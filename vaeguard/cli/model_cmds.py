@@ -48,7 +48,7 @@ def _is_text_column(values: list[Any]) -> bool:
 
 
 def _load_table(path: Path) -> dict[str, list[Any]]:
-    from vaeguard.io import read_table
+    from vaeguard.tabular_files import read_table
 
     return read_table(path)
 
@@ -304,9 +304,9 @@ def score(
     """Score every row exactly as the daemon would: a score record per scored row, a
     refusal (reason and detail) per row the daemon would dead-letter."""
     from vaeguard.daemon.batch import StepSettings, process
-    from vaeguard.io import csv_header, iter_raw_rows, write_jsonl
     from vaeguard.serving import load_serving
     from vaeguard.severity import DEFAULT_BANDS
+    from vaeguard.tabular_files import csv_header, iter_raw_rows, write_jsonl
 
     serving = load_serving(model, _version_of(model))
     header = csv_header(data) if data.is_file() else None
@@ -451,7 +451,7 @@ def _parse_conditions(values: list[str]) -> dict[str, str] | None:
 
 
 def _write_rows(path: Path, names: list[str], matrix) -> None:
-    from vaeguard.io import detect_format, write_csv, write_jsonl
+    from vaeguard.tabular_files import detect_format, write_csv, write_jsonl
 
     if detect_format(path) == "csv":
         write_csv(path, names, ([float(v) for v in row] for row in matrix))
@@ -489,7 +489,7 @@ def interpolate(
     out: Path = typer.Option(..., "--out", help="CSV or JSONL."),
 ) -> None:
     """Decode the straight line between two rows' latent means."""
-    from vaeguard.io import read_records
+    from vaeguard.tabular_files import read_records
 
     detector = _load_model(model)
     records = read_records(data)

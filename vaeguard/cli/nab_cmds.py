@@ -32,7 +32,7 @@ def nab(
 
     Labels for the ``label`` column come from a combined_labels.json in DATA_DIR or above it.
     """
-    from vaeguard.timeseries.nab import merged_params, run_nab
+    from vaeguard.apps.nab import merged_params, run_nab
 
     overrides = None
     if params is not None:

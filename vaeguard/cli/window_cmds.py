@@ -132,7 +132,7 @@ def train_window(
     """
     from rich.console import Console
 
-    from vaeguard.io import read_records
+    from vaeguard.tabular_files import read_records
     from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS
 
     console = Console(stderr=True)
@@ -308,7 +308,7 @@ def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: in
         f"{spec.window} points of {', '.join(spec.channels)}; "
         f"{n_train} trained on, {n_cal} (the tail) calibrated on",
     )
-    t.add_row("views", "; ".join(", ".join(v.inputs) for v in detector.views))
+    t.add_row("views", "; ".join(", ".join(v.input_channels) for v in detector.views))
     if spec.conditions:
         t.add_row("conditions", ", ".join(spec.conditions))
     th = detector.primary.threshold_

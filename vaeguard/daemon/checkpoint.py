@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from vaeguard.errors import DataError, VaeguardError
+from vaeguard.errors import StateRefused as StateRefused
+from vaeguard.files import write_atomic
 from vaeguard.snapshot import is_count
 
 log = logging.getLogger("vaeguard.daemon.window")
@@ -50,14 +52,6 @@ RESTORE_ERRORS = (
 )
 
 
-class StateRefused(DataError):
-    """A state file that is not used: ``kind`` is unreadable, corrupt or unauthenticated."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind = kind
-
-
 class StateStore:
     """The state file of one daemon: ``<state_dir>/<group>.<instance>.window-state.json``.
 
@@ -73,8 +67,6 @@ class StateStore:
         self._key = key
 
     def save(self, state: dict[str, Any]) -> None:
-        from vaeguard.bundle import write_atomic
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps(state, separators=(",", ":"), allow_nan=False).encode()
         if self._key is not None:

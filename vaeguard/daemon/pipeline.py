@@ -39,7 +39,7 @@ from vaeguard.daemon.checkpoint import Checkpoint, StateStore, state_key
 from vaeguard.daemon.model_provider import ActiveModel, ModelProvider
 from vaeguard.daemon.records import DeadLetter, Output, dlq_minimal, dlq_output
 from vaeguard.daemon.stall import StallDetector
-from vaeguard.errors import VaeguardError
+from vaeguard.errors import ShutdownExpired as ShutdownExpired
 from vaeguard.ingest import STAGE_PRODUCE, Reason, Rejection, short_detail
 from vaeguard.scored import ScoredRecord
 
@@ -49,10 +49,6 @@ log = logging.getLogger("vaeguard.daemon")
 IDLE_POLL_MS = 200
 #: The producer's largest request (kafka-python's default): dead letters are cut to fit it.
 MAX_REQUEST_SIZE = 1_048_576
-
-
-class ShutdownExpired(VaeguardError):
-    """The shutdown grace ran out before the in-flight batch could be finished."""
 
 
 @dataclass

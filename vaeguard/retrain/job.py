@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from vaeguard.errors import VaeguardError
+from vaeguard.errors import LockHeld, RegistryError, RetrainRefused
+from vaeguard.errors import RetrainRejected as RetrainRejected
 from vaeguard.ingest import Rejection, check_entity, decode
-from vaeguard.registry import ModelRegistry, RegistryError
+from vaeguard.registry import ModelRegistry
 from vaeguard.retrain.gate import check_candidate
 from vaeguard.retrain.settings import RetrainSettings
 from vaeguard.retrain.window import WindowData, read_window
@@ -38,18 +39,6 @@ LAST_RUN = Gauge(
     "Unix time of the last retraining run, by outcome.",
     ["outcome"],
 )
-
-
-class RetrainRefused(VaeguardError):
-    """The job would not train: too little data, too much of it anomalous, or already running."""
-
-    exit_code = 3
-
-
-class RetrainRejected(VaeguardError):
-    """A candidate was trained but failed the validation gate; the current model stays."""
-
-    exit_code = 4
 
 
 @dataclass
@@ -126,15 +115,12 @@ class RetrainJob:
         try:
             with self.registry.lock("retrain", blocking=False):
                 outcome = self._run()
-        except RegistryError as exc:
-            if "lock is held" in str(exc):
-                outcome = RetrainOutcome(
-                    "refused", None, reasons=["another retraining job is running"]
-                )
-            else:
-                raise
+        except LockHeld:
+            outcome = RetrainOutcome("refused", None, reasons=["another retraining job is running"])
         except RetrainRefused as exc:
             outcome = RetrainOutcome("refused", self._current_name(), reasons=[str(exc)])
+        except RegistryError:
+            raise  # uncounted, as when the lock error was told apart by its text
         except Exception:
             RUNS.labels("failed").inc()
             LAST_RUN.labels("failed").set(time.time())

@@ -34,6 +34,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from vaeguard.errors import ConfigError
+from vaeguard.files import replacing
 from vaeguard.retrain.durations import looks_like_duration, parse_duration
 from vaeguard.retrain.settings import RetrainSettings
 from vaeguard.snapshot import is_finite_number
@@ -179,16 +180,12 @@ class ScheduleStore:
 
     def _rewrite(self) -> None:
         """A fresh, empty store (0600) in place of the old file, its journals included."""
-        tmp = self.path.with_name(self.path.name + ".new")
         try:
-            tmp.unlink(missing_ok=True)
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            with closing(sqlite3.connect(tmp)) as conn:
-                conn.executescript(_SCHEMA)
-            for suffix in ("-journal", "-wal", "-shm"):
-                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
-            os.replace(tmp, self.path)
-            self.path.chmod(0o600)
+            with replacing(self.path) as tmp:
+                with closing(sqlite3.connect(tmp)) as conn:
+                    conn.executescript(_SCHEMA)
+                for suffix in ("-journal", "-wal", "-shm"):
+                    self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
         except (sqlite3.Error, OSError) as exc:
             log.warning(
                 "job store %s cannot be written (%s): the schedule lives in memory only",

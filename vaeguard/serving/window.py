@@ -140,7 +140,7 @@ class WindowServing:
         self.learning = OnlineLearning(self.views, fitted_at=fitted_at)
         self._model_id = model_id  # the bundle's; `model_id` moves on with each refit
         self._refit_state: dict[str, Any] | None = None
-        self._channel_index = [channels.index(m) for m in self.detector.inputs]
+        self._channel_index = [channels.index(m) for m in self.detector.input_channels]
 
     def warm_up(self) -> None:
         """Compile the masked scorer at every batch-size bucket; refuse a model scoring NaN."""
@@ -246,7 +246,7 @@ class WindowServing:
             det.select(features.x).astype("float64") * scale + center,
             expected,
             det.select(features.mask) > 0,
-            det.inputs,
+            det.input_channels,
             self._metric_of,
             w,
             top_k,

@@ -69,7 +69,7 @@ def _model_view(detector, extra: dict[str, Any]) -> _BundleView:
         score_reference_=detector.score_reference_,
         training_info_=dict(detector.training_info_),
         history_={},
-        params={k: v for k, v in detector.get_params().items() if k != "likelihood"},
+        params={k: v for k, v in detector.resolved_params().items() if k != "likelihood"},
         bundle_extra_=extra,
         plausible_range_=getattr(detector, "plausible_range_", None),
     )

@@ -6,15 +6,16 @@ reconstruction negative log-likelihood of the window ending at it. The hyperpara
 plain constructor arguments (scikit-learn style) so one configuration serves every entity.
 
 The detector holds only the model; the per-entity state lives in a `WindowFeaturizer` and an
-`AnomalyLikelihood`, which `featurizer()` / `likelihood()` create, so the same trained model
+`AnomalyLikelihood`, which `featurizer()` / `likelihood_state()` create, so the same trained model
 scores many independent streams (or one stream after a restart from a snapshot).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,14 +27,110 @@ from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 #: Fewest windows `fit` accepts.
 MIN_TRAIN_WINDOWS = 16
 
+#: The `WindowSpec` fields, which are constructor parameters too.
+SPEC_FIELDS = tuple(WindowSpec.__dataclass_fields__)
+
+#: The model's constructor parameters (after the spec's), in the order bundles record them.
+MODEL_FIELDS = (
+    "latent_dim",
+    "hidden",
+    "beta",
+    "min_log_var",
+    "max_log_var",
+    "train_steps",
+    "retrain_steps",
+    "batch_size",
+    "learning_rate",
+    "mc_samples",
+    "score_slots",
+    "likelihood",
+    "inputs",
+    "seed",
+)
+
+
+class _Checked(NamedTuple):
+    """The parameters checked, converted and resolved: what the detector computes with."""
+
+    spec: WindowSpec
+    inputs: tuple[str, ...]
+    all_inputs: bool
+    latent_dim: int
+    hidden: tuple[int, ...]
+    beta: float
+    min_log_var: float
+    max_log_var: float
+    train_steps: int
+    retrain_steps: int
+    batch_size: int
+    learning_rate: float
+    mc_samples: int
+    score_slots: int | None
+    likelihood_spec: LikelihoodSpec
+    use_likelihood: bool
+    seed: int
+
+
+def _check(p: dict[str, Any]) -> _Checked:
+    """Check and resolve `get_params()` output; the errors (and their order) are those the
+    constructor raised when it validated."""
+    spec = WindowSpec(**{name: p[name] for name in SPEC_FIELDS})
+    channels = spec.channels
+    inputs = p["inputs"]
+    if inputs == "metrics":
+        inputs = spec.metrics
+    inputs = tuple(channels if inputs is None else inputs)
+    if not inputs or len(set(inputs)) != len(inputs):
+        raise ValueError("inputs: name distinct window channels")
+    missing = [c for c in inputs if c not in channels]
+    if missing:
+        raise ValueError(
+            f"inputs: {', '.join(missing)} not among the window's channels {', '.join(channels)}"
+        )
+    numbers = {
+        "latent_dim": int(p["latent_dim"]),
+        "hidden": tuple(int(h) for h in p["hidden"]),
+        "beta": float(p["beta"]),
+        "min_log_var": float(p["min_log_var"]),
+        "max_log_var": float(p["max_log_var"]),
+        "train_steps": int(p["train_steps"]),
+        "retrain_steps": int(p["retrain_steps"]),
+        "batch_size": int(p["batch_size"]),
+        "learning_rate": float(p["learning_rate"]),
+        "mc_samples": int(p["mc_samples"]),
+        "score_slots": None if p["score_slots"] is None else int(p["score_slots"]),
+    }
+    likelihood = p["likelihood"]
+    if isinstance(likelihood, dict):
+        likelihood = LikelihoodSpec.from_dict(likelihood)
+    seed = int(p["seed"])
+    slots = numbers["score_slots"]
+    if slots is not None and not 1 <= slots <= spec.window:
+        raise ValueError("score_slots must be between 1 and window")
+    return _Checked(
+        spec=spec,
+        inputs=inputs,
+        all_inputs=inputs == channels,
+        **numbers,
+        likelihood_spec=likelihood if likelihood is not None else LikelihoodSpec(),
+        use_likelihood=likelihood is not None,
+        seed=seed,
+    )
+
 
 class WindowDetector:
     """Windowed (C)VAE with scale-free per-entity inputs.
 
+    scikit-learn's estimator contract: the constructor stores its arguments as given and
+    checks nothing; `fit` (and the first use that needs them: `featurizer`, `spec`, scoring …)
+    checks them, with the errors construction raised before. `from_config` checks at once, so
+    a bad configuration or bundle is refused when it is read.
+
     Parameters
     ----------
-    window, metrics, conditions, interval, ...
-        The `WindowSpec` (any of its fields is accepted as a keyword).
+    window, metrics, conditions, interval, max_lateness, min_observed, max_entities,
+    entity_field, time_field, infer_points, normalize, norm_memory, norm_clip, seasonal
+        The `WindowSpec` (the same defaults).
     latent_dim, hidden, beta, min_log_var, max_log_var
         The VAE (see `vaeguard.model.VAE`); the conditional part is used when ``conditions``
         names time conditions.
@@ -48,16 +145,43 @@ class WindowDetector:
     inputs
         The window channels this model sees (default: all of them, see `WindowSpec.channels`;
         ``"metrics"``: the metrics without derived channels); several detectors over different
-        channels of one window are the views of a `ViewSet`.
+        channels of one window are the views of a `ViewSet`. Resolved: `input_channels`.
     likelihood
         `LikelihoodSpec` (or dict) of the [0, 1] post-processing; None disables it.
     seed
         Makes initialization, training and scoring repeatable.
     """
 
+    # Fitted state, unset until `fit` (or a bundle) sets it: class-level, so that __init__
+    # sets nothing but the parameters and an unfitted detector still has ``model_ is None``.
+    model_: Any = None
+    threshold_: Any = None  # set by calibrate(): what the daemon compares scores with
+    #: Where expected values may lie, per model input, in the metrics' units (or None).
+    plausible_range_: Any = None
+    baseline_: np.ndarray | None = None
+    score_reference_: np.ndarray | None = None
+    training_info_: Mapping[str, Any] = MappingProxyType({})
+    fits_: int = 0  # fits since the last fresh start (seeds each fit's shuffling)
+    _scorer: Any = None
+    _initial_weights: list[Any] | None = None
+
     def __init__(
         self,
         *,
+        window: int = WindowSpec.window,
+        metrics: Sequence[str] = WindowSpec.metrics,
+        conditions: Sequence[str] = WindowSpec.conditions,
+        interval: float | str = WindowSpec.interval,
+        max_lateness: int | None = WindowSpec.max_lateness,
+        min_observed: float = WindowSpec.min_observed,
+        max_entities: int = WindowSpec.max_entities,
+        entity_field: str = WindowSpec.entity_field,
+        time_field: str = WindowSpec.time_field,
+        infer_points: int = WindowSpec.infer_points,
+        normalize: bool = WindowSpec.normalize,
+        norm_memory: int = WindowSpec.norm_memory,
+        norm_clip: float = WindowSpec.norm_clip,
+        seasonal: dict[str, Any] | None = WindowSpec.seasonal,
         latent_dim: int = 4,
         hidden: Sequence[int] = (64, 32),
         beta: float = 1.0,
@@ -72,69 +196,141 @@ class WindowDetector:
         likelihood: LikelihoodSpec | dict[str, Any] | None = None,
         inputs: Sequence[str] | str | None = None,
         seed: int = 0,
-        **window: Any,
     ):
-        self.spec = WindowSpec(**window)
-        channels = self.spec.channels
-        if inputs == "metrics":
-            inputs = self.spec.metrics
-        self.inputs = tuple(channels if inputs is None else inputs)
-        if not self.inputs or len(set(self.inputs)) != len(self.inputs):
-            raise ValueError("inputs: name distinct window channels")
-        missing = [c for c in self.inputs if c not in channels]
-        if missing:
-            raise ValueError(
-                f"inputs: {', '.join(missing)} not among the window's channels {', '.join(channels)}"
-            )
-        w = self.spec.window
-        #: Columns of the full window this model reads (metric-major blocks of W slots).
-        self.columns_ = np.concatenate(
-            [np.arange(channels.index(c) * w, (channels.index(c) + 1) * w) for c in self.inputs]
+        self.window = window
+        self.metrics = metrics
+        self.conditions = conditions
+        self.interval = interval
+        self.max_lateness = max_lateness
+        self.min_observed = min_observed
+        self.max_entities = max_entities
+        self.entity_field = entity_field
+        self.time_field = time_field
+        self.infer_points = infer_points
+        self.normalize = normalize
+        self.norm_memory = norm_memory
+        self.norm_clip = norm_clip
+        self.seasonal = seasonal
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.beta = beta
+        self.min_log_var = min_log_var
+        self.max_log_var = max_log_var
+        self.train_steps = train_steps
+        self.retrain_steps = retrain_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.mc_samples = mc_samples
+        self.score_slots = score_slots
+        self.likelihood = likelihood
+        self.inputs = inputs
+        self.seed = seed
+
+    # -- scikit-learn conventions ----------------------------------------------------------------
+
+    _PARAMS = SPEC_FIELDS + MODEL_FIELDS
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Every constructor parameter, as given (``deep``: no nested estimators)."""
+        return {name: getattr(self, name) for name in self._PARAMS}
+
+    def set_params(self, **params) -> WindowDetector:
+        """Set parameters (checked at the next `fit` or use, as construction does not)."""
+        for name in params:
+            if name not in self._PARAMS:
+                raise ValueError(
+                    f"unknown parameter {name!r} for WindowDetector; "
+                    f"valid parameters: {', '.join(sorted(self._PARAMS))}"
+                )
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def _checked(self) -> _Checked:
+        """The parameters checked and resolved, computed again when one has been set anew."""
+        params = self.get_params()
+        cached = self.__dict__.get("_checked_cache")
+        if cached is None or any(cached[0][k] is not v for k, v in params.items()):
+            cached = (params, _check(params))
+            self._checked_cache = cached
+        return cached[1]
+
+    def resolved_params(self) -> dict[str, Any]:
+        """The parameters checked and normalized, as a bundle records them: the spec's fields
+        completed, ``inputs`` the channel names, ``likelihood`` a dict (or None)."""
+        r = self._checked()
+        return {
+            **r.spec.to_dict(),
+            "latent_dim": r.latent_dim,
+            "hidden": list(r.hidden),
+            "beta": r.beta,
+            "min_log_var": r.min_log_var,
+            "max_log_var": r.max_log_var,
+            "train_steps": r.train_steps,
+            "retrain_steps": r.retrain_steps,
+            "batch_size": r.batch_size,
+            "learning_rate": r.learning_rate,
+            "mc_samples": r.mc_samples,
+            "score_slots": r.score_slots,
+            "likelihood": r.likelihood_spec.to_dict() if r.use_likelihood else None,
+            "inputs": list(r.inputs),
+            "seed": r.seed,
+        }
+
+    @classmethod
+    def from_config(cls, **params) -> WindowDetector:
+        """A detector from configuration values (a bundle's, a config file's), checked now so a
+        bad one is refused when it is read; its parameters are the normalized ones."""
+        return cls(**cls(**params).resolved_params())
+
+    # -- derived from the parameters ---------------------------------------------------------------
+
+    @property
+    def spec(self) -> WindowSpec:
+        return self._checked().spec
+
+    @property
+    def input_channels(self) -> tuple[str, ...]:
+        """The window channels this model reads (``inputs`` resolved)."""
+        return self._checked().inputs
+
+    @property
+    def columns_(self) -> np.ndarray:
+        """Columns of the full window this model reads (metric-major blocks of W slots)."""
+        r = self._checked()
+        w, channels = r.spec.window, r.spec.channels
+        return np.concatenate(
+            [np.arange(channels.index(c) * w, (channels.index(c) + 1) * w) for c in r.inputs]
         )
-        self._all_inputs = self.inputs == channels
-        self.latent_dim = int(latent_dim)
-        self.hidden = tuple(int(h) for h in hidden)
-        self.beta = float(beta)
-        self.min_log_var = float(min_log_var)
-        self.max_log_var = float(max_log_var)
-        self.train_steps = int(train_steps)
-        self.retrain_steps = int(retrain_steps)
-        self.batch_size = int(batch_size)
-        self.learning_rate = float(learning_rate)
-        self.mc_samples = int(mc_samples)
-        self.score_slots = None if score_slots is None else int(score_slots)
-        if isinstance(likelihood, dict):
-            likelihood = LikelihoodSpec.from_dict(likelihood)
-        self.likelihood_spec = likelihood if likelihood is not None else LikelihoodSpec()
-        self.use_likelihood = likelihood is not None
-        self.seed = int(seed)
-        if self.score_slots is not None and not 1 <= self.score_slots <= self.spec.window:
-            raise ValueError("score_slots must be between 1 and window")
-        self.model_ = None
-        self._scorer = None
-        self._initial_weights = None
-        self.fits_ = 0  # fits since the last fresh start (seeds each fit's shuffling)
-        self.threshold_ = None  # set by calibrate(): what the daemon compares scores with
-        #: Where expected values may lie, per model input, in the metrics' units (or None).
-        self.plausible_range_ = None
-        self.baseline_ = None
-        self.score_reference_ = None
-        self.training_info_: dict[str, Any] = {}
+
+    @property
+    def likelihood_spec(self) -> LikelihoodSpec:
+        return self._checked().likelihood_spec
+
+    @likelihood_spec.setter
+    def likelihood_spec(self, spec: LikelihoodSpec) -> None:
+        self.likelihood = spec
+
+    @property
+    def use_likelihood(self) -> bool:
+        return self._checked().use_likelihood
 
     @property
     def n_inputs(self) -> int:
         """Values per window the model reads: W · len(inputs)."""
-        return self.spec.window * len(self.inputs)
+        r = self._checked()
+        return r.spec.window * len(r.inputs)
 
     @property
     def feature_names(self) -> list[str]:
         from vaeguard.timeseries.featurizer import slot_names
 
-        return slot_names(self.inputs, self.spec.window)
+        r = self._checked()
+        return slot_names(r.inputs, r.spec.window)
 
     def select(self, x: np.ndarray | None) -> np.ndarray | None:
         """The model's columns of full windows (a no-op when it reads every channel)."""
-        if x is None or self._all_inputs:
+        if x is None or self._checked().all_inputs:
             return x
         return np.asarray(x)[:, self.columns_]
 
@@ -148,8 +344,8 @@ class WindowDetector:
         """A fresh per-entity window state for this detector's spec."""
         return WindowFeaturizer(self.spec)
 
-    def likelihood(self) -> AnomalyLikelihood:
-        """A fresh per-entity likelihood state."""
+    def likelihood_state(self) -> AnomalyLikelihood:
+        """A fresh per-entity likelihood state (``likelihood`` is the parameter)."""
         return AnomalyLikelihood(self.likelihood_spec)
 
     # -- training ------------------------------------------------------------------------------
@@ -159,23 +355,24 @@ class WindowDetector:
         from vaeguard.model.scoring import Scorer
         from vaeguard.model.vae import VAE
 
+        r = self._checked()
         keras = import_keras()
-        keras.utils.set_random_seed(self.seed)
+        keras.utils.set_random_seed(r.seed)
         model = VAE(
             n_features=self.n_inputs,
-            latent_dim=self.latent_dim,
-            hidden=self.hidden,
-            n_conditions=2 * len(self.spec.conditions),
-            beta=self.beta,
-            min_log_var=self.min_log_var,
-            max_log_var=self.max_log_var,
-            seed=self.seed,
+            latent_dim=r.latent_dim,
+            hidden=r.hidden,
+            n_conditions=2 * len(r.spec.conditions),
+            beta=r.beta,
+            min_log_var=r.min_log_var,
+            max_log_var=r.max_log_var,
+            seed=r.seed,
         )
-        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate))
+        model.compile(optimizer=keras.optimizers.Adam(r.learning_rate))
         self.model_ = model
         # every variable, including the sampling layer's seed-generator state (not a "weight")
         self._initial_weights = [v.numpy() for v in model.variables]
-        self._scorer = Scorer(model, self.mc_samples, seed=self.seed, masked=True)
+        self._scorer = Scorer(model, r.mc_samples, seed=r.seed, masked=True)
 
     def _reinitialize(self) -> None:
         """Back to the initial weights and a fresh optimizer, without rebuilding the graphs."""
@@ -187,7 +384,7 @@ class WindowDetector:
             # variable too and must keep its value
             if not variable.path.endswith("learning_rate"):
                 variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
-        optimizer.learning_rate = self.learning_rate
+        optimizer.learning_rate = self._checked().learning_rate
 
     def fit(
         self,
@@ -201,14 +398,13 @@ class WindowDetector:
         from vaeguard.detector import fit_inputs
         from vaeguard.model.vae import KLWarmup
 
+        r = self._checked()  # the parameters' errors first, as when construction checked them
         x = np.asarray(x, dtype="float32")
         n = x.shape[0]
         if n < MIN_TRAIN_WINDOWS:
             raise DataError(f"need at least {MIN_TRAIN_WINDOWS} windows to train, got {n}")
-        if x.shape[1] != self.spec.n_features:
-            raise DataError(
-                f"windows have {x.shape[1]} values, the spec needs {self.spec.n_features}"
-            )
+        if x.shape[1] != r.spec.n_features:
+            raise DataError(f"windows have {x.shape[1]} values, the spec needs {r.spec.n_features}")
         if mask is None:
             mask = np.ones_like(x)
         x, mask = self.select(x), self.select(mask)
@@ -222,24 +418,24 @@ class WindowDetector:
             # its warm fit starts with a fresh one.
             from vaeguard._quiet import import_keras
 
-            self.model_.compile(optimizer=import_keras().optimizers.Adam(self.learning_rate))
+            self.model_.compile(optimizer=import_keras().optimizers.Adam(r.learning_rate))
         if fresh:
             # Same seed state for every fresh start: a model's training does not depend on
             # what this detector trained before (e.g. other series in the same worker).
             from vaeguard._quiet import import_keras
 
-            import_keras().utils.set_random_seed(self.seed)
+            import_keras().utils.set_random_seed(r.seed)
             self.fits_ = 0
         inputs = {"x": x * mask, "mask": np.asarray(mask, dtype="float32")}
-        if self.spec.conditions:
+        if r.spec.conditions:
             if c is None:
                 raise DataError("this detector uses time conditions: pass c")
             inputs["c"] = np.asarray(c, dtype="float32")
-        batch = min(self.batch_size, n)
-        steps = self.train_steps if fresh else self.retrain_steps
+        batch = min(r.batch_size, n)
+        steps = r.train_steps if fresh else r.retrain_steps
         epochs = max(1, math.ceil(steps / math.ceil(n / batch)))
-        callbacks = [KLWarmup(self.beta, max(1, epochs // 5) if fresh else 0)]
-        data = fit_inputs(inputs, None, batch_size=batch, seed=self.seed + self.fits_)
+        callbacks = [KLWarmup(r.beta, max(1, epochs // 5) if fresh else 0)]
+        data = fit_inputs(inputs, None, batch_size=batch, seed=r.seed + self.fits_)
         self.model_.fit(**data, epochs=epochs, verbose=0, callbacks=callbacks)
         self.fits_ += 1
         self.training_info_ = {
@@ -275,13 +471,14 @@ class WindowDetector:
         if mask is None:
             mask = np.ones_like(x)
         x, mask = self.select(x), self.select(np.asarray(mask, dtype="float32"))
-        raw = self._scorer(x * mask, c if self.spec.conditions else None, mask)
-        w, m = self.spec.window, len(self.inputs)
-        if self.score_slots is None:
+        r = self._checked()
+        raw = self._scorer(x * mask, c if r.spec.conditions else None, mask)
+        w, m = r.spec.window, len(r.inputs)
+        if r.score_slots is None:
             observed = np.maximum(mask.sum(axis=1), 1.0)
             score = raw.score * (w * m) / observed
         else:
-            cols = [j * w + s for j in range(m) for s in range(w - self.score_slots, w)]
+            cols = [j * w + s for j in range(m) for s in range(w - r.score_slots, w)]
             score = raw.nll[:, cols].sum(axis=1)
         return score, raw.nll, raw.expected
 
@@ -289,7 +486,7 @@ class WindowDetector:
     def term_metrics(self) -> tuple[str, ...]:
         """The metric of each likelihood term (`metric_terms`): every metric among the inputs,
         in input order; a derived channel (the seasonal residual) belongs to its source."""
-        return tuple(dict.fromkeys(self._channel_metric(c) for c in self.inputs))
+        return tuple(dict.fromkeys(self._channel_metric(c) for c in self.input_channels))
 
     def _channel_metric(self, channel: str) -> str:
         seasonal = self.spec.seasonal
@@ -303,15 +500,16 @@ class WindowDetector:
         averaged away. With one metric the term is the score. ``mask`` (full windows) is needed
         only when ``score_slots`` is None (terms rescaled to full slots, like the score)."""
         nll = np.asarray(nll, dtype="float64")
-        w = self.spec.window
-        first = 0 if self.score_slots is None else w - self.score_slots
-        blocks = nll.reshape(nll.shape[0], len(self.inputs), w)[:, :, first:]
-        if self.score_slots is None and mask is not None:
+        r = self._checked()
+        w = r.spec.window
+        first = 0 if r.score_slots is None else w - r.score_slots
+        blocks = nll.reshape(nll.shape[0], len(r.inputs), w)[:, :, first:]
+        if r.score_slots is None and mask is not None:
             seen = self.select(np.asarray(mask, dtype="float64")).reshape(blocks.shape)
             blocks = blocks * (w / np.maximum(seen.sum(axis=2, keepdims=True), 1.0))
         sums = blocks.sum(axis=2)  # rows × inputs
         metrics = self.term_metrics
-        owner = np.array([metrics.index(self._channel_metric(c)) for c in self.inputs])
+        owner = np.array([metrics.index(self._channel_metric(c)) for c in r.inputs])
         terms = np.zeros((nll.shape[0], len(metrics)))
         for k in range(len(metrics)):
             terms[:, k] = sums[:, owner == k].sum(axis=1)
@@ -362,22 +560,3 @@ class WindowDetector:
         if likelihood is None:
             return raw, raw
         return raw, likelihood.update_many(batch.entities, raw)
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            **self.spec.to_dict(),
-            "latent_dim": self.latent_dim,
-            "hidden": list(self.hidden),
-            "beta": self.beta,
-            "min_log_var": self.min_log_var,
-            "max_log_var": self.max_log_var,
-            "train_steps": self.train_steps,
-            "retrain_steps": self.retrain_steps,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "mc_samples": self.mc_samples,
-            "score_slots": self.score_slots,
-            "likelihood": self.likelihood_spec.to_dict() if self.use_likelihood else None,
-            "inputs": list(self.inputs),
-            "seed": self.seed,
-        }

@@ -10,7 +10,7 @@ emission per entity (saturation and suppression), so an incident seen by two vie
 metrics is one alert (`ViewLikelihood`).
 
 The same object serves ``vaeguard run`` in window mode (`vaeguard.serving.window`) and the NAB
-runner (`vaeguard.timeseries.nab`), configured from the bundle: ``extra.window_mode`` holds
+runner (`vaeguard.apps.nab`), configured from the bundle: ``extra.window_mode`` holds
 `ViewSet.get_params()` (window spec, views, likelihood, online-learning schedule); view 0 is the
 bundle's own model, the other views are parts of the bundle (``views/<k>/``).
 """
@@ -381,7 +381,7 @@ class ViewSet:
         if not isinstance(params, dict):
             raise ConfigError("detector configuration: expected an object")
         if "views" not in params:  # one flat WindowDetector
-            return cls.of(WindowDetector(**params))
+            return cls.of(WindowDetector.from_config(**params))
         unknown = set(params) - {"window", "views", "likelihood", "schedule"}
         if unknown:
             raise ConfigError(
@@ -401,7 +401,7 @@ class ViewSet:
             if bad:
                 raise ConfigError(f"views[{k}]: unknown field(s) {', '.join(sorted(bad))}")
             try:
-                detectors.append(WindowDetector(**window, **view))
+                detectors.append(WindowDetector.from_config(**window, **view))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"views[{k}]: {exc}") from None
         return cls(detectors, params.get("likelihood"), params.get("schedule"))
@@ -410,7 +410,8 @@ class ViewSet:
         return {
             "window": self.spec.to_dict(),
             "views": [
-                {k: v for k, v in d.get_params().items() if k in VIEW_FIELDS} for d in self.views
+                {k: v for k, v in d.resolved_params().items() if k in VIEW_FIELDS}
+                for d in self.views
             ],
             "likelihood": None if self.likelihood_spec is None else self.likelihood_spec.to_dict(),
             "schedule": copy.deepcopy(self.schedule),
@@ -468,8 +469,8 @@ class ViewSet:
             if values.size:
                 ranges[name] = PlausibleRange.fit(values[:, None])
         for view in self.views:
-            if all(name in ranges for name in view.inputs):
-                parts = [ranges[name] for name in view.inputs]
+            if all(name in ranges for name in view.input_channels):
+                parts = [ranges[name] for name in view.input_channels]
                 view.plausible_range_ = PlausibleRange(
                     np.repeat([r.low[0] for r in parts], w),
                     np.repeat([r.high[0] for r in parts], w),

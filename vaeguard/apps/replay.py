@@ -94,6 +94,6 @@ def _rows(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def file_rows(path: Path) -> Iterator[dict[str, Any]]:
-    from vaeguard.io import iter_records
+    from vaeguard.tabular_files import iter_records
 
     return iter_records(path)

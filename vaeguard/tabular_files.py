@@ -7,12 +7,14 @@ so a bad cell is reported with its row and column whatever the format.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from vaeguard.errors import DataError
+from vaeguard.files import write_atomic
 
 FORMATS = ("csv", "jsonl")
 
@@ -24,6 +26,16 @@ def detect_format(path: Path) -> str:
     if suffix in (".csv", ".tsv", ".txt"):
         return "csv"
     raise DataError(f"{path}: unknown file type {suffix or '(none)'}; use .csv or .jsonl")
+
+
+def sniff_delimiter(f, path: Path) -> str:
+    """The CSV delimiter of an open text file, which is rewound: a tab for ``.tsv`` or for a
+    first 4 KiB holding tabs and no comma, else a comma."""
+    sample = f.read(4096)
+    f.seek(0)
+    if path.suffix.lower() == ".tsv" or ("\t" in sample and "," not in sample):
+        return "\t"
+    return ","
 
 
 def read_records(path) -> list[dict[str, Any]]:
@@ -52,12 +64,7 @@ def iter_records(path) -> Iterator[dict[str, Any]]:
 
 
 def _iter_csv(f, path: Path) -> Iterator[dict[str, Any]]:
-    sample = f.read(4096)
-    f.seek(0)
-    delimiter = (
-        "\t" if path.suffix.lower() == ".tsv" or ("\t" in sample and "," not in sample) else ","
-    )
-    reader = csv.reader(f, delimiter=delimiter)
+    reader = csv.reader(f, delimiter=sniff_delimiter(f, path))
     try:
         header = next(reader)
     except StopIteration:
@@ -117,12 +124,7 @@ def iter_raw_rows(path) -> Iterator[tuple[int, bytes | str]]:
 
 def _raw_csv_rows(path: Path) -> Iterator[tuple[int, bytes | str]]:
     with open(path, newline="", encoding="utf-8") as f:
-        sample = f.read(4096)
-        f.seek(0)
-        delimiter = (
-            "\t" if path.suffix.lower() == ".tsv" or ("\t" in sample and "," not in sample) else ","
-        )
-        reader = csv.reader(f, delimiter=delimiter)
+        reader = csv.reader(f, delimiter=sniff_delimiter(f, path))
         header = next(reader, None)
         if header is None:
             return
@@ -147,12 +149,7 @@ def csv_header(path) -> list[str] | None:
 
 def _raw_csv_rows_header(path: Path) -> list[str] | None:
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        sample = f.read(4096)
-        f.seek(0)
-        delimiter = (
-            "\t" if path.suffix.lower() == ".tsv" or ("\t" in sample and "," not in sample) else ","
-        )
-        header = next(csv.reader(f, delimiter=delimiter), None)
+        header = next(csv.reader(f, delimiter=sniff_delimiter(f, path)), None)
     return None if header is None else [h.strip() for h in header]
 
 
@@ -170,19 +167,13 @@ def read_table(path) -> dict[str, list[Any]]:
 
 def write_jsonl(path, rows: Iterable[dict[str, Any]]) -> int:
     """Write rows as JSON Lines (atomically: a crash leaves the old file or none)."""
-    from vaeguard.bundle import write_atomic
-
     lines = [json.dumps(row, separators=(",", ":"), allow_nan=False) for row in rows]
     write_atomic(Path(path), ("\n".join(lines) + ("\n" if lines else "")).encode())
     return len(lines)
 
 
 def write_csv(path, header: list[str], rows: Iterable[list[Any]]) -> None:
-    import io as _io
-
-    from vaeguard.bundle import write_atomic
-
-    buf = _io.StringIO()
+    buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
     writer.writerows(rows)

@@ -1,7 +1,7 @@
 """The Numenta Anomaly Benchmark runner: every series, one causal pass, NAB's result files.
 
 NAB's rules, as applied here: each ``<category>/<series>.csv`` (``timestamp,value``) is
-replayed once in file order through `vaeguard.timeseries.online.run_online`, i.e. through the
+replayed once in file order through `vaeguard.apps.online.run_online`, i.e. through the
 daemon's own batch step and window-mode serving object: the detector first trains at the end of
 the probationary period (NAB's ``min(floor(0.15·n), 750)`` rows) on those rows only, and later
 retrains only on rows already seen; no labels are read except to copy them into the ``label``
@@ -158,7 +158,7 @@ def write_result(path: Path, stamps, values, scores: np.ndarray, labels: np.ndar
 
 def score_series(series: Series, params: dict[str, Any]) -> dict[str, Any]:
     """Run the detector over one series; returns the scores, each view's raw scores, timings."""
-    from vaeguard.timeseries.online import run_online
+    from vaeguard.apps.online import run_online
 
     started = time.perf_counter()
     stamps, values = read_series(series.path)

@@ -1,0 +1,45 @@
+"""vaeguard.tabular_files: one delimiter rule for every reader of a CSV file."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vaeguard.tabular_files import csv_header, iter_raw_rows, read_records, sniff_delimiter
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("a.csv", "x,y\n1,2\n", ","),
+        ("a.tsv", "x,y\n1,2\n", "\t"),  # the suffix decides
+        ("a.TSV", "x\ty\n", "\t"),
+        ("a.txt", "x\ty\n1\t2\n", "\t"),  # tabs and no comma
+        ("a.csv", "x\ty,z\n", ","),  # a comma anywhere: comma
+        ("a.txt", "", ","),
+    ],
+)
+def test_sniff_delimiter(name, text, expected):
+    f = io.StringIO(text)
+    assert sniff_delimiter(f, Path(name)) == expected
+    assert f.tell() == 0
+
+
+@given(text=st.text(alphabet=st.sampled_from("ab,\t\n\"' 1"), max_size=5000))
+def test_sniff_delimiter_any_text_gives_a_delimiter_and_rewinds(text):
+    f = io.StringIO(text)
+    assert sniff_delimiter(f, Path("data.csv")) in (",", "\t")
+    assert f.read() == text
+
+
+def test_every_reader_cuts_a_tab_separated_file_the_same_way(tmp_path):
+    path = tmp_path / "rows.txt"
+    path.write_text("ts\tcpu\n1\t0.5\n2\t0.7\n", encoding="utf-8")
+    assert csv_header(path) == ["ts", "cpu"]
+    assert read_records(path) == [{"ts": "1", "cpu": "0.5"}, {"ts": "2", "cpu": "0.7"}]
+    assert [json.loads(row) for _, row in iter_raw_rows(path)] == read_records(path)

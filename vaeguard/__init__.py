@@ -7,9 +7,9 @@ use (module ``__getattr__``), so ``import vaeguard`` stays as cheap as the CLI n
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from vaeguard._lazy import lazy_exports
 from vaeguard._version import __version__
 from vaeguard.detector import ScoreResult, VAEDetector
 from vaeguard.errors import (
@@ -54,17 +54,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vaeguard' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

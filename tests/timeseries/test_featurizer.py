@@ -276,3 +276,18 @@ def test_restore_refuses_foreign_or_corrupt_state():
         WindowFeaturizer.restore(state)
     with pytest.raises(DataError, match="not JSON"):
         WindowFeaturizer.from_json("{")
+
+
+@pytest.mark.parametrize("interval", ["auto", 300])
+def test_restore_refuses_slots_without_a_grid_origin(interval):
+    """An entity with slots but no origin would restart its grid at slot 0 with the next point,
+    far behind its newest slot: every later point refused as late, for good (found by the
+    state-file fuzz test)."""
+    spec = WindowSpec(window=8, interval=interval, infer_points=4)
+    featurizer = WindowFeaturizer(spec)
+    featurizer.update_and_featurize([rec(300 * i, float(i), key="web") for i in range(40)])
+    state = featurizer.snapshot()
+    assert state["entities"][0]["end"] > 8
+    state["entities"][0]["origin"] = None
+    with pytest.raises(DataError, match="grid origin"):
+        WindowFeaturizer.restore(state)

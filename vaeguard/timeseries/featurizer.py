@@ -565,6 +565,10 @@ def _restore_entity(item: dict[str, Any], spec: WindowSpec) -> tuple[str, _Entit
     if not is_count(end, -1):
         raise DataError(f"entity {key!r}: end must be a slot number (-1 for none)")
     e.end = end
+    if spec.interval != "rows" and e.origin is None and end >= 0:
+        # the next point would start the grid again at slot 0, far behind ``end``: every point
+        # of the entity "late" for good
+        raise DataError(f"entity {key!r}: slots without a grid origin")
     if spec.interval != "rows" and e.origin is not None:
         # The newest slot is the latest point's: a slot beyond it would make every new point
         # of the entity "late" (an ``end`` of 10**30 stalls the entity for good).

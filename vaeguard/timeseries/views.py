@@ -28,7 +28,7 @@ import numpy as np
 from vaeguard.errors import ConfigError, DataError
 from vaeguard.snapshot import check_header, is_count, is_finite_number
 from vaeguard.thresholds import UNLEARNED_DECADES
-from vaeguard.timeseries.detector import WindowDetector
+from vaeguard.timeseries.detector import MODEL_FIELDS, WindowDetector
 from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 
 STATE_FORMAT = "vaeguard-view-likelihood-state"
@@ -133,22 +133,9 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict
     return out
 
 
-#: Model fields of a view (the window spec is shared and given once).
-VIEW_FIELDS = (
-    "latent_dim",
-    "hidden",
-    "beta",
-    "min_log_var",
-    "max_log_var",
-    "train_steps",
-    "retrain_steps",
-    "batch_size",
-    "learning_rate",
-    "mc_samples",
-    "score_slots",
-    "inputs",
-    "seed",
-)
+#: Model fields of a view (the window spec is shared and given once; the likelihood is the
+#: set's).
+VIEW_FIELDS = tuple(f for f in MODEL_FIELDS if f != "likelihood")
 
 
 #: Points on either side of one beyond the alert level that are not learned as normal either

@@ -291,3 +291,15 @@ def test_restore_refuses_slots_without_a_grid_origin(interval):
     state["entities"][0]["origin"] = None
     with pytest.raises(DataError, match="grid origin"):
         WindowFeaturizer.restore(state)
+
+
+def test_no_grid_is_inferred_from_gaps_finer_than_timestamps_resolve():
+    """Two points 3e-120 s apart gave a grid of 3e-120 s, which its own snapshot then refused
+    (found by the ingestion fuzz test): such gaps are no grid, the points keep waiting."""
+    featurizer = WindowFeaturizer(WindowSpec(window=4, metrics=("lat",), infer_points=2))
+    featurizer.update_and_featurize(
+        [{"ts": 0, "lat": 1.0}, {"ts": 2.9791911964855615e-120, "lat": 1.0}]
+    )
+    text = featurizer.to_json()
+    assert WindowFeaturizer.from_json(text).snapshot() == json.loads(text)
+    assert featurizer.stats["pending"] == 2

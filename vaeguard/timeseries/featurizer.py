@@ -404,7 +404,7 @@ class WindowFeaturizer:
             return
         stamps = np.unique(np.array([p[0] for p in entity.pending]))
         gaps = np.diff(stamps)
-        gaps = gaps[gaps > 0]
+        gaps = gaps[gaps >= MIN_INTERVAL]  # finer than float timestamps resolve is no grid
         if gaps.size == 0:
             return
         entity.interval = float(np.median(gaps))

@@ -138,8 +138,9 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict
 VIEW_FIELDS = tuple(f for f in MODEL_FIELDS if f != "likelihood")
 
 
-#: Points on either side of one beyond the alert level that are not learned as normal either
-#: (`ViewLikelihood`): an incident's ramp and tail.
+#: Points on either side of one left out of the histories (a tenth of the alert level's
+#: p-value or less) that are not learned as normal either (`ViewLikelihood`): an incident's
+#: ramp and tail.
 INCIDENT_MARGIN = 5
 
 
@@ -193,9 +194,9 @@ class ViewLikelihood:
         # multiplied by T (Bonferroni); bundles without a budget keep the plain minimum.
         budget = self.spec.budget is not None
         penalty = math.log10(len(self.views)) if budget else 0.0
-        # With a budget, an incident is not learned as normal: a point beyond the alert level
-        # does not join the histories, nor do the `INCIDENT_MARGIN` points on either side of
-        # it (an incident's ramp and tail, still high but not yet beyond). Points join the
+        # With a budget, an incident is not learned as normal: a point whose p-value is a tenth
+        # of the alert level's or less does not join the histories, nor do the `INCIDENT_MARGIN`
+        # points on either side of it (an incident's ramp and tail, still high but not that far). Points join the
         # histories that many points late, once it is known they were not an incident's ramp.
         level = -self.spec.level_decades - UNLEARNED_DECADES
         lead: list[str | None] = [None] * len(keys)
@@ -216,7 +217,8 @@ class ViewLikelihood:
         #: log10 of each row's tail probability (0: no opinion yet), for the score records.
         self.last_log10_tail = tails + 0.0
         self.last_metric = lead
-        #: Whether each row joined the histories (online learning trains on those rows only).
+        #: Whether each row may join the histories, i.e. is not part of an incident (online
+        #: learning trains on those rows only).
         self.last_learned = learned
         return out + 0.0  # (-0.0, "no opinion yet", becomes a plain 0.0)
 

@@ -44,6 +44,12 @@ def committed(bootstrap: str, group: str, topic: str, partitions) -> dict[int, i
         check.close()
 
 
+def kafka_env(monkeypatch, **settings: str) -> None:
+    """Set the daemon's Kafka settings through the environment (``VAEGUARD_KAFKA__<NAME>``)."""
+    for name, value in settings.items():
+        monkeypatch.setenv(f"VAEGUARD_KAFKA__{name.upper()}", value)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

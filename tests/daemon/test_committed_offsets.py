@@ -8,7 +8,7 @@ from __future__ import annotations
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
 from tests.conftest import wait_for
-from tests.daemon.conftest import create_topic, unique
+from tests.daemon.conftest import create_topic, kafka_env, unique
 from vaeguard.config import load_settings
 from vaeguard.daemon.pipeline import Pipeline, Shutdown
 
@@ -38,14 +38,14 @@ def test_committed_offsets_are_fetched_after_the_assignment_and_bound_the_state(
     committer.commit({TopicPartition(topic, 0): OffsetAndMetadata(7, "", -1)})
     committer.close(autocommit=False)
 
-    for name, value in {
-        "BOOTSTRAP_SERVERS": bs,
-        "INPUT_TOPICS": f'["{topic}"]',
-        "GROUP_ID": group,
-        "SESSION_TIMEOUT_MS": "6000",
-        "HEARTBEAT_INTERVAL_MS": "1000",
-    }.items():
-        monkeypatch.setenv(f"VAEGUARD_KAFKA__{name}", value)
+    kafka_env(
+        monkeypatch,
+        bootstrap_servers=bs,
+        input_topics=f'["{topic}"]',
+        group_id=group,
+        session_timeout_ms="6000",
+        heartbeat_interval_ms="1000",
+    )
     pipeline = Pipeline(load_settings(None), provider=None, alert_layer=None, shutdown=Shutdown(30))
     # a restored state claiming more than the group committed, for both partitions
     pipeline.checkpoint.serving = _Held({f"{topic}:0": 500, f"{topic}:1": 3})

@@ -26,6 +26,7 @@ from tests.daemon.conftest import (
     committed,
     create_topic,
     daemon_env,
+    kafka_env,
     unique,
 )
 from tests.daemon.poison import fix_values, tabular_poison
@@ -224,10 +225,13 @@ def test_a_record_the_producer_refuses_is_one_dead_letter_and_never_retried(
 
     bs = broker.bootstrap_servers
     group = unique("refused")
-    for name, value in {"BOOTSTRAP_SERVERS": bs, "GROUP_ID": group}.items():
-        monkeypatch.setenv(f"VAEGUARD_KAFKA__{name}", value)
-    monkeypatch.setenv("VAEGUARD_KAFKA__OUTPUT_TOPIC", f"{group}.scores")
-    monkeypatch.setenv("VAEGUARD_KAFKA__DLQ_TOPIC", f"{group}.dlq")
+    kafka_env(
+        monkeypatch,
+        bootstrap_servers=bs,
+        group_id=group,
+        output_topic=f"{group}.scores",
+        dlq_topic=f"{group}.dlq",
+    )
     create_topic(bs, f"{group}.scores", 1)
     create_topic(bs, f"{group}.dlq", 1)
 

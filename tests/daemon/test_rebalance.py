@@ -16,7 +16,7 @@ from collections import defaultdict
 from kafka import KafkaConsumer, KafkaProducer
 
 from tests.conftest import wait_for
-from tests.daemon.conftest import create_topic, unique
+from tests.daemon.conftest import create_topic, kafka_env, unique
 from vaeguard.config import load_settings
 from vaeguard.daemon.pipeline import Pipeline, Shutdown
 
@@ -71,14 +71,14 @@ def test_a_partition_handed_back_by_a_rebalance_resumes_at_its_dropped_records(
     bs = broker.bootstrap_servers
     topic, group = unique("rebalance-in"), unique("rebalance")
     create_topic(bs, topic, 2)
-    for name, value in {
-        "BOOTSTRAP_SERVERS": bs,
-        "INPUT_TOPICS": f'["{topic}"]',
-        "GROUP_ID": group,
-        "SESSION_TIMEOUT_MS": "6000",
-        "HEARTBEAT_INTERVAL_MS": "1000",
-    }.items():
-        monkeypatch.setenv(f"VAEGUARD_KAFKA__{name}", value)
+    kafka_env(
+        monkeypatch,
+        bootstrap_servers=bs,
+        input_topics=f'["{topic}"]',
+        group_id=group,
+        session_timeout_ms="6000",
+        heartbeat_interval_ms="1000",
+    )
     # long batches: the loop spends nearly all its time assembling one, records in hand
     monkeypatch.setenv("VAEGUARD_SCORING__BATCH_MAX_WAIT_MS", "1500")
     settings = load_settings(None)

@@ -131,9 +131,8 @@ class WindowServing:
         self.required_fields = [self.spec.time_field]
         self.score_reference = getattr(self.detector, "score_reference_", None)
         channels = self.spec.channels
-        seasonal = self.spec.seasonal
-        #: A derived channel's metric, for the roll-up (``cpu_seasonal`` → ``cpu``).
-        self._metric_of = {} if seasonal is None else {seasonal["name"]: seasonal["source"]}
+        #: Each channel's metric, for the roll-up (``cpu_seasonal`` → ``cpu``).
+        self._metric_of = {c: self.spec.metric_of(c) for c in channels}
         #: Each view's raw scores of the last scored batch (the NAB runner keeps them).
         self.last_raw: list[np.ndarray] = []
         #: Warm refits on the newest windows, as the bundle's schedule says (`learning`).

@@ -486,11 +486,8 @@ class WindowDetector:
     def term_metrics(self) -> tuple[str, ...]:
         """The metric of each likelihood term (`metric_terms`): every metric among the inputs,
         in input order; a derived channel (the seasonal residual) belongs to its source."""
-        return tuple(dict.fromkeys(self._channel_metric(c) for c in self.input_channels))
-
-    def _channel_metric(self, channel: str) -> str:
-        seasonal = self.spec.seasonal
-        return seasonal["source"] if seasonal and channel == seasonal["name"] else channel
+        r = self._checked()
+        return tuple(dict.fromkeys(r.spec.metric_of(c) for c in r.inputs))
 
     def metric_terms(self, nll: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Each metric's part of the score (rows × `term_metrics`), from `score_windows`' nll.
@@ -508,8 +505,9 @@ class WindowDetector:
             seen = self.select(np.asarray(mask, dtype="float64")).reshape(blocks.shape)
             blocks = blocks * (w / np.maximum(seen.sum(axis=2, keepdims=True), 1.0))
         sums = blocks.sum(axis=2)  # rows × inputs
-        metrics = self.term_metrics
-        owner = np.array([metrics.index(self._channel_metric(c)) for c in r.inputs])
+        names = [r.spec.metric_of(c) for c in r.inputs]
+        metrics = tuple(dict.fromkeys(names))
+        owner = np.array([metrics.index(name) for name in names])
         terms = np.zeros((nll.shape[0], len(metrics)))
         for k in range(len(metrics)):
             terms[:, k] = sums[:, owner == k].sum(axis=1)

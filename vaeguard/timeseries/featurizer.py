@@ -140,6 +140,11 @@ class WindowSpec:
             return self.metrics
         return (*self.metrics, self.seasonal["name"])
 
+    def metric_of(self, channel: str) -> str:
+        """The metric a channel is about: itself, or the source of the derived seasonal one."""
+        seasonal = self.seasonal
+        return seasonal["source"] if seasonal and channel == seasonal["name"] else channel
+
     @property
     def n_features(self) -> int:
         return self.window * len(self.channels)

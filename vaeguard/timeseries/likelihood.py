@@ -242,11 +242,11 @@ class AnomalyLikelihood:
     def learn(self, key: str, value: float | None = None) -> None:
         """Add the score last judged for this entity (or ``value``, one judged earlier and
         held back: `take_judged`) to its history."""
-        h = self._history(key)
         if value is None:
-            value, h.pending = h.pending, None
+            value = self.take_judged(key)
         if value is None:
             return
+        h = self._history(key)
         if h.fit is not None and len(h.averages) == self.spec.history:
             h.dropped.append(h.averages[0])
         h.averages.append(value)

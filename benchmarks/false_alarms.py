@@ -331,6 +331,7 @@ def score_stream(kind: str, seed: int, points: int, params: dict[str, Any]) -> d
         "entities": result.entities,
         "first_fit": first_fit,
         "trained_at": result.trained_at,
+        "restarts": result.restarts,
         "digest": stream_digest(t, v),
         "seconds": time.perf_counter() - started,
     }
@@ -350,6 +351,7 @@ def _load_cached(path: Path, digest: str) -> dict[str, Any] | None:
             "raw": z["raw"],
             "entities": [e or None for e in z["entities"].tolist()],
             "first_fit": int(z["first_fit"]),
+            "restarts": z.get("restarts", ()),
             "seconds": float(z["seconds"]),
             "cached": True,
         }
@@ -369,6 +371,7 @@ def run_streams(
     """{(kind, seed): {"raw", "entities", "first_fit", "seconds", "cached"}}: every stream's
     raw scores, from the cache where the same model configuration ran the same data."""
     from vaeguard.apps.nab import merged_params, run_jobs
+    from vaeguard.apps.online import restarts_array
 
     params = params or merged_params(None)
     log = log or (lambda line: None)
@@ -396,6 +399,7 @@ def run_streams(
             raw=r["raw"],
             entities=np.asarray([e or "" for e in r["entities"]]),
             first_fit=r["first_fit"],
+            restarts=restarts_array(r["restarts"], len(r["raw"])),
             seconds=r["seconds"],
             digest=r["digest"],
         )
@@ -403,6 +407,7 @@ def run_streams(
             "raw": r["raw"],
             "entities": list(r["entities"]),
             "first_fit": r["first_fit"],
+            "restarts": r["restarts"],
             "seconds": r["seconds"],
             "cached": False,
         }
@@ -450,7 +455,7 @@ def window_counts(
         raise ValueError("likelihood spec: 'alert' must be set to count alerts")
     out: dict[str, Count] = {}
     for (kind, _seed), run in runs.items():
-        output = replay_likelihood(run["raw"], run["entities"], spec)
+        output = replay_likelihood(run["raw"], run["entities"], spec, run.get("restarts", ()))
         out[kind] = out.get(kind, Count()) + count_alerts(
             output, run["raw"], run["first_fit"], float(alert)
         )

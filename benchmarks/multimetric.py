@@ -462,6 +462,7 @@ def score_stream(family: str, seed: int, train: int, test: int, params: dict) ->
         "output": result.output,
         "top_metric": list(getattr(result, "top_metric", None) or [None] * len(result.output)),
         "trained_at": list(result.trained_at),
+        "restarts": result.restarts,
         "digest": stream.digest(),
         "likelihood": params.get("likelihood"),
         "seconds": time.perf_counter() - started,
@@ -473,6 +474,8 @@ def _cache_file(folder: Path, family: str, seed: int) -> Path:
 
 
 def _save(path: Path, run: dict[str, Any]) -> None:
+    from vaeguard.apps.online import restarts_array
+
     tmp = path.with_suffix(".tmp.npz")
     np.savez(
         tmp,
@@ -480,6 +483,7 @@ def _save(path: Path, run: dict[str, Any]) -> None:
         output=run["output"],
         top_metric=np.array([m or "" for m in run["top_metric"]], dtype=str),
         trained_at=np.asarray(run["trained_at"], dtype="int64"),
+        restarts=restarts_array(run["restarts"], len(run["raw"])),
         digest=np.array(run["digest"]),
         likelihood=np.array(json.dumps(run["likelihood"], sort_keys=True)),
         seconds=np.array(run["seconds"]),
@@ -498,6 +502,7 @@ def _load(path: Path, digest: str) -> dict[str, Any] | None:
             "output": z["output"],
             "top_metric": [m or None for m in z["top_metric"].tolist()],
             "trained_at": z["trained_at"].tolist(),
+            "restarts": z.get("restarts", ()),
             "likelihood": json.loads(str(z["likelihood"])),
             "seconds": float(z["seconds"]),
             "cached": True,
@@ -559,7 +564,7 @@ def outputs_for(run: dict[str, Any], likelihood: dict[str, Any] | None) -> np.nd
     if likelihood is None:
         return np.zeros(run["raw"].shape[1])
     entities = ["e" if np.isfinite(r) else None for r in run["raw"][0]]
-    return replay_likelihood(run["raw"], entities, likelihood)
+    return replay_likelihood(run["raw"], entities, likelihood, run.get("restarts", ()))
 
 
 # -- decisions -----------------------------------------------------------------------------------

@@ -47,8 +47,8 @@ CATEGORIES = ("artificialNoAnomaly", "artificialWithAnomaly", "realKnownCause", 
 
 #: Bump when the code changes what a model configuration's run produces (cached runs under
 #: another version are not reused). 2: the featurizer's warm-up (no window before the
-#: entity's first W slots).
-RUN_VERSION = 2
+#: entity's first W slots). 3: channels a model has not learned are masked.
+RUN_VERSION = 3
 
 #: Likelihood post-processing grid (replayed; every combination is a candidate): the alert
 #: budget (false alerts per 1,000 points; at most 2, so that a fleet's pages stay rare), how
@@ -137,6 +137,7 @@ def run_models(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """{model name: {series key: {"raw", "entities", "stamps", "seconds"}}}, cached on disk."""
     from vaeguard.apps.nab import run_nab
+    from vaeguard.apps.online import restarts_array
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, params in models.items():
@@ -158,6 +159,7 @@ def run_models(
                     raw=r["raw"],
                     entities=np.asarray([e or "" for e in r["entities"]]),
                     stamps=np.asarray(r["stamps"]),
+                    restarts=restarts_array(r["restarts"], len(r["raw"])),
                 )
                 meta["series"][key] = {"file": file, "seconds": r["seconds"]}
             index.write_text(json.dumps(meta, indent=1))
@@ -169,6 +171,7 @@ def run_models(
                 "raw": z["raw"],
                 "entities": z["entities"].tolist(),
                 "stamps": z["stamps"].tolist(),
+                "restarts": z.get("restarts", ()),
                 "seconds": item["seconds"],
             }
         out[name] = series
@@ -243,7 +246,12 @@ def cross_validate(
     for cand in candidates:
         spec = {**base_likelihood, **cand.likelihood}
         outs = {
-            k: replay_likelihood(runs[cand.model][k]["raw"], runs[cand.model][k]["entities"], spec)
+            k: replay_likelihood(
+                runs[cand.model][k]["raw"],
+                runs[cand.model][k]["entities"],
+                spec,
+                runs[cand.model][k]["restarts"],
+            )
             for k in keys
         }
         outputs[cand.name] = outs
@@ -273,7 +281,10 @@ def cross_validate(
     prev_alerts = {
         k: (
             replay_likelihood(
-                runs[first_model][k]["raw"], runs[first_model][k]["entities"], previous
+                runs[first_model][k]["raw"],
+                runs[first_model][k]["entities"],
+                previous,
+                runs[first_model][k]["restarts"],
             )
             >= alert
         ).astype("float64")

@@ -325,6 +325,9 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
     # the default configuration: the metrics, and the metrics with cpu's seasonal residual
     assert [v.input_channels for v in det.views] == [("cpu", "lat"), ("cpu", "lat", "cpu_seasonal")]
     assert (trained["bundle"] / "views" / "1" / "bundle.json").is_file()
+    # five hours of training data hold no daily seasonal residual: the bundle knows, and says
+    assert [v.unlearned_channels for v in det.views] == [(), ("cpu_seasonal",)]
+    assert "not learned" in out and "cpu_seasonal: too few observed" in out
     assert all(math.isfinite(v.threshold_.value) for v in det.views)
     # the alert budget of the default configuration, carried by the bundle and shown by inspect
     assert det.likelihood_spec.budget == 2.0 and det.likelihood_spec.estimator == "evt"

@@ -115,6 +115,11 @@ def test_default_params_are_valid_and_overrides_are_checked():
         merged_params({"detector": {}})
     with pytest.raises(ConfigError, match="no_such_knob"):
         merged_params({"views": {"no_such_knob": 1}})
+    from vaeguard.timeseries.views import ViewSet
+
+    for bad in ([], "evt", 5):  # (as a bundle's window_mode may hold it)
+        with pytest.raises(ConfigError, match="likelihood: expected an object or null"):
+            ViewSet.from_params({**merged_params(), "likelihood": bad})
 
 
 def test_the_seasonal_view_can_be_switched_off_and_is_checked():

@@ -169,6 +169,7 @@ def score_series(series: Series, params: dict[str, Any]) -> dict[str, Any]:
         "stamps": stamps,
         "values": values,
         "raw": result.raw,
+        "restarts": result.restarts,
         "entities": result.entities,
         "scores": np.clip(result.output, 0.0, 1.0),
         "trained_at": result.trained_at,

@@ -64,6 +64,9 @@ class OnlineResult:
     trained_at: list[int] = field(default_factory=list)
     refused: int = 0
     top_metric: list[str | None] = field(default_factory=list)
+    #: Where a refit restarted likelihood terms' histories: (row, terms), the row being the
+    #: first judged after the restart (`replay_likelihood` takes them).
+    restarts: list[tuple[int, list[int]]] = field(default_factory=list)
 
 
 def training_points(n: int, first_fit: int, growth: float | None, max_gap: int | None) -> list[int]:
@@ -164,6 +167,9 @@ def run_online(
             for v, raw in enumerate(raws):
                 out.raw[v, i] = raw[j]
         serving.last_raw = []
+        if serving.restarted_terms:
+            out.restarts.append((stop, list(serving.restarted_terms)))
+            serving.restarted_terms = []
         fed = stop
     out.trained_at += [int(r) for r in serving.learning.refit_rows]
     return out
@@ -178,18 +184,47 @@ def top_metric(contributions: Sequence[dict[str, Any]] | None) -> str | None:
 
 
 def replay_likelihood(
-    raw: np.ndarray, entities: Sequence[str | None], likelihood: Any
+    raw: np.ndarray,
+    entities: Sequence[str | None],
+    likelihood: Any,
+    restarts: Any = (),
 ) -> np.ndarray:
     """The outputs another likelihood spec would have given the same raw scores.
 
     Exactly the serving's arithmetic (`ViewLikelihood`), so post-processing can be tuned
-    without rerunning the models; ``raw`` is terms × rows as in `OnlineResult`.
+    without rerunning the models; ``raw`` is terms × rows as in `OnlineResult`, ``restarts``
+    its (row, terms) pairs or `restarts_array`'s encoding of them.
     """
     from vaeguard.timeseries.likelihood import LikelihoodSpec
 
     spec = likelihood if isinstance(likelihood, LikelihoodSpec) else LikelihoodSpec(**likelihood)
-    rows = np.flatnonzero(np.isfinite(raw[0]))
     state = ViewLikelihood(spec, raw.shape[0])
     output = np.zeros(raw.shape[1])
-    output[rows] = state.update_many([entities[i] for i in rows], [r[rows] for r in raw])
+    scored = np.isfinite(raw[0])
+    start = 0
+    for row, terms in [*restart_pairs(restarts), (raw.shape[1], [])]:
+        rows = start + np.flatnonzero(scored[start:row])
+        if len(rows):
+            output[rows] = state.update_many([entities[i] for i in rows], [r[rows] for r in raw])
+        if terms:
+            state.forget_terms(terms)
+        start = row
     return output
+
+
+def restarts_array(restarts: Sequence[tuple[int, Sequence[int]]], n_terms: int) -> np.ndarray:
+    """(row, terms) pairs as an integer array for a cache file: a row, then a 0/1 per term."""
+    out = np.zeros((len(restarts), 1 + n_terms), dtype="int64")
+    for k, (row, terms) in enumerate(restarts):
+        out[k, 0] = row
+        out[k, 1 + np.asarray(terms, dtype="int64")] = 1
+    return out
+
+
+def restart_pairs(restarts: Any) -> list[tuple[int, list[int]]]:
+    """`restarts_array`'s encoding (or the pairs themselves) as (row, terms) pairs."""
+    if isinstance(restarts, np.ndarray):
+        if restarts.size == 0:
+            return []
+        return [(int(r[0]), np.flatnonzero(r[1:]).tolist()) for r in np.atleast_2d(restarts)]
+    return [(int(row), list(terms)) for row, terms in restarts]

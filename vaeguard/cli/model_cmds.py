@@ -506,13 +506,31 @@ def interpolate(
 
 def inspect(
     model: Path = typer.Option(..., "--model"),
-    as_json: bool = typer.Option(False, "--json", help="Print the validated manifest as JSON."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print JSON: a tabular bundle's validated manifest, a window bundle's summary.",
+    ),
+    full: bool = typer.Option(
+        False, "--full", help="Print the whole validated manifest as JSON (any kind of bundle)."
+    ),
 ) -> None:
     """Validate a bundle and show what it holds."""
+    from vaeguard.timeseries.bundle import is_window_model
+
     detector = _load_model(model)
     m = detector.manifest_
-    if as_json:
+    # a window bundle is checked as serving reads it (window_mode, views, schedule) first
+    views = _window_views(detector, model) if is_window_model(detector) else None
+    if full or (as_json and views is None):
         typer.echo(json.dumps(m, indent=2))
+        return
+    if views is not None:
+        summary = _window_summary(detector, views)
+        if as_json:
+            typer.echo(json.dumps({"bundle": str(model), **summary}, indent=2))
+        else:
+            _print_window_summary(model, summary)
         return
     from rich.console import Console
     from rich.markup import escape
@@ -521,27 +539,8 @@ def inspect(
     t = Table(title=f"model bundle {model}", show_header=False, title_justify="left")
     t.add_row("created", m["created_at"])
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
-    window = (m.get("extra") or {}).get("window_mode")
     th = m["threshold"]
-    if isinstance(window, dict):
-        spec = window.get("window") if isinstance(window.get("window"), dict) else window
-        likelihood = window.get("likelihood")
-        t.add_row(
-            "window mode",
-            escape(
-                f"{spec.get('window')} points of {', '.join(map(str, spec.get('metrics') or []))} "
-                f"per {spec.get('entity_field')} (time {spec.get('time_field')}, interval "
-                f"{spec.get('interval')}); likelihood {'on' if likelihood else 'off'}"
-            ),
-        )
-        if isinstance(likelihood, dict) and likelihood.get("budget") is not None:
-            t.add_row(
-                "alert budget",
-                f"{likelihood['budget']:g} false alerts per 1,000 points per entity "
-                f"({likelihood.get('estimator')} tail of the entity's last "
-                f"{likelihood.get('history')} scores)",
-            )
-    elif th.get("method") == "budget":
+    if th.get("method") == "budget":
         t.add_row(
             "alert budget", f"{th['params'].get('budget'):g} false alerts per 1,000 normal rows"
         )
@@ -566,6 +565,214 @@ def inspect(
     t.add_row("data", f"{fp.get('rows')} rows, sha256 {str(fp.get('sha256', ''))[:16]}…")
     t.add_row("model file", f"{m['model_file']} sha256 {m['model_sha256'][:16]}… (verified)")
     Console().print(t)
+
+
+def _window_views(vae, path: Path):
+    """The `ViewSet` a loaded window bundle describes, checked as serving reads it."""
+    from vaeguard.timeseries.bundle import window_detector_from
+
+    return window_detector_from(vae, str(path))
+
+
+#: What `train-window` records about the data, the same in every view's ``training`` section.
+_WINDOW_DATA_FACTS = ("train_rows", "entities", "late_points_skipped", "training_data")
+#: What each view's last fit and calibration record.
+_WINDOW_FIT_FACTS = ("windows", "epochs_run", "warm_start", "calibration_windows")
+
+
+def _window_summary(vae, views) -> dict[str, Any]:
+    """What a window-mode bundle does, as plain JSON data: the shared window, each view (its
+    channels, model, unlearned channels, calibration, verified model file), what decides an
+    alert, the likelihood, the online-learning schedule and the training facts it records.
+
+    ``vae`` is the loaded bundle (`load_bundle`: model files and parts verified), ``views``
+    the `ViewSet` it describes; a fact the bundle does not record is None (older bundles).
+    """
+    from vaeguard.timeseries.detector import CHANNEL_SLOTS, MIN_TRAIN_WINDOWS, channel_slots
+    from vaeguard.timeseries.views import VIEW_FIELDS
+
+    m = vae.manifest_
+    loaded = [vae, *(vae.parts_[f"views/{k}"] for k in range(1, len(views.views)))]
+    info = dict(views.primary.training_info_)
+    out_views = []
+    for k, (view, part) in enumerate(zip(views.views, loaded, strict=True)):
+        pm = part.manifest_
+        prefix = "" if k == 0 else f"views/{k}/"
+        slots = channel_slots(dict(view.training_info_), len(view.input_channels))
+        th = view.threshold_
+        out_views.append(
+            {
+                "part": None if k == 0 else f"views/{k}",
+                **{f: v for f, v in view.resolved_params().items() if f in VIEW_FIELDS},
+                "unlearned_channels": None if slots is None else list(view.unlearned_channels),
+                CHANNEL_SLOTS: slots,
+                "slots_needed": MIN_TRAIN_WINDOWS * views.spec.window,
+                "threshold": {
+                    "value": float(th.value),
+                    "unit": "nats",
+                    "method": th.method,
+                    "params": {k_: v for k_, v in th.params.items() if _scalar(v)},
+                },
+                "training": {f: view.training_info_.get(f) for f in _WINDOW_FIT_FACTS},
+                "model_file": prefix + str(pm["model_file"]),
+                "model_sha256": pm["model_sha256"],
+                "verified": True,
+            }
+        )
+    lk = views.likelihood_spec
+    if lk is not None and lk.alert is not None:
+        alerts = {"decided_by": "likelihood", "level": lk.alert}
+    else:
+        alerts = {
+            "decided_by": "view threshold",
+            "view": 0,
+            "level": float(views.primary.threshold_.value),
+        }
+    return {
+        "kind": "window",
+        "created_at": m.get("created_at"),
+        "versions": m.get("versions"),
+        "window": views.spec.to_dict(),
+        "alerts": alerts,
+        "likelihood": None if lk is None else lk.to_dict(),
+        "schedule": dict(views.schedule),
+        "views": out_views,
+        "training": {
+            f: info.get(f) for f in (*_WINDOW_DATA_FACTS, "windows", "calibration_windows")
+        },
+    }
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _known(value: Any) -> str:
+    """A recorded fact as text, "unknown" when the bundle does not record it."""
+    return "unknown" if value is None else str(value)
+
+
+def _print_window_summary(model: Path, s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    spec, lk, views = s["window"], s["likelihood"], s["views"]
+    t = Table(title=f"model bundle {model}", show_header=False, title_justify="left")
+    t.add_row("created", escape(_known(s["created_at"])))
+    versions = s["versions"] if isinstance(s["versions"], dict) else {}
+    t.add_row("versions", escape(", ".join(f"{k} {v}" for k, v in versions.items() if v)))
+    interval = spec["interval"]
+    interval = {"auto": "auto, inferred per entity", "rows": "rows, arrival order"}.get(
+        interval, f"{interval:g} s" if isinstance(interval, int | float) else str(interval)
+    )
+    t.add_row(
+        "window mode",
+        escape(
+            f"{spec['window']} points of {', '.join(spec['metrics'])} per {spec['entity_field']} "
+            f"(time {spec['time_field']}, interval {interval}); likelihood {'on' if lk else 'off'}"
+        ),
+    )
+    t.add_row("conditions", escape(", ".join(spec["conditions"]) or "none"))
+    seasonal = spec.get("seasonal")
+    t.add_row(
+        "seasonal",
+        escape(
+            f"{seasonal['name']} = {seasonal['source']} minus its median at the same time of the "
+            f"previous {seasonal['periods']} periods of {seasonal['period']:g} s "
+            f"(tolerance {seasonal['tolerance']:g} s)"
+        )
+        if seasonal
+        else "none",
+    )
+    alerts = s["alerts"]
+    if alerts["decided_by"] == "likelihood":
+        t.add_row(
+            "alerts",
+            f"the anomaly likelihood decides: a point alerts at {alerts['level']:g} or more "
+            "(the views' thresholds do not)",
+        )
+    else:
+        t.add_row(
+            "alerts",
+            f"decided by view 1's raw score above its threshold {alerts['level']:.4f} nats"
+            + ("" if lk is None else " (the likelihood is reported, not alerted on)"),
+        )
+    if lk is not None:
+        t.add_row("alert budget", _budget_text(lk))
+        t.add_row(
+            "likelihood",
+            f"{lk['estimator']}: the mean of each term's last {lk['short']} scores vs the "
+            f"entity's last {lk['history']}, from {lk['min_history']} scores on; "
+            + (f"suppress {lk['suppress']} points" if lk["suppress"] else "no suppression"),
+        )
+    for k, v in enumerate(views):
+        t.add_row(f"view {k + 1}", escape(_view_text(v, spec["window"])))
+    sched = s["schedule"]
+    gap = sched.get("retrain_max_gap")
+    t.add_row(
+        "online learning",
+        f"warm refits every {gap} rows per entity on the newest {_known(sched.get('max_train'))} "
+        "windows"
+        if gap
+        else "off (retrain_max_gap null)",
+    )
+    tr = s["training"]
+    t.add_row(
+        "training",
+        escape(
+            f"{_known(tr['train_rows'])} records of {_known(tr['entities'])} entities "
+            f"({_known(tr['late_points_skipped'])} late points skipped); "
+            f"{_known(tr['windows'])} windows trained on, "
+            f"{_known(tr['calibration_windows'])} calibrated on"
+        ),
+    )
+    t.add_row("training data", escape(_known(tr["training_data"])))
+    Console().print(t)
+
+
+def _budget_text(lk: dict[str, Any]) -> str:
+    """What sets the likelihood's level: the budget, or (without one) ``decades``; a linear
+    output is 1 − the tail probability, which no budget scales."""
+    budget = lk.get("budget")
+    if lk["output"] == "linear":
+        return "none (linear output: 1 − the tail probability)"
+    if budget is None:
+        return f"none (the likelihood reaches 1 at a tail probability of {10 ** -lk['decades']:g})"
+    return (
+        f"{budget:g} false alerts per 1,000 points per entity (tail probability {budget / 1000:g})"
+    )
+
+
+def _view_text(v: dict[str, Any], window: int) -> str:
+    """One view: channels, model, calibration threshold, unlearned channels, model file."""
+    inputs = v["inputs"]
+    slots = v["score_slots"]
+    th = v["threshold"]
+    params = ", ".join(f"{k}={p}" for k, p in th["params"].items())
+    lines = [
+        f"{', '.join(inputs)} ({len(inputs) * window} inputs: "
+        f"{inputs[0]}[t-{window - 1}] … {inputs[-1]}[t])",
+        f"hidden {v['hidden']}, latent {v['latent_dim']}, L = {v['mc_samples']} MC draws, "
+        + ("whole window scored" if slots is None else f"newest {slots} slots scored"),
+        f"calibrated at {th['value']:.4f} nats ({th['method']}"
+        + (f", {params}" if params else "")
+        + f"; {_known(v['training']['calibration_windows'])} windows)",
+    ]
+    unlearned = v["unlearned_channels"]
+    if unlearned is None:
+        lines.append("unlearned channels: unknown (not recorded in this bundle)")
+    elif unlearned:
+        seen = dict(zip(inputs, v["channel_slots"], strict=True))
+        lines.append(
+            "not learned: "
+            + ", ".join(f"{c} ({seen[c]} of {v['slots_needed']} slots seen)" for c in unlearned)
+            + ", masked when scored"
+        )
+    else:
+        lines.append("every channel learned")
+    lines.append(f"{v['model_file']} sha256 {v['model_sha256'][:16]}… (verified)")
+    return "\n".join(lines)
 
 
 def report(

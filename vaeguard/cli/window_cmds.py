@@ -309,6 +309,16 @@ def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: in
         f"{n_train} trained on, {n_cal} (the tail) calibrated on",
     )
     t.add_row("views", "; ".join(", ".join(v.input_channels) for v in detector.views))
+    unlearned = sorted({c for v in detector.views for c in v.unlearned_channels})
+    if unlearned:
+        t.add_row(
+            "not learned",
+            escape(
+                f"{', '.join(unlearned)}: too few observed points in the training windows "
+                "(a seasonal channel needs its periods of history); masked when scored until "
+                "an online refit has seen enough of them"
+            ),
+        )
     if spec.conditions:
         t.add_row("conditions", ", ".join(spec.conditions))
     th = detector.primary.threshold_

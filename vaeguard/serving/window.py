@@ -135,6 +135,9 @@ class WindowServing:
         self._metric_of = {c: self.spec.metric_of(c) for c in channels}
         #: Each view's raw scores of the last scored batch (the NAB runner keeps them).
         self.last_raw: list[np.ndarray] = []
+        #: The likelihood terms whose histories the last refit restarted (the runner keeps
+        #: them, so a replay of the raw scores restarts them where serving did).
+        self.restarted_terms: list[int] = []
         #: Warm refits on the newest windows, as the bundle's schedule says (`learning`).
         self.learning = OnlineLearning(self.views, fitted_at=fitted_at)
         self._model_id = model_id  # the bundle's; `model_id` moves on with each refit
@@ -281,8 +284,21 @@ class WindowServing:
 
     def learn(self) -> dict[str, Any] | None:
         """After a batch is scored: refit the views warm when the schedule says so."""
+        before = self.views.unlearned_channels()
         info = self.learning.refit_if_due(self.n_entities)
         if info is not None and info["ok"]:
+            # A view that now judges a channel it had masked scores on another scale: its
+            # terms' histories restart (its other views keep judging meanwhile).
+            after = self.views.unlearned_channels()
+            changed = [
+                t
+                for k, (was, now) in enumerate(zip(before, after, strict=True))
+                if was != now
+                for t in self.views.terms_of(k)
+            ]
+            if changed and self.likelihood is not None:
+                self.likelihood.forget_terms(changed)
+                self.restarted_terms = changed
             # Raw scores of the refitted model are judged against histories built with the
             # previous one, as the NAB runner does. The snapshot carries the refitted weights
             # (`_refit_snapshot`); a restart without them serves the bundle's model, whose id

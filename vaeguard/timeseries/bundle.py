@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vaeguard.errors import BundleError, NotFittedError
+from vaeguard.errors import BundleError, DataError, NotFittedError
 from vaeguard.snapshot import is_count
 
 #: The key of ``bundle.json``'s ``extra`` that marks (and describes) a window-mode model.
@@ -118,6 +118,7 @@ def _attach(detector, loaded, where: str) -> None:
     """Give a `WindowDetector` the model and calibration of a loaded bundle (or part)."""
     from vaeguard.model.scoring import Scorer
     from vaeguard.thresholds import Threshold
+    from vaeguard.timeseries.detector import channel_slots
 
     model = loaded.model_
     if (
@@ -134,6 +135,10 @@ def _attach(detector, loaded, where: str) -> None:
     detector.threshold_ = Threshold.from_dict(loaded.threshold_.to_dict())
     detector.baseline_ = np.asarray(loaded.baseline_, dtype="float64")
     detector.score_reference_ = np.asarray(loaded.score_reference_, dtype="float64")
+    try:
+        channel_slots(loaded.training_info_, len(detector.input_channels))
+    except DataError as exc:
+        raise BundleError(f"corrupt bundle at {where}: {exc}") from None
     detector.training_info_ = dict(loaded.training_info_)
     detector.plausible_range_ = getattr(loaded, "plausible_range_", None)
 

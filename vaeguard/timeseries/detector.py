@@ -27,6 +27,14 @@ from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 #: Fewest windows `fit` accepts.
 MIN_TRAIN_WINDOWS = 16
 
+#: A model judges an input channel only when its last fit saw at least as many observed slots
+#: of it as ``MIN_TRAIN_WINDOWS`` full windows hold. A channel that appears only after the fit
+#: (the seasonal residual of a stream younger than its period, a metric added later) is masked
+#: when scored, not read as an anomaly, until a refit has seen it.
+
+#: ``training_info_`` key: observed slots of each input channel in the last fit's windows.
+CHANNEL_SLOTS = "channel_slots"
+
 #: The `WindowSpec` fields, which are constructor parameters too.
 SPEC_FIELDS = tuple(WindowSpec.__dataclass_fields__)
 
@@ -438,12 +446,39 @@ class WindowDetector:
         data = fit_inputs(inputs, None, batch_size=batch, seed=r.seed + self.fits_)
         self.model_.fit(**data, epochs=epochs, verbose=0, callbacks=callbacks)
         self.fits_ += 1
+        seen = np.asarray(mask).reshape(n, len(r.inputs), r.spec.window).sum(axis=(0, 2))
         self.training_info_ = {
             "windows": int(n),
             "epochs_run": int(epochs),
             "warm_start": not fresh,
+            CHANNEL_SLOTS: [int(v) for v in seen],
         }
         return self
+
+    @property
+    def unlearned_channels(self) -> tuple[str, ...]:
+        """Input channels the last fit saw too few observed slots of to judge (fewer than
+        ``MIN_TRAIN_WINDOWS`` full windows hold): they are masked when scored. Empty for models
+        fitted before this was recorded."""
+        r = self._checked()
+        seen = channel_slots(getattr(self, "training_info_", None), len(r.inputs))
+        if seen is None:
+            return ()
+        least = MIN_TRAIN_WINDOWS * r.spec.window
+        return tuple(c for c, k in zip(r.inputs, seen, strict=True) if k < least)
+
+    def _judged_mask(self, mask: np.ndarray) -> np.ndarray:
+        """``mask`` (the model's columns) with the unlearned channels' slots masked."""
+        unlearned = self.unlearned_channels
+        if not unlearned:
+            return mask
+        r = self._checked()
+        mask = np.array(mask, dtype="float32", copy=True)
+        w = r.spec.window
+        for j, c in enumerate(r.inputs):
+            if c in unlearned:
+                mask[:, j * w : (j + 1) * w] = 0.0
+        return mask
 
     # -- scoring -------------------------------------------------------------------------------
 
@@ -470,7 +505,7 @@ class WindowDetector:
             return np.zeros(0), np.zeros((0, d)), np.zeros((0, d))
         if mask is None:
             mask = np.ones_like(x)
-        x, mask = self.select(x), self.select(np.asarray(mask, dtype="float32"))
+        x, mask = self.select(x), self._judged_mask(self.select(np.asarray(mask, dtype="float32")))
         r = self._checked()
         raw = self._scorer(x * mask, c if r.spec.conditions else None, mask)
         w, m = r.spec.window, len(r.inputs)
@@ -502,7 +537,8 @@ class WindowDetector:
         first = 0 if r.score_slots is None else w - r.score_slots
         blocks = nll.reshape(nll.shape[0], len(r.inputs), w)[:, :, first:]
         if r.score_slots is None and mask is not None:
-            seen = self.select(np.asarray(mask, dtype="float64")).reshape(blocks.shape)
+            seen = self._judged_mask(self.select(np.asarray(mask, dtype="float64")))
+            seen = seen.reshape(blocks.shape)
             blocks = blocks * (w / np.maximum(seen.sum(axis=2, keepdims=True), 1.0))
         sums = blocks.sum(axis=2)  # rows × inputs
         names = [r.spec.metric_of(c) for c in r.inputs]
@@ -558,3 +594,16 @@ class WindowDetector:
         if likelihood is None:
             return raw, raw
         return raw, likelihood.update_many(batch.entities, raw)
+
+
+def channel_slots(info: Any, n_inputs: int) -> list[int] | None:
+    """The observed-slot counts a ``training_info_`` records for ``n_inputs`` channels; None
+    when it records none; `DataError` when they are not that many counts (a corrupt file)."""
+    from vaeguard.snapshot import is_count
+
+    if not isinstance(info, dict) or info.get(CHANNEL_SLOTS) is None:
+        return None
+    seen = info[CHANNEL_SLOTS]
+    if not isinstance(seen, list) or len(seen) != n_inputs or not all(map(is_count, seen)):
+        raise DataError(f"training_info.{CHANNEL_SLOTS}: expected {n_inputs} slot counts")
+    return [int(v) for v in seen]

@@ -38,7 +38,7 @@ import numpy as np
 
 from vaeguard.errors import DataError
 from vaeguard.snapshot import is_count, is_finite_number
-from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS
+from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS, channel_slots
 
 log = logging.getLogger("vaeguard.timeseries.learning")
 
@@ -295,6 +295,7 @@ def stage_refit_state(views, state: Any) -> list[dict[str, Any]]:
                 raise DataError("refit state: the number of weight arrays differs")
             if not isinstance(item["training_info"], dict) or not is_count(item["fits"]):
                 raise DataError("refit state: training_info must be an object and fits a count")
+            channel_slots(item["training_info"], len(view.input_channels))
             staged.append(
                 {
                     "weights": [

@@ -254,6 +254,16 @@ class ViewLikelihood:
                     v.learn(key, value)
         return True
 
+    def forget_terms(self, terms: Sequence[int]) -> None:
+        """Restart these terms' histories for every entity: their raw scores now measure
+        something else (a refit began judging a channel its model had not learned)."""
+        for t in terms:
+            self.views[t] = AnomalyLikelihood(self.spec)
+        for held in self._held.values():
+            for point in held.points:
+                for t in terms:
+                    point[t] = None
+
     def save_entities(self, keys: Sequence[str]) -> list[dict[str, Any]]:
         """Copies of these entities' states, for `put_back` if the batch fails after an update."""
         unique = list(dict.fromkeys(keys))
@@ -393,7 +403,10 @@ class ViewSet:
                 detectors.append(WindowDetector.from_config(**window, **view))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"views[{k}]: {exc}") from None
-        return cls(detectors, params.get("likelihood"), params.get("schedule"))
+        likelihood = params.get("likelihood")
+        if likelihood is not None and not isinstance(likelihood, dict):
+            raise ConfigError("likelihood: expected an object or null")
+        return cls(detectors, likelihood, params.get("schedule"))
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -474,6 +487,15 @@ class ViewSet:
     def term_metrics(self) -> list[str]:
         """The metric of each likelihood term: view by view, each view's `term_metrics`."""
         return [m for v in self.views for m in v.term_metrics]
+
+    def terms_of(self, view: int) -> range:
+        """The likelihood terms (indices into `term_metrics`) of view number ``view``."""
+        start = sum(len(v.term_metrics) for v in self.views[:view])
+        return range(start, start + len(self.views[view].term_metrics))
+
+    def unlearned_channels(self) -> list[tuple[str, ...]]:
+        """Each view's `WindowDetector.unlearned_channels`."""
+        return [v.unlearned_channels for v in self.views]
 
     def raw_scores(self, x, c=None, mask=None) -> list[np.ndarray]:
         """Each likelihood term's raw score of each window (what `ViewLikelihood` judges)."""

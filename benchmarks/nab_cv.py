@@ -87,7 +87,8 @@ class Candidate:
 def model_candidates(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Model configurations tried (each one full run over the series): the base (the product
     default: the time grid inferred per series, every point scored, warm retraining every 1000
-    rows), and, with retraining only at the doublings of the stream (as before), the time grid
+    rows), the base with the other choice of ``predict_scored`` (whether the encoder sees the
+    scored slots), and, with retraining only at the doublings of the stream (as before), the time grid
     as it was, the time grid that leaves points whose window is less than half observed
     unscored, the time grid with a shorter scale memory, and the row grid (every row the next
     slot, sparse windows unscored too) with one change at a time."""
@@ -99,8 +100,12 @@ def model_candidates(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
     one_view = copy.deepcopy(rows)
     one_view["window"]["seasonal"] = None
     one_view["views"] = one_view["views"][:1]
+    predicting = all(v.get("predict_scored") for v in base["views"])
+    toggled = merge_config(base, {"views": {"predict_scored": not predicting}})
     return {
         "two views, time grid, warm retraining every 1000 rows": base,
+        "the same, the scored slots "
+        + ("seen by the encoder" if predicting else "predicted (hidden from the encoder)"): toggled,
         "two views, time grid": doublings,
         "two views, time grid, sparse windows unscored": merge_config(doublings, gated),
         "two views, time grid, scale memory 1000 rows": merge_config(

@@ -34,7 +34,8 @@ from vaeguard.errors import (
 )
 
 if TYPE_CHECKING:
-    from vaeguard.bundle import load_bundle, save_bundle
+    from vaeguard.bundle import save_bundle
+    from vaeguard.detector import load_bundle
     from vaeguard.registry import ModelRegistry
     from vaeguard.serving.loader import load_serving
     from vaeguard.timeseries.bundle import load_window_bundle, save_window_bundle
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "WindowDetector": "vaeguard.timeseries.detector",
     "ViewSet": "vaeguard.timeseries.views",
-    "load_bundle": "vaeguard.bundle",
+    "load_bundle": "vaeguard.detector",
     "save_bundle": "vaeguard.bundle",
     "load_window_bundle": "vaeguard.timeseries.bundle",
     "save_window_bundle": "vaeguard.timeseries.bundle",

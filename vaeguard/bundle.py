@@ -4,6 +4,10 @@
 conditions, threshold, baselines) and to trust it (format version, library versions, training
 record, data fingerprint, the model file's SHA-256). Loading checks all of it, and refuses a
 bundle that is corrupt, tampered with or from an incompatible version, with the reason.
+
+This module is the format (write, read and check the manifest) and knows no model class: each
+kind's reader sits with its model (`vaeguard.detector.load_bundle`,
+`vaeguard.timeseries.bundle.load_window_bundle`), so the models import the format, never back.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard._version import __version__
-from vaeguard.errors import BundleError, VaeguardError
+from vaeguard.errors import BundleError
 from vaeguard.files import replacing, write_atomic
 from vaeguard.snapshot import is_count, is_finite_number
 
@@ -364,114 +368,3 @@ def model_kind(manifest: dict[str, Any]) -> str:
         extra = manifest.get("extra")
         return "window" if isinstance(extra, dict) and "window_mode" in extra else "tabular"
     return kind if isinstance(kind, str) else repr(kind)
-
-
-def load_bundle(path):
-    """Load a bundle into a ready `VAEDetector`, verifying the model file against the manifest."""
-    from vaeguard._quiet import import_keras
-    from vaeguard.detector import VAEDetector, symptom_mask
-    from vaeguard.model.vae import VAE
-    from vaeguard.preprocessing import ConditionEncoder
-
-    keras = import_keras()
-    path = Path(path)
-    m = read_manifest(path)
-    model_path = bundle_file(path, m, "model_file")
-    if not model_path.is_file():
-        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is missing")
-    if sha256_file(model_path) != m["model_sha256"]:
-        raise BundleError(
-            f"corrupt bundle at {path}: {model_path.name} does not match its recorded SHA-256"
-        )
-    try:
-        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    except Exception as exc:  # Keras raises many types for a bad archive
-        raise BundleError(
-            f"corrupt bundle at {path}: cannot load {model_path.name} ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(model, VAE):
-        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is not a vaeguard VAE")
-
-    try:
-        conditions = ConditionEncoder.from_dict(m["conditions"])
-    except _MALFORMED as exc:
-        raise BundleError(f"corrupt bundle at {path}: bad conditions ({exc})") from None
-    if model.n_features != len(m["features"]) or model.n_conditions != conditions.width:
-        raise BundleError(
-            f"corrupt bundle at {path}: the model expects {model.n_features} features and {model.n_conditions} "
-            f"condition inputs, the manifest describes {len(m['features'])} and {conditions.width}"
-        )
-
-    params = {
-        **VAEDetector._UNRECORDED_PARAMS,
-        **{k: v for k, v in m["params"].items() if k in VAEDetector._PARAMS},
-    }
-    try:
-        symptom_mask(params["symptoms"], m["features"])
-        detector = VAEDetector(**params)
-    except (VaeguardError, *_MALFORMED) as exc:
-        raise BundleError(f"corrupt bundle at {path}: bad params ({exc})") from None
-    try:
-        _fill(detector, model, m, conditions, path)
-    except BundleError:
-        raise
-    except (VaeguardError, *_MALFORMED) as exc:  # a value the checks above let through
-        raise BundleError(
-            f"corrupt bundle at {path}: {type(exc).__name__}: {_short(str(exc))}"
-        ) from None
-    return detector
-
-
-#: What reading a malformed manifest value can raise (a wrong type, a huge or absurd number).
-_MALFORMED = (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError)
-
-
-def _fill(detector, model, m: dict[str, Any], conditions, path: Path) -> None:
-    """Give a fresh `VAEDetector` the model and everything the checked manifest records."""
-    from vaeguard.preprocessing import RobustScaler
-    from vaeguard.thresholds import Threshold
-
-    detector.model_ = model
-    detector.feature_names_ = list(m["features"])
-    detector.n_features_in_ = len(m["features"])
-    detector.scaler_ = RobustScaler.from_dict(m["scaler"])
-    detector.conditions_ = conditions
-    detector.threshold_ = Threshold.from_dict(m["threshold"])
-    detector.baseline_ = np.asarray(m["baseline"], dtype="float64")
-    detector.plausible_range_ = None
-    if m.get("plausible_range") is not None:
-        from vaeguard.model.counterfactual import PlausibleRange
-
-        detector.plausible_range_ = PlausibleRange.from_dict(m["plausible_range"])
-    detector.score_reference_ = np.asarray(
-        m.get("score_reference") or [detector.threshold_.value], dtype="float64"
-    )
-    training = dict(m.get("training") or {})
-    detector.history_ = training.pop("history", {})
-    detector.training_info_ = training
-    detector.bundle_extra_ = m.get("extra") or {}
-    detector.latent_knn_ = None
-    if m.get("latent_knn") is not None:
-        from vaeguard.model.latent_knn import LatentKNN
-
-        try:
-            detector.latent_knn_ = LatentKNN.from_dict(m["latent_knn"], model.latent_dim)
-        except ValueError as exc:
-            raise BundleError(f"corrupt bundle at {path}: {exc}") from None
-    else:
-        # Saved before the latent kNN term existed (or without it): the score is the
-        # reconstruction probability alone, as it was when the bundle was written.
-        detector.knn_weight = 0.0
-    detector.parts_ = {}
-    parts = m.get("parts") or {}
-    for name, digest in parts.items():  # names and pins checked by read_manifest
-        part = path / name
-        if not (part / MANIFEST_FILE).is_file():
-            raise BundleError(f"corrupt bundle at {path}: part {name!r} is missing")
-        if sha256_file(part / MANIFEST_FILE) != digest:
-            raise BundleError(
-                f"corrupt bundle at {path}: part {name!r} does not match its recorded SHA-256"
-            )
-        detector.parts_[name] = load_bundle(part)
-    detector.manifest_ = m
-    detector._scorer = None

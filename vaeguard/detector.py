@@ -11,12 +11,14 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from vaeguard.contributions import top_contributions
 from vaeguard.data import feature_matrix
-from vaeguard.errors import DataError, NotFittedError
+from vaeguard.errors import BundleError, DataError, NotFittedError, VaeguardError
 from vaeguard.preprocessing import ConditionEncoder, RobustScaler
 from vaeguard.thresholds import Threshold, calibrate, is_budget
 
@@ -65,8 +67,6 @@ class ScoreResult:
         ``score_drop`` and its ``share`` of the row's positive drops; any other row is ranked by
         excess nats, with its share of the positive excess.
         """
-        from vaeguard.serving.explain import top_contributions
-
         one = slice(row, row + 1)
         return top_contributions(
             self.contributions[one],
@@ -728,8 +728,6 @@ class VAEDetector:
     @classmethod
     def load(cls, path) -> VAEDetector:
         """Load and validate a bundle; a corrupt or incompatible one raises BundleError."""
-        from vaeguard.bundle import load_bundle
-
         return load_bundle(path)
 
 
@@ -802,3 +800,113 @@ def fingerprint(x: np.ndarray, c: np.ndarray | None = None) -> dict[str, Any]:
     if c is not None:
         h.update(np.ascontiguousarray(c, dtype="float32").tobytes())
     return {"rows": int(x.shape[0]), "sha256": h.hexdigest()}
+
+
+def load_bundle(path) -> VAEDetector:
+    """Load a bundle into a ready `VAEDetector`, verifying the model file against the manifest
+    (the tabular model's reader of the format `vaeguard.bundle` writes and checks)."""
+    from vaeguard._quiet import import_keras
+    from vaeguard.bundle import _short, bundle_file, read_manifest, sha256_file
+    from vaeguard.model.vae import VAE
+
+    keras = import_keras()
+    path = Path(path)
+    m = read_manifest(path)
+    model_path = bundle_file(path, m, "model_file")
+    if not model_path.is_file():
+        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is missing")
+    if sha256_file(model_path) != m["model_sha256"]:
+        raise BundleError(
+            f"corrupt bundle at {path}: {model_path.name} does not match its recorded SHA-256"
+        )
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad archive
+        raise BundleError(
+            f"corrupt bundle at {path}: cannot load {model_path.name} ({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(model, VAE):
+        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is not a vaeguard VAE")
+
+    try:
+        conditions = ConditionEncoder.from_dict(m["conditions"])
+    except _MALFORMED as exc:
+        raise BundleError(f"corrupt bundle at {path}: bad conditions ({exc})") from None
+    if model.n_features != len(m["features"]) or model.n_conditions != conditions.width:
+        raise BundleError(
+            f"corrupt bundle at {path}: the model expects {model.n_features} features and {model.n_conditions} "
+            f"condition inputs, the manifest describes {len(m['features'])} and {conditions.width}"
+        )
+
+    params = {
+        **VAEDetector._UNRECORDED_PARAMS,
+        **{k: v for k, v in m["params"].items() if k in VAEDetector._PARAMS},
+    }
+    try:
+        symptom_mask(params["symptoms"], m["features"])
+        detector = VAEDetector(**params)
+    except (VaeguardError, *_MALFORMED) as exc:
+        raise BundleError(f"corrupt bundle at {path}: bad params ({exc})") from None
+    try:
+        _fill(detector, model, m, conditions, path)
+    except BundleError:
+        raise
+    except (VaeguardError, *_MALFORMED) as exc:  # a value the checks above let through
+        raise BundleError(
+            f"corrupt bundle at {path}: {type(exc).__name__}: {_short(str(exc))}"
+        ) from None
+    return detector
+
+
+#: What reading a malformed manifest value can raise (a wrong type, a huge or absurd number).
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError)
+
+
+def _fill(detector, model, m: dict[str, Any], conditions, path: Path) -> None:
+    """Give a fresh `VAEDetector` the model and everything the checked manifest records."""
+    from vaeguard.bundle import MANIFEST_FILE, sha256_file
+
+    detector.model_ = model
+    detector.feature_names_ = list(m["features"])
+    detector.n_features_in_ = len(m["features"])
+    detector.scaler_ = RobustScaler.from_dict(m["scaler"])
+    detector.conditions_ = conditions
+    detector.threshold_ = Threshold.from_dict(m["threshold"])
+    detector.baseline_ = np.asarray(m["baseline"], dtype="float64")
+    detector.plausible_range_ = None
+    if m.get("plausible_range") is not None:
+        from vaeguard.model.counterfactual import PlausibleRange
+
+        detector.plausible_range_ = PlausibleRange.from_dict(m["plausible_range"])
+    detector.score_reference_ = np.asarray(
+        m.get("score_reference") or [detector.threshold_.value], dtype="float64"
+    )
+    training = dict(m.get("training") or {})
+    detector.history_ = training.pop("history", {})
+    detector.training_info_ = training
+    detector.bundle_extra_ = m.get("extra") or {}
+    detector.latent_knn_ = None
+    if m.get("latent_knn") is not None:
+        from vaeguard.model.latent_knn import LatentKNN
+
+        try:
+            detector.latent_knn_ = LatentKNN.from_dict(m["latent_knn"], model.latent_dim)
+        except ValueError as exc:
+            raise BundleError(f"corrupt bundle at {path}: {exc}") from None
+    else:
+        # Saved before the latent kNN term existed (or without it): the score is the
+        # reconstruction probability alone, as it was when the bundle was written.
+        detector.knn_weight = 0.0
+    detector.parts_ = {}
+    parts = m.get("parts") or {}
+    for name, digest in parts.items():  # names and pins checked by read_manifest
+        part = path / name
+        if not (part / MANIFEST_FILE).is_file():
+            raise BundleError(f"corrupt bundle at {path}: part {name!r} is missing")
+        if sha256_file(part / MANIFEST_FILE) != digest:
+            raise BundleError(
+                f"corrupt bundle at {path}: part {name!r} does not match its recorded SHA-256"
+            )
+        detector.parts_[name] = load_bundle(part)
+    detector.manifest_ = m
+    detector._scorer = None

@@ -211,7 +211,7 @@ class ModelRegistry:
 
     def load(self, version: str | None = None):
         """Load a version (default: current) as a validated detector; returns (detector, version)."""
-        from vaeguard.bundle import load_bundle
+        from vaeguard.detector import load_bundle
 
         version = self._normalize(version) if version else self.current()
         if version is None:
@@ -256,7 +256,7 @@ class ModelRegistry:
 
     def promote(self, version: str, *, reason: str = "promote") -> str:
         """Make a version current after checking it loads (a broken version is refused)."""
-        from vaeguard.bundle import load_bundle
+        from vaeguard.detector import load_bundle
 
         version = self._normalize(version)
         with self.lock():  # checked and switched under one lock: a prune cannot come between

@@ -87,14 +87,17 @@ def test_the_table_shows_each_view_the_likelihood_and_the_schedule(bundle):
     # the likelihood decides, under the budget given; no view threshold is "the threshold"
     assert "the anomaly likelihood decides: a point alerts at 1 or more" in shown
     assert "alert budget 3 false alerts per 1,000 points per entity" in shown
-    assert "evt: the mean of each term's last 10 scores" in shown
+    assert "evt: each term's score vs the entity's last 1000" in shown
     assert "from 20 scores on; suppress 100 points" in shown
     assert "threshold " not in shown.replace("thresholds do not", "")
     view1 = shown[shown.index("view 1 ") : shown.index("view 2 ")]
     view2 = shown[shown.index("view 2 ") : shown.index("online learning")]
     assert view1.startswith("view 1 cpu, lat (16 inputs: cpu[t-7] … lat[t])")
     assert view2.startswith("view 2 cpu, lat, cpu_seasonal (24 inputs")
-    assert "hidden [16], latent 2, L = 4 MC draws, newest 8 slots scored" in view1
+    assert (
+        "hidden [16], latent 2, L = 4 MC draws, newest 4 slots scored, predicted from the "
+        "older 4 (the encoder does not see them)"
+    ) in view1
     assert "calibrated at " in view1 and " nats (quantile, target_fpr=0.01;" in view1
     # five hours of data hold no daily seasonal residual: view 2 says it cannot judge it
     assert "every channel learned" in view1
@@ -130,7 +133,8 @@ def test_json_is_a_compact_summary_matching_the_bundle(bundle):
     assert s["views"][1]["channel_slots"][2] == 0 and s["views"][1]["slots_needed"] == 16 * WINDOW
     for v, m, det in zip(s["views"], (manifest, part), views.views, strict=True):
         assert (v["hidden"], v["latent_dim"], v["mc_samples"]) == ([16], 2, 4)
-        assert v["score_slots"] == WINDOW
+        # (the default predicts the scored slots: a shorter window scores its newer half)
+        assert v["score_slots"] == WINDOW // 2 and v["predict_scored"] is True
         assert v["threshold"]["value"] == det.threshold_.value
         assert v["threshold"]["unit"] == "nats" and v["threshold"]["method"] == "quantile"
         assert v["model_sha256"] == m["model_sha256"] and v["verified"] is True

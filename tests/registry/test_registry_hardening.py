@@ -55,10 +55,10 @@ def assert_consistent(reg: ModelRegistry) -> None:
 
 def test_a_prune_during_promote_cannot_leave_current_dangling(detector, tmp_path, monkeypatch):
     """The worst interleaving, forced: a prune starts while promote is checking its version."""
-    import vaeguard.bundle
+    import vaeguard.detector
 
     reg = registry_with(tmp_path / "reg", detector, 4)  # v0001 current
-    real_load = vaeguard.bundle.load_bundle
+    real_load = vaeguard.detector.load_bundle
     pruned: list[list[str]] = []
     threads: list[threading.Thread] = []
 
@@ -76,7 +76,7 @@ def test_a_prune_during_promote_cannot_leave_current_dangling(detector, tmp_path
         t.join()  # nothing holds the prune back: let it run to the end first
         return loaded
 
-    monkeypatch.setattr(vaeguard.bundle, "load_bundle", load_while_a_prune_starts)
+    monkeypatch.setattr(vaeguard.detector, "load_bundle", load_while_a_prune_starts)
     try:
         reg.promote("v0003")
     finally:

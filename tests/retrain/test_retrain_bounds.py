@@ -164,7 +164,7 @@ def test_any_categories_encode_within_the_cap(train, score, cap):
 
 def test_a_capped_detector_saves_loads_and_scores_alike(tmp_path):
     from vaeguard import VAEDetector
-    from vaeguard.bundle import load_bundle
+    from vaeguard.detector import load_bundle
 
     x = make_normal_data(300, seed=7, n_features=2)
     region = [f"r{i % 40}" for i in range(300)]

@@ -43,6 +43,8 @@ OLD_KEYS = {
     "inputs",
     "seed",
 }
+#: Every key now: the old ones (kept) and those added since.
+KEYS = OLD_KEYS | {"predict_scored"}
 
 #: A model small enough to fit in a second.
 TINY = {"latent_dim": 2, "hidden": (8,), "train_steps": 8, "batch_size": 16, "mc_samples": 2}
@@ -140,7 +142,7 @@ def test_the_defaults_are_the_window_specs():
 def test_get_params_takes_deep_and_returns_every_constructor_parameter():
     det = WindowDetector(window=8, inputs="metrics", hidden=(16,))
     params = det.get_params(deep=True)
-    assert set(params) == set(inspect.signature(WindowDetector).parameters) == OLD_KEYS
+    assert set(params) == set(inspect.signature(WindowDetector).parameters) == KEYS
     assert params == det.get_params(deep=False) == det.get_params()
     assert set(VIEW_FIELDS) <= set(params)
     assert params["inputs"] == "metrics" and params["hidden"] == (16,) and params["window"] == 8
@@ -168,11 +170,18 @@ def test_resolved_params_are_what_get_params_gave_before():
         "learning_rate": 1e-3, "mc_samples": 16, "score_slots": None, "likelihood": None,
         "inputs": ["cpu", "mem"], "seed": 0,
     }  # fmt: skip
-    assert list(resolved) == list(det.get_params())  # the same key order as the bundles'
+    # the same key order as the bundles'; predict_scored only when set (old bundles read alike)
+    assert list(resolved) == [k for k in det.get_params() if k != "predict_scored"]
     json.dumps(resolved)
     # reading the normalized form back gives it unchanged
     assert WindowDetector.from_config(**resolved).resolved_params() == resolved
-    assert WindowDetector.from_config(**resolved).get_params() == resolved
+    assert WindowDetector.from_config(**resolved).get_params() == {
+        **resolved,
+        "predict_scored": False,
+    }
+    predicting = WindowDetector(window=8, score_slots=4, predict_scored=True).resolved_params()
+    assert list(predicting)[-1] == "predict_scored" and predicting["predict_scored"] is True
+    assert WindowDetector.from_config(**predicting).resolved_params() == predicting
 
 
 def test_set_params_sets_them_and_refuses_unknown_names_by_name():
@@ -285,7 +294,10 @@ def test_a_loaded_bundle_has_its_checked_parameters_and_scores_the_same(bundle):
     loaded = ViewSet.load(path)
     view = loaded.primary
     assert view.spec == det.spec and view.input_channels == ("value",)
-    assert view.get_params() == det.resolved_params() | {"likelihood": None}
+    assert view.get_params() == det.resolved_params() | {
+        "likelihood": None,
+        "predict_scored": False,
+    }
     assert loaded.likelihood_spec == det.likelihood_spec
     batch = windows(det)
     np.testing.assert_array_equal(
@@ -313,7 +325,8 @@ def test_a_bundle_with_a_bad_view_is_refused_when_loaded(bundle, tmp_path, edit,
 def test_an_old_flat_bundle_with_a_bad_parameter_is_refused_when_loaded(bundle, tmp_path):
     det, path = bundle
     flat = det.resolved_params()  # what window_mode held before views existed
-    assert ViewSet.load(_rewrite(path, tmp_path / "flat", flat)).primary.get_params() == flat
+    loaded = ViewSet.load(_rewrite(path, tmp_path / "flat", flat)).primary.get_params()
+    assert loaded == flat | {"predict_scored": False}
     bad = _rewrite(path, tmp_path / "bad", {**flat, "score_slots": 99})
     with pytest.raises(BundleError, match="score_slots must be between 1 and window"):
         ViewSet.load(bad)
@@ -321,7 +334,7 @@ def test_an_old_flat_bundle_with_a_bad_parameter_is_refused_when_loaded(bundle, 
 
 # -- arbitrary parameters --------------------------------------------------------------------------
 
-PARAM_NAMES = sorted(OLD_KEYS)
+PARAM_NAMES = sorted(KEYS)
 #: What checking arbitrary values raises (the bundle loader turns each into a BundleError).
 REFUSALS = (VaeguardError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
 

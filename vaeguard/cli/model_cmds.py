@@ -702,8 +702,13 @@ def _print_window_summary(model: Path, s: dict[str, Any]) -> None:
         t.add_row("alert budget", _budget_text(lk))
         t.add_row(
             "likelihood",
-            f"{lk['estimator']}: the mean of each term's last {lk['short']} scores vs the "
-            f"entity's last {lk['history']}, from {lk['min_history']} scores on; "
+            f"{lk['estimator']}: "
+            + (
+                "each term's score"
+                if lk["short"] == 1
+                else f"the mean of each term's last {lk['short']} scores"
+            )
+            + f" vs the entity's last {lk['history']}, from {lk['min_history']} scores on; "
             + (f"suppress {lk['suppress']} points" if lk["suppress"] else "no suppression"),
         )
     for k, v in enumerate(views):
@@ -754,7 +759,12 @@ def _view_text(v: dict[str, Any], window: int) -> str:
         f"{', '.join(inputs)} ({len(inputs) * window} inputs: "
         f"{inputs[0]}[t-{window - 1}] … {inputs[-1]}[t])",
         f"hidden {v['hidden']}, latent {v['latent_dim']}, L = {v['mc_samples']} MC draws, "
-        + ("whole window scored" if slots is None else f"newest {slots} slots scored"),
+        + ("whole window scored" if slots is None else f"newest {slots} slots scored")
+        + (
+            f", predicted from the older {window - slots} (the encoder does not see them)"
+            if v.get("predict_scored")
+            else ""
+        ),
         f"calibrated at {th['value']:.4f} nats ({th['method']}"
         + (f", {params}" if params else "")
         + f"; {_known(v['training']['calibration_windows'])} windows)",

@@ -276,7 +276,11 @@ def _configured(
         view.update({k: v for k, v in view_flags.items() if v is not None})
         slots = view.get("score_slots")
         if view_flags["score_slots"] is None and slots is not None:
-            view["score_slots"] = min(int(slots), int(spec.get("window", 32)))
+            # a shorter --window scores at most all of it, or, when the scored slots are
+            # predicted from the others, its newer half (as the default's 16 of 32)
+            window_slots = int(spec.get("window", 32))
+            most = max(1, window_slots // 2) if view.get("predict_scored") else window_slots
+            view["score_slots"] = min(int(slots), most)
     if not likelihood:
         params["likelihood"] = None
     elif likelihood_warmup is not None and params["likelihood"] is not None:

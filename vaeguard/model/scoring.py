@@ -68,7 +68,7 @@ class RawScores:
     z_mean: np.ndarray | None = None  # (n, latent_dim) posterior mean μ(x), for latent terms
 
 
-def reconstruction_terms(model, x, c, mask, epsilon):
+def reconstruction_terms(model, x, c, mask, epsilon, visible=None):
     """The scoring graph in `keras.ops`: returns (score, per-feature nll, expected value, μ).
 
     The L decoder passes are one batched call over L·n latent points. The per-feature terms are
@@ -77,6 +77,8 @@ def reconstruction_terms(model, x, c, mask, epsilon):
     """
     n_draws = ops.shape(epsilon)[0]
     x_in = x * mask if mask is not None else x
+    if visible is not None:  # the inputs the encoder sees (the others are predicted)
+        x_in = x_in * visible
     z_mean, z_log_var = model.encode(x_in, c)
     sigma = ops.exp(0.5 * z_log_var)
     z = ops.expand_dims(z_mean, 0) + ops.expand_dims(sigma, 0) * ops.expand_dims(epsilon, 1)
@@ -138,7 +140,15 @@ class Scorer:
     every size, JAX compiles one program per bucket, however the batch sizes vary.
     """
 
-    def __init__(self, model, mc_samples: int, seed: int, *, masked: bool = False):
+    def __init__(
+        self,
+        model,
+        mc_samples: int,
+        seed: int,
+        *,
+        masked: bool = False,
+        visible: np.ndarray | None = None,
+    ):
         if mc_samples < 1:
             raise ValueError("mc_samples must be at least 1")
         self.model = model
@@ -147,10 +157,11 @@ class Scorer:
         self.epsilon = fixed_epsilon(mc_samples, model.latent_dim, seed)
         self._log_l = math.log(mc_samples)
         conditional = model.n_conditions > 0
+        seen = None if visible is None else np.asarray(visible, dtype="float32")
 
         def graph(x, c, mask):
             return reconstruction_terms(
-                model, x, c if conditional else None, mask if masked else None, self.epsilon
+                model, x, c if conditional else None, mask if masked else None, self.epsilon, seen
             )
 
         self._graph = compile_function(graph, model)

@@ -182,6 +182,9 @@ class VAE(keras.Model):
         x, c, mask = self.unpack(inputs)
         if mask is not None:
             x = x * mask
+        visible = inputs.get("visible") if isinstance(inputs, dict) else None
+        if visible is not None:  # inputs the encoder must not see (predicted, not reconstructed)
+            x = x * visible
         z_mean, z_log_var = self.encode(x, c, training=training)
         z = self.sampling([z_mean, z_log_var])
         mean, log_var = self.decode(z, c, training=training)

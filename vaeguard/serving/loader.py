@@ -18,7 +18,8 @@ def load_serving(
     `vaeguard.errors.BundleError` for a missing, corrupt or incompatible bundle, and
     `vaeguard.errors.ConfigError` for a budget the bundle cannot take.
     """
-    from vaeguard.bundle import load_bundle, model_kind
+    from vaeguard.bundle import model_kind
+    from vaeguard.detector import load_bundle
 
     detector = load_bundle(Path(path))
     kind = model_kind(detector.manifest_)

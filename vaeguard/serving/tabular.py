@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from vaeguard.contributions import top_contributions
 from vaeguard.errors import BundleError
 from vaeguard.ingest import Reason, Rejection, entity_text, to_number, to_timestamp
 from vaeguard.scored import ScoredRecord
 from vaeguard.serving.base import Features, Inbound, Stateless
 from vaeguard.serving.calibration import FollowingThreshold
-from vaeguard.serving.explain import score_records, top_contributions
+from vaeguard.serving.explain import score_records
 from vaeguard.thresholds import p_values as tail_probabilities
 
 #: Scaled inputs are clipped to ±this many robust σ before scoring, so an absurd but finite

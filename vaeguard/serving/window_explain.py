@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from vaeguard.contributions import FLOAT_MAX, finite
 from vaeguard.errors import DataError
-from vaeguard.serving.explain import FLOAT_MAX, finite
 
 #: ``slots`` is the shortest run of consecutive slots holding at least this share of a metric's
 #: positive excess: most of it, without the small positive terms that noise leaves on every

@@ -54,6 +54,7 @@ MODEL_FIELDS = (
     "likelihood",
     "inputs",
     "seed",
+    "predict_scored",
 )
 
 
@@ -77,6 +78,7 @@ class _Checked(NamedTuple):
     likelihood_spec: LikelihoodSpec
     use_likelihood: bool
     seed: int
+    predict_scored: bool
 
 
 def _check(p: dict[str, Any]) -> _Checked:
@@ -115,6 +117,11 @@ def _check(p: dict[str, Any]) -> _Checked:
     slots = numbers["score_slots"]
     if slots is not None and not 1 <= slots <= spec.window:
         raise ValueError("score_slots must be between 1 and window")
+    predict = p["predict_scored"]
+    if not isinstance(predict, (bool, np.bool_)):
+        raise ValueError("predict_scored must be true or false")
+    if predict and (slots is None or slots >= spec.window):
+        raise ValueError("predict_scored needs score_slots below window (slots left to see)")
     return _Checked(
         spec=spec,
         inputs=inputs,
@@ -123,6 +130,7 @@ def _check(p: dict[str, Any]) -> _Checked:
         likelihood_spec=likelihood if likelihood is not None else LikelihoodSpec(),
         use_likelihood=likelihood is not None,
         seed=seed,
+        predict_scored=bool(predict),
     )
 
 
@@ -158,6 +166,11 @@ class WindowDetector:
         `LikelihoodSpec` (or dict) of the [0, 1] post-processing; None disables it.
     seed
         Makes initialization, training and scoring repeatable.
+    predict_scored
+        The encoder does not see the scored slots: the model predicts them from the older
+        slots of the window (and the conditions), in training and in scoring, so an anomaly in
+        them cannot pull the latent towards itself and be explained away. Needs
+        ``score_slots`` below ``window``.
     """
 
     # Fitted state, unset until `fit` (or a bundle) sets it: class-level, so that __init__
@@ -204,6 +217,7 @@ class WindowDetector:
         likelihood: LikelihoodSpec | dict[str, Any] | None = None,
         inputs: Sequence[str] | str | None = None,
         seed: int = 0,
+        predict_scored: bool = False,
     ):
         self.window = window
         self.metrics = metrics
@@ -233,6 +247,7 @@ class WindowDetector:
         self.likelihood = likelihood
         self.inputs = inputs
         self.seed = seed
+        self.predict_scored = predict_scored
 
     # -- scikit-learn conventions ----------------------------------------------------------------
 
@@ -267,6 +282,8 @@ class WindowDetector:
         """The parameters checked and normalized, as a bundle records them: the spec's fields
         completed, ``inputs`` the channel names, ``likelihood`` a dict (or None)."""
         r = self._checked()
+        # (predict_scored only when set: a bundle without it reads as before, by any version)
+        predict = {"predict_scored": True} if r.predict_scored else {}
         return {
             **r.spec.to_dict(),
             "latent_dim": r.latent_dim,
@@ -283,6 +300,7 @@ class WindowDetector:
             "likelihood": r.likelihood_spec.to_dict() if r.use_likelihood else None,
             "inputs": list(r.inputs),
             "seed": r.seed,
+            **predict,
         }
 
     @classmethod
@@ -380,7 +398,20 @@ class WindowDetector:
         self.model_ = model
         # every variable, including the sampling layer's seed-generator state (not a "weight")
         self._initial_weights = [v.numpy() for v in model.variables]
-        self._scorer = Scorer(model, r.mc_samples, seed=r.seed, masked=True)
+        self._scorer = Scorer(
+            model, r.mc_samples, seed=r.seed, masked=True, visible=self.encoder_visible()
+        )
+
+    def encoder_visible(self) -> np.ndarray | None:
+        """Which of the model's inputs its encoder sees (1) — None: all of them; with
+        ``predict_scored`` every input channel's scored slots are hidden (0)."""
+        r = self._checked()
+        if not r.predict_scored:
+            return None
+        w = r.spec.window
+        visible = np.ones((len(r.inputs), w), dtype="float32")
+        visible[:, w - r.score_slots :] = 0.0
+        return visible.reshape(-1)
 
     def _reinitialize(self) -> None:
         """Back to the initial weights and a fresh optimizer, without rebuilding the graphs."""
@@ -435,6 +466,9 @@ class WindowDetector:
             import_keras().utils.set_random_seed(r.seed)
             self.fits_ = 0
         inputs = {"x": x * mask, "mask": np.asarray(mask, dtype="float32")}
+        visible = self.encoder_visible()
+        if visible is not None:
+            inputs["visible"] = np.broadcast_to(visible, x.shape).copy()
         if r.spec.conditions:
             if c is None:
                 raise DataError("this detector uses time conditions: pass c")

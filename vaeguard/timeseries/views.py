@@ -48,12 +48,14 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: The one configuration of the streaming detector: what ``vaeguard train-window`` trains by
 #: default and the NAB runner learns online (chosen out-of-fold, benchmarks/RESULTS-nab.md).
 #: Two views of the last 32 rows, conditioned on the hour of day and scored on the newest 16
-#: slots: the metrics alone (``inputs: "metrics"``), and every channel (``inputs: null``): the
-#: metrics with the seasonal residual of the first one (value − median of the
-#: same time on the previous 3 days), so a missing daily peak is visible. The mean of each
-#: term's (view × metric) last 10 raw scores is judged by its tail probability against the
-#: entity's last 2000 such means (rank, then a fitted Pareto tail whose scale is at least 1 nat:
-#: the ``evt`` estimator); the most surprised term, Bonferroni-corrected; the alert
+#: slots, which each view predicts from the older 16 (``predict_scored``: the encoder does not
+#: see them, so an anomaly cannot explain itself away): the metrics alone
+#: (``inputs: "metrics"``), and every channel (``inputs: null``): the metrics with the
+#: seasonal residual of the first one (value − median of the same time on the previous 3
+#: days), so a missing daily peak is visible. Each term's (view × metric) raw score is judged
+#: by its tail probability against the entity's last 1000 such scores (rank, then a fitted
+#: Pareto tail whose scale is at least 1 nat: the ``evt`` estimator); the most surprised term,
+#: Bonferroni-corrected; the alert
 #: budget of 2 false alerts per 1,000 points sets the level (a tail of 2e-3), and an incident
 #: (with its ramp and tail) does not join the histories; an alert is kept only when it beats every output of
 #: the entity's previous 100 points. Time grid inferred per entity (gaps are missing slots);
@@ -68,6 +70,7 @@ _VIEW_MODEL: dict[str, Any] = {
     "batch_size": 64,
     "mc_samples": 16,
     "score_slots": 16,
+    "predict_scored": True,
 }
 DEFAULT_CONFIG: dict[str, Any] = {
     "window": {
@@ -81,8 +84,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "likelihood": {
         "estimator": "evt",
         "budget": 2.0,
-        "short": 10,
-        "history": 2000,
+        "short": 1,
+        "history": 1000,
         "min_history": 100,
         "min_std": 1.0,
         "suppress": 100,
@@ -520,12 +523,12 @@ class ViewSet:
     # -- bundles ---------------------------------------------------------------------------------
 
     def save(self, path, *, extra: dict[str, Any] | None = None):
-        from vaeguard.timeseries.bundle import save_window_bundle
+        from vaeguard.timeseries.codec import save_views
 
-        return save_window_bundle(self, path, extra=extra)
+        return save_views(self, path, extra=extra)
 
     @classmethod
     def load(cls, path) -> ViewSet:
-        from vaeguard.timeseries.bundle import load_window_bundle
+        from vaeguard.timeseries.codec import load_views
 
-        return load_window_bundle(path)
+        return load_views(path, ViewSet.from_params)

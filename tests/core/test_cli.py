@@ -304,3 +304,31 @@ def test_corrupt_bundle_from_the_cli(trained, tmp_path, labelled_csv):
         run_cli("score", "--model", broken, "--data", labelled_csv, "--out", tmp_path / "s.jsonl"),
         "corrupt bundle",
     )
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (("--threshold-method", "quantile", "--target-fpr", "2"), "target_fpr must be in (0, 1)"),
+        (("--threshold-method", "spot", "--risk", "5"), "risk must be in (0, 1)"),
+        (("--risk", "0"), "risk must be in (0, 1)"),
+    ],
+)
+def test_threshold_options_are_checked_before_training(labelled_csv, tmp_path, flags, fragment):
+    """Once found only after training, as a traceback (issue 28): now refused before any work,
+    in one line, and no bundle is written."""
+    out = tmp_path / "m"
+    result = run_cli(
+        "train", "--data", labelled_csv, "--out", out, "--label-column", "label", *flags
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vaeguard: error: ")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr  # (a warning may precede)
+    assert "epoch" not in result.stderr.lower() and not out.exists()
+
+
+def test_the_python_api_refuses_them_before_fitting():
+    from vaeguard import VAEDetector
+
+    with pytest.raises(ValueError, match="target_fpr must be in"):
+        VAEDetector(target_fpr=float("nan")).fit(np.zeros((10, 2)))

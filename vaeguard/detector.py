@@ -20,7 +20,7 @@ from vaeguard.contributions import top_contributions
 from vaeguard.data import feature_matrix
 from vaeguard.errors import BundleError, DataError, NotFittedError, VaeguardError
 from vaeguard.preprocessing import ConditionEncoder, RobustScaler
-from vaeguard.thresholds import Threshold, calibrate, is_budget
+from vaeguard.thresholds import Threshold, calibrate, check_probability, is_budget
 
 #: Fewest rows `fit` accepts: below this neither training nor calibration means anything.
 MIN_TRAIN_ROWS = 16
@@ -396,14 +396,8 @@ class VAEDetector:
         if not is_budget(self.budget):
             raise ValueError("budget must be in (0, 1000) false alerts per 1,000 rows")
         # (checked before training, not when the threshold is fitted after it)
-        for name in ("target_fpr", "risk"):
-            value = getattr(self, name)
-            try:
-                inside = not isinstance(value, bool) and 0.0 < float(value) < 1.0
-            except (TypeError, ValueError):
-                inside = False
-            if not inside:
-                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+        check_probability("target_fpr", self.target_fpr)
+        check_probability("risk", self.risk)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("validation_fraction must be in [0, 1)")
         if not (math.isfinite(self.knn_weight) and self.knn_weight >= 0):

@@ -15,6 +15,7 @@ extrapolates to risks far smaller than 1/n.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,10 +68,18 @@ def _clean(scores) -> np.ndarray:
     return s
 
 
+def check_probability(name: str, value: Any) -> None:
+    """`ValueError` naming ``name`` unless ``value`` is a real number in (0, 1) (a rate or a
+    risk): one rule for the estimator's parameters, checked before training, and the
+    threshold functions."""
+    inside = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (inside and 0.0 < value < 1.0):
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+
+
 def quantile_threshold(scores, target_fpr: float = 0.01) -> Threshold:
     """The (1 − target_fpr) empirical quantile: that share of normal rows scores above it."""
-    if not 0.0 < target_fpr < 1.0:
-        raise ValueError("target_fpr must be in (0, 1)")
+    check_probability("target_fpr", target_fpr)
     s = _clean(scores)
     value = float(np.quantile(s, 1.0 - target_fpr, method="higher"))
     return Threshold(value, "quantile", {"target_fpr": target_fpr}, int(s.size))
@@ -78,8 +87,7 @@ def quantile_threshold(scores, target_fpr: float = 0.01) -> Threshold:
 
 def spot_threshold(scores, risk: float = 1e-3, init_level: float = 0.98) -> Threshold:
     """SPOT's initial calibration: GPD over the peaks above the init_level quantile."""
-    if not 0.0 < risk < 1.0:
-        raise ValueError("risk must be in (0, 1)")
+    check_probability("risk", risk)
     if not 0.5 <= init_level < 1.0:
         raise ValueError("init_level must be in [0.5, 1)")
     s = _clean(scores)

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vaeguard.errors import DataError, NotFittedError
+from vaeguard.snapshot import is_count
 from vaeguard.timeseries.conditions import TimeConditions
 from vaeguard.timeseries.featurizer import WindowFeaturizer, WindowSpec
 from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
@@ -27,12 +28,12 @@ from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 #: Fewest windows `fit` accepts.
 MIN_TRAIN_WINDOWS = 16
 
-#: A model judges an input channel only when its last fit saw at least as many observed slots
-#: of it as ``MIN_TRAIN_WINDOWS`` full windows hold. A channel that appears only after the fit
-#: (the seasonal residual of a stream younger than its period, a metric added later) is masked
-#: when scored, not read as an anomaly, until a refit has seen it.
-
-#: ``training_info_`` key: observed slots of each input channel in the last fit's windows.
+#: ``training_info_`` key: observed slots of each input channel in the last fit's windows. A
+#: model judges an input channel only when its last fit saw at least as many observed slots of
+#: it as ``MIN_TRAIN_WINDOWS`` full windows hold (`WindowDetector.unlearned_channels`): a
+#: channel that appears only after the fit (the seasonal residual of a stream younger than its
+#: period, a metric added later) is masked when scored, not read as an anomaly, until a refit
+#: has seen it.
 CHANNEL_SLOTS = "channel_slots"
 
 #: The `WindowSpec` fields, which are constructor parameters too.
@@ -633,8 +634,6 @@ class WindowDetector:
 def channel_slots(info: Any, n_inputs: int) -> list[int] | None:
     """The observed-slot counts a ``training_info_`` records for ``n_inputs`` channels; None
     when it records none; `DataError` when they are not that many counts (a corrupt file)."""
-    from vaeguard.snapshot import is_count
-
     if not isinstance(info, dict) or info.get(CHANNEL_SLOTS) is None:
         return None
     seen = info[CHANNEL_SLOTS]

@@ -409,6 +409,7 @@ _SOURCES = (
     "vaeguard/model",
     "vaeguard/serving",
     "vaeguard/daemon/batch.py",
+    "vaeguard/apps/online.py",
     "vaeguard/thresholds.py",
     "vaeguard/detector.py",
 )

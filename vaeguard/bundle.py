@@ -13,7 +13,6 @@ kind's reader sits with its model (`vaeguard.detector.load_bundle`,
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import itertools
 import json
 import math
@@ -28,7 +27,7 @@ import numpy as np
 
 from vaeguard._version import __version__
 from vaeguard.errors import BundleError
-from vaeguard.files import replacing, write_atomic
+from vaeguard.files import replacing, sha256_file, write_atomic
 from vaeguard.snapshot import is_count, is_finite_number
 
 FORMAT = "vaeguard-bundle"
@@ -58,14 +57,6 @@ def library_versions() -> dict[str, str | None]:
         "tensorflow": version("tensorflow") or version("tensorflow-cpu"),
         "python": platform.python_version(),
     }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 #: Part names: ``views/1``, ``views/2`` … (relative, no way out of the bundle; matched whole).

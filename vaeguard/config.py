@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     FilePath,
@@ -31,7 +32,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from vaeguard.alerts.settings import AlertsSettings
-from vaeguard.errors import ConfigError
+from vaeguard.errors import ConfigError, VaeguardError
+from vaeguard.input_formats import InputSpec
 from vaeguard.redaction import redact
 from vaeguard.retrain.settings import RetrainSettings
 from vaeguard.severity import DEFAULT_BANDS, NORMAL
@@ -49,6 +51,19 @@ def _topic(name: str) -> str:
             f"{name!r} is not a valid Kafka topic name (ASCII letters, digits, '.', '_', '-')"
         )
     return name
+
+
+def _list_from_text(v: Any) -> Any:
+    """A list setting given as text (an environment variable): a JSON list or comma-separated."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"is not a valid JSON list ({exc.msg})") from None
+        return [t.strip() for t in text.split(",") if t.strip()]
+    return v
 
 
 class _Section(BaseModel):
@@ -101,15 +116,7 @@ class KafkaSettings(_Section):
     @classmethod
     def _topics_from_text(cls, v: Any) -> Any:
         """Accept a JSON list (the documented env form) or a comma-separated string."""
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("["):
-                try:
-                    return json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"is not a valid JSON list ({exc.msg})") from None
-            return [t.strip() for t in text.split(",") if t.strip()]
-        return v
+        return _list_from_text(v)
 
     @field_validator("input_topics")
     @classmethod
@@ -190,12 +197,69 @@ class KafkaSettings(_Section):
         return config
 
 
+class RegistryStoreSettings(_Section):
+    """An object-store registry's endpoint and credentials (model.path = ``s3://…``).
+
+    Each one left unset comes from the standard AWS sources (``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``,
+    profiles, instance roles).
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/?#]+/?", v.strip(), re.ASCII):
+            raise ValueError("must be an http:// or https:// URL of the S3 endpoint (host[:port])")
+        return v.strip() if v is not None else None
+
+    @model_validator(mode="after")
+    def _pair(self) -> RegistryStoreSettings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set access_key_id and secret_access_key together")
+        return self
+
+    def storage_options(self) -> dict[str, Any]:
+        """s3fs's options for what is set here (the rest: the standard AWS sources)."""
+        options: dict[str, Any] = {}
+        if self.endpoint_url:
+            options["endpoint_url"] = self.endpoint_url
+        if self.region:
+            options["client_kwargs"] = {"region_name": self.region}
+        if self.access_key_id and self.secret_access_key is not None:
+            options["key"] = self.access_key_id
+            options["secret"] = self.secret_access_key.get_secret_value()
+        return options
+
+
+def _model_path(v: Any) -> Any:
+    """An ``s3://`` URI stays text (a `Path` would fold its ``//``); anything else is a path."""
+    from vaeguard.registry_store import canonical_uri, looks_like_uri
+
+    if isinstance(v, str | Path) and looks_like_uri(v):
+        try:
+            return canonical_uri(v)
+        except VaeguardError as exc:
+            raise ValueError(str(exc)) from None
+    return Path(v) if isinstance(v, str) else v
+
+
 class ModelSettings(_Section):
     """Which model scores the stream, and on which device."""
 
     #: A model bundle directory (`vaeguard train --out`) or a model registry
-    #: (`vaeguard train --registry`), whose CURRENT version the daemon follows.
-    path: Path | None = None
+    #: (`vaeguard train --registry`), whose CURRENT version the daemon follows; a registry
+    #: may be on an object store: ``s3://bucket/prefix`` (``pip install 'vaeguard[s3]'``).
+    path: Annotated[Path | str | None, BeforeValidator(_model_path)] = None
+    #: An ``s3://`` registry's endpoint and credentials (see `RegistryStoreSettings`).
+    s3: RegistryStoreSettings = Field(default_factory=RegistryStoreSettings)
+    #: An ``s3://`` registry: the local folder its versions are downloaded to (None: the
+    #: user's cache, ``$XDG_CACHE_HOME/vaeguard/registries/…``).
+    cache_dir: Path | None = None
     device: str = "auto"
     #: How often to check the model path for a new version (0 = never).
     reload_interval_s: float = Field(30.0, ge=0)
@@ -207,6 +271,10 @@ class ModelSettings(_Section):
     #: normal rows' scores as the stream goes (a slowly drifting process does not alarm on
     #: every row); false keeps the threshold the bundle was calibrated with.
     follow_normal: bool = True
+
+    def registry_options(self) -> dict[str, Any]:
+        """The keyword arguments `ModelRegistry` takes for an ``s3://`` path."""
+        return {"storage_options": self.s3.storage_options(), "cache_dir": self.cache_dir}
 
     @field_validator("device")
     @classmethod
@@ -311,6 +379,63 @@ class SupervisorSettings(_Section):
     hang_timeout_s: float = Field(120.0, ge=10, le=86_400)
 
 
+class InputSettings(_Section):
+    """What the input topics carry and where each feature is in it (`vaeguard.input_formats`).
+
+    ``flat`` (the default) is vaeguard's own record; ``telegraf``, ``prometheus`` (the
+    remote-write Kafka adapter) and ``otlp-json`` are read through the field mapping. The same
+    section serves ``vaeguard train --settings``, so training and serving read alike.
+    """
+
+    format: Literal["flat", "telegraf", "prometheus", "otlp-json"] = "flat"
+    #: Feature name → selector: a path with optional matchers for Telegraf
+    #: (``fields.usage_user{name="cpu"}``), a metric with optional label matchers for the
+    #: one-sample formats (``node_cpu_seconds_total{mode="user"}``). Empty: a feature is a
+    #: Telegraf field / a metric of its own name.
+    fields: dict[str, str] = Field(default_factory=dict)
+    #: Path(s) of the entity (``tags.host``, ``labels.instance``, ``attributes.host.name``);
+    #: several make a label set. Empty: the format's default (those three).
+    entity: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Path of the timestamp (default ``timestamp``; OTLP: the data point's timeUnixNano).
+    time: str | None = None
+    #: Tabular models: a row holds the newest value of each feature within this interval.
+    interval_s: float = Field(10.0, gt=0, le=86_400)
+    #: Rows (one per entity and interval) waiting for their features, at most; the oldest
+    #: closes first.
+    max_rows: int = Field(10_000, ge=1, le=10_000_000)
+    #: A row waits at most this long (wall clock) for its features; the commit waits with it.
+    max_wait_s: float = Field(30.0, gt=0, le=3_600)
+    #: A row still missing features when it closes: ``dead_letter`` (reason missing_feature)
+    #: or ``mask`` (passed on without them: a model that cannot mask refuses it likewise).
+    incomplete: Literal["dead_letter", "mask"] = "dead_letter"
+
+    @field_validator("entity", mode="before")
+    @classmethod
+    def _entity_from_text(cls, v: Any) -> Any:
+        """Accept a JSON list (the env form) or a comma-separated string."""
+        return _list_from_text(v)
+
+    @model_validator(mode="after")
+    def _mapping(self) -> InputSettings:
+        if self.format == "flat" and (self.fields or self.entity or self.time):
+            raise ValueError("format: flat takes no fields, entity or time mapping")
+        self.spec()  # every selector and path parses
+        return self
+
+    def spec(self):
+        """The mapping as `vaeguard.input_formats` takes it."""
+        return InputSpec(
+            format=self.format,
+            fields=dict(self.fields),
+            entity=tuple(self.entity),
+            time=self.time,
+            interval_s=self.interval_s,
+            max_rows=self.max_rows,
+            max_wait_s=self.max_wait_s,
+            incomplete=self.incomplete,
+        )
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -332,6 +457,8 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    #: What the input topics carry (format) and where each feature is (field mapping).
+    input: InputSettings = Field(default_factory=InputSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
@@ -372,12 +499,30 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
             data[section] = {**data[section], **values}
         else:
             data[section] = values
+    _check_env_sections()
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, data, config_file)) from None
     except SettingsError as exc:
         raise ConfigError(_describe_settings_error(exc)) from None
+
+
+def _check_env_sections() -> None:
+    """An environment variable ``VAEGUARD_<SECTION>__…`` of no section is an unknown setting,
+    as an unknown key inside a section is (pydantic-settings would skip it silently)."""
+    known = sorted(Settings.model_fields)
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or ENV_DELIMITER not in upper[len(ENV_PREFIX) :]:
+            continue
+        section = upper[len(ENV_PREFIX) :].split(ENV_DELIMITER, 1)[0].lower()
+        if section not in known:
+            close = difflib.get_close_matches(section, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"known sections: {', '.join(known)}"
+            raise ConfigError(
+                f"unknown setting {section} (from environment variable {name}); {hint}"
+            )
 
 
 def read_yaml(path: Path | str) -> dict[str, Any]:

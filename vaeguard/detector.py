@@ -118,9 +118,9 @@ class VAEDetector:
         of −3 (σ ≥ 0.22 robust σ) keeps a nearly constant feature from turning the likelihood
         into a spike.
     mc_samples
-        L, the number of latent draws in the reconstruction probability. 16 by
-        benchmarks/mc_samples.py: ROC-AUC is flat from L = 8 on, score noise at 16 is within
-        10% of L = 32's, at twice its throughput.
+        L, the number of latent draws in the reconstruction probability, chosen by
+        benchmarks/mc_samples.py (ranking quality against score noise and throughput;
+        benchmarks/RESULTS-mc-samples.md).
     knn_weight, knn_k
         The latent space's own density (`vaeguard.model.latent_knn`): the score adds
         ``knn_weight`` × (robust σ of the reconstruction score on normal rows) per robust σ of

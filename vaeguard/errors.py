@@ -50,6 +50,11 @@ class LockHeld(RegistryError):
     thread), so callers can tell "busy" from a real failure by type."""
 
 
+class RegistryConflict(RegistryError):
+    """A conditional write to an object-store registry lost: the object already existed
+    (If-None-Match) or had changed since it was read (If-Match)."""
+
+
 # -- daemon (vaeguard.daemon) -----------------------------------------------------------------
 
 

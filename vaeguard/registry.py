@@ -22,6 +22,10 @@ writer cuts them off, so after a crash at any point the log ends where CURRENT p
 
 Everything is written owner-only (files 0600, or 0400 inside a version; folders 0700): who can
 write the registry chooses the model in service.
+
+The root may also be an object store, ``s3://bucket/prefix``: `ModelRegistry` then opens an
+`ObjectStoreRegistry`, with the same operations and guarantees built on single conditional
+requests instead of renames and flock (see its docstring).
 """
 
 from __future__ import annotations
@@ -89,7 +93,12 @@ class VersionInfo:
         }
 
 
-def is_registry(path) -> bool:
+def is_registry(path, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``path`` (a directory, or an ``s3://`` URI) holds a registry."""
+    from vaeguard.registry_store import looks_like_uri
+
+    if looks_like_uri(path):
+        return ObjectStoreRegistry.exists(path, storage_options)
     return (Path(path) / MARKER).is_file()
 
 
@@ -100,7 +109,23 @@ def _now() -> str:
 class ModelRegistry:
     """Versions of a model, one of them current. See the module docstring for the layout."""
 
-    def __init__(self, root, *, create: bool = False):
+    def __new__(cls, root=None, *args, **kwargs):
+        """An ``s3://bucket/prefix`` root opens an `ObjectStoreRegistry` (same operations)."""
+        from vaeguard.registry_store import looks_like_uri
+
+        if cls is ModelRegistry and looks_like_uri(root):
+            return super().__new__(ObjectStoreRegistry)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        root,
+        *,
+        create: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: Path | None = None,
+    ):
+        """``storage_options`` and ``cache_dir`` serve an object-store root only."""
         self.root = Path(root)
         if not is_registry(self.root):
             if not create:
@@ -405,3 +430,495 @@ def _make_writable(path: Path) -> None:
             p.chmod(stat.S_IRUSR | stat.S_IWUSR)
         elif p.is_dir():
             p.chmod(stat.S_IRWXU)
+
+
+# -- a registry on an object store -----------------------------------------------------------
+
+#: The object that makes a version visible, written last (see `ObjectStoreRegistry`).
+COMPLETE = "COMPLETE"
+#: The object that reserves a version number before its files are uploaded.
+CLAIM = ".claim"
+PROMOTION_LOG = "promotions"
+LOCKS = ".locks"
+_TOKEN_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
+
+
+class ObjectStoreRegistry(ModelRegistry):
+    """A registry at ``s3://bucket/prefix``: the same operations as a directory registry.
+
+        registry.json          marker: this prefix is a registry
+        v0001/…                a version's files, then v0001/COMPLETE (their sizes and sha256)
+        CURRENT                the switch in effect: {"to", "from", "seq", "at", "reason"}
+        promotions/000000001.json …  the log of switches (the newest one may be only in CURRENT)
+        .locks/registry, .locks/retrain   leases (holder, expiry), renewed while held
+
+    S3 has no rename and no directories, so visibility rests on single requests, each atomic:
+    a version counts only once its COMPLETE object exists, written after every file, with
+    ``If-None-Match: *``; readers ignore a version without it. CURRENT is replaced with one
+    PUT carrying ``If-Match`` on the ETag it was read with (compare-and-swap), after checking
+    that the named version is complete and loads, so it only ever names a complete version
+    and two promoters never lose a switch: the loser re-reads and applies its change on top.
+    The log entry of a switch is written after the switch (CURRENT holds it meanwhile) and
+    the next switch repairs a missing one. Mutations also hold the "registry" lease, as the
+    local registry holds its flock, so a prune cannot delete a version a promote is checking.
+
+    Readers (`path_of`, `load`, the daemon's reload) download a version into a local cache
+    folder (one per version and upload), verify every file against COMPLETE, then rename it
+    into place, so the existing loaders read a complete local bundle.
+    """
+
+    lease_ttl_s = 120.0
+    lock_timeout_s = 300.0
+
+    def __init__(
+        self,
+        root,
+        *,
+        create: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: Path | None = None,
+    ):
+        import hashlib
+
+        from vaeguard.registry_store import ObjectStore, canonical_uri
+
+        self.uri = canonical_uri(root)
+        self.root = self.uri  # type: ignore[assignment]  # messages name it like a folder
+        self.store = ObjectStore(self.uri, storage_options)
+        if cache_dir is None:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+            digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+            cache_dir = base / "vaeguard" / "registries" / digest
+        self.cache = Path(cache_dir)
+        if self.store.read(MARKER) is not None:
+            return
+        if not create:
+            if self.store.read(MANIFEST_FILE) is not None:
+                raise RegistryError(f"{self.uri} is a single model bundle, not a registry")
+            raise RegistryError(
+                f"no model registry at {self.uri} (create one with `vaeguard train --registry {self.uri}`)"
+            )
+        if any(not k.startswith(".") for k in self.store.list()):
+            raise RegistryError(f"cannot create a registry in {self.uri}: the prefix is not empty")
+        marker = {"format": "vaeguard-registry", "format_version": 1, "created_at": _now()}
+        with contextlib.suppress(_conflict()):
+            self.store.put(MARKER, json.dumps(marker).encode(), if_absent=True)
+
+    @classmethod
+    def exists(cls, root, storage_options: dict[str, Any] | None = None) -> bool:
+        from vaeguard.registry_store import ObjectStore
+
+        return ObjectStore(str(root), storage_options).read(MARKER) is not None
+
+    # -- locking: leases --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name: str = "registry", *, blocking: bool = True) -> Iterator[None]:
+        """A lease on ``.locks/<name>``: created with If-None-Match, renewed with If-Match.
+
+        A holder that dies leaves a lease that expires (`lease_ttl_s`) and is then taken over
+        with If-Match on its ETag, so two takers never both win. Blocking waits at most
+        `lock_timeout_s`. Leases rely on the machines' clocks agreeing to well within the TTL.
+        """
+        import threading
+        import uuid
+
+        key = f"{LOCKS}/{name}"
+        token = uuid.uuid4().hex
+        etag = self._acquire(key, name, token, blocking)
+        stop = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew, args=(key, token, etag, stop), name=f"vaeguard-lease-{name}"
+        )
+        renewer.daemon = True
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            got = self.store.get(key)
+            if got is not None and _lease(got[0]).get("token") == token:
+                self.store.delete([key])
+
+    def _lease_body(self, token: str) -> bytes:
+        import socket
+
+        return json.dumps(
+            {
+                "holder": f"{socket.gethostname()}:{os.getpid()}",
+                "token": token,
+                "expires_at": _time() + self.lease_ttl_s,
+            }
+        ).encode()
+
+    def _acquire(self, key: str, name: str, token: str, blocking: bool) -> str:
+        import time
+
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.02
+        while True:
+            try:
+                return self.store.put(key, self._lease_body(token), if_absent=True)
+            except _conflict():
+                pass
+            got = self.store.get(key)
+            if got is None:
+                continue  # released in between
+            holder = _lease(got[0])
+            if float(holder.get("expires_at", 0)) < _time():  # expired (or unreadable): take over
+                try:
+                    return self.store.put(key, self._lease_body(token), if_match=got[1])
+                except _conflict():
+                    continue
+            if not blocking or time.monotonic() >= deadline:
+                raise LockHeld(
+                    f"registry {self.uri}: the {name} lock is held by "
+                    f"{_short(holder.get('holder', 'another process'))}"
+                )
+            time.sleep(delay)  # back off: another process holds it
+            delay = min(delay * 2, 1.0)
+
+    def _renew(self, key: str, token: str, etag: str, stop) -> None:
+        import logging
+
+        while not stop.wait(self.lease_ttl_s / 3):
+            try:
+                etag = self.store.put(key, self._lease_body(token), if_match=etag)
+            except Exception as exc:  # lost (taken over after expiry) or the store is down
+                logging.getLogger("vaeguard.registry").warning(
+                    "registry lease not renewed", extra={"lock": key, "error": str(exc)}
+                )
+                if isinstance(exc, _conflict()):
+                    return
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _marker(self, version: str) -> dict[str, Any] | None:
+        """A version's COMPLETE record, or None when it is not (yet, or any more) complete."""
+        raw = self.store.read(f"{version}/{COMPLETE}")
+        try:
+            marker = json.loads(raw) if raw is not None else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if (
+            not isinstance(marker, dict)
+            or not isinstance(marker.get("files"), dict)
+            or not isinstance(marker.get("token"), str)
+            or not _TOKEN_RE.fullmatch(marker["token"])
+        ):
+            return None
+        return marker
+
+    def version_names(self) -> list[str]:
+        """The complete versions, oldest first (a version without COMPLETE is not one)."""
+        names = set()
+        for key in self.store.list():
+            head, _, rest = key.partition("/")
+            if rest == COMPLETE and is_version_name(head):
+                names.add(head)
+        return sorted(names, key=lambda n: int(n[1:]))
+
+    def _pointer(self) -> tuple[dict[str, Any] | None, str | None]:
+        """CURRENT as an entry (None when absent) and its ETag, read in one request."""
+        got = self.store.get(CURRENT)
+        if got is None:
+            return None, None
+        return _pointer_entry(got[0]), got[1]
+
+    def _read_current(self) -> str | None:
+        pointer, _ = self._pointer()
+        return None if pointer is None else pointer["to"]
+
+    def current(self) -> str | None:
+        name = self._read_current()
+        if name is None:
+            return None
+        if not is_version_name(name) or self._marker(name) is None:
+            raise RegistryError(
+                f"registry {self.uri}: CURRENT names {_short(name)}, which is not a complete "
+                "version here"
+            )
+        return name
+
+    def path_of(self, version: str) -> Path:
+        """A local, verified copy of a version (downloaded once into the cache folder)."""
+        version = self._normalize(version)
+        marker = self._marker(version)
+        if marker is None:
+            known = ", ".join(self.version_names()) or "none"
+            raise RegistryError(f"no version {version} in {self.uri} (versions: {known})")
+        return self._fetch(version, marker)
+
+    def _fetch(self, version: str, marker: dict[str, Any]) -> Path:
+        from vaeguard.files import sha256_file
+
+        final = self.cache / f"{version}-{marker['token'][:16]}"
+        if final.is_dir():
+            return final
+        self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = Path(tempfile.mkdtemp(dir=self.cache, prefix=".incoming-"))
+        try:
+            for rel, meta in marker["files"].items():
+                parts = rel.split("/") if isinstance(rel, str) else []
+                if (
+                    not parts
+                    or any(p in ("", ".", "..") for p in parts)
+                    or not isinstance(meta, dict)
+                ):
+                    raise RegistryError(f"version {version} in {self.uri}: COMPLETE is corrupt")
+                local = tmp.joinpath(*parts)
+                local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                try:
+                    self.store.download(f"{version}/{rel}", local)
+                except FileNotFoundError:
+                    raise RegistryError(
+                        f"version {version} in {self.uri} is incomplete: {_short(rel)} is missing"
+                    ) from None
+                if sha256_file(local) != meta.get("sha256"):
+                    raise RegistryError(
+                        f"version {version} in {self.uri} is corrupt: {_short(rel)} does not "
+                        "match its checksum in COMPLETE"
+                    )
+            _make_read_only(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():  # else another reader put the same copy in place first
+                    raise
+        finally:
+            if tmp.exists():
+                _make_writable(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def info(self, version: str, *, current: str | None = None) -> VersionInfo:
+        version = self._normalize(version)
+        if self._marker(version) is None:
+            known = ", ".join(self.version_names()) or "none"
+            raise RegistryError(f"no version {version} in {self.uri} (versions: {known})")
+        found = self.store.read_many([f"{version}/{LINEAGE}", f"{version}/{MANIFEST_FILE}"])
+        lineage = _json_dict(found.get(f"{version}/{LINEAGE}"))
+        manifest = _json_dict(found.get(f"{version}/{MANIFEST_FILE}"))
+        created = lineage.get("created_at", "") or manifest.get("created_at", "")
+        threshold = manifest.get("threshold")
+        threshold = threshold.get("value") if isinstance(threshold, dict) else None
+        if current is None:
+            current = self._read_current()
+        return VersionInfo(
+            version, self.cache / version, created, version == current, lineage, threshold
+        )
+
+    def versions(self) -> list[VersionInfo]:
+        current = self._read_current()
+        return [self.info(v, current=current or "") for v in self.version_names()]
+
+    def promotions(self) -> list[dict[str, Any]]:
+        """The switches, oldest first: the logged ones, then the one in CURRENT."""
+        pointer, _ = self._pointer()
+        logged = self._logged()
+        if pointer is None:
+            return [e for _, e in logged]
+        seq = pointer["seq"]
+        entries = [e for s, e in logged if seq <= 0 or s < seq]
+        if seq > 0:
+            entries.append(pointer)
+        elif is_version_name(pointer["to"]):  # CURRENT written by hand (seq 0)
+            last = entries[-1]["to"] if entries else None
+            if last != pointer["to"]:
+                entries.append({**pointer, "from": last, "reason": "outside change"})
+        return entries
+
+    def _logged(self) -> list[tuple[int, dict[str, Any]]]:
+        names = [
+            k
+            for k in self.store.list(PROMOTION_LOG + "/")
+            if re.fullmatch(PROMOTION_LOG + r"/[0-9]{9}\.json", k, re.ASCII)
+        ]
+        entries = []
+        for key, raw in self.store.read_many(names).items():
+            entry = _entry(raw)
+            if entry is not None:
+                entries.append((int(key[len(PROMOTION_LOG) + 1 : -5]), entry))
+        return sorted(entries, key=lambda se: se[0])
+
+    def _log_entry(self, entry: dict[str, Any]) -> None:
+        """Write a switch's log entry once (If-None-Match): a repeat is a no-op."""
+        with contextlib.suppress(_conflict()):
+            self.store.put(
+                f"{PROMOTION_LOG}/{entry['seq']:09d}.json",
+                (json.dumps(entry) + "\n").encode(),
+                if_absent=True,
+            )
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def register(
+        self, detector, lineage: dict[str, Any] | None = None, *, make_current: bool | None = None
+    ) -> str:
+        """Upload a detector as the next version; COMPLETE last, so it appears whole or not at all."""
+        import uuid
+
+        from vaeguard.bundle import save_bundle
+        from vaeguard.files import sha256_file
+
+        with self.lock(), tempfile.TemporaryDirectory(prefix="vaeguard-publish-") as tmp:
+            bundle = Path(tmp) / "bundle"
+            save_bundle(detector, bundle)
+            version = self._claim()
+            record = {
+                "version": version,
+                "created_at": _now(),
+                "parent": self._current_or_none(),
+                "data_fingerprint": detector.training_info_.get("data_fingerprint"),
+                **(lineage or {}),
+            }
+            write_atomic(bundle / LINEAGE, (json.dumps(record, indent=2) + "\n").encode())
+            files = {}
+            for path in sorted(bundle.rglob("*")):
+                if path.is_file():
+                    rel = path.relative_to(bundle).as_posix()
+                    files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+                    self.store.upload(path, f"{version}/{rel}")
+            marker = {
+                "version": version,
+                "token": uuid.uuid4().hex,
+                "created_at": record["created_at"],
+                "files": files,
+            }
+            self.store.put(f"{version}/{COMPLETE}", json.dumps(marker).encode(), if_absent=True)
+            if make_current or (make_current is None and self._read_current() is None):
+                self._set_current(version, "register")
+        return version
+
+    def _current_or_none(self) -> str | None:
+        try:
+            return self.current()
+        except RegistryError:
+            return None
+
+    def _claim(self) -> str:
+        """Reserve the next version number with an If-None-Match write (never reused)."""
+        taken = {
+            int(head[1:])
+            for head in (k.partition("/")[0] for k in self.store.list())
+            if is_version_name(head)
+        }
+        number = max(taken, default=0) + 1
+        while True:
+            if number > _MAX_VERSION:
+                raise RegistryError(f"registry {self.uri} is full: v{_MAX_VERSION} is the last")
+            version = f"v{number:04d}"
+            try:
+                self.store.put(f"{version}/{CLAIM}", b"", if_absent=True)
+                return version
+            except _conflict():
+                number += 1
+
+    def rollback(self) -> str:
+        with self.lock():
+            return self._switch(self._rollback_target)
+
+    def _rollback_target(self, pointer: dict[str, Any] | None) -> tuple[str, str]:
+        current = self.current()
+        previous = next(
+            (
+                p.get("from")
+                for p in reversed(self.promotions())
+                if p.get("to") == current and p.get("from")
+            ),
+            None,
+        )
+        if previous is None or self._marker(previous) is None:
+            raise RegistryError(
+                f"nothing to roll back to: {current or 'no version'} has no previous current version"
+            )
+        return previous, "rollback"
+
+    def prune(self, keep: int) -> list[str]:
+        """Like the local prune; a version's COMPLETE goes first, so it vanishes whole."""
+        if keep < 1:
+            raise RegistryError("--keep must be at least 1")
+        with self.lock():
+            names = self.version_names()
+            current = self.current()
+            protected = {current}
+            protected |= {p.get("from") for p in self.promotions() if p.get("to") == current}
+            doomed = [n for n in names[:-keep] if n not in protected]
+            for name in doomed:
+                self.store.delete([f"{name}/{COMPLETE}"])
+                rest = [k for k in self.store.list(name + "/") if k != f"{name}/{CLAIM}"]
+                self.store.delete(rest)  # the claim stays: a number is never handed out twice
+        return doomed
+
+    def _set_current(self, version: str, reason: str) -> None:
+        self._switch(lambda _pointer: (version, reason))
+
+    def _switch(self, decide) -> str:
+        """Compare-and-swap CURRENT to ``decide(pointer)``; a lost race re-reads and retries.
+
+        Whatever ``decide`` reads after CURRENT was read is checked by the If-Match: if
+        CURRENT moved meanwhile, the write fails and the decision is made again.
+        """
+        for _ in range(50):
+            pointer, etag = self._pointer()
+            seq = pointer["seq"] if pointer else 0
+            if pointer is not None and seq > 0:
+                self._log_entry(pointer)  # the previous switch's entry, if its writer died
+            else:  # no CURRENT yet, or one written by hand: number on from the log
+                logged = self._logged()
+                seq = logged[-1][0] if logged else 0
+                last = logged[-1][1]["to"] if logged else None
+                if pointer is not None and is_version_name(pointer["to"]) and last != pointer["to"]:
+                    seq += 1  # CURRENT was written by hand: log it as an outside change
+                    outside = {"from": last, "reason": "outside change"}
+                    self._log_entry({**pointer, **outside, "seq": seq})
+            target, reason = decide(pointer)
+            current = pointer["to"] if pointer and is_version_name(pointer["to"]) else None
+            entry = {"seq": seq + 1, "at": _now(), "from": current, "to": target, "reason": reason}
+            data = (json.dumps(entry) + "\n").encode()
+            try:
+                if etag is None:
+                    self.store.put(CURRENT, data, if_absent=True)
+                else:
+                    self.store.put(CURRENT, data, if_match=etag)
+            except _conflict():
+                continue
+            self._log_entry(entry)
+            return target
+        raise RegistryError(f"registry {self.uri}: CURRENT kept changing; try again")
+
+
+def _conflict():
+    from vaeguard.registry_store import Conflict
+
+    return Conflict
+
+
+def _time() -> float:
+    import time
+
+    return time.time()
+
+
+def _lease(raw: bytes) -> dict[str, Any]:
+    return _json_dict(raw)
+
+
+def _json_dict(raw: bytes | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw is not None else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _pointer_entry(raw: bytes) -> dict[str, Any]:
+    """CURRENT's content as a switch entry; a bare version name (written by hand) has seq 0."""
+    value = _json_dict(raw)
+    if value and isinstance(value.get("to"), str):
+        seq = value.get("seq")
+        entry = _entry(raw.strip()) or {"to": value["to"], "from": None}
+        return {**value, **entry, "seq": seq if isinstance(seq, int) and seq > 0 else 0}
+    text = raw.decode("utf-8", errors="replace").strip()
+    return {"to": text, "from": None, "seq": 0, "reason": "outside change"}

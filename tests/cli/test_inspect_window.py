@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from vaeguard.cli.exit_codes import ExitCode
 from vaeguard.cli.main import app
-from vaeguard.errors import BundleError, VaeguardError
 
 WINDOW = 8
 T0 = 1_700_000_000
@@ -220,9 +220,14 @@ def test_a_corrupt_view_part_is_refused_in_one_line(bundle, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("vaeguard: error: corrupt bundle"), lines
 
 
-def test_a_tabular_bundle_prints_its_manifest_as_before(small_bundle):
+def test_a_tabular_bundle_prints_a_summary_and_its_manifest_with_full(small_bundle):
+    """--json is a summary for every kind (a tabular manifest's calibration samples and
+    reference sets made it hundreds of KB, issue 28); --full is the manifest."""
     manifest = json.loads((small_bundle / "bundle.json").read_text())
-    assert json.loads(inspect("--model", small_bundle, "--json")) == manifest
+    summary = json.loads(inspect("--model", small_bundle, "--json"))
+    assert summary["kind"] == "tabular" and summary["features"] == manifest["features"]
+    assert summary["threshold"]["value"] == manifest["threshold"]["value"]
+    assert summary["model_sha256"] == manifest["model_sha256"]
     assert json.loads(inspect("--model", small_bundle, "--full")) == manifest
     text = inspect("--model", small_bundle)
     labels = [line.split("│")[1].strip() for line in text.splitlines() if line.count("│") == 3]
@@ -239,7 +244,8 @@ def test_a_tabular_bundle_prints_its_manifest_as_before(small_bundle):
     ]
     shown = flat(text)
     th = manifest["threshold"]
-    assert f"threshold {th['value']:.4f} ({th['method']}," in shown
+    assert f"threshold {th['value']:.4f} nats ({th['method']}; budget=" in shown
+    assert "{" not in shown  # key=value, not a dict repr
     assert f"alert budget {th['params']['budget']:g} false alerts per 1,000 normal rows" in shown
     assert f"training {manifest['training']['train_rows']} rows" in shown
     assert f"data {manifest['data_fingerprint']['rows']} rows, sha256" in shown
@@ -299,16 +305,16 @@ def test_any_edit_of_the_manifest_shows_or_is_refused_in_one_line(bundle, tmp_pa
     (where / "bundle.json").write_text(json.dumps(m))
     for args in ([], ["--json"]):
         result = CliRunner().invoke(app, ["inspect", "--model", str(where), *args])
-        if result.exception is None:
-            assert result.exit_code == 0
+        if result.exit_code == 0:
             if args:
                 assert json.loads(result.output)["kind"] == "window"
             else:
                 assert "window mode" in result.output
-        else:
-            assert isinstance(result.exception, VaeguardError), repr(result.exception)
-            assert isinstance(result.exception, BundleError)
-            assert "\n" not in str(result.exception)
+        else:  # a BundleError, as the one line the user sees (exit code 1, not a crash's 70)
+            assert result.exit_code == ExitCode.FAILURE, result.output
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("vaeguard: error: "), lines
+            assert "bundle" in lines[0], lines
 
 
 @pytest.mark.parametrize("likelihood", [[], "evt", 5])
@@ -320,8 +326,8 @@ def test_a_likelihood_that_is_not_an_object_is_refused(bundle, tmp_path, likelih
     m["extra"]["window_mode"]["likelihood"] = likelihood
     (odd / "bundle.json").write_text(json.dumps(m))
     result = CliRunner().invoke(app, ["inspect", "--model", str(odd)])
-    assert isinstance(result.exception, BundleError), repr(result.exception)
-    assert str(result.exception) == (
-        f"corrupt bundle at {odd}: bad window_mode parameters "
-        "(likelihood: expected an object or null)"
+    assert result.exit_code == ExitCode.FAILURE
+    assert result.stderr == (
+        f"vaeguard: error: corrupt bundle at {odd}: bad window_mode parameters "
+        "(likelihood: expected an object or null)\n"
     )

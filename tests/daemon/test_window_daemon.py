@@ -363,8 +363,9 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
         str(tmp_path / "b"),
     )
     assert bad.returncode != 0
-    assert bad.stderr.strip().splitlines() == [
-        "vaeguard: error: column 'mem' not found; columns are: cpu, host, lat, ts"
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "vaeguard: error: --metrics: metric column 'mem' not found; "
+        "columns are: cpu, host, lat, ts (see vaeguard train-window --help)"
     ]
     short = tmp_path / "short.jsonl"
     short.write_text("".join(json.dumps(r) + "\n" for r in host_points(0, 12, seed=0)))

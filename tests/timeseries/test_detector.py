@@ -79,13 +79,14 @@ def test_future_rows_do_not_change_past_scores(detector):
     assert not np.allclose(np.nan_to_num(a.raw[:, cut:]), np.nan_to_num(b.raw[:, cut:]))
 
 
-def test_the_probationary_rows_are_replayed_then_the_spike_stands_out(detector):
+def test_the_probationary_rows_build_the_state_then_the_spike_stands_out(detector):
     result = run_stream(detector, series(), first_fit=100, retrain_growth=2.0)
-    # the first model replays the probationary rows: the likelihood history starts there
+    # the rows the first model trained on build the windows only: no raw score, no opinion, and
+    # the likelihood history starts at the first fit, with scores of unseen rows only
     first = int(np.flatnonzero(np.isfinite(result.raw[0]))[0])
-    assert first < 12 and np.isfinite(result.raw[0, 12:100]).all()
+    assert first == 100 and np.isfinite(result.raw[0, 100:]).all()
     assert (result.output[: first + 40] == 0).all()  # no opinion before min_history scores
-    assert result.output[first + 40 : 100].max() > 0
+    assert result.output[first + 40 :].max() > 0
     assert ((result.output >= 0) & (result.output <= 1)).all()
     typical = np.nanmedian(result.raw[0, 100:])
     assert result.raw[0, SPIKE] > typical + 5

@@ -126,7 +126,8 @@ def _replay(raws, margin, monkeypatch):
 
 
 def test_an_incident_and_its_ramp_are_not_learned_so_the_next_one_still_alerts(monkeypatch):
-    raws, starts, span = _incidents()
+    # one every 600 points: within the budget's 2 per 1000, so every one is an incident
+    raws, starts, span = _incidents(every=600)
     lk, out = _replay(raws, INCIDENT_MARGIN, monkeypatch)
     alerted = [bool((out[s : s + span] >= 1.0).any()) for s in starts]
     assert all(alerted), alerted
@@ -139,6 +140,22 @@ def test_an_incident_and_its_ramp_are_not_learned_so_the_next_one_still_alerts(m
     _, plain = _replay(raws, 0, monkeypatch)
     missed = [not (plain[s : s + span] >= 1.0).any() for s in starts]
     assert sum(missed) >= len(starts) // 2
+
+
+def test_incidents_that_recur_more_often_than_the_budget_allows_are_learned(monkeypatch):
+    """Every 250 points (4 per 1000, the budget allows 2): from the third within a history's
+    span on they join the histories, so the stream's habit stops paging; the rate the budget
+    states holds again. Once it no longer looks beyond the level, the online refits learn it
+    too; the first ones, judged incidents, they leave out."""
+    raws, starts, span = _incidents(every=250)
+    lk, out = _replay(raws, INCIDENT_MARGIN, monkeypatch)
+    alerted = [bool((out[s : s + span] >= 1.0).any()) for s in starts]
+    assert all(alerted[:2])  # the first two are incidents
+    assert sum(alerted) <= len(starts) // 3, alerted  # then mostly the stream's habit
+    assert not any(lk.last_learned[s + 3 : s + 15].any() for s in starts[:2])
+    # the same incidents, rarer than the budget allows, alert every time (the test above)
+    held = lk._held["e"]
+    assert held.recurring and len(held.episodes) == 3  # what it needs to tell, no more
 
 
 def test_last_learned_marks_the_rows_beyond_the_level_and_around_them(monkeypatch):
@@ -200,6 +217,9 @@ held_values = st.one_of(
                             held_values, st.lists(st.lists(held_values, max_size=3), max_size=8)
                         ),
                         "quiet": held_values,
+                        "seen": held_values,
+                        "episodes": st.one_of(held_values, st.lists(held_values, max_size=4)),
+                        "recurring": held_values,
                     }
                 ),
             ),

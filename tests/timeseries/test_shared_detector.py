@@ -17,6 +17,7 @@ from vaeguard.apps.online import encode_records, run_online, step_settings
 from vaeguard.timeseries.views import ViewSet, merge_config
 
 N = 420
+FIRST_FIT = 150
 SPIKE = 330
 DIP = 380
 PERIOD = 60 * 60.0  # an hour of one-minute points: the seasonal channel is active early
@@ -58,14 +59,21 @@ def learned():
     params = merge_config(NAB_PARAMS, PARAMS)
     views = ViewSet.from_params(params)
     assert len(views.views) == 2 and views.spec.seasonal is not None
-    result = run_online(views, records(), first_fit=150)
+    result = run_online(views, records(), first_fit=FIRST_FIT)
     return views, result
 
 
 def test_the_runner_learns_online_with_two_views(learned):
     _, result = learned
-    assert result.trained_at == [150]
-    assert np.isfinite(result.raw).all(axis=0).sum() > 300  # both views scored every window
+    assert result.trained_at == [FIRST_FIT]
+    # no opinion before the first fit: the rows it trained on only build the state
+    assert not np.isfinite(result.raw[:, :FIRST_FIT]).any()
+    assert (result.output[:FIRST_FIT] == 0).all()
+    # the histories hold the scores of rows the model had not trained on only: the first opinion
+    # comes once min_history of them are in (the runner and the daemon alike)
+    min_history = PARAMS["likelihood"]["min_history"]
+    assert (result.output[FIRST_FIT : FIRST_FIT + min_history] == 0).all()
+    assert np.isfinite(result.raw[:, FIRST_FIT:]).all()  # both views scored every window since
     assert result.output[SPIKE] == 1.0
     assert ((result.output >= 0) & (result.output <= 1)).all()
 
@@ -87,7 +95,11 @@ def test_the_daemon_gives_the_same_outputs_for_the_bundle_the_runner_trained(
     plausible = serving.detector.plausible_range_
     assert plausible is not None
     low, high = plausible.low.min(), plausible.high.max()
-    for start in range(0, N, batch):
+    # The rows the runner's first fit trained on build the per-entity state; the likelihood
+    # histories then restart, as they do in the runner (and in a daemon started on the bundle).
+    assert not process(serving, messages[:FIRST_FIT], step_settings()).dead
+    serving.likelihood = serving.views.likelihood()
+    for start in range(FIRST_FIT, N, batch):
         done = process(serving, messages[start : start + batch], step_settings())
         assert not done.dead
         for r in done.scored:
@@ -126,11 +138,11 @@ def test_an_irregular_stream_is_scored_at_every_point_after_the_warm_up():
     assert params["window"]["min_observed"] == 0.0  # from the default configuration
     result = run_online(ViewSet.from_params(params), kept, first_fit=80)
     scored = np.isfinite(result.raw).all(axis=0)
-    assert scored[10:].all() and not scored[:3].any()  # the warm-up: the first 11 minutes
+    assert scored[80:].all() and not scored[:80].any()  # every point from the first fit on
 
     gated = merge_config(params, {"window": {"min_observed": 0.5}})
     old = run_online(ViewSet.from_params(gated), kept, first_fit=80)
-    assert np.isfinite(old.raw).all(axis=0)[10:].mean() < 0.9
+    assert np.isfinite(old.raw).all(axis=0)[80:].mean() < 0.9
 
 
 @pytest.mark.parametrize("batch", [50, 25])
@@ -155,7 +167,11 @@ def test_the_daemon_step_refits_online_where_the_runner_does(batch):
     messages = encode_records(records())
     outputs = np.zeros(N)
     refits = []
-    for start in range(0, N, batch):
+    # The rows the runner's first fit trained on build the per-entity state; the likelihood
+    # histories then restart, as they do in the runner (and in a daemon started on the bundle).
+    assert not process(serving, messages[:FIRST_FIT], step_settings()).dead
+    serving.likelihood = serving.views.likelihood()
+    for start in range(FIRST_FIT, N, batch):
         done = process(serving, messages[start : start + batch], step_settings())
         assert not done.dead
         if done.refit is not None:

@@ -9,7 +9,11 @@ do: nothing is known up front, so
    (`vaeguard.daemon.batch.process`) and its window-mode serving object
    (`vaeguard.serving.window.WindowServing`): the same decoding, featurizer, views, likelihood
    and suppression as ``vaeguard run``. Replaying the probationary rows builds the per-entity
-   state and the likelihood history the first scores are judged against;
+   state (windows, scales, seasonal history); the likelihood histories then restart, so, as in
+   a daemon started on a trained bundle, every score they hold is of a point the model had not
+   trained on (a model scores its own training points lower than new ones, and a history of
+   them would make every later point look rarer than it is). The runner has no opinion before
+   the first fit (output 0, no raw score), nor until the histories hold ``min_history`` scores;
 3. each time the stream has grown by ``retrain_growth``× (at most ``retrain_max_gap`` rows
    apart) the views retrain warm on the newest ``max_train`` windows of the rows seen so far,
    and serving continues with the same per-entity state. The serving object does this itself
@@ -149,12 +153,25 @@ def run_online(
     # Then every row from the first through the daemon's batch step; the serving object refits
     # itself when its schedule says so (`vaeguard.timeseries.learning`), after the batch that
     # reaches the due row: batches end exactly there, so the refits fall on the schedule's rows.
+    # The rows the first fit trained on only build the per-entity state: a batch ends at the
+    # first fit's row, and the likelihood histories restart there (the module docstring).
+    first = out.trained_at[0]
     fed = 0
     while fed < n:
         due = serving.learning.rows_until_due(serving.n_entities)
         stop = min(n, fed + chunk, fed + max(1, due) if math.isfinite(due) else n)
+        if fed < first:
+            stop = min(stop, first)
         part = messages[fed:stop]
         result = process(serving, part, settings)
+        if stop <= first:
+            out.refused += len(result.dead)
+            serving.last_raw = []
+            serving.restarted_terms = []
+            if stop == first:
+                serving.likelihood = serving.views.likelihood()
+            fed = stop
+            continue
         out.refused += len(result.dead)
         raws = serving.last_raw
         if result.scored and (not raws or len(raws[0]) != len(result.scored)):

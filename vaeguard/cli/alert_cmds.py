@@ -106,6 +106,7 @@ def synthetic_alert() -> Any:
 def alert_test(
     config: Path = CONFIG,
     sink: str = typer.Option(..., "--sink", "-s", help="Name of the sink in alerts.sinks."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object."),
 ) -> None:
     """Send one synthetic alert through a sink, with its retries; exit 1 if not delivered."""
     from vaeguard.alerts.delivery import describe_error
@@ -126,6 +127,19 @@ def alert_test(
         ) from None
     finally:
         worker.close(timeout=1.0)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "delivered": message.id,
+                    "sink": sink,
+                    "type": cfg.type,
+                    "attempts": attempts,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+            )
+        )
+        return
     typer.echo(
         f"delivered test alert {message.id} to sink {sink!r} ({cfg.type}) in "
         f"{time.monotonic() - started:.2f}s ({attempts} attempt{'s' if attempts != 1 else ''})"
@@ -203,6 +217,9 @@ def spool_flush(
     dead: bool = typer.Option(
         False, "--dead", help="Requeue the dead letters too (e.g. after fixing the receiver)."
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the outcome as one JSON object (per sink) on stdout."
+    ),
 ) -> None:
     """Redeliver spooled alerts now (rejected ones too), with each sink's retries; exit 1 if
     any stay in the spool."""
@@ -223,13 +240,18 @@ def spool_flush(
                 else f"no sink named {name!r} in alerts.sinks of {config}"
             )
     wanted = [n for n in names if n in present]
+    outcome: dict[str, dict[str, Any]] = {n: {} for n in wanted}
+    say = (lambda text: None) if as_json else typer.echo
     if dead:
         for name in wanted:
             requeued = Spool(directory, name).revive()
+            outcome[name]["requeued"] = requeued
             if requeued:
-                typer.echo(f"{name}: {requeued} dead letter(s) requeued")
+                say(f"{name}: {requeued} dead letter(s) requeued")
     if not wanted:
-        typer.echo(f"nothing to flush: the spool in {alerts_settings.spool_dir} is empty")
+        if as_json:
+            typer.echo(json.dumps({}))
+        say(f"nothing to flush: the spool in {alerts_settings.spool_dir} is empty")
         return
     workers = build_workers(alerts_settings, kafka_config=kafka, only=wanted, start=False)
     left = buried = 0
@@ -242,10 +264,18 @@ def spool_flush(
             detail = f", {worker.dead_lettered} dead-lettered" if worker.dead_lettered else ""
             if remaining or worker.dead_lettered:
                 detail += f"; last error: {worker.last_error}"
-            typer.echo(f"{name}: {delivered} delivered, {remaining} still pending{detail}")
+            say(f"{name}: {delivered} delivered, {remaining} still pending{detail}")
+            outcome[name].update(
+                delivered=delivered,
+                pending=remaining,
+                dead_lettered=worker.dead_lettered,
+                last_error=None if worker.last_error is None else str(worker.last_error),
+            )
     finally:
         for w in workers.values():
             w.close(timeout=1.0)
+    if as_json:
+        typer.echo(json.dumps(outcome))
     if left or buried:
         raise VaeguardError(
             f"{left} alert(s) are still in the spool"

@@ -39,9 +39,9 @@ def run(
     from vaeguard.config import load_settings
     from vaeguard.daemon.logs import configure_logging
 
+    n_workers = resolve_workers(workers)
     settings = load_settings(config)
     configure_logging(settings.logging.level)
-    n_workers = resolve_workers(workers)
     if n_workers > 1:
         _supervise(settings, config, n_workers)
         return
@@ -90,7 +90,9 @@ def _supervise(settings, config: Path | None, n_workers: int) -> None:
 
 
 def broker(
-    port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0 = any free port)."),
+    port: int = typer.Option(
+        0, "--port", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free port)."
+    ),
 ) -> None:
     """Run the embedded Kafka-compatible broker (Tansu) on loopback until Ctrl-C."""
     from vaeguard.broker import EmbeddedBroker
@@ -108,10 +110,15 @@ def broker(
 
 
 def replay(
-    data: Path = typer.Option(..., "--data", help="CSV or JSONL file of records."),
+    data: Path = typer.Option(
+        ..., "--data", help="CSV or JSONL file of records; - reads standard input."
+    ),
     topic: str = typer.Option(..., "--topic", help="Topic to produce to."),
     rate: float | None = typer.Option(
         None, "--rate", help="Records per second (default: as fast as possible)."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the outcome as one JSON object on stdout."
     ),
     bootstrap: str = typer.Option(
         "127.0.0.1:9092",
@@ -126,15 +133,29 @@ def replay(
     """Produce a file's rows to a topic as JSON, optionally paced (backfills, load tests)."""
     from vaeguard.apps.replay import file_rows
     from vaeguard.apps.replay import replay as do_replay
+    from vaeguard.cli._common import input_file, print_json, usage
 
+    if rate is not None and not (0 < rate < float("inf")):
+        raise usage("a positive number of records per second expected", "--rate")
+    import itertools
+
+    rows = file_rows(input_file(data))
+    first = next(rows)  # an empty or unreadable file is refused before connecting
+    if key_field is not None and key_field not in first:
+        raise usage(
+            f"column {key_field!r} not found; columns are: {', '.join(first)}", "--key-field"
+        )
     count, seconds = do_replay(
-        file_rows(data),
+        itertools.chain([first], rows),
         topic,
         bootstrap,
         rate=rate,
         key_field=key_field,
         progress=lambda n: typer.echo(f"  {n} records…", err=True),
     )
+    if as_json:
+        print_json({"records": count, "topic": topic, "seconds": round(seconds, 3)})
+        return
     typer.echo(
         f"produced {count} records to {topic} in {seconds:.1f}s ({count / max(seconds, 1e-9):,.0f} records/s)"
     )
@@ -142,9 +163,11 @@ def replay(
 
 def demo(
     seconds: float = typer.Option(
-        45.0, "--seconds", help="How long to stream the live workload after training."
+        45.0, "--seconds", min=1, help="How long to stream the live workload after training."
     ),
-    entities: int = typer.Option(6, "--entities", help="How many hosts the workload simulates."),
+    entities: int = typer.Option(
+        6, "--entities", min=1, max=1000, help="How many hosts the workload simulates."
+    ),
     seed: int = typer.Option(7, "--seed", help="Seed of the synthetic workload."),
 ) -> None:
     """Watch vaeguard work end to end: broker, workload, training, daemon, live anomalies."""

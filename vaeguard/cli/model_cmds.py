@@ -5,23 +5,41 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from vaeguard.cli import input_files
+from vaeguard.cli._common import (
+    OutputFormat,
+    check_destinations,
+    check_json_and_out,
+    check_kind,
+    csv_text,
+    input_file,
+    is_stdio,
+    jsonl_text,
+    load_model,
+    model_path,
+    output_format,
+    print_json,
+    usage,
+    write_output,
+)
 from vaeguard.errors import DataError
 
 #: Columns with these names are record metadata, never features unless asked for explicitly.
 RESERVED = ("key", "ts", "timestamp")
 
 
-def _split(value: str | None) -> list[str] | None:
+def _split(value: str | None, option: str) -> list[str] | None:
     if value is None:
         return None
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
-        raise DataError("an empty column list was given")
+        raise usage("an empty column list was given", option)
     return names
 
 
@@ -53,13 +71,19 @@ def _load_table(path: Path) -> dict[str, list[Any]]:
     return read_table(path)
 
 
+def _columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    from vaeguard.tabular_files import to_columns
+
+    return to_columns(records)
+
+
 def _subset(table: dict[str, list[Any]], keep: list[bool]) -> dict[str, list[Any]]:
     return {k: [v for v, k_ in zip(col, keep, strict=True) if k_] for k, col in table.items()}
 
 
 def _labels(table: dict[str, list[Any]], column: str, normal_value: str) -> list[int]:
     if column not in table:
-        raise DataError(f"label column {column!r} not found; columns are: {', '.join(table)}")
+        raise _not_found("label", column, table, "--label-column")
     labels = []
     for i, value in enumerate(table[column]):
         if value is None or str(value).strip() == "":
@@ -68,14 +92,27 @@ def _labels(table: dict[str, list[Any]], column: str, normal_value: str) -> list
     return labels
 
 
-def _load_model(path: Path):
-    from vaeguard.detector import VAEDetector
+class ThresholdMethod(StrEnum):
+    """How `train` sets the alert threshold on held-out rows."""
 
-    return VAEDetector.load(path)
+    budget = "budget"
+    quantile = "quantile"
+    spot = "spot"
+
+
+def _param_error(exc: ValueError) -> Exception:
+    """A detector parameter's error as a usage error naming its option (``target_fpr`` →
+    ``--target-fpr``)."""
+    message = str(exc)
+    name = message.split(" ", 1)[0].rstrip(":")
+    option = "--" + name.replace("_", "-") if name.isidentifier() else None
+    return usage(message, option)
 
 
 def train(
-    data: Path = typer.Option(..., "--data", help="CSV or JSONL of (mostly) normal rows."),
+    data: Path = typer.Option(
+        ..., "--data", help="CSV or JSONL of (mostly) normal rows; - reads standard input."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Bundle directory to write."),
     registry: Path | None = typer.Option(
         None,
@@ -102,8 +139,8 @@ def train(
     mc_samples: int | None = typer.Option(
         None, "--mc-samples", min=1, help="Monte-Carlo draws L in the score."
     ),
-    threshold_method: str | None = typer.Option(
-        None, "--threshold-method", help="budget (the default), quantile or spot."
+    threshold_method: ThresholdMethod | None = typer.Option(
+        None, "--threshold-method", help="How the threshold is set (default: budget)."
     ),
     budget: float | None = typer.Option(
         None,
@@ -122,27 +159,63 @@ def train(
     ),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the summary as one JSON object on stdout."
+    ),
+    input_settings: Path | None = typer.Option(None, input_files.OPTION, help=input_files.HELP),
 ) -> None:
     """Train a detector on normal data and write a model bundle."""
     from rich.console import Console
 
+    console = Console(stderr=True)
+    # every option is checked before the data is read and before any training
+    check_destinations(out, registry)
+    params: dict[str, Any] = {"seed": seed}
+    for name, value in (
+        ("epochs", epochs),
+        ("latent_dim", latent_dim),
+        ("mc_samples", mc_samples),
+        ("threshold_method", None if threshold_method is None else threshold_method.value),
+        ("budget", budget),
+        ("target_fpr", target_fpr),
+        ("risk", risk),
+    ):
+        if value is not None:
+            params[name] = value
+    if hidden:
+        try:
+            params["hidden"] = tuple(int(h) for h in hidden.split(","))
+        except ValueError:
+            raise usage(f"comma-separated integers expected, got {hidden!r}", "--hidden") from None
+    symptom_names = _split(symptoms, "--symptoms") or []
+    if symptom_names:
+        params["symptoms"] = tuple(symptom_names)
+    condition_names = _split(conditions, "--conditions") or []
+    feature_names = _split(features, "--features")
     from vaeguard.detector import VAEDetector
 
-    console = Console(stderr=True)
-    if out is None and registry is None:
-        raise DataError("say where the model goes: --out DIR and/or --registry DIR")
-    table = _load_table(data)
+    try:
+        detector = VAEDetector(**params)
+        detector._validate_params()
+    except ValueError as exc:
+        raise _param_error(exc) from None
+    path = input_file(data)
+
+    records = None
+    if input_settings is not None:  # Telegraf / Prometheus / OTLP messages, as the daemon reads
+        records = input_files.input_records(
+            path, input_settings, required=feature_names, assemble=True
+        )
+    table = _load_table(path) if records is None else _columns(records)
     n_rows = len(next(iter(table.values())))
     if label_column:
         labels = _labels(table, label_column, normal_value)
         table = _subset(table, [lab == 0 for lab in labels])
         if not table or not next(iter(table.values())):
             raise DataError(f"no rows have {label_column} = {normal_value!r}")
-    condition_names = _split(conditions) or []
     for name in condition_names:
         if name not in table:
-            raise DataError(f"condition column {name!r} not found; columns are: {', '.join(table)}")
-    feature_names = _split(features)
+            raise _not_found("condition", name, table, "--conditions")
     if feature_names is None:
         excluded = {label_column, *condition_names, *RESERVED}
         candidates = [c for c in table if c not in excluded]
@@ -157,34 +230,13 @@ def train(
     else:
         for name in feature_names:
             if name not in table:
-                raise DataError(
-                    f"feature column {name!r} not found; columns are: {', '.join(table)}"
-                )
-
-    params: dict[str, Any] = {"seed": seed}
-    for name, value in (
-        ("epochs", epochs),
-        ("latent_dim", latent_dim),
-        ("mc_samples", mc_samples),
-        ("threshold_method", threshold_method),
-        ("budget", budget),
-        ("target_fpr", target_fpr),
-        ("risk", risk),
-    ):
-        if value is not None:
-            params[name] = value
-    if hidden:
-        try:
-            params["hidden"] = tuple(int(h) for h in hidden.split(","))
-        except ValueError:
-            raise DataError(f"--hidden must be comma-separated integers, got {hidden!r}") from None
-    if symptoms:
-        params["symptoms"] = tuple(_split(symptoms) or ())
-    try:
-        detector = VAEDetector(**params)
-        detector._validate_params()
-    except ValueError as exc:
-        raise DataError(str(exc)) from None
+                raise _not_found("feature", name, table, "--features")
+    unknown = [s for s in symptom_names if s not in feature_names]
+    if unknown:
+        raise usage(
+            f"{', '.join(map(repr, unknown))} not among the features ({', '.join(feature_names)})",
+            "--symptoms",
+        )
 
     x = {name: table[name] for name in feature_names}
     c = {name: table[name] for name in condition_names} if condition_names else None
@@ -198,7 +250,15 @@ def train(
     where = write_model(
         detector, detector, out, registry, {"source": "train", "training_data": str(data)}
     )
-    _print_summary(console, detector, where, n_rows, time.monotonic() - started)
+    summary = _train_summary(detector, where, n_rows, time.monotonic() - started)
+    if as_json:
+        print_json(summary)
+    else:
+        _print_summary(console, detector, summary)
+
+
+def _not_found(what: str, name: str, table: dict[str, list[Any]], option: str) -> Exception:
+    return usage(f"{what} column {name!r} not found; columns are: {', '.join(table)}", option)
 
 
 def write_model(
@@ -256,60 +316,100 @@ def _progress_callback(console, epochs: int):
     return RichProgress()
 
 
-def _print_summary(console, detector, out: str, n_rows: int, seconds: float) -> None:
+def _train_summary(detector, where: str, n_rows: int, seconds: float) -> dict[str, Any]:
+    """What `train` reports, as plain JSON data (`--json`) and as the table."""
+    info = detector.training_info_
+    th = detector.threshold_
+    return {
+        "written_to": where,
+        "rows": n_rows,
+        "train_rows": info["train_rows"],
+        "validation_rows": info["validation_rows"],
+        "features": list(detector.feature_names_),
+        "conditions": [{"name": c.name, "kind": c.kind} for c in detector.conditions_.columns],
+        "epochs_run": info["epochs_run"],
+        "epochs": detector.epochs,
+        "final_loss": {
+            k: float(v)
+            for k, v in info["final"].items()
+            if k in ("reconstruction", "kl", "val_reconstruction", "val_kl")
+        },
+        "threshold": {
+            "value": float(th.value),
+            "method": th.method,
+            "params": {k: v for k, v in th.params.items() if k in ("budget", "target_fpr", "risk")},
+            "calibration_rows": th.calibration_rows,
+        },
+        "seconds": round(seconds, 3),
+    }
+
+
+def _print_summary(console, detector, s: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    info = detector.training_info_
     t = Table(title="vaeguard model trained", show_header=False, title_justify="left")
-    t.add_row("written to", out)
+    t.add_row("written to", escape(s["written_to"]))
     t.add_row(
         "rows",
-        f"{n_rows} read, {info['train_rows']} trained on, {info['validation_rows']} held out",
+        f"{s['rows']} read, {s['train_rows']} trained on, {s['validation_rows']} held out",
     )
-    t.add_row("features", ", ".join(detector.feature_names_))
-    if detector.conditions_.columns:
+    t.add_row("features", escape(", ".join(s["features"])))
+    if s["conditions"]:
         t.add_row(
-            "conditions", ", ".join(f"{c.name} ({c.kind})" for c in detector.conditions_.columns)
+            "conditions", escape(", ".join(f"{c['name']} ({c['kind']})" for c in s["conditions"]))
         )
-    t.add_row(
-        "epochs", f"{info['epochs_run']} of {detector.epochs} (early stopping on validation ELBO)"
+    t.add_row("epochs", f"{s['epochs_run']} of {s['epochs']} (early stopping on validation ELBO)")
+    t.add_row("final loss", "  ".join(f"{k} {v:.3f}" for k, v in s["final_loss"].items()))
+    th = s["threshold"]
+    shown = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in th["params"].items()
+        if k in ("target_fpr", "risk", "budget")
     )
-    final = info["final"]
-    t.add_row(
-        "final loss",
-        "  ".join(
-            f"{k} {final[k]:.3f}"
-            for k in ("reconstruction", "kl", "val_reconstruction", "val_kl")
-            if k in final
-        ),
-    )
-    th = detector.threshold_
-    t.add_row(
-        "threshold",
-        f"{th.value:.3f} ({th.method}, {', '.join(f'{k}={v}' for k, v in th.params.items() if k in ('target_fpr', 'risk'))}; {th.calibration_rows} held-out rows)",
-    )
-    t.add_row("time", f"{seconds:.1f} s")
+    method = f"{th['method']}, {shown}" if shown else th["method"]
+    t.add_row("threshold", f"{th['value']:.3f} ({method}; {th['calibration_rows']} held-out rows)")
+    t.add_row("time", f"{s['seconds']:.1f} s")
     console.print(t)
 
 
 def score(
-    model: Path = typer.Option(..., "--model", help="Model bundle directory."),
-    data: Path = typer.Option(..., "--data", help="CSV or JSONL to score."),
-    out: Path = typer.Option(..., "--out", help="JSONL output, one line per input row."),
+    model: Path = typer.Option(
+        ..., "--model", help="Model bundle directory, or a registry (its current version)."
+    ),
+    data: Path = typer.Option(..., "--data", help="CSV or JSONL to score; - reads standard input."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Results file, one row per input row; - writes standard output. JSON Lines "
+        "(score records), or CSV (the input rows with score columns appended).",
+    ),
+    fmt: OutputFormat | None = typer.Option(
+        None, "--format", help="Format of --out (default: from its extension; jsonl for -)."
+    ),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Contributing features per row."),
     max_record_bytes: int = typer.Option(
         262_144, "--max-record-bytes", min=64, help="Largest row accepted (as the daemon's)."
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the summary as one JSON object on stdout."
+    ),
 ) -> None:
     """Score every row exactly as the daemon would: a score record per scored row, a
     refusal (reason and detail) per row the daemon would dead-letter."""
+    check_json_and_out(as_json, out)
+    out_format = output_format(out, fmt)
+    path = input_file(data)
+    bundle, version = model_path(model)
+    check_kind(bundle, "score", ("tabular", "window"))
+
     from vaeguard.daemon.batch import StepSettings, process
     from vaeguard.serving import load_serving
     from vaeguard.severity import DEFAULT_BANDS
-    from vaeguard.tabular_files import csv_header, iter_raw_rows, write_jsonl
+    from vaeguard.tabular_files import csv_header, iter_raw_rows
 
-    serving = load_serving(model, _version_of(model))
-    header = csv_header(data) if data.is_file() else None
+    serving = load_serving(bundle, version or _version_of(bundle))
+    header = csv_header(path)
     if header is not None:
         missing = [f for f in serving.required_fields if f not in header]
         if missing:
@@ -329,6 +429,7 @@ def score(
     )
     rows: list[dict[str, Any]] = []
     chunk: list[_FileRow] = []
+    inputs: list[bytes | str] = []  # the rows as read, for CSV output
     source = str(data)
 
     def flush() -> None:
@@ -349,8 +450,10 @@ def score(
         chunk.clear()
 
     n_read = 0
-    for line_no, raw in iter_raw_rows(data):
+    for line_no, raw in iter_raw_rows(path):
         n_read += 1
+        if out_format == "csv":
+            inputs.append(raw)
         if isinstance(raw, str):
             flush()  # keep the output in row order
             detail = f"line {line_no}: {raw}"
@@ -362,19 +465,100 @@ def score(
     flush()
     if n_read == 0:
         raise DataError(f"{data}: the file has no data rows")
-    write_jsonl(out, rows)
+    if out_format == "csv":
+        write_output(out, _scores_csv(header, inputs, rows))
+    else:
+        write_output(out, jsonl_text(rows))
     flagged = sum(1 for r in rows if r.get("is_anomaly"))
     refused = sum(1 for r in rows if "rejected" in r)
     buffered = n_read - len(rows)
     threshold = next((r["threshold"] for r in rows if "threshold" in r), None)
+    summary = {
+        "rows": n_read,
+        "scored": len(rows) - refused,
+        "anomalies": flagged,
+        "refused": refused,
+        "filling_windows": buffered,
+        "threshold": threshold,
+        "model": str(bundle),
+        "model_version": version,
+        "out": str(out),
+        "format": out_format,
+    }
+    if as_json:
+        print_json(summary)
+        return
     typer.echo(
         f"scored {len(rows) - refused} rows, {flagged} above the threshold"
         + (f" {threshold:.3f}" if threshold is not None else "")
         + (f", {refused} refused" if refused else "")
         + (f", {buffered} only filled windows" if buffered else "")
-        + f" → {out}",
+        + f" → {'standard output' if is_stdio(out) else out}",
         err=True,
     )
+
+
+#: The columns `score` appends to the input rows in CSV output (prefixed ``vaeguard_`` when
+#: an input column already has one of these names).
+SCORE_COLUMNS = (
+    "score",
+    "threshold",
+    "is_anomaly",
+    "severity",
+    "p_value",
+    "anomaly_likelihood",
+    "top_features",
+    "model_version",
+    "rejected",
+)
+
+
+def _scores_csv(
+    header: list[str] | None, inputs: list[bytes | str], rows: list[dict[str, Any]]
+) -> str:
+    """Every input row, in order, with the score columns appended (empty where a row only
+    filled a window; ``rejected`` holds the reason of a refused row)."""
+    records: list[dict[str, Any]] = []
+    names: dict[str, None] = dict.fromkeys(header or [])
+    for raw in inputs:
+        record: dict[str, Any] = {}
+        if isinstance(raw, bytes):
+            try:
+                decoded = json.loads(raw)
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, dict):
+                record = decoded
+                names.update(dict.fromkeys(record))
+        records.append(record)
+    clash = any(c in names for c in SCORE_COLUMNS)
+    appended = [f"vaeguard_{c}" if clash else c for c in SCORE_COLUMNS]
+    verdicts = {r["row"]: r for r in rows}
+
+    def cell(value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, dict | list):
+            return json.dumps(value, separators=(",", ":"))
+        return value
+
+    def out_rows():
+        for n, record in enumerate(records, start=1):
+            v = verdicts.get(n, {})
+            rejected = v.get("rejected")
+            yield [cell(record.get(c)) for c in names] + [
+                cell(v.get("score")),
+                cell(v.get("threshold")),
+                "" if "is_anomaly" not in v else str(bool(v["is_anomaly"])).lower(),
+                cell(v.get("severity")),
+                cell(v.get("p_value")),
+                cell(v.get("anomaly_likelihood")),
+                ";".join(c["feature"] for c in v.get("contributions") or []),
+                cell(v.get("model_version")),
+                f"{rejected['reason']}: {rejected['detail']}" if rejected else "",
+            ]
+
+    return csv_text([*names, *appended], out_rows())
 
 
 @dataclass(frozen=True)
@@ -397,9 +581,12 @@ def _version_of(path: Path) -> str:
     return read_manifest(path)["model_sha256"][:12]
 
 
+MODEL_HELP = "Model bundle directory, or a registry (its current version)."
+
+
 def evaluate(
-    model: Path = typer.Option(..., "--model"),
-    data: Path = typer.Option(..., "--data", help="Labelled CSV or JSONL."),
+    model: Path = typer.Option(..., "--model", help=MODEL_HELP),
+    data: Path = typer.Option(..., "--data", help="Labelled CSV or JSONL; - reads standard input."),
     label_column: str = typer.Option(..., "--label-column"),
     normal_value: str = typer.Option(
         "0", "--normal-value", help="Label value of normal rows; any other value is an anomaly."
@@ -409,8 +596,9 @@ def evaluate(
     """ROC-AUC, average precision, precision / recall / F1 at the bundle threshold, best F1."""
     from vaeguard.evaluation import evaluate as run_evaluation
 
-    detector = _load_model(model)
-    table = _load_table(data)
+    path = input_file(data)
+    detector = load_model(model, "evaluate")
+    table = _load_table(path)
     labels = _labels(table, label_column, normal_value)
     scores = detector.decision_function(table)
     result = run_evaluation(labels, scores, detector.threshold)
@@ -444,27 +632,31 @@ def _parse_conditions(values: list[str]) -> dict[str, str] | None:
     out = {}
     for item in values:
         if "=" not in item:
-            raise DataError(f"--condition takes NAME=VALUE, got {item!r}")
+            raise usage(f"NAME=VALUE expected, got {item!r}", "--condition")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
 
 
-def _write_rows(path: Path, names: list[str], matrix) -> None:
-    from vaeguard.tabular_files import detect_format, write_csv, write_jsonl
-
-    if detect_format(path) == "csv":
-        write_csv(path, names, ([float(v) for v in row] for row in matrix))
+def _write_rows(path: Path, fmt: str, names: list[str], matrix) -> None:
+    if fmt == "csv":
+        write_output(path, csv_text(names, ([float(v) for v in row] for row in matrix)))
     else:
-        write_jsonl(
-            path, ({n: float(v) for n, v in zip(names, row, strict=True)} for row in matrix)
+        write_output(
+            path,
+            jsonl_text({n: float(v) for n, v in zip(names, row, strict=True)} for row in matrix),
         )
 
 
+OUT_HELP = "CSV or JSONL file; - writes standard output."
+FORMAT_HELP = "Format of --out (default: from its extension; jsonl for -)."
+
+
 def generate(
-    model: Path = typer.Option(..., "--model"),
+    model: Path = typer.Option(..., "--model", help=MODEL_HELP),
     n: int = typer.Option(..., "-n", "--n", min=1, help="Rows to generate."),
-    out: Path = typer.Option(..., "--out", help="CSV or JSONL."),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    fmt: OutputFormat | None = typer.Option(None, "--format", help=FORMAT_HELP),
     condition: list[str] = typer.Option(
         [], "--condition", help="NAME=VALUE for a conditional model (repeatable)."
     ),
@@ -472,58 +664,86 @@ def generate(
     mean_only: bool = typer.Option(
         False, "--mean-only", help="Decoder means instead of draws from p(x|z)."
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the summary as one JSON object on stdout."
+    ),
 ) -> None:
     """Generate synthetic normal rows: z ~ N(0, I) through the decoder."""
-    detector = _load_model(model)
-    rows = detector.sample(n, _parse_conditions(condition), noise=not mean_only, seed=seed)
-    _write_rows(out, detector.feature_names_, rows)
-    typer.echo(f"generated {n} rows → {out}", err=True)
+    check_json_and_out(as_json, out)
+    out_format = output_format(out, fmt)
+    conditions = _parse_conditions(condition)
+    detector = load_model(model, "generate")
+    rows = detector.sample(n, conditions, noise=not mean_only, seed=seed)
+    _write_rows(out, out_format, detector.feature_names_, rows)
+    if as_json:
+        print_json({"rows": n, "out": str(out), "format": out_format})
+    else:
+        typer.echo(f"generated {n} rows → {out}", err=True)
 
 
 def interpolate(
-    model: Path = typer.Option(..., "--model"),
-    data: Path = typer.Option(..., "--data", help="CSV or JSONL holding the two end rows."),
+    model: Path = typer.Option(..., "--model", help=MODEL_HELP),
+    data: Path = typer.Option(
+        ..., "--data", help="CSV or JSONL holding the two end rows; - reads standard input."
+    ),
     start: int = typer.Option(1, "--from-row", min=1, help="1-based row number of the start."),
     end: int = typer.Option(2, "--to-row", min=1, help="1-based row number of the end."),
     steps: int = typer.Option(10, "--steps", min=2),
-    out: Path = typer.Option(..., "--out", help="CSV or JSONL."),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    fmt: OutputFormat | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the summary as one JSON object on stdout."
+    ),
 ) -> None:
     """Decode the straight line between two rows' latent means."""
     from vaeguard.tabular_files import read_records
 
-    detector = _load_model(model)
-    records = read_records(data)
+    check_json_and_out(as_json, out)
+    out_format = output_format(out, fmt)
+    path = input_file(data)
+    detector = load_model(model, "interpolate")
+    records = read_records(path)
     for row in (start, end):
         if row > len(records):
             raise DataError(f"row {row} does not exist: {data} has {len(records)} rows")
     conditions = None
     if detector.conditions_.columns:
         conditions = {name: [records[start - 1].get(name)] for name in detector.conditions_.names}
-    path = detector.interpolate(records[start - 1], records[end - 1], steps, conditions)
-    _write_rows(out, detector.feature_names_, path)
-    typer.echo(f"interpolated {steps} points between rows {start} and {end} → {out}", err=True)
+    line = detector.interpolate(records[start - 1], records[end - 1], steps, conditions)
+    _write_rows(out, out_format, detector.feature_names_, line)
+    if as_json:
+        print_json(
+            {"rows": steps, "from_row": start, "to_row": end, "out": str(out), "format": out_format}
+        )
+    else:
+        typer.echo(f"interpolated {steps} points between rows {start} and {end} → {out}", err=True)
 
 
 def inspect(
-    model: Path = typer.Option(..., "--model"),
+    model: Path = typer.Option(..., "--model", help=MODEL_HELP),
     as_json: bool = typer.Option(
         False,
         "--json",
-        help="Print JSON: a tabular bundle's validated manifest, a window bundle's summary.",
+        help="Print a summary as one JSON object (--full: the whole manifest).",
     ),
     full: bool = typer.Option(
         False, "--full", help="Print the whole validated manifest as JSON (any kind of bundle)."
     ),
 ) -> None:
     """Validate a bundle and show what it holds."""
+    from vaeguard.detector import VAEDetector
     from vaeguard.timeseries.bundle import is_window_model
 
-    detector = _load_model(model)
+    model, _ = model_path(model)
+    detector = VAEDetector.load(model)
     m = detector.manifest_
     # a window bundle is checked as serving reads it (window_mode, views, schedule) first
     views = _window_views(detector, model) if is_window_model(detector) else None
-    if full or (as_json and views is None):
+    if full:
         typer.echo(json.dumps(m, indent=2))
+        return
+    if as_json and views is None:
+        typer.echo(json.dumps({"bundle": str(model), **_tabular_summary(m)}, indent=2))
         return
     if views is not None:
         summary = _window_summary(detector, views)
@@ -547,8 +767,8 @@ def inspect(
     t.add_row("features", escape(", ".join(m["features"])))
     if m["conditions"]:
         t.add_row("conditions", ", ".join(f"{c['name']} ({c['kind']})" for c in m["conditions"]))
-    shown = {k: v for k, v in th["params"].items() if k not in ("reference", "tail")}
-    t.add_row("threshold", escape(f"{th['value']:.4f} ({th['method']}, {shown})"))
+    shown = ", ".join(f"{k}={v}" for k, v in th["params"].items() if _scalar(v))
+    t.add_row("threshold", escape(f"{th['value']:.4f} nats ({th['method']}; {shown})"))
     p = m["params"]
     t.add_row(
         "architecture",
@@ -565,6 +785,35 @@ def inspect(
     t.add_row("data", f"{fp.get('rows')} rows, sha256 {str(fp.get('sha256', ''))[:16]}…")
     t.add_row("model file", f"{m['model_file']} sha256 {m['model_sha256'][:16]}… (verified)")
     Console().print(t)
+
+
+def _tabular_summary(m: dict[str, Any]) -> dict[str, Any]:
+    """What a tabular bundle does, as plain JSON data: its manifest without the calibration
+    samples and reference sets (which `--full` prints)."""
+    th = m["threshold"]
+    training = m.get("training") or {}
+    return {
+        "kind": "tabular",
+        "created_at": m.get("created_at"),
+        "versions": m.get("versions"),
+        "features": m["features"],
+        "conditions": m["conditions"],
+        "threshold": {
+            "value": th["value"],
+            "unit": "nats",
+            "method": th.get("method"),
+            "params": {k: v for k, v in (th.get("params") or {}).items() if _scalar(v)},
+        },
+        "params": m.get("params"),
+        "training": {
+            k: training.get(k)
+            for k in ("rows", "train_rows", "validation_rows", "epochs_run", "best_val_loss")
+        },
+        "data": m.get("data_fingerprint"),
+        "model_file": m["model_file"],
+        "model_sha256": m["model_sha256"],
+        "verified": True,
+    }
 
 
 def _window_views(vae, path: Path):
@@ -786,29 +1035,37 @@ def _view_text(v: dict[str, Any], window: int) -> str:
 
 
 def report(
-    model: Path = typer.Option(..., "--model"),
+    model: Path = typer.Option(..., "--model", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="Directory for the PNG files."),
     data: Path | None = typer.Option(
-        None, "--data", help="Rows to plot scores and latent means of."
+        None, "--data", help="Rows to plot scores and latent means of; - reads standard input."
     ),
     label_column: str | None = typer.Option(None, "--label-column"),
     normal_value: str = typer.Option("0", "--normal-value"),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the written files as a JSON array on stdout."
+    ),
 ) -> None:
     """Pictures: training curves, score histogram with threshold, 2-D latent map."""
     import numpy as np
 
     from vaeguard.report import write_report
 
-    detector = _load_model(model)
+    if label_column and data is None:
+        raise usage("--label-column needs --data", "--label-column")
+    path = input_file(data) if data is not None else None
+    detector = load_model(model, "report")
     table = labels = None
-    if data is not None:
-        table = _load_table(data)
+    if path is not None:
+        table = _load_table(path)
         if label_column:
             labels = np.asarray(_labels(table, label_column, normal_value))
-    elif label_column:
-        raise DataError("--label-column needs --data")
-    for path in write_report(detector, out, table, labels):
-        typer.echo(str(path))
+    written = [str(p) for p in write_report(detector, out, table, labels)]
+    if as_json:
+        print_json(written)
+    else:
+        for p in written:
+            typer.echo(p)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vaeguard.errors import ConfigError
+from vaeguard.errors import ConfigError, DataError
 
 
 def nab(
@@ -27,27 +27,49 @@ def nab(
         help="JSON overrides of the detector configuration (window, views, likelihood, schedule; every series).",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary line."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the summary as one JSON object on stdout (no progress)."
+    ),
 ) -> None:
     """Score every series of a NAB corpus causally (NAB's rules) and write its result files.
 
     Labels for the ``label`` column come from a combined_labels.json in DATA_DIR or above it.
     """
     from vaeguard.apps.nab import merged_params, run_nab
+    from vaeguard.cli._common import print_json, usage
 
     overrides = None
     if params is not None:
         try:
             overrides = json.loads(params.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"--params {params}: not valid JSON ({exc})") from None
-    config = merged_params(overrides)
+        except (OSError, ValueError) as exc:
+            raise usage(f"{params}: not a readable JSON file ({exc})", "--params") from None
+    try:
+        config = merged_params(overrides)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise usage(f"the detector configuration is not valid: {exc}", "--params") from None
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: no such folder (a NAB corpus: <category>/<series>.csv)")
 
     def progress(result) -> None:
-        if not quiet:
+        if not (quiet or as_json):
             s = result["series"]
             typer.echo(f"{s.key}: {len(result['stamps'])} rows in {result['seconds']:.1f} s")
 
     run = run_nab(data_dir, out, detector_name, params=config, jobs=jobs, progress=progress)
+    if as_json:
+        print_json(
+            {
+                "series": len(run.results),
+                "rows": run.rows,
+                "seconds": round(run.seconds, 3),
+                "jobs": jobs,
+                "out": str(out / detector_name),
+            }
+        )
+        return
     typer.echo(
         f"{len(run.results)} series, {run.rows} rows in {run.seconds:.1f} s "
         f"({jobs} job{'s' if jobs > 1 else ''}) → {out / detector_name}"

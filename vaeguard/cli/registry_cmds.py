@@ -12,6 +12,7 @@ models = typer.Typer(
 )
 
 REGISTRY = typer.Option(..., "--registry", help="Registry directory.")
+JSON = typer.Option(False, "--json", help="Print the outcome as one JSON object.")
 
 
 def _open(path: Path):
@@ -57,40 +58,87 @@ def list_versions(
 def show(
     version: str = typer.Argument(..., help="Version name (v0003) or number (3)."),
     registry: Path = REGISTRY,
+    full: bool = typer.Option(
+        False, "--full", help="The whole validated manifest instead of its summary."
+    ),
 ) -> None:
-    """A version's lineage and bundle manifest (validated)."""
-    from vaeguard.bundle import read_manifest
+    """A version's lineage and what its bundle holds (validated), as JSON."""
+    from vaeguard.bundle import model_kind, read_manifest
+    from vaeguard.cli.model_cmds import _tabular_summary
 
     reg = _open(registry)
     info = reg.info(version)
     manifest = read_manifest(info.path)
-    typer.echo(
-        json.dumps({**info.to_json(), "lineage": info.lineage, "manifest": manifest}, indent=2)
-    )
+    shown = {**info.to_json(), "lineage": info.lineage}
+    if full:
+        shown["manifest"] = manifest
+    elif model_kind(manifest) == "tabular":
+        shown["bundle"] = _tabular_summary(manifest)
+    else:
+        shown["bundle"] = _trimmed(manifest)
+    typer.echo(json.dumps(shown, indent=2))
+
+
+def _trimmed(node, limit: int = 16):
+    """A manifest with every list longer than ``limit`` (calibration samples, reference sets)
+    replaced by a note of its length: `models show` stays readable, --full has them."""
+    if isinstance(node, dict):
+        return {k: _trimmed(v, limit) for k, v in node.items()}
+    if isinstance(node, list):
+        if len(node) > limit:
+            return f"<{len(node)} values: --full shows them>"
+        return [_trimmed(v, limit) for v in node]
+    return node
 
 
 @models.command("promote")
-def promote(version: str = typer.Argument(...), registry: Path = REGISTRY) -> None:
+def promote(
+    version: str = typer.Argument(...), registry: Path = REGISTRY, as_json: bool = JSON
+) -> None:
     """Make a version current (after checking that it loads)."""
     name = _open(registry).promote(version)
-    typer.echo(f"{name} is now current")
+    if as_json:
+        typer.echo(json.dumps({"current": name}))
+    else:
+        typer.echo(f"{name} is now current")
 
 
 @models.command("rollback")
-def rollback(registry: Path = REGISTRY) -> None:
+def rollback(registry: Path = REGISTRY, as_json: bool = JSON) -> None:
     """Make the previous current version current again."""
     name = _open(registry).rollback()
-    typer.echo(f"rolled back: {name} is now current")
+    if as_json:
+        typer.echo(json.dumps({"current": name}))
+    else:
+        typer.echo(f"rolled back: {name} is now current")
 
 
 @models.command("prune")
 def prune(
     keep: int = typer.Option(..., "--keep", min=1, help="How many of the newest versions to keep."),
     registry: Path = REGISTRY,
+    as_json: bool = JSON,
 ) -> None:
     """Delete old versions (never the current one or its rollback target)."""
-    removed = _open(registry).prune(keep)
-    typer.echo(f"removed {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}")
+    reg = _open(registry)
+    removed = reg.prune(keep)
+    kept = reg.version_names()
+    current = reg.current()
+    # what survived beyond the newest `keep` is what prune never deletes: say why
+    why = {
+        name: "current" if name == current else "the current version's rollback target"
+        for name in kept[:-keep]
+    }
+    if as_json:
+        typer.echo(json.dumps({"removed": removed, "kept": kept, "protected": why}))
+        return
+    newest = kept[-keep:]
+    reason = f"; kept {len(kept)}: the newest {len(newest)} ({', '.join(newest)})" + "".join(
+        f", {name} ({because})" for name, because in why.items()
+    )
+    typer.echo(
+        f"removed {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}{reason}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,8 @@
 """`vaeguard retrain`: one retraining run, for cron or a Kubernetes CronJob.
 
-Exit codes: 0 promoted, 3 refused (too little data, an incident in the window, another run in
-progress), 4 rejected by the validation gate, 2 bad settings. The outcome is one JSON object
+Exit codes (`vaeguard.cli.exit_codes.ExitCode`): 0 promoted, 3 refused (too little data, an
+incident in the window, another run in progress), 4 rejected by the validation gate, 2 bad
+settings, 1 another failure (Kafka unreachable, an unusable registry). The outcome is one JSON object
 on stdout either way; the reason of a non-zero exit is one line on stderr.
 """
 
@@ -38,24 +39,26 @@ def retrain(
     from vaeguard.retrain.notify import json_safe, outcome_alert
 
     settings = load_settings(config)
-    configure_logging(settings.logging.level if verbose else "ERROR")
     path = settings.model.path
     if path is None:
         raise ConfigError(
             "missing setting model.path: the registry to retrain (VAEGUARD_MODEL__PATH)"
         )
-    if not is_registry(path):
+    options = settings.model.registry_options()
+    if not is_registry(path, options["storage_options"]):
         raise ConfigError(
             f"invalid setting model.path: {path} is not a model registry "
             "(create one with `vaeguard train --registry DIR`)"
         )
-    registry = ModelRegistry(path)
+    configure_logging(settings.logging.level if verbose else "ERROR")
+    registry = ModelRegistry(path, **options)
     job = RetrainJob(
         registry,
         settings.retrain,
         settings.kafka.client_config(),
         settings.kafka.input_topics,
         max_record_bytes=settings.scoring.max_record_bytes,
+        input_spec=settings.input.spec(),
     )
     try:
         outcome = job.run()

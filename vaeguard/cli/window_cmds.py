@@ -12,22 +12,36 @@ the registry and `vaeguard inspect` accept.
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import typer
 
+from vaeguard.cli import input_files
+from vaeguard.cli._common import check_destinations, input_file, print_json, usage
 from vaeguard.errors import DataError
 
 #: Featurizer rejections that are the data's fault (a late point is only skipped).
 _LATE = "late_record"
 
 
-def _names(value: str | None) -> list[str]:
+#: The entity column when --entity-column is not given (absent from the data: one entity).
+DEFAULT_ENTITY = "key"
+
+
+class WindowThreshold(StrEnum):
+    """How `train-window` calibrates each view's threshold on the tail windows."""
+
+    quantile = "quantile"
+    spot = "spot"
+
+
+def _names(value: str | None, option: str = "--conditions") -> list[str]:
     if value is None:
         return []
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
-        raise DataError("an empty name list was given")
+        raise usage("an empty name list was given", option)
     return names
 
 
@@ -37,15 +51,18 @@ def _interval(value: str) -> float | str:
     try:
         seconds = float(value)
     except ValueError:
-        raise DataError(f"--interval must be auto, rows or seconds, got {value!r}") from None
-    if not seconds > 0:
-        raise DataError(f"--interval must be > 0 seconds, got {value!r}")
+        raise usage(f"auto, rows or seconds expected, got {value!r}", "--interval") from None
+    if not (seconds > 0 and seconds < float("inf")):
+        raise usage(f"must be > 0 seconds, got {value!r}", "--interval")
     return seconds
 
 
 def train_window(
     data: Path = typer.Option(
-        ..., "--data", help="CSV or JSONL of (mostly) normal timestamped records, in time order."
+        ...,
+        "--data",
+        help="CSV or JSONL of (mostly) normal timestamped records, in time order; - reads "
+        "standard input.",
     ),
     metrics: str = typer.Option(
         ..., "--metrics", help="Comma-separated metric columns, e.g. cpu,latency_ms."
@@ -56,14 +73,20 @@ def train_window(
         "--registry",
         help="Register the model as a new version in this registry (created if missing).",
     ),
-    config: Path | None = typer.Option(
+    params: Path | None = typer.Option(
         None,
-        "--config",
-        help="JSON overrides of the detector configuration (the format of `vaeguard nab --params`).",
+        "--params",
+        help="JSON overrides of the detector configuration (as `vaeguard nab --params`).",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", hidden=True, help="The former name of --params (JSON, not YAML)."
     ),
     window: int | None = typer.Option(None, "--window", min=2, help="Points per window (W)."),
-    entity_column: str = typer.Option(
-        "key", "--entity-column", help="Column naming the entity (host, service)."
+    entity_column: str | None = typer.Option(
+        None,
+        "--entity-column",
+        help=f"Column naming the entity (host, service); default {DEFAULT_ENTITY!r}, and one "
+        "entity when the data has no such column.",
     ),
     time_column: str = typer.Option(
         "ts", "--time-column", help="Column of the timestamp (epoch seconds or ISO 8601)."
@@ -118,41 +141,56 @@ def train_window(
     calibration_fraction: float = typer.Option(
         0.2, "--calibration-fraction", help="Share of the windows (the tail) for the threshold."
     ),
-    threshold_method: str = typer.Option(
-        "quantile", "--threshold-method", help="quantile or spot."
+    threshold_method: WindowThreshold = typer.Option(
+        WindowThreshold.quantile, "--threshold-method", help="How each view's threshold is set."
     ),
     target_fpr: float = typer.Option(0.01, "--target-fpr"),
     risk: float = typer.Option(1e-3, "--risk", help="Tail risk for the SPOT threshold."),
     seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the summary as one JSON object on stdout."
+    ),
+    input_settings: Path | None = typer.Option(None, input_files.OPTION, help=input_files.HELP),
 ) -> None:
     """Train the streaming window detector on timestamped records; write a bundle.
 
     The detector is `vaeguard.timeseries.views.DEFAULT_CONFIG` (the configuration the NAB
-    benchmark measures), with ``--config`` overrides and the flags given applied on top.
+    benchmark measures), with ``--params`` overrides and the flags given applied on top.
     """
     from rich.console import Console
 
     from vaeguard.tabular_files import read_records
+    from vaeguard.thresholds import check_probability
     from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS
 
     console = Console(stderr=True)
-    if out is None and registry is None:
-        raise DataError("say where the model goes: --out DIR and/or --registry DIR")
+    # every option is checked before the data is read and before any training
+    check_destinations(out, registry)
     if not 0.0 < calibration_fraction < 1.0:
-        raise DataError("--calibration-fraction must be between 0 and 1")
-    overrides = None
+        raise usage("must be between 0 and 1", "--calibration-fraction")
+    for name, value in (("target_fpr", target_fpr), ("risk", risk)):
+        try:
+            check_probability(name, value)
+        except ValueError as exc:
+            raise usage(str(exc), "--" + name.replace("_", "-")) from None
+    if params is not None and config is not None:
+        raise usage("give --params only (--config is its former name)", "--config")
     if config is not None:
+        console.print("vaeguard: warning: --config is now --params (JSON detector overrides)")
+    params = params if params is not None else config
+    overrides = None
+    if params is not None:
         import json
 
         try:
-            overrides = json.loads(config.read_text())
+            overrides = json.loads(params.read_text())
         except (OSError, ValueError) as exc:
-            raise DataError(f"--config {config}: not a readable JSON file ({exc})") from None
+            raise usage(f"{params}: not a readable JSON file ({exc})", "--params") from None
     detector = _configured(
         overrides,
-        metrics=tuple(_names(metrics)),
+        metrics=tuple(_names(metrics, "--metrics")),
         window=window,
-        entity_field=entity_column,
+        entity_field=entity_column or DEFAULT_ENTITY,
         time_field=time_column,
         interval=_interval(interval),
         conditions=conditions,
@@ -171,11 +209,29 @@ def train_window(
         seed=seed,
     )
 
-    records = read_records(data)
+    records = None
+    if input_settings is not None:  # Telegraf / Prometheus / OTLP messages, as the daemon reads
+        records = input_files.input_records(
+            input_file(data),
+            input_settings,
+            required=list(detector.spec.metrics),
+            entity_field=detector.spec.entity_field,
+            time_field=detector.spec.time_field,
+            assemble=False,
+        )
+    if records is None:
+        records = read_records(input_file(data))
     columns = set().union(*(r.keys() for r in records[:1000]))
-    for name in (*detector.spec.metrics, time_column):
+    named = [("metric", m, "--metrics") for m in detector.spec.metrics]
+    named.append(("time", time_column, "--time-column"))
+    if entity_column is not None:
+        named.append(("entity", entity_column, "--entity-column"))
+    for what, name, option in named:
         if name not in columns:
-            raise DataError(f"column {name!r} not found; columns are: {', '.join(sorted(columns))}")
+            raise usage(
+                f"{what} column {name!r} not found; columns are: {', '.join(sorted(columns))}",
+                option,
+            )
     started = time.monotonic()
     featurizer = detector.featurizer()
     batch = featurizer.update_and_featurize(records)
@@ -201,7 +257,10 @@ def train_window(
         detector.fit(*part(slice(0, split)))
         detector.fit_plausible_range(batch)
         detector.calibrate(
-            *part(slice(split, n)), method=threshold_method, target_fpr=target_fpr, risk=risk
+            *part(slice(split, n)),
+            method=threshold_method.value,
+            target_fpr=target_fpr,
+            risk=risk,
         )
     except ValueError as exc:
         raise DataError(str(exc)) from None
@@ -218,8 +277,12 @@ def train_window(
 
     provenance = {"source": "train-window", "training_data": str(data)}
     where = write_model(detector, bundle_view(detector), out, registry, provenance)
+    seconds = time.monotonic() - started
+    if as_json:
+        print_json(_summary_json(detector, where, len(records), featurizer, split, n_cal, seconds))
+        return
     _summary(console, detector, where, len(records), featurizer, split, n_cal)
-    console.print(f"time {time.monotonic() - started:.1f} s")
+    console.print(f"time {seconds:.1f} s")
 
 
 def _configured(
@@ -236,7 +299,7 @@ def _configured(
     budget=None,
     **flags,
 ):
-    """The `ViewSet` of the default configuration, ``--config`` and the flags given."""
+    """The `ViewSet` of the default configuration, ``--params`` and the flags given."""
     from vaeguard.errors import ConfigError
     from vaeguard.timeseries.views import DEFAULT_CONFIG, ViewSet, merge_config
 
@@ -271,7 +334,7 @@ def _configured(
         try:
             view_flags["hidden"] = [int(h) for h in hidden.split(",")]
         except ValueError:
-            raise DataError(f"--hidden must be comma-separated integers, got {hidden!r}") from None
+            raise usage(f"comma-separated integers expected, got {hidden!r}", "--hidden") from None
     for view in params["views"]:
         view.update({k: v for k, v in view_flags.items() if v is not None})
         slots = view.get("score_slots")
@@ -289,14 +352,39 @@ def _configured(
         lk["history"] = max(int(lk.get("history", 2000)), likelihood_warmup)
     if budget is not None:
         if params["likelihood"] is None:
-            raise DataError("--budget needs the likelihood (drop --no-likelihood)")
+            raise usage("needs the likelihood (drop --no-likelihood)", "--budget")
         params["likelihood"]["budget"] = budget
     try:
         return ViewSet.from_params(params)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise DataError(str(exc)) from None
+        raise usage(f"the detector configuration is not valid: {exc}") from None
+
+
+def _summary_json(
+    detector, where: str, n_rows: int, featurizer, n_train: int, n_cal: int, seconds: float
+) -> dict:
+    """What `train-window --json` prints: the facts of the table, as plain JSON data."""
+    spec = detector.spec
+    th = detector.primary.threshold_
+    lk = detector.likelihood_spec
+    return {
+        "written_to": where,
+        "records": n_rows,
+        "entities": featurizer.n_entities,
+        "window": spec.window,
+        "channels": list(spec.channels),
+        "train_windows": n_train,
+        "calibration_windows": n_cal,
+        "views": [list(v.input_channels) for v in detector.views],
+        "unlearned_channels": sorted({c for v in detector.views for c in v.unlearned_channels}),
+        "conditions": list(spec.conditions),
+        "threshold": {"value": float(th.value), "unit": "nats", "method": th.method},
+        "likelihood": None if lk is None else {"min_history": lk.min_history, "alert": lk.alert},
+        "retrain_max_gap": detector.schedule.get("retrain_max_gap"),
+        "seconds": round(seconds, 3),
+    }
 
 
 def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: int, n_cal: int):

@@ -176,10 +176,14 @@ def _provider_for(settings: Settings) -> ModelProvider:
         raise ConfigError(
             "missing setting model.path: set it in the config file or VAEGUARD_MODEL__PATH"
         )
-    if not path.exists():
+    options = settings.model.registry_options()
+    remote = isinstance(path, str)  # an s3:// registry (config keeps only URIs as text)
+    if not remote and not path.exists():
         raise ConfigError(f"invalid setting model.path: {path} does not exist")
-    if is_registry(path):
-        registry = ModelRegistry(path)
+    if remote and not is_registry(path, options["storage_options"]):
+        raise ConfigError(f"invalid setting model.path: no model registry at {path}")
+    if is_registry(path, options["storage_options"]):
+        registry = ModelRegistry(path, **options)
         current = registry.current()
         if current is None:
             raise ConfigError(f"invalid setting model.path: registry {path} has no current version")
@@ -188,10 +192,12 @@ def _provider_for(settings: Settings) -> ModelProvider:
     else:
         read_manifest(path)  # a clear BundleError now rather than after connecting
         provider = BundleModelProvider
+    extra = {"registry_options": options} if provider is RegistryModelProvider else {}
     return provider(
         path,
         settings.model.device,
         settings.model.reload_interval_s,
         alert_budget=settings.model.alert_budget,
         follow_normal=settings.model.follow_normal,
+        **extra,
     )

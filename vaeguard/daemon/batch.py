@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vaeguard.daemon.inputs import InputStage
 from vaeguard.daemon.records import (
     DeadLetter,
     Output,
@@ -76,6 +77,8 @@ class BatchResult:
     #: `DeadLetter` (None for a score record): what replaces an output the broker refuses.
     origins: list[tuple[Any, DeadLetter | None]] = field(default_factory=list)
     buffered: int = 0  # records that only updated a stateful model's state
+    held: int = 0  # messages of an input format whose samples only went into a waiting row
+    unmapped: int = 0  # messages of an input format that hold none of the model's features
     replayed: int = 0  # records a stateful model's restored state already holds
     isolated: int = 0  # times a failure inside the step was isolated to its records
     #: A window model's online refit after this batch (``ok``, ``result``, ``windows``,
@@ -89,8 +92,13 @@ def source_of(message: Any) -> Source:
     return Source(message.topic, message.partition, message.offset)
 
 
-def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> BatchResult:
-    """Run one batch of consumed messages through a model (see the module docstring)."""
+def process(
+    serving: Serving, messages: Sequence[Any], s: StepSettings, inputs: InputStage | None = None
+) -> BatchResult:
+    """Run one batch of consumed messages through a model (see the module docstring).
+
+    ``inputs``: the configured input format (`input.format` other than flat), whose records,
+    and rows closed since the last batch, are what the model sees."""
     result = BatchResult()
     t0 = time.perf_counter()
     fresh = messages
@@ -104,6 +112,7 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
     short_text = max_key // 4  # a string this short is within max_key_bytes in any UTF-8
     # The entity, and the ``key`` field that keys a score record (`output_key`).
     fields = tuple(dict.fromkeys(("key", getattr(serving, "entity_field", None) or "key")))
+    reader, leftover = inputs.bind(serving) if inputs is not None else (None, None)
     for m in fresh:
         key, headers = m.key, getattr(m, "headers", None)
         if headers or (key is not None and len(key) > max_key):
@@ -115,18 +124,22 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
         if type(obj) is not dict:
             result.dead.append(DeadLetter(m, obj))
             continue
-        refused = None
-        for name in fields:
-            entity = obj.get(name)
-            if entity is not None and (type(entity) is not str or len(entity) > short_text):
-                refused = check_entity(obj, name, max_key)
-                if refused is not None:
-                    break
-        if refused is not None:
-            result.dead.append(DeadLetter(m, refused))
+        if reader is not None:
+            read = reader.read(obj, m, (m.topic, m.partition, m.offset))
+            result.held += read.held
+            result.unmapped += read.unmapped
+            for rejection, o in read.refused:
+                result.dead.append(DeadLetter(o, rejection))
+            for record, o in read.records:
+                _take(record, o, fields, max_key, short_text, items, origin, result)
             continue
-        items.append(Inbound(obj, Source(m.topic, m.partition, m.offset), m.key, m.timestamp))
-        origin.append(m)
+        _take(obj, m, fields, max_key, short_text, items, origin, result)
+    if reader is not None:  # rows that waited long enough, and a swapped model's leftovers
+        for read in (leftover, reader.due()):
+            for rejection, o in read.refused:
+                result.dead.append(DeadLetter(o, rejection))
+            for record, o in read.records:
+                _take(record, o, fields, max_key, short_text, items, origin, result)
 
     stage = _stage(serving)
     scored: list[tuple[int, ScoredRecord]] = []  # (item index, record)
@@ -211,6 +224,19 @@ def process(serving: Serving, messages: Sequence[Any], s: StepSettings) -> Batch
     if result.refit is not None:
         result.timings["learn"] = t4 - t3
     return result
+
+
+def _take(obj: dict, m: Any, fields, max_key: int, short_text: int, items, origin, result) -> None:
+    """A decoded record into the batch, unless its entity is too large to key a score."""
+    for name in fields:
+        entity = obj.get(name)
+        if entity is not None and (type(entity) is not str or len(entity) > short_text):
+            refused = check_entity(obj, name, max_key)
+            if refused is not None:
+                result.dead.append(DeadLetter(m, refused))
+                return
+    items.append(Inbound(obj, Source(m.topic, m.partition, m.offset), m.key, m.timestamp))
+    origin.append(m)
 
 
 def _score_rows(serving, features: Features, items, rows: list[int], s, result, origin):

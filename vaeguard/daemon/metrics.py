@@ -161,6 +161,13 @@ WINDOW_REFITS = Counter(
 )
 for _result in ("ok", "failed", "skipped"):
     WINDOW_REFITS.labels(_result)
+INPUT_MESSAGES = Counter(
+    "vaeguard_input_messages",
+    "Input formats other than flat: messages that gave no record of their own, by outcome "
+    "(held: their samples wait in a row still being assembled; unmapped: nothing the model "
+    "uses, or a Prometheus staleness marker).",
+    ["outcome"],
+)
 WINDOW_REPLAYED = Counter(
     "vaeguard_window_replayed_records",
     "Window mode: replayed records skipped because the restored state already held them.",

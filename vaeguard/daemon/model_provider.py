@@ -205,11 +205,13 @@ class RegistryModelProvider(BundleModelProvider):
     refused for good: the serving version stays until CURRENT names another one.
     """
 
-    def __init__(self, path: Path, *args, **kwargs):
+    def __init__(self, path: Path, *args, registry_options: dict | None = None, **kwargs):
+        """``registry_options``: `ModelRegistry`'s storage options and cache folder (s3://)."""
         from vaeguard.registry import ModelRegistry
 
         super().__init__(path, *args, **kwargs)
-        self.registry = ModelRegistry(path)
+        self.registry = ModelRegistry(path, **(registry_options or {}))
+        self.path = self.registry.root  # an s3:// URI stays one
         self.refused: dict[str, str] = {}
 
     def locate(self) -> tuple[Path, str]:

@@ -30,12 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import ConsumerRebalanceListener
+from kafka import ConsumerRebalanceListener, TopicPartition
 
 from vaeguard.config import Settings
 from vaeguard.daemon import batch as batch_step
 from vaeguard.daemon import metrics
 from vaeguard.daemon.checkpoint import Checkpoint, StateStore, state_key
+from vaeguard.daemon.inputs import InputStage
 from vaeguard.daemon.model_provider import ActiveModel, ModelProvider
 from vaeguard.daemon.records import DeadLetter, Output, dlq_minimal, dlq_output
 from vaeguard.daemon.stall import StallDetector
@@ -168,6 +169,10 @@ class Pipeline:
         )
         self.checkpoint = Checkpoint(store, settings.scoring.state_interval_s, self._commit)
         self._partitioner = KeyPartitioner()
+        #: `input.format` other than flat: the field mapping (and, tabular, the waiting rows).
+        self._inputs = (
+            InputStage(settings.input.spec()) if settings.input.format != "flat" else None
+        )
         self.stalls = StallDetector(settings.scoring.stall_after_s)
 
     # -- readiness ------------------------------------------------------------------------------
@@ -217,6 +222,9 @@ class Pipeline:
                 batch = self._poll()
                 if batch:
                     self._process(batch)
+                elif self._inputs is not None and self._inputs.due():
+                    self._process({})  # close the rows that have waited input.max_wait_s
+                    self._idle()
                 else:
                     self._idle()
             self.checkpoint.flush()
@@ -299,6 +307,8 @@ class Pipeline:
         self._committed_unknown -= revoked
         self._rebalancing = True
         self.checkpoint.revoked(revoked)
+        if self._inputs is not None:
+            self._held_back(self._inputs.revoked(revoked))
         self._recently_revoked |= revoked
         self.stalls.revoked(revoked)
         for tp in revoked:
@@ -362,8 +372,8 @@ class Pipeline:
             "max_poll_interval_ms": self.kafka.max_poll_interval_ms,
             "max_poll_records": self.scoring.batch_max_records,
             # Tansu answers a fetch only when its wait expires, and kafka-python's default of
-            # 500 ms then sets the latency floor (benchmarks/throughput.py measured a p99 of
-            # ~310 ms at 1,000 records/s): wait no longer than a batch does.
+            # 500 ms then sets the latency floor (benchmarks/RESULTS-throughput.md): wait no
+            # longer than a batch does.
             "fetch_max_wait_ms": max(1, self.scoring.batch_max_wait_ms),
             "bootstrap_timeout_ms": 5_000,
         }
@@ -409,6 +419,13 @@ class Pipeline:
             self._rewind(self.assignment & self._dropped_from.keys())
             self._dropped_from.clear()
         return {tp: records for tp, records in batch.items() if records}
+
+    def _held_back(self, held: dict[tuple[str, int], int]) -> None:
+        """Rows that waited are dropped at a rebalance: their partitions, if handed back, are
+        rewound to the first sample those rows held (as dropped records are, `_assigned`)."""
+        for (topic, partition), offset in held.items():
+            tp = TopicPartition(topic, partition)
+            self._dropped_from[tp] = min(offset, self._dropped_from.get(tp, offset))
 
     def _rewind(self, partitions: set[Any]) -> None:
         for tp in partitions:
@@ -493,7 +510,11 @@ class Pipeline:
             metrics.RECORDS_CONSUMED.labels(topic=tp.topic).inc(len(records))
             self.stalls.polled(tp, records[0].offset)
 
-        result = batch_step.process(serving, messages, self._step)
+        result = batch_step.process(serving, messages, self._step, self._inputs)
+        if result.held:
+            metrics.INPUT_MESSAGES.labels("held").inc(result.held)
+        if result.unmapped:
+            metrics.INPUT_MESSAGES.labels("unmapped").inc(result.unmapped)
         if result.replayed:
             self.stats.replayed += result.replayed
             metrics.WINDOW_REPLAYED.inc(result.replayed)
@@ -518,7 +539,13 @@ class Pipeline:
         t1 = time.perf_counter()
         self._alert(scored)
         t2 = time.perf_counter()
-        self.checkpoint.done(serving, {tp: records[-1].offset + 1 for tp, records in batch.items()})
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        if self._inputs is not None:  # not past the samples of rows still waiting
+            offsets = self._inputs.commit_offsets(offsets)
+        if offsets or self._inputs is None:
+            self.checkpoint.done(serving, offsets)
+            if self._inputs is not None:
+                self._inputs.committed(offsets)
         timings.update(produce=t1 - t0, alert=t2 - t1, commit=time.perf_counter() - t2)
         for stage, seconds in timings.items():
             metrics.STAGE_SECONDS.labels(stage).inc(seconds)
@@ -867,9 +894,9 @@ MAX_CACHED_KEY = 1024
 
 class KeyPartitioner:
     """kafka-python's default partitioning of keyed records (murmur2 of the key, as the Java
-    client), with each key's hash remembered: the pure-Python murmur2 cost ~15% of a send, and
-    a stream's entities repeat. Called once per batch, so a topic's partition count is read
-    afresh each batch (it can grow)."""
+    client), with each key's hash remembered: the pure-Python murmur2 is a visible share of a
+    send's cost, and a stream's entities repeat. Called once per batch, so a topic's partition
+    count is read afresh each batch (it can grow)."""
 
     MAX_KEYS = 100_000
 
@@ -903,7 +930,7 @@ class KeyPartitioner:
 def _settle_heap() -> None:
     """Collect once, then exempt everything alive (TensorFlow, Keras, the model) from the
     cyclic garbage collector: its full collections otherwise scan that huge heap and freeze
-    every thread, the Kafka clients' included, for ~200 ms (a p99 latency spike each time,
+    every thread, the Kafka clients' included (a p99 latency spike each time,
     benchmarks/throughput.py). Redone at each model swap so a replaced model is freed."""
     import gc
 

@@ -26,8 +26,7 @@ and each worker keeps its own window-mode state file (named by its instance id).
 Each worker gets a share of the cores for its compute thread pools: ``max(1, cores // N)``
 threads (``cores`` = the CPUs this process may run on) in ``TF_NUM_INTRAOP_THREADS``,
 ``TF_NUM_INTEROP_THREADS`` and ``OMP_NUM_THREADS``. Left alone, every worker's TensorFlow sizes
-its pools to all cores, and N workers' spinning pools oversubscribe them (measured on 2 cores:
-two workers with the default pools 13,131 records/s, with one thread each 24,861; see
+its pools to all cores, and N workers' spinning pools oversubscribe them (measured in
 benchmarks/RESULTS-throughput.md). A variable already set in the supervisor's environment is
 passed on unchanged: that is the override.
 """

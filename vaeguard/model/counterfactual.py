@@ -38,7 +38,8 @@ from vaeguard.model.scoring import _pad, chunks, compile_function, condition_wid
 #: The plausible range is [min − MARGIN·span, max + MARGIN·span] of the training rows
 #: (span = max − min), per feature, not crossing zero for a feature whose training values all
 #: have one sign. Chosen by benchmarks/attribution.py on the ODDS sets: the smallest margin
-#: whose range holds 99.9 % of held-out normal values (leave-one-set-out: 0.25 in every fold).
+#: whose range holds nearly every held-out normal value, leave one set out
+#: (benchmarks/RESULTS-attribution.md).
 MARGIN = 0.25
 #: Encode → decode steps of the conditional imputation. benchmarks/attribution.py chose it on
 #: planted shifts (ODDS sets and the demo model's normal data): the fewest steps that impute the

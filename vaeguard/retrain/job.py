@@ -21,6 +21,7 @@ from prometheus_client import Counter, Gauge
 from vaeguard.errors import LockHeld, RegistryError, RetrainRefused
 from vaeguard.errors import RetrainRejected as RetrainRejected
 from vaeguard.ingest import Rejection, check_entity, decode
+from vaeguard.input_formats import InputReader, InputSpec
 from vaeguard.registry import ModelRegistry
 from vaeguard.retrain.gate import check_candidate
 from vaeguard.retrain.settings import RetrainSettings
@@ -99,6 +100,7 @@ class RetrainJob:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         decode: Callable[[bytes | None], dict[str, Any] | Rejection] | None = None,
         on_failure: Callable[[RetrainOutcome], None] | None = None,
+        input_spec: InputSpec | None = None,
     ):
         """``decode``: the ingestion contract's `vaeguard.ingest.decode` with the daemon's
         ``max_record_bytes`` unless given, so retraining reads what the daemon scores."""
@@ -108,6 +110,9 @@ class RetrainJob:
         self.topics = list(topics)
         self.decode = decode or functools.partial(_decode, max_bytes=max_record_bytes)
         self.on_failure = on_failure
+        #: The daemon's ``input:`` section: a format other than flat is read as it reads it.
+        self.input_spec = input_spec
+        self.max_record_bytes = max_record_bytes
 
     def run(self) -> RetrainOutcome:
         """Run once; refusals and rejections come back as outcomes (and are counted and logged)."""
@@ -138,6 +143,27 @@ class RetrainJob:
                 log.exception("could not send the retraining failure alert")
         return outcome
 
+    def _decoder(self, current) -> Callable[[bytes | None], Any]:
+        """``decode``, or for an input format the records a message gives (rows assembled for
+        the current model's features, as the daemon assembles them)."""
+        if self.input_spec is None or self.input_spec.flat:
+            return self.decode
+        reader = InputReader(
+            self.input_spec,
+            required=[*current.feature_names_, *current.conditions_.names],
+            assemble=True,
+        )
+        max_bytes = self.max_record_bytes
+
+        def decode_message(value: bytes | None) -> Any:
+            obj = decode(value, max_bytes)
+            if type(obj) is not dict:
+                return obj
+            read = reader.read(obj)
+            return [r for r, _ in read.records] + [r for r, _ in read.refused]
+
+        return decode_message
+
     def _current_name(self) -> str | None:
         try:
             return self.registry.current()
@@ -162,7 +188,7 @@ class RetrainJob:
             window_s=s.window_seconds,
             max_records=s.max_records,
             max_bytes=s.max_bytes,
-            decode=self.decode,
+            decode=self._decoder(current),
             idle_timeout_s=s.poll_timeout_s,
         )
         x, c_table, skipped = self._table(current, window)

@@ -27,7 +27,7 @@ class RetrainService:
         *,
         on_promoted: Callable[[], None] | None = None,
     ):
-        self.registry = ModelRegistry(settings.model.path)
+        self.registry = ModelRegistry(settings.model.path, **settings.model.registry_options())
         self.alert_layer = alert_layer
         self.on_promoted = on_promoted
         self.job = RetrainJob(
@@ -37,6 +37,7 @@ class RetrainService:
             settings.kafka.input_topics,
             max_record_bytes=settings.scoring.max_record_bytes,
             on_failure=self._rejected,
+            input_spec=settings.input.spec(),
         )
         # The job store never lives in the registry by default: whoever publishes models
         # there must not decide what the daemon runs (the store holds schedule times only).

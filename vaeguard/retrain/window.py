@@ -131,11 +131,13 @@ def read_window(
                         data.older += message.timestamp < start_ms
                         continue
                     record = decode(message.value)
-                    if not isinstance(record, dict):  # a Rejection (or None)
-                        data.undecodable += 1
-                        data.rejected[str(getattr(record, "reason", "undecodable"))] += 1
-                        continue
-                    kept.add(message.timestamp, len(message.value or b""), record)
+                    # An input format's message gives a list: its records and refusals.
+                    for one in record if isinstance(record, list) else (record,):
+                        if not isinstance(one, dict):  # a Rejection (or None)
+                            data.undecodable += 1
+                            data.rejected[str(getattr(one, "reason", "undecodable"))] += 1
+                            continue
+                        kept.add(message.timestamp, len(message.value or b""), one)
             if batch:
                 last_progress = time.monotonic()
             if _caught_up(consumer, partitions):

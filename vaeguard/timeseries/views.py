@@ -55,10 +55,10 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: days), so a missing daily peak is visible. Each term's (view × metric) raw score is judged
 #: by its tail probability against the entity's last 1000 such scores (rank, then a fitted
 #: Pareto tail whose scale is at least 1 nat: the ``evt`` estimator); the most surprised term,
-#: Bonferroni-corrected; the alert
-#: budget of 2 false alerts per 1,000 points sets the level (a tail of 2e-3), and an incident
-#: (with its ramp and tail) does not join the histories; an alert is kept only when it beats every output of
-#: the entity's previous 100 points. Time grid inferred per entity (gaps are missing slots);
+#: Bonferroni-corrected; the alert budget of 2 false alerts per 1,000 points sets the level (a
+#: tail of 2e-3); an incident (with its ramp and tail) does not join the histories unless such
+#: incidents recur more often than the budget allows; an alert is kept only when it beats every
+#: output of the entity's previous 100 points. Time grid inferred per entity (gaps are missing slots);
 #: every point scored, however sparse its window (``min_observed: 0``: an irregularly sampled
 #: stream is never left unscored). The views retrain warm on the newest 4000 windows every
 #: 1000 rows per entity (online learning).
@@ -148,13 +148,17 @@ INCIDENT_MARGIN = 5
 
 
 class _Held:
-    """An entity's points judged but not learned yet, and how many more to leave out."""
+    """An entity's points judged but not learned yet, how many more to leave out, and where
+    its recent incidents began (to tell an incident from something the stream often does)."""
 
-    __slots__ = ("points", "quiet")
+    __slots__ = ("episodes", "points", "quiet", "recurring", "seen")
 
     def __init__(self):
         self.points: deque[list[float | None]] = deque(maxlen=INCIDENT_MARGIN + 1)
         self.quiet = 0
+        self.seen = 0  # points judged
+        self.episodes: deque[int] = deque()  # `seen` at the start of each recent incident
+        self.recurring = False  # the current incident recurs too often to be one: learned
 
 
 class WindowScores(NamedTuple):
@@ -236,6 +240,7 @@ class ViewLikelihood:
         else:
             self._held.move_to_end(key)
         values = [v.take_judged(key) for v in self.views]
+        held.seen += 1
         if self.views[0].warming_up(key):  # no opinion yet, so no incident: nothing to hold
             held.points.append(values)
             while held.points:
@@ -244,11 +249,19 @@ class ViewLikelihood:
                         v.learn(key, value)
             return True
         if beyond:
+            if not held.quiet:
+                self._new_episode(held)
+            if held.recurring:  # learned after all, with its ramp
+                while held.points:
+                    self._learn(key, held.points.popleft())
+                self._learn(key, values)
             held.points.clear()  # the ramp of this incident
             held.quiet = INCIDENT_MARGIN
             return False
         if held.quiet:
             held.quiet -= 1  # its tail
+            if held.recurring:
+                self._learn(key, values)
             return False
         held.points.append(values)
         if len(held.points) > INCIDENT_MARGIN:
@@ -256,6 +269,31 @@ class ViewLikelihood:
                 if value is not None:
                     v.learn(key, value)
         return True
+
+    def _learn(self, key: str, values: Sequence[float | None]) -> None:
+        for v, value in zip(self.views, values, strict=True):
+            if value is not None:
+                v.learn(key, value)
+
+    def _new_episode(self, held: _Held) -> None:
+        """Count an incident's start; it is learned after all when more began within the last
+        ``history`` points than the budget allows there (``budget`` × ``history`` / 1000).
+
+        Points far beyond the alert level are kept out of the histories so that an incident is
+        not learned as normal. Something the stream does more often than the budget permits is,
+        by the operator's own measure, not an incident to be paged for each time: left out of
+        the histories it would stay beyond anything learned and alert every time it recurs, and
+        the stated rate would not hold. So such episodes join the histories, and the next like
+        them is judged against them (the online refits train on it once it is no longer beyond
+        the level).
+        """
+        allowance = _allowance(self.spec)
+        while held.episodes and held.episodes[0] <= held.seen - self.spec.history:
+            held.episodes.popleft()
+        held.episodes.append(held.seen)
+        while len(held.episodes) > math.floor(allowance) + 1:  # enough to tell
+            held.episodes.popleft()
+        held.recurring = len(held.episodes) > allowance
 
     def forget_terms(self, terms: Sequence[int]) -> None:
         """Restart these terms' histories for every entity: their raw scores now measure
@@ -295,7 +333,14 @@ class ViewLikelihood:
             "views": [v.snapshot() for v in self.views],
             "emitter": self.emitter.snapshot(),
             "held": [
-                {"key": key, "points": [list(p) for p in h.points], "quiet": h.quiet}
+                {
+                    "key": key,
+                    "points": [list(p) for p in h.points],
+                    "quiet": h.quiet,
+                    "seen": h.seen,
+                    "episodes": list(h.episodes),
+                    "recurring": h.recurring,
+                }
                 for key, h in self._held.items()
             ],
         }
@@ -316,12 +361,18 @@ class ViewLikelihood:
         if not isinstance(held, list):
             raise DataError("view-likelihood snapshot is corrupt: held must be a list")
         for item in held[-emitter.spec.max_entities :]:
-            key, entity = _restore_held(item, len(views))
+            key, entity = _restore_held(item, len(views), emitter.spec)
             out._held[key] = entity
         return out
 
 
-def _restore_held(item: Any, n_terms: int) -> tuple[str, _Held]:
+def _allowance(spec: LikelihoodSpec) -> float:
+    """Incidents an entity may start within ``history`` points before they count as what the
+    stream does (`ViewLikelihood._new_episode`)."""
+    return (spec.budget or 0.0) * spec.history / 1000.0
+
+
+def _restore_held(item: Any, n_terms: int, spec: LikelihoodSpec) -> tuple[str, _Held]:
     """One entity's held points from a snapshot, checked (finite numbers, or null for a term
     with no opinion yet; at most `INCIDENT_MARGIN` + 1 points; a count of points to leave out)."""
     bad = DataError("view-likelihood snapshot is corrupt: a malformed held entity")
@@ -340,6 +391,16 @@ def _restore_held(item: Any, n_terms: int) -> tuple[str, _Held]:
             raise bad
         held.points.append([None if v is None else float(v) for v in point])
     held.quiet = quiet
+    # (absent from snapshots written before recurring incidents were counted)
+    seen, episodes = item.get("seen", 0), item.get("episodes", [])
+    recurring = item.get("recurring", False)
+    if not is_count(seen) or not isinstance(recurring, bool) or not isinstance(episodes, list):
+        raise bad
+    if len(episodes) > math.floor(_allowance(spec)) + 1 or not all(
+        is_count(e) and e <= seen for e in episodes
+    ):
+        raise bad
+    held.seen, held.episodes, held.recurring = seen, deque(episodes), recurring
     return item["key"], held
 
 

@@ -244,9 +244,7 @@ class ViewLikelihood:
         if self.views[0].warming_up(key):  # no opinion yet, so no incident: nothing to hold
             held.points.append(values)
             while held.points:
-                for v, value in zip(self.views, held.points.popleft(), strict=True):
-                    if value is not None:
-                        v.learn(key, value)
+                self._learn(key, held.points.popleft())
             return True
         if beyond:
             if not held.quiet:
@@ -265,9 +263,7 @@ class ViewLikelihood:
             return False
         held.points.append(values)
         if len(held.points) > INCIDENT_MARGIN:
-            for v, value in zip(self.views, held.points.popleft(), strict=True):
-                if value is not None:
-                    v.learn(key, value)
+            self._learn(key, held.points.popleft())
         return True
 
     def _learn(self, key: str, values: Sequence[float | None]) -> None:

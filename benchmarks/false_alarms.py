@@ -529,11 +529,11 @@ def tabular_count(
     det.fit(rows[:split], feature_names=[f"c{i}" for i in range(rows.shape[1])])
     flags = det.predict(rows[split:])
     followed = None
-    if det.threshold_.method == "budget":
+    if det.threshold_rule_.method == "budget":
         from vaeguard.serving.calibration import FollowingThreshold
 
         scores = det.decision_function(rows[split:])
-        flags_followed = FollowingThreshold(det.threshold_).replay(scores, FOLLOW_BATCH)
+        flags_followed = FollowingThreshold(det.threshold_rule_).replay(scores, FOLLOW_BATCH)
         followed = Count(len(scores), int(flags_followed.sum()))
     return Count(len(flags), int(flags.sum())), followed, det.get_params()
 

@@ -675,7 +675,7 @@ def split_score(bundle: str, records, batch: int = 2000, passes: int = 3) -> dic
             )  # fmt: skip
             score_records(
                 items, features.entities, features.timestamps, result.scores,
-                det.threshold_.value, contributions, bands=DEFAULT_BANDS, model_version="bench",
+                det.threshold_, contributions, bands=DEFAULT_BANDS, model_version="bench",
             )  # fmt: skip
             t3 = time.perf_counter()
             spent["model"] += t1 - t0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +13,9 @@ from vaeguard.alerts.testing import wait_until
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Default state folders (the alert spool, the retraining job store) inside this run, shared by
+# the daemons the tests start as subprocesses, never in the user's home.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="vaeguard-tests-state-")
 
 
 @pytest.fixture(scope="session")

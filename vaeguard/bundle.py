@@ -90,7 +90,7 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
         "features": list(detector.feature_names_),
         "conditions": detector.conditions_.to_dict(),
         "scaler": detector.scaler_.to_dict(),
-        "threshold": detector.threshold_.to_dict(),
+        "threshold": threshold_rule(detector).to_dict(),
         "baseline": [float(v) for v in detector.baseline_],
         "score_reference": [float(v) for v in detector.score_reference_],
         "params": {
@@ -230,6 +230,13 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         raise BundleError(
             f"incompatible bundle at {path}: written by Keras {keras_version or '?'}, this reads Keras 3"
         )
+
+
+def threshold_rule(detector) -> Any:
+    """The threshold object a bundle records: a `VAEDetector`'s ``threshold_rule_`` (its
+    ``threshold_`` is the number, as PyOD's), a window view's ``threshold_``."""
+    rule = getattr(detector, "threshold_rule_", None)
+    return rule if rule is not None else detector.threshold_
 
 
 def bundle_file(path: Path, m: dict[str, Any], key: str) -> Path:

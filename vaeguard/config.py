@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     FilePath,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -34,8 +34,16 @@ from pydantic_settings.exceptions import SettingsError
 from vaeguard.alerts.settings import AlertsSettings
 from vaeguard.errors import ConfigError, VaeguardError
 from vaeguard.input_formats import InputSpec
+from vaeguard.kafka_options import (
+    KAFKA_MAP_LOCS,
+    client_credentials_provider,
+    import_object,
+    kafka_map,
+    plain_options,
+)
 from vaeguard.redaction import redact
 from vaeguard.retrain.settings import RetrainSettings
+from vaeguard.settings_text import list_from_text
 from vaeguard.severity import DEFAULT_BANDS, NORMAL
 
 ENV_PREFIX = "VAEGUARD_"
@@ -53,25 +61,85 @@ def _topic(name: str) -> str:
     return name
 
 
-def _list_from_text(v: Any) -> Any:
-    """A list setting given as text (an environment variable): a JSON list or comma-separated."""
-    if isinstance(v, str):
-        text = v.strip()
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"is not a valid JSON list ({exc.msg})") from None
-        return [t.strip() for t in text.split(",") if t.strip()]
-    return v
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class KafkaOAuthSettings(_Section):
+    """SASL OAUTHBEARER: where the token comes from (``sasl_mechanism: OAUTHBEARER``).
+
+    Either ``token_endpoint`` (the OAuth 2.0 client-credentials grant, with ``client_id`` and
+    ``client_secret``; the token is reused until shortly before it expires) or ``provider``
+    (``module:attribute`` of a kafka-python ``AbstractTokenProvider`` class, or of a callable
+    returning one, for any other way of getting tokens).
+    """
+
+    token_endpoint: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scope: str | None = None
+    #: SASL extensions sent with the token (e.g. a logical cluster id).
+    extensions: dict[str, str] = Field(default_factory=dict)
+    provider: str | None = None
+    #: Seconds one token request may take.
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("token_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", v.strip(), re.ASCII):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.strip() if v is not None else None
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str | None) -> str | None:
+        if v is not None:
+            import_object(v.strip())
+        return v.strip() if v is not None else None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KafkaOAuthSettings:
+        if self.token_endpoint and self.provider:
+            raise ValueError("provider: set either token_endpoint or provider, not both")
+        if self.token_endpoint and (not self.client_id or self.client_secret is None):
+            missing = "client_id" if not self.client_id else "client_secret"
+            raise ValueError(f"{missing}: token_endpoint needs it")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.token_endpoint or self.provider)
+
+    def token_provider(self) -> Any:
+        """A kafka-python token provider for these settings."""
+        if self.provider:
+            from kafka.net.sasl.oauth import AbstractTokenProvider
+
+            where = f"invalid setting kafka.oauth.provider: {self.provider}"
+            try:
+                obj = import_object(self.provider)
+                made = (
+                    obj() if callable(obj) and not isinstance(obj, AbstractTokenProvider) else obj
+                )
+            except Exception as exc:  # the user's code, whatever it raises
+                raise ConfigError(f"{where} failed: {type(exc).__name__}: {exc}") from None
+            if not isinstance(made, AbstractTokenProvider):
+                raise ConfigError(
+                    f"{where} gave a {type(made).__name__}, not a kafka-python "
+                    "AbstractTokenProvider"
+                )
+            return made
+        return client_credentials_provider()(self)
+
+
 class KafkaSettings(_Section):
-    """Where records come from and where verdicts go; security settings pass to kafka-python."""
+    """Where records come from and where verdicts go; security settings pass to kafka-python.
+
+    ``client`` / ``consumer`` / ``producer`` pass any other kafka-python setting to every client
+    / every consumer / every producer vaeguard opens, checked against kafka-python's own
+    settings (those vaeguard sets itself are refused, with the reason).
+    """
 
     bootstrap_servers: str = "127.0.0.1:9092"
     input_topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["metrics"])
@@ -91,14 +159,34 @@ class KafkaSettings(_Section):
     request_timeout_ms: int = Field(10000, ge=1000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI", "AWS_MSK_IAM"]
+        | None
+    ) = None
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
+    #: OAUTHBEARER's token source (see `KafkaOAuthSettings`).
+    oauth: KafkaOAuthSettings = Field(default_factory=KafkaOAuthSettings)
     ssl_cafile: FilePath | None = None
     ssl_certfile: FilePath | None = None
     ssl_keyfile: FilePath | None = None
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
+    #: Any other kafka-python setting, for every client (keys both KafkaConsumer and
+    #: KafkaProducer take), e.g. ``{metadata_max_age_ms: 60000, client_rack: eu-1a}``.
+    client: dict[str, Any] = Field(default_factory=dict)
+    #: Any other KafkaConsumer setting, e.g. ``{fetch_max_bytes: 10485760}``.
+    consumer: dict[str, Any] = Field(default_factory=dict)
+    #: Any other KafkaProducer setting (the producer of score records and dead letters),
+    #: e.g. ``{compression_type: zstd, linger_ms: 20}``.
+    producer: dict[str, Any] = Field(default_factory=dict)
+
+    _oauth_provider: Any = PrivateAttr(default=None)
+
+    @field_validator("client", "consumer", "producer", mode="before")
+    @classmethod
+    def _passthrough(cls, v: Any, info) -> Any:
+        return kafka_map(info.field_name, v)
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -116,7 +204,7 @@ class KafkaSettings(_Section):
     @classmethod
     def _topics_from_text(cls, v: Any) -> Any:
         """Accept a JSON list (the documented env form) or a comma-separated string."""
-        return _list_from_text(v)
+        return list_from_text(v)
 
     @field_validator("input_topics")
     @classmethod
@@ -167,15 +255,53 @@ class KafkaSettings(_Section):
                 raise ValueError(
                     f"sasl_mechanism: security_protocol {self.security_protocol} needs one"
                 )
+            self._check_mechanism()
+        idle = {**self.client, **self.consumer}.get("connections_max_idle_ms")
+        if idle is not None and idle <= self.request_timeout_ms:
+            raise ValueError(
+                f"consumer: connections_max_idle_ms ({idle}) must exceed request_timeout_ms "
+                f"({self.request_timeout_ms})"
+            )
+        return self
+
+    def _check_mechanism(self) -> None:
+        """What the SASL mechanism needs: credentials, a token source, a library."""
+        mechanism = self.sasl_mechanism
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             if not self.sasl_plain_username or self.sasl_plain_password is None:
                 missing = (
                     "sasl_plain_username" if not self.sasl_plain_username else "sasl_plain_password"
                 )
-                raise ValueError(f"{missing}: sasl_mechanism {self.sasl_mechanism} needs it")
-        return self
+                raise ValueError(f"{missing}: sasl_mechanism {mechanism} needs it")
+        elif mechanism == "OAUTHBEARER":
+            if not self.oauth.configured:
+                raise ValueError(
+                    "oauth: sasl_mechanism OAUTHBEARER needs a token source: "
+                    "kafka.oauth.token_endpoint (with client_id and client_secret) or "
+                    "kafka.oauth.provider (MODULE:ATTRIBUTE of a token provider)"
+                )
+        elif mechanism == "GSSAPI":
+            import importlib.util
 
-    def client_config(self) -> dict[str, Any]:
-        """Connection and security options shared by every kafka-python client we create."""
+            if importlib.util.find_spec("gssapi") is None:
+                raise ValueError(
+                    "sasl_mechanism: GSSAPI (Kerberos) needs the gssapi package and the system's "
+                    "Kerberos libraries (pip install gssapi), which are not installed"
+                )
+        elif mechanism == "AWS_MSK_IAM":
+            import importlib.util
+
+            if self.security_protocol != "SASL_SSL":
+                raise ValueError("security_protocol: sasl_mechanism AWS_MSK_IAM needs SASL_SSL")
+            if importlib.util.find_spec("botocore") is None:
+                raise ValueError(
+                    "sasl_mechanism: AWS_MSK_IAM needs the botocore package (pip install "
+                    "botocore), which is not installed"
+                )
+
+    def client_config(self, **options: Any) -> dict[str, Any]:
+        """Options for every kafka-python client we create: connection and security, then
+        ``options`` (that client's own, from vaeguard), then ``kafka.client``."""
         config: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "client_id": self.client_id,
@@ -184,8 +310,12 @@ class KafkaSettings(_Section):
         }
         if self.security_protocol.startswith("SASL"):
             config["sasl_mechanism"] = self.sasl_mechanism
-            config["sasl_plain_username"] = self.sasl_plain_username
-            config["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()  # type: ignore[union-attr]
+            if self.sasl_plain_username:
+                config["sasl_plain_username"] = self.sasl_plain_username
+            if self.sasl_plain_password is not None:
+                config["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+            if self.sasl_mechanism == "OAUTHBEARER":
+                config["sasl_oauth_token_provider"] = self._token_provider()
         if self.security_protocol in ("SSL", "SASL_SSL"):
             config["ssl_check_hostname"] = self.ssl_check_hostname
             for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
@@ -194,7 +324,21 @@ class KafkaSettings(_Section):
                     config[name] = str(value)
             if self.ssl_password is not None:
                 config["ssl_password"] = self.ssl_password.get_secret_value()
-        return config
+        return {**config, **options, **plain_options(self.client)}
+
+    def consumer_config(self, **options: Any) -> dict[str, Any]:
+        """`client_config` for a KafkaConsumer, with ``kafka.consumer`` over it."""
+        return {**self.client_config(**options), **plain_options(self.consumer)}
+
+    def producer_config(self, **options: Any) -> dict[str, Any]:
+        """`client_config` for a KafkaProducer, with ``kafka.producer`` over it."""
+        return {**self.client_config(**options), **plain_options(self.producer)}
+
+    def _token_provider(self) -> Any:
+        """One OAUTHBEARER token provider for every client of these settings (tokens reused)."""
+        if self._oauth_provider is None:
+            self._oauth_provider = self.oauth.token_provider()
+        return self._oauth_provider
 
 
 class RegistryStoreSettings(_Section):
@@ -413,7 +557,7 @@ class InputSettings(_Section):
     @classmethod
     def _entity_from_text(cls, v: Any) -> Any:
         """Accept a JSON list (the env form) or a comma-separated string."""
-        return _list_from_text(v)
+        return list_from_text(v)
 
     @model_validator(mode="after")
     def _mapping(self) -> InputSettings:
@@ -470,6 +614,22 @@ class Settings(BaseSettings):
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
     #: Periodic retraining, drift-triggered retraining (model.path must be a registry).
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+
+    @model_validator(mode="after")
+    def _rows_wait_less_than_a_stall(self) -> Settings:
+        """A waiting row holds its partition's commit (`vaeguard.daemon.inputs`) until it has
+        waited input.max_wait_s and the next batch closes it: the stall detector must allow
+        that, or it reports a partition that only waits for a row."""
+        held = self.input.max_wait_s + self.scoring.batch_max_wait_ms / 1000
+        if self.input.format != "flat" and held >= self.scoring.stall_after_s:
+            raise ValueError(
+                f"input.max_wait_s: {self.input.max_wait_s:g} s plus one batch wait "
+                f"(scoring.batch_max_wait_ms = {self.scoring.batch_max_wait_ms} ms) must stay "
+                f"below scoring.stall_after_s ({self.scoring.stall_after_s:g} s), since a row's "
+                "samples hold their partition's commit while it waits and the partition would "
+                "count as stalled; lower input.max_wait_s or raise scoring.stall_after_s"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -592,9 +752,14 @@ def describe_errors(exc: ValidationError, data: Mapping[str, Any], config_file) 
         msg = err["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
-        # Cross-field checks name their field as "field: problem"; move it into the location.
+        # Cross-field checks name their field as "field: problem"; move it into the location
+        # (a kafka-python passthrough map names its key so).
         head, sep, rest = msg.partition(": ")
-        if sep and head in _known_fields((*loc, head)):
+        path = tuple(head.split("."))  # a check across sections names "section.field"
+        if sep and not loc and len(path) == 2 and path[1] in _known_fields(path):
+            loc, msg = path, rest
+            head, sep, rest = msg.partition(": ")
+        if sep and (head in _known_fields((*loc, head)) or tuple(loc) in KAFKA_MAP_LOCS):
             loc, msg = (*loc, head), rest
         dotted = ".".join(str(p) for p in loc) or "(settings)"
         env = _env_source(loc)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import DataError
+from vaeguard.ingest import Reason, Rejection, to_number
 
 
 def _is_dataframe(obj: Any) -> bool:
@@ -50,8 +51,21 @@ def get_column(data: Any, name: str) -> np.ndarray:
     if _is_dataframe(data):
         return data[name].to_numpy()
     if isinstance(data, Mapping):
-        return np.asarray(data[name], dtype=object)
-    return np.asarray([row.get(name) for row in data], dtype=object)
+        column = data[name]
+        if isinstance(column, np.ndarray) and column.ndim == 1:
+            return column
+        return _cells(column)
+    return _cells([row.get(name) for row in data])
+
+
+def _cells(values: Any) -> np.ndarray:
+    """One object per cell: a cell that is itself a list stays one (refused) cell instead of
+    becoming a dimension of the array."""
+    values = list(values)
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
 
 
 def _row_label(data: Any, i: int) -> str:
@@ -61,29 +75,50 @@ def _row_label(data: Any, i: int) -> str:
 
 
 def _check_cell(value: Any, data: Any, i: int, name: str) -> float:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{_row_label(data, i)}, column {name!r}: value is missing")
-    if isinstance(value, bool | np.bool_):
-        return float(value)
-    if isinstance(value, numbers.Number):
-        out = float(value)
-    else:
+    """One cell as a finite float, by the rule every record path uses (`ingest.to_number`):
+    text that the daemon would refuse when scoring ("1_000", "12,5", "nan") is refused here
+    too, so a table never trains on what its model will not score."""
+    where = f"{_row_label(data, i)}, column {name!r}"
+    if isinstance(value, numbers.Number) and not isinstance(value, str):
         try:
-            out = float(str(value).strip())
-        except ValueError:
-            raise DataError(
-                f"{_row_label(data, i)}, column {name!r}: {value!r} is not a number"
-            ) from None
-    if math.isnan(out):
-        raise DataError(f"{_row_label(data, i)}, column {name!r}: NaN is not allowed")
-    if math.isinf(out):
-        raise DataError(f"{_row_label(data, i)}, column {name!r}: {out} is not allowed")
-    return out
+            out = float(value)  # numpy scalars, Decimal, Fraction; bools count as 0/1
+        except (OverflowError, TypeError, ValueError):
+            raise DataError(f"{where}: {value!r} is not a finite number") from None
+        if math.isnan(out):
+            raise DataError(f"{where}: NaN is not allowed")
+        if math.isinf(out):
+            raise DataError(f"{where}: {out} is not allowed")
+        return out
+    result = to_number(value, f"column {name!r}")
+    if result is None:
+        raise DataError(f"{where}: value is missing")
+    if isinstance(result, Rejection):
+        if result.reason is Reason.NON_FINITE:
+            raise DataError(f"{where}: {_short(value)} is not a finite number")
+        raise DataError(f"{where}: {_short(value)} is not a number")
+    return result
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _has_text(raw: np.ndarray) -> bool:
+    """Whether cells may be text (read by the record rule, not by NumPy's own parser)."""
+    if raw.dtype.kind in "US":
+        return True
+    return raw.dtype == object and any(isinstance(v, str | bytes) for v in raw.ravel().tolist())
 
 
 def numeric_column(data: Any, name: str) -> np.ndarray:
     """A named column as float64, or a DataError naming the first bad row."""
     raw = get_column(data, name)
+    if _has_text(raw):
+        return np.asarray(
+            [_check_cell(value, data, i, name) for i, value in enumerate(raw.tolist())],
+            dtype="float64",
+        )
     try:
         values = (
             raw.astype("float64")
@@ -92,7 +127,7 @@ def numeric_column(data: Any, name: str) -> np.ndarray:
         )
     except (TypeError, ValueError):
         values = None
-    if values is not None and np.isfinite(values).all():
+    if values is not None and values.shape == raw.shape and np.isfinite(values).all():
         return values
     for i, value in enumerate(raw):
         _check_cell(value, data, i, name)
@@ -141,11 +176,12 @@ def feature_matrix(
         raise DataError(f"expected {len(feature_names)} {what} column(s), got {array.shape[1]}")
     try:
         matrix = np.asarray(array, dtype="float64")
-        ok = bool(np.isfinite(matrix).all())
+        ok = not _has_text(array) and bool(np.isfinite(matrix).all())
     except (TypeError, ValueError):
         ok = False
     if not ok:
+        matrix = np.empty(array.shape, dtype="float64")
         for i in range(array.shape[0]):
             for j, name in enumerate(feature_names):
-                _check_cell(array[i, j], array, i, name)
+                matrix[i, j] = _check_cell(array[i, j], array, i, name)
     return matrix, list(feature_names)

@@ -8,7 +8,9 @@ record travel with the model in a bundle (`save` / `load`).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +28,23 @@ from vaeguard.thresholds import Threshold, calibrate, check_probability, is_budg
 MIN_TRAIN_ROWS = 16
 #: Quantile levels of the calibration scores kept in the bundle (reference for drift and severity).
 REFERENCE_LEVELS = np.linspace(0.0, 1.0, 101)
+#: Bounds of the data-relative latent size (``latent_dim="auto"``).
+AUTO_LATENT_MIN, AUTO_LATENT_MAX = 2, 16
+
+
+def resolve_latent_dim(latent_dim: int | str, n_features: int) -> int:
+    """The latent size a fit uses: ``"auto"`` is half the feature count, within
+    [AUTO_LATENT_MIN, AUTO_LATENT_MAX]; a latent as wide as the data lets the decoder copy a
+    row through and explain a single-column shift away."""
+    if latent_dim == "auto":
+        return int(min(AUTO_LATENT_MAX, max(AUTO_LATENT_MIN, n_features // 2)))
+    return int(latent_dim)
+
+
+#: Scaled inputs are clipped to ±this many robust σ before scoring (every path: the Python API,
+#: `vaeguard score`, the daemon), so an absurd but finite value (1e300) scores as "extremely
+#: anomalous" instead of overflowing float32 to inf / NaN.
+CLIP_SIGMAS = 1e6
 
 
 @dataclass(frozen=True)
@@ -107,7 +126,10 @@ class VAEDetector:
     Parameters
     ----------
     latent_dim, hidden, activation, dropout
-        Architecture: encoder widths ``hidden``, mirrored in the decoder.
+        Architecture: encoder widths ``hidden``, mirrored in the decoder. ``latent_dim="auto"``
+        is half the feature count within [2, 16] (`resolve_latent_dim`): a latent as wide as a
+        narrow table lets the decoder copy a row through. A candidate of the leave-one-set-out
+        choice that no fold picked, so not the default; ``latent_dim_`` is the size fitted.
     beta, kl_warmup_epochs
         Weight of the KL term in the ELBO and the epochs over which it ramps up from ~0.
     epochs, batch_size, learning_rate, patience, validation_fraction
@@ -137,6 +159,10 @@ class VAEDetector:
         budget shared with window mode: the rank among the calibration scores, a fitted Pareto
         tail beyond them), "quantile" (false-positive rate ``target_fpr``) or "spot" (EVT,
         ``risk``).
+    contamination
+        PyOD's convention, for data that holds anomalies: the threshold is the
+        (1 − contamination) quantile of the training rows' scores (``decision_scores_``), in
+        (0, 0.5]. None (the default) keeps the calibrated threshold above.
     seed
         Makes training, sampling and scoring repeatable.
     """
@@ -164,6 +190,7 @@ class VAEDetector:
         budget: float = 10.0,
         target_fpr: float = 0.01,
         risk: float = 1e-3,
+        contamination: float | None = None,
         seed: int | None = 0,
         verbose: int = 0,
     ):
@@ -188,6 +215,7 @@ class VAEDetector:
         self.budget = budget
         self.target_fpr = target_fpr
         self.risk = risk
+        self.contamination = contamination
         self.seed = seed
         self.verbose = verbose
         self.model_ = None
@@ -198,7 +226,7 @@ class VAEDetector:
         "latent_dim", "hidden", "beta", "epochs", "batch_size", "learning_rate", "mc_samples",
         "patience", "validation_fraction", "kl_warmup_epochs", "activation", "dropout",
         "min_log_var", "max_log_var", "knn_weight", "knn_k", "symptoms", "threshold_method",
-        "budget", "target_fpr", "risk", "seed", "verbose",
+        "budget", "target_fpr", "risk", "contamination", "seed", "verbose",
     )  # fmt: skip
 
     #: Parameters added after the first bundles were written, and the value that reproduces
@@ -208,6 +236,7 @@ class VAEDetector:
         "knn_k": 1,
         "symptoms": (),
         "budget": 10.0,
+        "contamination": None,
     }
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -223,7 +252,17 @@ class VAEDetector:
         return self
 
     def __repr__(self) -> str:
-        return f"VAEDetector(latent_dim={self.latent_dim}, hidden={self.hidden}, beta={self.beta}, mc_samples={self.mc_samples}, seed={self.seed})"
+        """scikit-learn's: the parameters that differ from their defaults, by name."""
+        defaults = {
+            name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
+        }
+        changed = {
+            name: value
+            for name, value in sorted(self.get_params().items())
+            if name not in defaults or repr(value) != repr(defaults[name])
+        }
+        args = ", ".join(f"{name}={value!r}" for name, value in changed.items())
+        return f"{type(self).__name__}({args})"
 
     # -- fitting ------------------------------------------------------------------------------
 
@@ -283,7 +322,7 @@ class VAEDetector:
 
         model = VAE(
             n_features=len(names),
-            latent_dim=self.latent_dim,
+            latent_dim=resolve_latent_dim(self.latent_dim, len(names)),
             hidden=self.hidden,
             n_conditions=condition_encoder.width,
             beta=self.beta,
@@ -330,6 +369,7 @@ class VAEDetector:
         )
 
         self.model_ = model
+        self.latent_dim_ = model.latent_dim
         self.feature_names_ = names
         self.n_features_in_ = len(names)
         self.scaler_ = scaler
@@ -347,7 +387,7 @@ class VAEDetector:
             self.latent_knn_ = self._fit_latent_knn(x, c_all, train_idx, raw)
             self._scorer = None
             scores = scores + self.latent_knn_.term(raw.z_mean)
-        self.threshold_ = calibrate(
+        self.threshold_rule_ = calibrate(
             scores,
             self.threshold_method,
             target_fpr=self.target_fpr,
@@ -355,8 +395,15 @@ class VAEDetector:
             budget=self.budget,
         )
         self.score_reference_ = np.quantile(scores, REFERENCE_LEVELS)
+        # PyOD's attributes: every training row's score, and its label at the threshold.
+        self.decision_scores_ = self.score_matrix(x_raw, c_all).scores
+        if self.contamination is not None:
+            self.threshold_rule_ = contamination_threshold(
+                self.decision_scores_, self.contamination
+            )
         self.training_info_ = {
             "rows": int(n),
+            "latent_dim": int(model.latent_dim),  # as resolved ("auto": from the feature count)
             "train_rows": len(train_idx),
             "validation_rows": int(n_val),
             "epochs_run": len(history.epoch),
@@ -365,6 +412,7 @@ class VAEDetector:
             if "val_loss" in self.history_
             else None,
             "data_fingerprint": fingerprint(x_raw, c_all),
+            "scores": score_summary(self.decision_scores_),
         }
         return self
 
@@ -398,11 +446,20 @@ class VAEDetector:
         # (checked before training, not when the threshold is fitted after it)
         check_probability("target_fpr", self.target_fpr)
         check_probability("risk", self.risk)
+        c = self.contamination
+        if c is not None and not (
+            isinstance(c, numbers.Real) and not isinstance(c, bool) and 0.0 < c <= 0.5
+        ):
+            raise ValueError(f"contamination must be None or in (0, 0.5], got {c!r}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("validation_fraction must be in [0, 1)")
         if not (math.isfinite(self.knn_weight) and self.knn_weight >= 0):
             raise ValueError("knn_weight must be a finite number ≥ 0")
-        for name in ("latent_dim", "epochs", "batch_size", "mc_samples", "knn_k"):
+        if self.latent_dim != "auto" and (
+            isinstance(self.latent_dim, bool | str) or int(self.latent_dim) < 1
+        ):
+            raise ValueError(f"latent_dim must be 'auto' or at least 1, got {self.latent_dim!r}")
+        for name in ("epochs", "batch_size", "mc_samples", "knn_k"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
@@ -441,6 +498,7 @@ class VAEDetector:
         Conditions may be passed separately or, for named input, as extra columns of X.
         """
         self._check_fitted()
+        X = named_row(X, self.feature_names_)
         x_raw, _ = feature_matrix(X, self.feature_names_)
         c = None
         if self.conditions_.columns:
@@ -458,10 +516,12 @@ class VAEDetector:
 
     def score_matrix(self, x_raw: np.ndarray, c: np.ndarray | None = None) -> ScoreResult:
         """Score an already validated float matrix (the daemon's hot path)."""
-        raw = self._raw_scores(self.scaler_.transform(x_raw), c)
+        # an absurd but finite value scores as "extremely anomalous" instead of overflowing
+        x_scaled = np.clip(self.scaler_.transform(x_raw), -CLIP_SIGMAS, CLIP_SIGMAS)
+        raw = self._raw_scores(x_scaled, c)
         return ScoreResult(
             scores=raw.score,
-            threshold=self.threshold_.value,
+            threshold=self.threshold_,
             contributions=raw.nll - self.baseline_,
             nll=raw.nll,
             observed=x_raw,
@@ -477,9 +537,86 @@ class VAEDetector:
         """Anomaly score −log p̂(x) per row, in nats: higher = more anomalous."""
         return self.score(X, conditions).scores
 
-    def predict(self, X, conditions=None) -> np.ndarray:
-        """1 for rows scoring above the calibrated threshold, else 0."""
-        return self.score(X, conditions).is_anomaly.astype("int64")
+    def predict(self, X, conditions=None, *, return_confidence: bool = False):
+        """1 for rows scoring above the calibrated threshold, else 0 (with
+        ``return_confidence``, also `predict_confidence`, as PyOD's ``predict``)."""
+        labels = self.score(X, conditions).is_anomaly.astype("int64")
+        if return_confidence:
+            return labels, self.predict_confidence(X, conditions)
+        return labels
+
+    def fit_predict(self, X, y=None, **fit_params) -> np.ndarray:
+        """`fit`, then the training rows' labels (``labels_``); ``y`` is ignored, as PyOD's."""
+        return self.fit(X, **fit_params).labels_
+
+    def predict_proba(
+        self, X, conditions=None, *, method: str = "linear", return_confidence: bool = False
+    ):
+        """PyOD's outlier probability, shape (n, 2): [P(normal), P(outlier)] per row.
+
+        "linear": the score min-max scaled over the training rows' scores, clipped to [0, 1];
+        "unify": erf of the score standardized by their mean and standard deviation
+        (Kriegel et al. 2011), clipped to [0, 1]. Either is a ranking made comparable, not a
+        calibrated probability: the p-value of a budget threshold (`score`) is that.
+        """
+        if method not in ("linear", "unify"):
+            raise ValueError(f"method must be 'linear' or 'unify', got {method!r}")
+        scores = self.decision_function(X, conditions)
+        summary = self._score_summary()
+        if method == "linear":
+            span = summary["max"] - summary["min"]
+            p = (scores - summary["min"]) / span if span > 0 else (scores > summary["max"]) * 1.0
+        else:
+            sd = summary["std"]
+            z = (scores - summary["mean"]) / (sd * math.sqrt(2.0)) if sd > 0 else scores * 0.0
+            p = np.vectorize(math.erf, otypes=["float64"])(z) if z.size else z
+        p = np.clip(np.asarray(p, dtype="float64"), 0.0, 1.0)
+        proba = np.column_stack([1.0 - p, p])
+        if return_confidence:
+            return proba, self.predict_confidence(X, conditions)
+        return proba
+
+    def predict_confidence(self, X, conditions=None) -> np.ndarray:
+        """PyOD's confidence in each row's label (ExCeed, Perini et al. 2020): how likely the
+        same label is under a perturbed training set, from the row's rank among the training
+        rows' scores. Needs ``decision_scores_`` (a fitted detector, not a loaded bundle)."""
+        train = getattr(self, "decision_scores_", None)
+        if train is None:
+            raise NotFittedError(
+                "predict_confidence needs the training rows' scores (decision_scores_): "
+                "a loaded bundle does not keep them; fit the detector"
+            )
+        scores = self.decision_function(X, conditions)
+        n = len(train)
+        contamination = (
+            self.contamination if self.contamination is not None else float(self.labels_.mean())
+        )
+        ranks = np.searchsorted(np.sort(train), scores, side="right")
+        unique, inverse = np.unique(ranks, return_inverse=True)
+        tail = binomial_tail(n - int(n * contamination), n, (1.0 + unique) / (2.0 + n))
+        conf = tail[inverse.ravel()]
+        labels = (scores > self.threshold_).astype("int64")
+        return np.where(labels == 1, conf, 1.0 - conf).clip(0.0, 1.0)
+
+    def _score_summary(self) -> dict[str, float]:
+        """min, max, mean and standard deviation of the training rows' scores (kept in the
+        bundle, so a loaded detector has `predict_proba` too)."""
+        self._check_fitted()
+        train = getattr(self, "decision_scores_", None)
+        if train is not None:
+            return score_summary(train)
+        summary = (getattr(self, "training_info_", None) or {}).get("scores")
+        if summary is None:
+            raise NotFittedError(
+                "predict_proba needs the training rows' scores, which this bundle (saved before "
+                "they were kept) does not record: fit the detector again"
+            )
+        keys = ("min", "max", "mean", "std")
+        if not isinstance(summary, dict) or not all(
+            isinstance(summary.get(k), int | float) and math.isfinite(summary[k]) for k in keys
+        ):
+            raise BundleError(f"corrupt bundle: training.scores must hold finite {', '.join(keys)}")
+        return {k: float(summary[k]) for k in keys}
 
     def explain(self, X, conditions=None, *, centered: bool = True) -> np.ndarray:
         """n_rows × n_features contributions: higher = more responsible for the row's score.
@@ -615,15 +752,41 @@ class VAEDetector:
 
     @property
     def threshold(self) -> float:
+        return self.threshold_
+
+    @property
+    def threshold_(self) -> float:
+        """The decision threshold on the score, a number (PyOD's and scikit-learn's
+        convention); how it was chosen is ``threshold_rule_``. Setting it is `set_threshold`."""
         self._check_fitted()
-        return self.threshold_.value
+        return float(self.threshold_rule_.value)
+
+    @threshold_.setter
+    def threshold_(self, value: float) -> None:
+        if isinstance(value, Threshold):
+            raise TypeError("threshold_ is a number; set the calibrated rule as threshold_rule_")
+        self.set_threshold(value)
+
+    @property
+    def labels_(self) -> np.ndarray:
+        """PyOD's labels of the training rows: 1 where ``decision_scores_`` is above
+        ``threshold_`` (the current threshold: a later `calibrate` or `set_threshold` moves
+        them too). A loaded bundle keeps no training rows, so it has none."""
+        scores = getattr(self, "decision_scores_", None)
+        if scores is None:
+            raise AttributeError(
+                "labels_: the training rows' labels exist after fit (a loaded bundle keeps no "
+                "training rows)"
+            )
+        return (scores > self.threshold_).astype("int64")
 
     def set_threshold(self, value: float) -> VAEDetector:
         """Override the calibrated threshold (recorded as method "manual")."""
         self._check_fitted()
-        if not math.isfinite(value):
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (real and math.isfinite(value)):
             raise ValueError("threshold must be a finite number")
-        self.threshold_ = Threshold(float(value), "manual", {}, 0)
+        self.threshold_rule_ = Threshold(float(value), "manual", {}, 0)
         return self
 
     def calibrate(
@@ -638,7 +801,7 @@ class VAEDetector:
     ) -> Threshold:
         """Re-calibrate the threshold on fresh normal data (e.g. a larger held-out set)."""
         scores = self.score(X, conditions).scores
-        self.threshold_ = calibrate(
+        self.threshold_rule_ = calibrate(
             scores,
             method or self.threshold_method,
             target_fpr=target_fpr if target_fpr is not None else self.target_fpr,
@@ -646,7 +809,7 @@ class VAEDetector:
             budget=budget if budget is not None else self.budget,
         )
         self.score_reference_ = np.quantile(scores, REFERENCE_LEVELS)
-        return self.threshold_
+        return self.threshold_rule_
 
     # -- latent space and generation ------------------------------------------------------------
 
@@ -671,7 +834,7 @@ class VAEDetector:
         from keras import ops
 
         self._check_fitted()
-        z = np.asarray(z, dtype="float32").reshape(-1, self.latent_dim)
+        z = np.asarray(z, dtype="float32").reshape(-1, self.model_.latent_dim)
         c = self._conditions_for(z.shape[0], conditions)
         mean, log_var = self.model_.decode(z, c)
         mean = ops.convert_to_numpy(mean).astype("float64")
@@ -689,7 +852,7 @@ class VAEDetector:
         if n < 1:
             raise ValueError("n must be at least 1")
         rng = np.random.default_rng(self.seed if seed is None else seed)
-        z = rng.standard_normal((n, self.latent_dim))
+        z = rng.standard_normal((n, self.model_.latent_dim))
         return self.decode(z, conditions, noise=noise, seed=rng.integers(2**31))
 
     def interpolate(self, a, b, steps: int = 10, conditions=None) -> np.ndarray:
@@ -749,9 +912,63 @@ def validation_split(n: int, fraction: float, seed: int | None) -> tuple[np.ndar
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def named_row(X, names: Sequence[str]):
+    """A pandas Series whose labels hold every feature name (a row of a DataFrame:
+    ``X.iloc[0]``, ``df.loc[key]``) as a one-row DataFrame, matched by name; anything else
+    as it is."""
+    if getattr(X, "ndim", None) != 1 or not hasattr(X, "to_frame") or not hasattr(X, "index"):
+        return X
+    labels = list(X.index)
+    if not all(name in labels for name in names):
+        return X
+    if len(set(labels)) != len(labels):
+        raise DataError("a row's labels must be unique (a Series with a repeated label)")
+    return X.to_frame().T.infer_objects()
+
+
+def contamination_threshold(scores: np.ndarray, contamination: float) -> Threshold:
+    """PyOD's threshold: the (1 − contamination) percentile of the training rows' scores."""
+    value = float(np.percentile(scores, 100.0 * (1.0 - contamination)))
+    return Threshold(value, "contamination", {"contamination": float(contamination)}, len(scores))
+
+
+def binomial_tail(k: int, n: int, p: np.ndarray) -> np.ndarray:
+    """P(Binomial(n, p) > k) for each p (SciPy's ``binom.sf``, summed in log space)."""
+    j = np.arange(k + 1, n + 1, dtype="float64")
+    if j.size == 0:
+        return np.zeros(len(p))
+    log_comb = math.lgamma(n + 1) - _lgamma(j + 1) - _lgamma(n - j + 1)
+    p = np.clip(np.asarray(p, dtype="float64"), 1e-300, 1.0 - 1e-16)
+    out = np.empty(len(p))
+    step = max(1, 2**22 // j.size)  # rows per chunk: a few million terms at a time
+    for lo in range(0, len(p), step):
+        q = p[lo : lo + step, None]
+        terms = log_comb + j * np.log(q) + (n - j) * np.log1p(-q)
+        top = terms.max(axis=1, keepdims=True)
+        out[lo : lo + step] = np.exp(top[:, 0]) * np.exp(terms - top).sum(axis=1)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _lgamma(x: np.ndarray) -> np.ndarray:
+    return np.array([math.lgamma(v) for v in x])
+
+
+def score_summary(scores: np.ndarray) -> dict[str, float]:
+    s = np.asarray(scores, dtype="float64")
+    return {
+        "min": float(s.min()),
+        "max": float(s.max()),
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+    }
+
+
 def _one_row(row, detector: VAEDetector):
     if isinstance(row, dict):
         return [row]
+    row = named_row(row, detector.feature_names_)
+    if hasattr(row, "iloc"):
+        return row.iloc[:1]
     arr = np.asarray(row)
     if arr.ndim == 1:
         return arr.reshape(1, -1)
@@ -870,11 +1087,12 @@ def _fill(detector, model, m: dict[str, Any], conditions, path: Path) -> None:
     from vaeguard.bundle import MANIFEST_FILE, sha256_file
 
     detector.model_ = model
+    detector.latent_dim_ = model.latent_dim
     detector.feature_names_ = list(m["features"])
     detector.n_features_in_ = len(m["features"])
     detector.scaler_ = RobustScaler.from_dict(m["scaler"])
     detector.conditions_ = conditions
-    detector.threshold_ = Threshold.from_dict(m["threshold"])
+    detector.threshold_rule_ = Threshold.from_dict(m["threshold"])
     detector.baseline_ = np.asarray(m["baseline"], dtype="float64")
     detector.plausible_range_ = None
     if m.get("plausible_range") is not None:
@@ -882,7 +1100,7 @@ def _fill(detector, model, m: dict[str, Any], conditions, path: Path) -> None:
 
         detector.plausible_range_ = PlausibleRange.from_dict(m["plausible_range"])
     detector.score_reference_ = np.asarray(
-        m.get("score_reference") or [detector.threshold_.value], dtype="float64"
+        m.get("score_reference") or [detector.threshold_rule_.value], dtype="float64"
     )
     training = dict(m.get("training") or {})
     detector.history_ = training.pop("history", {})

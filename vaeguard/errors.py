@@ -55,6 +55,12 @@ class RegistryConflict(RegistryError):
     (If-None-Match) or had changed since it was read (If-Match)."""
 
 
+class CorruptVersion(RegistryError):
+    """A version in an object-store registry whose files do not match its COMPLETE record
+    (missing, or another checksum): it will not heal by itself, so a reader need not fetch it
+    again, unlike a store that is only unreachable."""
+
+
 # -- daemon (vaeguard.daemon) -----------------------------------------------------------------
 
 

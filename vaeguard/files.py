@@ -75,3 +75,13 @@ def sha256_file(path: Path | str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def user_state_dir() -> Path:
+    """vaeguard's per-user state folder (XDG): ``$XDG_STATE_HOME/vaeguard``, else
+    ``~/.local/state/vaeguard``; absolute, so it does not move with the working directory a
+    process starts in. RuntimeError where there is no home folder to resolve."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if base and Path(base).is_absolute():
+        return Path(base) / "vaeguard"
+    return Path.home() / ".local" / "state" / "vaeguard"

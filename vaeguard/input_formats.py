@@ -28,6 +28,16 @@ metric name with optional label matchers, as in PromQL (``node_load1``,
 ``node_cpu_seconds_total{mode="user"}``). Without a mapping a feature is a Telegraf field / a
 metric of its own name. A view no selector matches is not an error: it is counted as unmapped.
 
+A selector may also read a property of the sample: a Telegraf tag (``tags.role``), a Prometheus
+label (``labels.role``), an OTLP attribute (``attributes.service.namespace``, or
+``resource.…`` for the resource's only); in the one-sample formats a path starting with
+``labels.`` / ``attributes.`` / ``resource.`` is such a path, not a metric name. That is how a
+CVAE's categorical condition (entity type, region, …) comes from the record: its value is taken
+as it is (a category, not a number; the model's ``labels``), and it rides with the samples of
+the features: a view that only carries it is unmapped, and a row that closes without it is
+incomplete like a row without a feature (the flat record's rule: a missing condition is
+``missing_feature``; a category unseen in training is scored, as the encoder says).
+
 A model that needs every feature in one row (tabular) gets rows assembled per entity
 (`RowAssembler`): the newest value of each feature within an alignment interval, the row
 closing as soon as it holds every feature, when it has waited ``max_wait_s``, or when more
@@ -85,6 +95,13 @@ DEFAULT_TIME = {"telegraf": "timestamp", "prometheus": "timestamp", "otlp-json":
 #: one message can cause, far above what either sender puts in one Kafka message.
 MAX_VIEWS = 10_000
 
+#: The first path segment of a selector that reads a property of the sample, per format.
+LABEL_ROOTS = {
+    "telegraf": ("tags",),
+    "prometheus": ("labels",),
+    "otlp-json": ("attributes", "resource"),
+}
+
 _SELECTOR = re.compile(r"^\s*([^{}\s]+)\s*(?:\{(.*)\})?\s*$", re.S)
 _MATCHER = re.compile(r'\s*([^=,\s"]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
 
@@ -95,6 +112,8 @@ class Selector:
 
     path: tuple[str, ...]
     matchers: tuple[tuple[tuple[str, ...], str], ...] = ()
+    #: Reads a tag / label / attribute: it rides with a sample, never makes one by itself.
+    label: bool = False
 
     def value(self, view: Mapping[str, Any]) -> tuple[bool, Any]:
         """(whether the view is this feature's, its value there)."""
@@ -122,11 +141,12 @@ def parse_selector(text: str, fmt: str) -> Selector:
                 raise ValueError(f'{text!r}: expected key="value" at {body[pos:]!r}')
             matchers.append((m.group(1), re.sub(r"\\(.)", r"\1", m.group(2))))
             pos = m.end()
-    if fmt in LONG_FORMATS:  # metric name + labels (PromQL)
+    label = "." in head and head.split(".", 1)[0] in LABEL_ROOTS.get(fmt, ())
+    if fmt in LONG_FORMATS and not label:  # metric name + labels (PromQL)
         container = "labels" if fmt == "prometheus" else "attributes"
         where = [(("name",), head)] + [((container, k), v) for k, v in matchers]
         return Selector(("value",), tuple(where))
-    return Selector(_path(head), tuple((_path(k), v) for k, v in matchers))
+    return Selector(_path(head), tuple((_path(k), v) for k, v in matchers), label)
 
 
 def _path(text: str) -> tuple[str, ...]:
@@ -202,7 +222,8 @@ class Sample:
 
     entity: str
     time: float
-    values: dict[str, float]
+    #: Numbers, and the raw values of the model's labels (categorical conditions).
+    values: dict[str, Any]
 
 
 @dataclass
@@ -223,11 +244,13 @@ class Decoded:
 class FieldMapping:
     """An `InputSpec` compiled: selectors parsed, defaults filled (built once per settings)."""
 
-    def __init__(self, spec: InputSpec, known: Iterable[str] = ()):
+    def __init__(self, spec: InputSpec, known: Iterable[str] = (), labels: Iterable[str] = ()):
         """``known``: the model's features; without a mapping, other fields / metrics are
-        not features (another metric on the same topic is unmapped, not a new feature)."""
+        not features (another metric on the same topic is unmapped, not a new feature).
+        ``labels``: those taken as they are (categories), not read as numbers."""
         self.spec = spec
         self.known = frozenset(known)
+        self.labels = frozenset(labels)
         fmt = spec.format
         self.selectors = {
             name: parse_selector(text, fmt if fmt != "flat" else "telegraf")
@@ -237,23 +260,24 @@ class FieldMapping:
         self.entity_names = tuple(p[-1] for p in self.entity)
         self.time = _path(spec.time or DEFAULT_TIME.get(fmt, "timestamp"))
 
-    def features(self, view: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
-        """(feature, raw value) of every feature this view holds."""
+    def features(self, view: Mapping[str, Any]) -> Iterator[tuple[str, Any, bool]]:
+        """(feature, raw value, whether a tag / label selector found it) of every feature this
+        view holds."""
         if self.selectors:
             for name, selector in self.selectors.items():
                 found, value = selector.value(view)
                 if found:
-                    yield name, value
+                    yield name, value, selector.label
         elif self.spec.format == "telegraf":
             fields = view.get("fields")
             if isinstance(fields, Mapping):
                 for name, value in fields.items():
                     if not self.known or name in self.known:
-                        yield name, value
+                        yield name, value, False
         else:
             name = view.get("name")
             if isinstance(name, str) and "value" in view and (not self.known or name in self.known):
-                yield name, view["value"]
+                yield name, view["value"], False
 
 
 def samples_of(obj: dict[str, Any], mapping: FieldMapping) -> Decoded:
@@ -273,24 +297,25 @@ def samples_of(obj: dict[str, Any], mapping: FieldMapping) -> Decoded:
 
 def _sample(view: Mapping[str, Any], mapping: FieldMapping, out: Decoded) -> None:
     raw = list(mapping.features(view))
-    if not raw:
+    measured = [name for name, _, label in raw if not label]
+    if not measured:  # nothing, or only tags / labels: they ride with a measurement
         out.unmapped += 1
         return
-    values: dict[str, float] = {}
-    for name, value in raw:
+    values: dict[str, Any] = {}
+    for name, value, _ in raw:
+        if name in mapping.labels:  # a category: taken as it is (None: absent)
+            if value is not None:
+                values[name] = value
+            continue
         number = to_number(value, f"feature {name!r}")
         if isinstance(number, Rejection):
             out.refuse(number)
             return
         if number is not None:
             values[name] = number
-    if not values:
+    if not any(name in values for name in measured):
         out.refuse(
-            Rejection(
-                Reason.MISSING_FEATURE,
-                "ValueError",
-                f"feature {next(iter(dict(raw)))!r} has no value",
-            )
+            Rejection(Reason.MISSING_FEATURE, "ValueError", f"feature {measured[0]!r} has no value")
         )
         return
     entity = _entity(view, mapping)
@@ -477,7 +502,7 @@ class _Row:
     bucket: int
     opened: float  # monotonic time of its first sample
     time: float = 0.0
-    values: dict[str, float] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
     #: (topic, partition) → the first offset of a sample it holds: what a commit must not pass.
     first: dict[tuple[str, int], int] = field(default_factory=dict)
     origin: Any = None  # the message of its newest sample (a row's output is that message's)
@@ -489,7 +514,7 @@ class Closed:
 
     entity: str
     time: float
-    values: dict[str, float]
+    values: dict[str, Any]
     origin: Any
     rejection: Rejection | None = None
 
@@ -619,7 +644,7 @@ def _iso(seconds: float) -> str:
 
 
 def record_of(
-    entity: str, when: float, values: Mapping[str, float], entity_field: str, time_field: str
+    entity: str, when: float, values: Mapping[str, Any], entity_field: str, time_field: str
 ) -> dict[str, Any]:
     """The flat record of a sample or a closed row, in the fields the model reads."""
     record: dict[str, Any] = dict(values)
@@ -646,7 +671,9 @@ class InputReader:
     ``entity_field`` / ``time_field`` name the flat record's entity and time (the model's);
     ``assemble`` (tabular models: a row needs every feature at once) assembles rows of
     ``required`` features with a `RowAssembler`; without it (window models, which take any
-    subset of their metrics per point) each sample is a record of its own.
+    subset of their metrics per point) each sample is a record of its own. ``labels``: the
+    required fields that are categories (a tabular model's categorical conditions), taken
+    as they are rather than read as numbers.
     """
 
     def __init__(
@@ -657,10 +684,11 @@ class InputReader:
         time_field: str = "ts",
         required: Iterable[str] = (),
         assemble: bool = False,
+        labels: Iterable[str] = (),
         clock=time.monotonic,
     ):
         self.spec = spec
-        self.mapping = FieldMapping(spec, required)
+        self.mapping = FieldMapping(spec, required, labels)
         self.entity_field = entity_field
         self.time_field = time_field
         self.required = frozenset(self.mapping.known)
@@ -699,7 +727,7 @@ class InputReader:
                 out.unmapped += 1
             return
         if self.assembler is None:  # one record per entity and time of this message
-            merged: dict[tuple[str, float], dict[str, float]] = {}
+            merged: dict[tuple[str, float], dict[str, Any]] = {}
             for s in decoded.samples:
                 merged.setdefault((s.entity, s.time), {}).update(s.values)
             for (entity, when), values in merged.items():
@@ -722,7 +750,7 @@ class InputReader:
             else:
                 out.records.append((self._record(row.entity, row.time, row.values), row.origin))
 
-    def _record(self, entity: str, when: float, values: Mapping[str, float]) -> dict[str, Any]:
+    def _record(self, entity: str, when: float, values: Mapping[str, Any]) -> dict[str, Any]:
         return record_of(entity, when, values, self.entity_field, self.time_field)
 
     def due(self) -> Read:

@@ -45,7 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from vaeguard.bundle import MANIFEST_FILE, read_manifest
-from vaeguard.errors import BundleError, LockHeld, RegistryError, VersionNameError
+from vaeguard.errors import (
+    BundleError,
+    CorruptVersion,
+    LockHeld,
+    RegistryError,
+    VersionNameError,
+)
 from vaeguard.files import fsync_dir, write_atomic
 
 MARKER = "registry.json"
@@ -229,6 +235,15 @@ class ModelRegistry:
     def versions(self) -> list[VersionInfo]:
         return [self.info(v) for v in self.version_names()]
 
+    def identity(self, version: str) -> str:
+        """What tells two publications of one version name apart (a directory version is never
+        published twice: its name)."""
+        return self._normalize(version)
+
+    def pin(self, path: Path) -> Pin:
+        """Keep a version's local folder while it serves (a directory version is never evicted)."""
+        return Pin(None)
+
     def promotions(self) -> list[dict[str, Any]]:
         """The changes of CURRENT that took effect, oldest first (see the module docstring)."""
         entries, _ = self._log(self._read_current())
@@ -409,6 +424,20 @@ def _entry(line: bytes) -> dict[str, Any] | None:
     return entry
 
 
+class Pin:
+    """A shared flock on a cached version's folder, held while a daemon serves it: eviction takes
+    the exclusive lock without waiting, so it skips a folder in use in any process, and a
+    process that dies releases its pins with it."""
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops its flock
+
+
 def _short(name: object, limit: int = 40) -> str:
     """A name for an error line: repr (so no newline gets through), cut to a readable length."""
     text = repr(str(name))
@@ -464,11 +493,18 @@ class ObjectStoreRegistry(ModelRegistry):
 
     Readers (`path_of`, `load`, the daemon's reload) download a version into a local cache
     folder (one per version and upload), verify every file against COMPLETE, then rename it
-    into place, so the existing loaders read a complete local bundle.
+    into place, so the existing loaders read a complete local bundle. After each download the
+    cache keeps the folder just fetched, the current version's, every folder a daemon serves
+    (`pin`: a shared flock, so this holds across processes sharing the cache) and the
+    `cache_keep` most recently used others; the rest are deleted. Opening the registry removes
+    the temporary folders of downloads whose process died (each live one holds a flock).
     """
 
     lease_ttl_s = 120.0
     lock_timeout_s = 300.0
+    #: Cached versions kept besides the current one, the one just fetched and those serving:
+    #: the likely rollback targets, without the cache growing with every promotion.
+    cache_keep = 2
 
     def __init__(
         self,
@@ -490,6 +526,7 @@ class ObjectStoreRegistry(ModelRegistry):
             digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
             cache_dir = base / "vaeguard" / "registries" / digest
         self.cache = Path(cache_dir)
+        self._sweep_leftovers()
         if self.store.read(MARKER) is not None:
             return
         if not create:
@@ -650,47 +687,107 @@ class ObjectStoreRegistry(ModelRegistry):
             raise RegistryError(f"no version {version} in {self.uri} (versions: {known})")
         return self._fetch(version, marker)
 
-    def _fetch(self, version: str, marker: dict[str, Any]) -> Path:
-        from vaeguard.files import sha256_file
+    def identity(self, version: str) -> str:
+        """The version's upload token (from COMPLETE): a version name published again after a
+        prune removed it is another upload, with another token."""
+        version = self._normalize(version)
+        marker = self._marker(version)
+        if marker is None:
+            known = ", ".join(self.version_names()) or "none"
+            raise RegistryError(f"no version {version} in {self.uri} (versions: {known})")
+        return f"{version}-{marker['token']}"
 
+    def pin(self, path: Path) -> Pin:
+        """A shared flock on a cached version's folder (see `Pin`); FileNotFoundError when the
+        folder was evicted meanwhile (fetch it again)."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # an evictor holds its exclusive lock for a rename
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:  # renamed away while we waited
+                raise FileNotFoundError(path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return Pin(fd)
+
+    def _fetch(self, version: str, marker: dict[str, Any]) -> Path:
         final = self.cache / f"{version}-{marker['token'][:16]}"
         if final.is_dir():
+            with contextlib.suppress(OSError):
+                os.utime(final)  # recently used: the last to be evicted
             return final
         self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = Path(tempfile.mkdtemp(dir=self.cache, prefix=".incoming-"))
+        busy = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for rel, meta in marker["files"].items():
-                parts = rel.split("/") if isinstance(rel, str) else []
-                if (
-                    not parts
-                    or any(p in ("", ".", "..") for p in parts)
-                    or not isinstance(meta, dict)
-                ):
-                    raise RegistryError(f"version {version} in {self.uri}: COMPLETE is corrupt")
-                local = tmp.joinpath(*parts)
-                local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                try:
-                    self.store.download(f"{version}/{rel}", local)
-                except FileNotFoundError:
-                    raise RegistryError(
-                        f"version {version} in {self.uri} is incomplete: {_short(rel)} is missing"
-                    ) from None
-                if sha256_file(local) != meta.get("sha256"):
-                    raise RegistryError(
-                        f"version {version} in {self.uri} is corrupt: {_short(rel)} does not "
-                        "match its checksum in COMPLETE"
-                    )
-            _make_read_only(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():  # else another reader put the same copy in place first
-                    raise
+            fcntl.flock(busy, fcntl.LOCK_EX)  # a live download: not a leftover to sweep
+            self._download(version, marker, tmp, final)
         finally:
             if tmp.exists():
                 _make_writable(tmp)
                 shutil.rmtree(tmp, ignore_errors=True)
+            os.close(busy)
+        self._evict(keep=final)
         return final
+
+    def _download(self, version: str, marker: dict[str, Any], tmp: Path, final: Path) -> None:
+        from vaeguard.files import sha256_file
+
+        for rel, meta in marker["files"].items():
+            parts = rel.split("/") if isinstance(rel, str) else []
+            if not parts or any(p in ("", ".", "..") for p in parts) or not isinstance(meta, dict):
+                raise CorruptVersion(f"version {version} in {self.uri}: COMPLETE is corrupt")
+            local = tmp.joinpath(*parts)
+            local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                self.store.download(f"{version}/{rel}", local)
+            except FileNotFoundError:
+                raise CorruptVersion(
+                    f"version {version} in {self.uri} is incomplete: {_short(rel)} is missing"
+                ) from None
+            if sha256_file(local) != meta.get("sha256"):
+                raise CorruptVersion(
+                    f"version {version} in {self.uri} is corrupt: {_short(rel)} does not "
+                    "match its checksum in COMPLETE"
+                )
+        _make_read_only(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # else another reader put the same copy in place first
+                raise
+
+    # -- the local cache ------------------------------------------------------------------------
+
+    def _evict(self, keep: Path) -> None:
+        """Delete cached versions beyond what the class docstring says is kept (best effort:
+        a cache that cannot be cleaned is no reason to fail a download)."""
+        try:
+            current = self._read_current()
+        except RegistryError:
+            return  # not knowing the current version, delete nothing
+        try:
+            cached = [p for p in self.cache.iterdir() if _CACHED_RE.fullmatch(p.name)]
+            others = [p for p in cached if p != keep and p.name.rpartition("-")[0] != current]
+            # most recently used first; a tie (a coarse clock) goes to the newer version
+            others.sort(key=lambda p: (p.stat().st_mtime_ns, int(p.name[1:].split("-")[0])))
+            others.reverse()
+        except OSError:
+            return
+        for path in others[self.cache_keep :]:
+            trash = self.cache / f".deleting-{path.name}-{os.getpid()}-{id(path):x}"
+            _remove_unless_locked(path, trash)
+
+    def _sweep_leftovers(self) -> None:
+        """Remove the temporary folders of downloads and evictions whose process died."""
+        try:
+            leftovers = [
+                p for p in self.cache.iterdir() if p.name.startswith((".incoming-", ".deleting-"))
+            ]
+        except OSError:
+            return
+        for path in leftovers:
+            _remove_unless_locked(path, None)
 
     def info(self, version: str, *, current: str | None = None) -> VersionInfo:
         version = self._normalize(version)
@@ -887,6 +984,34 @@ class ObjectStoreRegistry(ModelRegistry):
             self._log_entry(entry)
             return target
         raise RegistryError(f"registry {self.uri}: CURRENT kept changing; try again")
+
+
+#: A cached version's folder: the version and the first 16 hex digits of its upload token.
+_CACHED_RE = re.compile(VERSION_PATTERN + r"-[0-9a-f]{16}", re.ASCII)
+
+
+def _remove_unless_locked(path: Path, trash: Path | None) -> None:
+    """Delete a cache folder unless a flock on it is held (a pin, a live download): with the
+    exclusive lock held it is renamed to ``trash`` first, so it vanishes whole."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # in use
+        try:
+            if trash is not None:
+                os.rename(path, trash)
+                path = trash
+        except OSError:
+            return
+    finally:
+        os.close(fd)
+    _make_writable(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _conflict():

@@ -48,6 +48,9 @@ class ScoredRecord:
     labels: dict[str, str] = field(default_factory=dict)
     anomaly_likelihood: float | None = None
     p_value: float | None = None
+    #: What ``threshold`` is compared with: the ``score`` (nats), or a window model's
+    #: ``anomaly_likelihood`` (a level in [0, 1]); in the JSON only when it is not the score.
+    threshold_of: str = "score"
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -65,4 +68,6 @@ class ScoredRecord:
             out["anomaly_likelihood"] = self.anomaly_likelihood
         if self.p_value is not None:
             out["p_value"] = self.p_value
+        if self.threshold_of != "score":
+            out["threshold_of"] = self.threshold_of
         return out

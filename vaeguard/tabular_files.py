@@ -15,6 +15,7 @@ from typing import Any
 
 from vaeguard.errors import DataError
 from vaeguard.files import write_atomic
+from vaeguard.ingest import Reason, Rejection, loads
 
 FORMATS = ("csv", "jsonl")
 
@@ -86,10 +87,10 @@ def _iter_jsonl(f, path: Path) -> Iterator[dict[str, Any]]:
     for line_no, line in enumerate(f, start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from None
+        row = loads(line)  # the record rules: nesting, long integers, NaN literals
+        if isinstance(row, Rejection):
+            what = "invalid JSON" if row.reason is Reason.INVALID_JSON else row.reason.value
+            raise DataError(f"{path}, line {line_no}: {what} ({row.detail})")
         if not isinstance(row, dict):
             raise DataError(
                 f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}"

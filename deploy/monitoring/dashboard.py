@@ -9,11 +9,14 @@ vaeguard-rules.yml: load those rules into the Prometheus the dashboard reads.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+# The shared command line of the generated files, next to this one.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _generated as generated
 
 OUT = Path(__file__).with_name("vaeguard-dashboard.json")
 UID = "vaeguard-overview"
@@ -625,20 +628,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 if the committed JSON is not up to date"
-    )
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is out of date: run python {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
-    return 0
+    return generated.main(render, OUT, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,19 @@ def test_the_example_alerts_config_is_valid(sink_plugins):
     for field in type(settings.delivery).model_fields:
         assert f"{field}:" in text, f"alerts.delivery.{field} is not in the example"
     assert "change-me" not in str(settings.model_dump(mode="json"))
+
+
+def test_the_default_spool_is_absolute_and_follows_the_state_home(tmp_path, monkeypatch):
+    """A daemon restarted from another working directory finds the alerts it spooled."""
+    from vaeguard.alerts.settings import AlertsSettings
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    spool = AlertsSettings().spool_dir
+    assert spool.is_absolute()
+    assert spool == tmp_path / "state" / "vaeguard" / "spool"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert (
+        AlertsSettings().spool_dir == tmp_path / "home" / ".local" / "state" / "vaeguard" / "spool"
+    )

@@ -25,7 +25,7 @@ def test_injected_outliers_outrank_normals(fitted):
 def test_calibrated_false_positive_rate_holds_on_fresh_normal_data(fitted):
     fresh = make_normal_data(20000, seed=99, n_features=5)
     fpr = fitted.predict(fresh).mean()
-    assert fitted.threshold_.method == "budget" and fitted.budget == 10.0
+    assert fitted.threshold_rule_.method == "budget" and fitted.budget == 10.0
     # the budget: 10 per 1,000 rows; the threshold comes from 600 held-out rows, so allow
     # sampling error (the tail's upper confidence bound errs towards fewer alerts)
     assert 0.001 < fpr < 0.015
@@ -34,7 +34,7 @@ def test_calibrated_false_positive_rate_holds_on_fresh_normal_data(fitted):
 def test_the_quantile_threshold_targets_its_rate(normal_data):
     det = VAEDetector(**FAST, threshold_method="quantile", target_fpr=0.01).fit(normal_data)
     fpr = det.predict(make_normal_data(20000, seed=99, n_features=5)).mean()
-    assert det.threshold_.method == "quantile"
+    assert det.threshold_rule_.method == "quantile"
     assert 0.002 < fpr < 0.03
 
 
@@ -53,7 +53,7 @@ def test_a_small_budget_reaches_beyond_the_calibration_rows(fitted):
 
 def test_spot_threshold_targets_its_risk(normal_data):
     det = VAEDetector(**FAST, threshold_method="spot", risk=1e-2).fit(normal_data)
-    assert det.threshold_.method == "spot"
+    assert det.threshold_rule_.method == "spot"
     fresh = make_normal_data(20000, seed=5, n_features=5)
     assert det.predict(fresh).mean() < 0.03
 
@@ -243,7 +243,7 @@ def test_threshold_override(fitted, tmp_path):
 
     det = D.load(_saved(fitted, tmp_path))
     det.set_threshold(123.0)
-    assert det.threshold_.method == "manual"
+    assert det.threshold_rule_.method == "manual"
     det.save(tmp_path / "b2")
     assert D.load(tmp_path / "b2").threshold == 123.0
 

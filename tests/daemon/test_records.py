@@ -22,7 +22,7 @@ from vaeguard.ingest import Reason, Rejection
 from vaeguard.preprocessing import ConditionColumn, ConditionEncoder
 from vaeguard.scored import Source
 from vaeguard.serving import Inbound, TabularServing
-from vaeguard.serving.tabular import entity_of
+from vaeguard.serving.base import entity_of
 from vaeguard.severity import DEFAULT_BANDS, severity
 
 Message = namedtuple("Message", "topic partition offset key value headers timestamp")
@@ -126,9 +126,15 @@ def test_score_records_match_score_result_and_severity(small_bundle):
         expected = result.top_contributions(i, 3)
         assert [c["feature"] for c in r.contributions] == [c["feature"] for c in expected]
         assert r.score == pytest.approx(result.scores[i], rel=1e-5)
-        assert r.severity == severity(result.scores[i], result.threshold)
+        # relative to the calibration: decades of tail probability beyond the alert budget
+        budget = det.threshold_rule_.params["budget"]
+        assert r.severity == severity(
+            result.scores[i], result.threshold, p_value=r.p_value, alert_p=budget / 1000
+        )
         assert r.key == f"k{i}" and r.ts == 1700000000000 and r.labels == {"host": "web"}
-        assert json.loads(encode_scored(r))["source"] == {"topic": "t", "partition": 0, "offset": i}
+        record = json.loads(encode_scored(r))
+        assert record["source"] == {"topic": "t", "partition": 0, "offset": i}
+        assert "threshold_of" not in record  # the threshold is the score's (nats)
     assert [o[0] for o in out.outputs] == ["out"] * 64
 
 

@@ -2,8 +2,9 @@
 and the daemon's settings.
 
 Checked offline: every rendered resource against the Kubernetes JSON schemas bundled by
-`kubernetes-validate` (strict: an unknown or misspelled field fails), the ServiceMonitor (a CRD
-without a bundled schema) structurally, and the cross-references a cluster would only reveal at
+`kubernetes-validate` (strict: an unknown or misspelled field fails), the ServiceMonitor and the
+PrometheusRule (CRDs without a bundled schema) structurally, the PrometheusRule's groups equal to
+deploy/monitoring/vaeguard-rules.yml (it is generated from it), and the cross-references a cluster would only reveal at
 run time: selectors, ports, probes, volumes, ConfigMap and Secret names, the environment
 variables (each a real setting, loaded with the ConfigMap's file by `load_settings`) and the
 termination grace against ``shutdown_grace_s``. The kustomizations are rendered here (resources,
@@ -42,7 +43,10 @@ RULES = ROOT / "deploy" / "monitoring" / "vaeguard-rules.yml"
 #: is on by default from 1.27) and the newest whose schemas kubernetes-validate bundles.
 K8S_VERSIONS = ("1.27", kubernetes_validate.latest_version())
 #: Kinds without a schema in kubernetes-validate (custom resources): checked structurally.
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 #: Secrets the user creates (kustomization.yaml says how); the manifests never hold one.
 USER_SECRETS = {"vaeguard-secrets", "vaeguard-kafka-tls"}
 #: What a pod's downward API and secret references resolve to when the settings are loaded.
@@ -50,6 +54,7 @@ POD_NAME = "vaeguard-0"
 SECRET_VALUES = {
     "kafka-sasl-password": "sasl-password",
     "kafka-ssl-password": "key-password",
+    "kafka-oauth-client-secret": "oauth-client-secret",
     "state-key": "a-state-key-of-32-characters-xx",
     "alert-sinks": json.dumps(
         [
@@ -322,6 +327,7 @@ def test_every_resource_is_valid_against_the_kubernetes_schemas(variant, version
         "PersistentVolumeClaim",
         "ConfigMap",
         "ServiceMonitor",
+        "PrometheusRule",
     }
 
 
@@ -423,6 +429,70 @@ def test_the_servicemonitor_scrapes_the_services_metrics_port():
     # The job label is the one the ops mixin's rules select on.
     job = service["metadata"]["labels"][spec["jobLabel"]]
     assert f'job="{job}"' in RULES.read_text(encoding="utf-8")
+
+
+def _prometheusrule_module():
+    import importlib.util
+
+    path = ROOT / "deploy" / "monitoring" / "prometheusrule.py"
+    spec = importlib.util.spec_from_file_location("vaeguard_prometheusrule", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: PrometheusRule fields (monitoring.coreos.com/v1, the operator's CRD schema), per level.
+RULE_GROUP_FIELDS = {"name", "interval", "rules", "limit", "partial_response_strategy", "labels",
+                     "query_offset"}  # fmt: skip
+RULE_FIELDS = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
+_DURATION = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d|w|y))+")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_prometheusrule_carries_the_rules_file(variant):
+    """The wrapper is generated from vaeguard-rules.yml (so the rules tested with promtool are
+    the ones a cluster loads) and has the CRD's shape: the operator's admission webhook would
+    refuse a rule with an unknown field or a bad duration."""
+    rule = _one(RENDERED[variant], "PrometheusRule")
+    assert (rule["apiVersion"], rule["kind"]) in CRDS
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"}
+    assert rule["metadata"]["name"] == "vaeguard" and set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    path = K8S / "base" / "prometheusrule.yaml"
+    assert path.read_text(encoding="utf-8") == _prometheusrule_module().render(), (
+        "run python deploy/monitoring/prometheusrule.py"
+    )
+    names = [g["name"] for g in rule["spec"]["groups"]]
+    assert names and len(names) == len(set(names))
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= RULE_GROUP_FIELDS and group["rules"], group["name"]
+        if "interval" in group:
+            assert _DURATION.fullmatch(group["interval"])
+        for r in group["rules"]:
+            assert set(r) <= RULE_FIELDS, r
+            assert ("record" in r) != ("alert" in r), r
+            assert isinstance(r["expr"], str | int) and str(r["expr"]).strip(), r
+            for key in ("for", "keep_firing_for"):
+                assert key not in r or _DURATION.fullmatch(r[key]), r
+            for key in ("labels", "annotations"):
+                assert all(
+                    _LABEL_NAME.fullmatch(k) and isinstance(v, str)
+                    for k, v in r.get(key, {}).items()
+                ), r
+            if "record" in r:
+                assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", r["record"]), r
+                assert "annotations" not in r and "for" not in r, r
+
+
+def test_the_prometheusrule_check_catches_a_diverging_copy(tmp_path, monkeypatch):
+    """The generator's --check fails when the wrapper is not what the rules file gives."""
+    module = _prometheusrule_module()
+    out = tmp_path / "prometheusrule.yaml"
+    monkeypatch.setattr(module, "OUT", out)
+    assert module.main([]) == 0 and module.main(["--check"]) == 0
+    out.write_text(out.read_text().replace("for: 10m", "for: 1m", 1))
+    assert module.main(["--check"]) == 1
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

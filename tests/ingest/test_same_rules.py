@@ -6,6 +6,8 @@ import json
 from collections import namedtuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 GOOD = {"a": 0.1, "b": -0.2, "c": 0.3, "d": 0.0}
@@ -137,3 +139,118 @@ def test_vaeguard_score_refuses_an_oversize_entity_as_the_daemon_does(small_bund
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert "rejected" not in rows[0]
     assert rows[1]["rejected"]["reason"] == "oversize_key"
+
+
+#: Refusals about what a table of rows does not carry: the entity key, the timestamp and the
+#: record's size on the wire (training and the Python API read feature values only).
+NOT_READ_BY_TABLES = {"invalid_timestamp", "oversize_key", "oversize"}
+
+
+def _table_outcome(daemon: str) -> str | None:
+    """What a table reader does with a row the daemon gave ``daemon``: read it or refuse it
+    (None: the daemon's verdict is about what a table does not carry)."""
+    if daemon in NOT_READ_BY_TABLES:
+        return None
+    return "read" if daemon == "scored" else "refused"
+
+
+def test_training_files_read_what_the_daemon_scores(tmp_path, daemon_view):
+    """`vaeguard train` / `evaluate` read a JSONL file's values by the daemon's rules: a row the
+    daemon refuses for its values or its JSON stops training with a one-line DataError."""
+    from vaeguard.data import feature_matrix
+    from vaeguard.errors import DataError
+    from vaeguard.tabular_files import read_table
+
+    outcomes = []
+    for i, (value, _) in enumerate(TABLE):
+        path = tmp_path / f"row{i}.jsonl"
+        path.write_bytes(value + b"\n")
+        try:
+            feature_matrix(read_table(path), list("abcd"))
+            outcomes.append("read")
+        except DataError as exc:
+            assert "\n" not in str(exc)
+            outcomes.append("refused")
+    expected = [_table_outcome(d) for d in daemon_view]
+    assert [o for o, e in zip(outcomes, expected, strict=True) if e is not None] == [
+        e for e in expected if e is not None
+    ]
+
+
+def test_the_python_api_reads_what_the_daemon_scores(small_bundle, daemon_view):
+    """`VAEDetector.decision_function` on a record (a dict, as decoded) and on a DataFrame of
+    it: the same verdicts as the daemon on every value."""
+    import pandas as pd
+
+    from vaeguard import VAEDetector
+    from vaeguard.errors import DataError
+    from vaeguard.ingest import decode
+
+    det = VAEDetector.load(small_bundle)
+    checked = 0
+    for (value, _), daemon in zip(TABLE, daemon_view, strict=True):
+        record = decode(value, MAX_BYTES)
+        if not isinstance(record, dict) or daemon in NOT_READ_BY_TABLES:
+            continue  # not a record at all: nothing to hand the API
+        for data in ([record], pd.DataFrame([record])):
+            try:
+                det.decision_function(data)
+                got = "read"
+            except DataError:
+                got = "refused"
+            if isinstance(data, pd.DataFrame) and daemon == "missing_feature":
+                continue  # a DataFrame fills a missing column per row with NaN: refused too
+            assert got == _table_outcome(daemon), (record, daemon)
+        checked += 1
+    assert checked >= 12
+
+
+_CELLS = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["1_000", " 3 ", "1e3", "nan", "-Infinity", "12,5", "0x10", "1e999", "٣"]),
+    lambda inner: (
+        st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cell=_CELLS)
+def test_a_table_cell_is_read_exactly_when_a_record_field_is(cell):
+    """Any cell a JSON row can hold: the table reader (training, evaluate, the Python API)
+    takes it as the number the daemon would, or refuses it with a DataError, never another
+    exception."""
+    from vaeguard.data import feature_matrix
+    from vaeguard.errors import DataError
+    from vaeguard.ingest import to_number
+
+    expected = to_number(cell, "feature 'a'")
+    for table in ({"a": [cell]}, [{"a": cell}]):
+        try:
+            got = float(feature_matrix(table, ["a"])[0][0, 0])
+        except DataError:
+            got = None
+        assert got == (expected if isinstance(expected, float) else None), (cell, expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=12) | st.sampled_from(["1_000", " 3 ", "-7", "1e3", "nan", "12,5"]))
+def test_replay_turns_a_csv_cell_into_a_number_exactly_when_the_daemon_would_read_one(text):
+    """`vaeguard replay` sends CSV text as a JSON number only where the daemon itself would read
+    the text as that number: it never turns a cell the daemon refuses into one it scores."""
+    from vaeguard.apps.replay import json_row
+    from vaeguard.ingest import to_number
+
+    row = json_row({"a": text})
+    expected = to_number(text, "feature 'a'")
+    if isinstance(expected, float):
+        assert type(row["a"]) in (int, float) and row["a"] == expected
+    elif expected is None:
+        assert row == {}  # an empty cell is left out: missing, as the daemon reads it
+    else:
+        assert row["a"] == text

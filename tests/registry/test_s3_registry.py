@@ -409,3 +409,112 @@ def test_model_path_setting_takes_an_s3_uri_or_names_the_field(text):
         assert "model.path" in str(exc)
     else:
         assert settings_.model.path == "s3://" + "/".join(p for p in parse_uri(text) if p)
+
+
+def _cached(cache) -> list[str]:
+    """The versions in a cache folder (its other entries are temporary)."""
+    return sorted(p.name.partition("-")[0] for p in cache.iterdir() if not p.name.startswith("."))
+
+
+def test_the_cache_keeps_the_current_the_serving_and_a_few_recent_versions(detector, uri, tmp_path):
+    """Another user of the daemon's cache folder (retraining, a CLI, another daemon) fetches
+    versions one after another: eviction never touches the version the daemon serves (pinned
+    with a flock, whatever process holds it) nor the current one, and keeps `cache_keep`
+    recent others; the serving one goes once the daemon moved on."""
+    from vaeguard.daemon.model_provider import RegistryModelProvider
+
+    publisher = open_registry(uri, tmp_path, "publisher", create=True)
+    publisher.register(detector)
+    for n in range(2, 7):
+        copy_version(publisher, "v0001", f"v000{n}")
+    cache = tmp_path / "shared"
+    daemon = RegistryModelProvider(uri, "cpu", 0, registry_options={"cache_dir": cache})
+    daemon.start()
+    try:
+        assert daemon.wait_ready(60).version == "v0001"
+        publisher.promote("v0002")  # the daemon does not poll: it keeps serving v0001
+        other = open_registry(uri, tmp_path, "shared")
+        assert other.cache_keep == 2
+        for n in range(2, 7):
+            other.path_of(f"v000{n}")
+        # v0001 serves, v0002 is current, v0006 was just fetched, v0005 and v0004 are recent
+        assert _cached(cache) == ["v0001", "v0002", "v0004", "v0005", "v0006"]
+        assert daemon.refresh() and daemon.current().version == "v0002"
+        other.path_of("v0003")
+        assert _cached(cache) == ["v0002", "v0003", "v0005", "v0006"]
+        assert other.load("v0002")[0].feature_names_ == ["a", "b", "c", "d"]
+    finally:
+        daemon.close()
+
+
+def test_opening_the_registry_removes_what_dead_downloads_left_in_the_cache(uri, tmp_path):
+    import fcntl
+    import os
+
+    open_registry(uri, tmp_path, "publisher", create=True)
+    cache = tmp_path / "cache"
+    for name in (".incoming-dead", ".deleting-v0001-0123456789abcdef-1", ".incoming-live"):
+        (cache / name / "bundle").mkdir(parents=True)
+        (cache / name / "bundle" / "model.keras").write_bytes(b"partial")
+        (cache / name / "bundle" / "model.keras").chmod(0o400)
+    live = os.open(cache / ".incoming-live", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(live, fcntl.LOCK_EX)  # a download going on in another process
+        open_registry(uri, tmp_path)
+        assert [p.name for p in cache.iterdir()] == [".incoming-live"]
+    finally:
+        os.close(live)
+    open_registry(uri, tmp_path)  # its process died: swept at the next start
+    assert list(cache.iterdir()) == []
+
+
+def test_a_corrupt_version_is_downloaded_and_refused_once(detector, uri, tmp_path, caplog):
+    """The daemon's poll does not download a refused (version, upload) again; a store that is
+    only unreachable refuses nothing; a new upload of the name, or another version, is tried."""
+    from vaeguard.daemon import metrics
+    from vaeguard.daemon.model_provider import RegistryModelProvider
+
+    reg = open_registry(uri, tmp_path, "publisher", create=True)
+    reg.register(detector)
+    copy_version(reg, "v0001", "v0002")
+    reg.store.put("v0002/model.keras", b"garbage")
+    daemon = RegistryModelProvider(uri, "cpu", 0, registry_options={"cache_dir": tmp_path / "d"})
+    fs = daemon.registry.store.fs
+    get_file, fetched, failing = fs.get_file, [], []
+
+    def counting_get_file(remote, local, *args, **kwargs):
+        if failing:
+            failing.pop()
+            raise ConnectionError("the store is away")
+        fetched.append(remote.rpartition("/models/prod/")[2])
+        return get_file(remote, local, *args, **kwargs)
+
+    fs.get_file = counting_get_file
+    daemon.start()
+    try:
+        assert daemon.wait_ready(60).version == "v0001"
+        failures = metrics.MODEL_LOAD_FAILURES._value.get()
+        reg._set_current("v0002", "promote")  # as a publisher that skipped the check would
+        with caplog.at_level(logging.ERROR, logger="vaeguard.daemon.model"):
+            for _ in range(4):
+                assert not daemon.refresh()
+        first = [f for f in fetched if f.startswith("v0002/")]
+        assert fetched.count("v0002/model.keras") == 1, fetched
+        assert [r.message for r in caplog.records].count(
+            "model refused; the current model keeps serving"
+        ) == 1
+        assert metrics.MODEL_LOAD_FAILURES._value.get() == failures + 1
+        assert daemon.current().version == "v0001"
+        # published again under the same name (a new COMPLETE, a new token): tried, loaded
+        marker = json.loads(reg.store.read(f"v0002/{COMPLETE}"))
+        reg.store.delete([f"v0002/{COMPLETE}"])
+        reg.store.put("v0002/model.keras", reg.store.read("v0001/model.keras"))
+        marker["token"] = uuid.uuid4().hex
+        reg.store.put(f"v0002/{COMPLETE}", json.dumps(marker).encode())
+        # ... but the store is away at first: not a refusal, the next poll tries again
+        failing.append(True)
+        assert not daemon.refresh()
+        assert daemon.refresh() and daemon.current().version == "v0002"
+        assert len([f for f in fetched if f.startswith("v0002/")]) > len(first)
+    finally:
+        daemon.close()

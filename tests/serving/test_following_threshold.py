@@ -82,9 +82,9 @@ def test_a_daemon_budget_replaces_the_bundle_budget(tmp_path):
 
     own = load_serving(tmp_path / "budget")
     strict = load_serving(tmp_path / "budget", budget=0.5)
-    assert own.detector.threshold_.params["budget"] == 10.0
-    assert strict.detector.threshold_.params["budget"] == 0.5
-    assert strict.detector.threshold_.value > own.detector.threshold_.value
+    assert own.detector.threshold_rule_.params["budget"] == 10.0
+    assert strict.detector.threshold_rule_.params["budget"] == 0.5
+    assert strict.detector.threshold_rule_.value > own.detector.threshold_rule_.value
     assert strict.following.value > own.following.value
     fixed = load_serving(tmp_path / "budget", follow=False)
     assert fixed.following is None

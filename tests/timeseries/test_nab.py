@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from vaeguard.apps.nab import merged_params, probation_rows
@@ -199,3 +201,62 @@ def test_bad_input_gives_one_clear_line(tmp_path, setup, fragment, code):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("vaeguard: error: ") and fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("cell", "fragment"),
+    [
+        ("nan", "value is 'nan' (NaN and ±inf are not allowed)"),
+        ("1e999", "overflows a 64-bit float"),
+        ("1_000", "value is not a number: '1_000'"),
+        ("", "value is missing"),
+    ],
+)
+def test_a_series_value_is_read_by_the_record_rule(tmp_path, cell, fragment):
+    """A NAB file's values follow the rule every record path follows (`ingest.to_number`):
+    what the daemon would refuse stops the run at its line, with the reason."""
+    from vaeguard.apps.nab import read_series
+    from vaeguard.errors import DataError
+
+    path = tmp_path / "s.csv"
+    path.write_text(f"timestamp,value\n2015-01-01 00:00:00,1\n2015-01-01 00:05:00,{cell}\n")
+    with pytest.raises(DataError, match="line 3: ") as caught:
+        read_series(path)
+    assert fragment in str(caught.value)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.lists(
+        st.tuples(
+            st.one_of(st.text(max_size=25), st.sampled_from(["2015-01-01 00:00:00", "1420070400"])),
+            st.one_of(st.text(max_size=12), st.floats().map(repr), st.integers().map(str)),
+        ),
+        max_size=5,
+    ),
+    header=st.sampled_from(["timestamp,value", "timestamp, value", "ts,value", ""]),
+    junk=st.sampled_from([b"", b"\xff\xfe", b"2015-01-01 00:00:00,1\x00\n", b'"unclosed,1\n']),
+)
+def test_any_series_file_reads_or_is_refused_in_one_line(tmp_path, body, header, junk):
+    """Whatever a NAB-style CSV holds: its rows, or one DataError line naming the file."""
+    import csv
+    import io
+
+    from vaeguard.apps.nab import read_series
+    from vaeguard.errors import DataError
+
+    text = io.StringIO()
+    writer = csv.writer(text)
+    if header:
+        text.write(header + "\n")
+    writer.writerows(body)
+    path = tmp_path / "s.csv"
+    path.write_bytes(text.getvalue().encode("utf-8") + junk)
+    try:
+        stamps, values = read_series(path)
+    except DataError as exc:
+        assert "\n" not in str(exc) and str(path) in str(exc)
+        return
+    assert len(stamps) == len(values) > 0

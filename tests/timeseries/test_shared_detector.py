@@ -189,3 +189,57 @@ def test_the_daemon_step_refits_online_where_the_runner_does(batch):
     assert once.trained_at == [150]
     np.testing.assert_array_equal(once.raw[:, :250], runner.raw[:, :250])
     assert not np.allclose(once.raw[:, 250:], runner.raw[:, 250:])
+
+
+def test_a_window_model_keeps_one_state_per_message_key(learned, tmp_path):
+    """Records that name their entity only by the Kafka message key (as a keyed producer
+    sends them) are one entity per key, exactly as the same records with the key in the
+    value: the entity rule of a tabular model."""
+    from vaeguard.apps.online import Message
+    from vaeguard.daemon.batch import process
+    from vaeguard.serving import load_serving
+
+    views, _ = learned
+    views.save(tmp_path / "bundle")
+    rows = records()[:200]
+    hosts = [b"host-a", b"host-b"]
+
+    def feed(with_field: bool):
+        serving = load_serving(tmp_path / "bundle", "v1")
+        messages = []
+        for i, row in enumerate(rows):
+            for h, host in enumerate(hosts):
+                value = {**row, "value": row["value"] + 5 * h}
+                if with_field:
+                    value["key"] = host.decode()
+                encoded = encode_records([value])[0].value
+                messages.append(Message("t", 0, 2 * i + h, host, encoded))
+        done = process(serving, messages, step_settings())
+        assert not done.dead
+        return serving, {
+            (r.key, r.source.offset): (r.anomaly_likelihood, r.score) for r in done.scored
+        }
+
+    by_message_key, got = feed(with_field=False)
+    by_field, expected = feed(with_field=True)
+    assert by_message_key.n_entities == by_field.n_entities == 2
+    assert {key for key, _ in got} == {"host-a", "host-b"}
+    assert got == expected
+
+
+def test_a_window_record_says_what_its_threshold_applies_to(learned, tmp_path):
+    """The record keeps the raw score (nats) while the likelihood decides: ``threshold`` is a
+    level of ``anomaly_likelihood``, and the record says so."""
+    from vaeguard.daemon.batch import process
+    from vaeguard.serving import load_serving
+
+    views, _ = learned
+    views.save(tmp_path / "bundle")
+    serving = load_serving(tmp_path / "bundle", "v1")
+    done = process(serving, encode_records(records())[: FIRST_FIT + 60], step_settings())
+    assert done.scored
+    for r in done.scored:
+        record = r.to_json()
+        assert record["threshold_of"] == "anomaly_likelihood"
+        assert record["threshold"] == 1.0
+        assert record["is_anomaly"] == (record["anomaly_likelihood"] >= record["threshold"])

@@ -27,6 +27,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from vaeguard.alerts.sink import SinkSettings
 from vaeguard.errors import ConfigError
+from vaeguard.files import user_state_dir
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: Keys of a sink entry that belong to the core, not to the sink type's settings.
@@ -144,6 +145,15 @@ class Route(_Strict):
     _sinks = field_validator("sinks", mode="before")(classmethod(lambda cls, v: _as_list(v)))
 
 
+def default_spool_dir() -> Path:
+    """The per-user state folder's ``spool`` (absolute: a daemon restarted from another
+    working directory finds the alerts it spooled); ``vaeguard-state/spool`` without a home."""
+    try:
+        return user_state_dir() / "spool"
+    except RuntimeError:
+        return Path("vaeguard-state/spool")
+
+
 class AlertsSettings(BaseModel):
     """The ``alerts:`` section. Empty means: log every alert (one `log` sink)."""
 
@@ -171,7 +181,7 @@ class AlertsSettings(BaseModel):
     #: memory without bound.
     max_open_episodes: int = Field(10_000, ge=1)
     #: Durable per-sink spool of alerts not delivered yet (JSON lines, fsync'ed).
-    spool_dir: Path = Path("vaeguard-state/spool")
+    spool_dir: Path = Field(default_factory=default_spool_dir)
     #: A sink's spool beyond this size refuses new alerts: `process()` raises, the daemon stops
     #: committing (backpressure to Kafka) instead of filling the disk.
     spool_max_mb: float = Field(512.0, gt=0)

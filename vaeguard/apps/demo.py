@@ -144,7 +144,7 @@ def run_demo(seconds: float = 35.0, entities: int = 6, seed: int = 7) -> None:
             }
         )
         state = DemoState()
-        producer = _producer(broker.bootstrap_servers)
+        producer = _producer(settings.kafka)
         start_tick = (TRAIN_DAYS + CALIBRATION_DAYS) * TICKS_PER_DAY
         backlog_ticks = BACKLOG_DAYS * TICKS_PER_DAY
         with console.status(f"writing a backlog of {BACKLOG_DAYS} normal days to {TOPIC}…"):
@@ -157,7 +157,7 @@ def run_demo(seconds: float = 35.0, entities: int = 6, seed: int = 7) -> None:
         daemon = Daemon(settings)
         daemon_thread = threading.Thread(target=daemon.run, name="vaeguard-daemon", daemon=True)
         daemon_thread.start()
-        collector = _Collector(broker.bootstrap_servers, state)
+        collector = _Collector(settings.kafka, state)
         backlog_rate = _catch_up(console, daemon, collector, state)
 
         live_start = start_tick + backlog_ticks
@@ -233,17 +233,20 @@ def _train(console, workload: Workload, model_dir: Path) -> dict[str, Any]:
     seconds = time.monotonic() - started
     console.print(
         f"[green]✓[/] trained on {rows:,} records × {len(FEATURES)} metrics in {seconds:.0f}s "
-        f"({det.training_info_['epochs_run']} epochs); threshold {det.threshold_.value:.2f} nats "
+        f"({det.training_info_['epochs_run']} epochs); threshold {det.threshold_:.2f} nats "
         f"(EVT, risk 1e-4, on {len(calibration[FEATURES[0]]):,} more normal records)"
     )
-    return {"rows": rows, "seconds": seconds, "threshold": det.threshold_.value}
+    return {"rows": rows, "seconds": seconds, "threshold": det.threshold_}
 
 
-def _producer(bootstrap: str):
+def _producer(kafka_settings):
+    """The workload's producer, with the daemon's client settings (`KafkaSettings`)."""
     from kafka import KafkaProducer
 
     return KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024
+        **kafka_settings.producer_config(
+            client_id="vaeguard-demo-workload", acks="all", linger_ms=5, batch_size=256 * 1024
+        )
     )
 
 
@@ -265,13 +268,15 @@ def _send(producer, state: DemoState, record: dict[str, Any]) -> None:
 class _Collector:
     """Reads score records and dead letters as they appear."""
 
-    def __init__(self, bootstrap: str, state: DemoState):
+    def __init__(self, kafka_settings, state: DemoState):
         from kafka import KafkaConsumer
 
         self.state = state
         self.consumer = KafkaConsumer(
-            SCORES, DLQ, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, fetch_max_wait_ms=50,
+            SCORES, DLQ, **kafka_settings.consumer_config(
+                client_id="vaeguard-demo-collector", auto_offset_reset="earliest",
+                enable_auto_commit=False, fetch_max_wait_ms=50,
+            ),
         )  # fmt: skip
 
     def poll(self, timeout_ms: int = 50) -> list[dict]:

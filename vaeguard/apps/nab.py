@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import ConfigError, DataError
+from vaeguard.files import replacing
+from vaeguard.ingest import to_number
 from vaeguard.timeseries.conditions import to_epoch_seconds
 from vaeguard.timeseries.views import DEFAULT_CONFIG
 
@@ -107,7 +109,16 @@ def find_labels(data_dir: Path) -> dict[str, list[str]] | None:
 
 def read_series(path: Path) -> tuple[list[str], list[str]]:
     """(timestamps, values) as written in the file; checks the header and the cells."""
-    with open(path, newline="") as f:
+    try:
+        return _read_series(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a CSV file ({exc})") from None
+
+
+def _read_series(path: Path) -> tuple[list[str], list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["timestamp", "value"]:
@@ -120,11 +131,12 @@ def read_series(path: Path) -> tuple[list[str], list[str]]:
                 raise DataError(f"{path}: line {line}: expected timestamp,value")
             try:
                 to_epoch_seconds(row[0])
-                float(row[1])
             except (DataError, ValueError):
-                raise DataError(
-                    f"{path}: line {line}: bad timestamp or value {row[:2]!r}"
-                ) from None
+                raise DataError(f"{path}: line {line}: bad timestamp {row[0]!r}") from None
+            value = to_number(row[1], "value")  # the rule every record path uses
+            if not isinstance(value, float):
+                why = "value is missing" if value is None else value.detail
+                raise DataError(f"{path}: line {line}: {why}")
             stamps.append(row[0])
             values.append(row[1])
     if not stamps:
@@ -144,13 +156,11 @@ def label_column(stamps: list[str], anomalies: list[str] | None) -> np.ndarray:
 
 def write_result(path: Path, stamps, values, scores: np.ndarray, labels: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with replacing(path, mode=0o644) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["timestamp", "value", "anomaly_score", "label"])
         for row in zip(stamps, values, scores.tolist(), labels.tolist(), strict=True):
             writer.writerow([row[0], row[1], f"{row[2]:.12g}", row[3]])
-    os.replace(tmp, path)
 
 
 # -- one series (runs in a worker process) -------------------------------------------------------

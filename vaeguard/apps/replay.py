@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from vaeguard.errors import DataError, VaeguardError
+from vaeguard.ingest import to_number
+
+#: Text that is an integer as written (kept exact, not rounded to a float).
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def json_row(row: dict[str, Any]) -> dict[str, Any]:
     """CSV cells arrive as text: numbers become JSON numbers, empty cells are left out.
 
-    Text that does not read as a finite number is kept as text (so "nan" reaches the daemon as
-    the poison it is, instead of breaking the JSON encoder).
+    A cell becomes a number when the daemon would read it as one (`ingest.to_number`); any
+    other text is kept as text, so "nan" or "1_000" reaches the daemon as the poison it is
+    (and is dead-lettered with its reason) instead of breaking the JSON encoder or turning
+    into a number the daemon would have refused.
     """
     out: dict[str, Any] = {}
     for name, value in row.items():
@@ -24,15 +30,9 @@ def json_row(row: dict[str, Any]) -> dict[str, Any]:
             text = value.strip()
             if text == "":
                 continue
-            try:
-                number = int(text)
-            except ValueError:
-                try:
-                    number = float(text)
-                except ValueError:
-                    number = None
-            if number is not None and (isinstance(number, int) or math.isfinite(number)):
-                value = number
+            number = to_number(text, f"column {name!r}")
+            if isinstance(number, float):
+                value = int(text) if _INTEGER.fullmatch(text) else number
         out[name] = value
     return out
 
@@ -47,21 +47,27 @@ def replay(
     producer_config: dict[str, Any] | None = None,
     progress=None,
 ) -> tuple[int, float]:
-    """Produce every row (paced at ``rate`` rows/s if given); returns (count, seconds)."""
+    """Produce every row (paced at ``rate`` rows/s if given); returns (count, seconds).
+
+    ``producer_config``: kafka-python options over the defaults; None takes the daemon's Kafka
+    client settings from the environment (``VAEGUARD_KAFKA__…``: security, ``kafka.client``,
+    ``kafka.producer``), so a replay reaches a cluster the daemon reaches."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     if rate is not None and rate <= 0:
         raise DataError("--rate must be a positive number of records per second")
+    defaults = {"acks": "all", "linger_ms": 5, "batch_size": 256 * 1024}
+    if producer_config is None:
+        from vaeguard.config import load_settings
+
+        kafka = load_settings().kafka
+        config = kafka.producer_config(**defaults, bootstrap_timeout_ms=10_000)
+    else:
+        config = {**defaults, "bootstrap_timeout_ms": 10_000, **producer_config}
+    config["bootstrap_servers"] = bootstrap.split(",")
     try:
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap.split(","),
-            acks="all",
-            linger_ms=5,
-            batch_size=256 * 1024,
-            bootstrap_timeout_ms=10_000,
-            **(producer_config or {}),
-        )
+        producer = KafkaProducer(**config)
     except KafkaError as exc:
         raise VaeguardError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}") from None
     count = 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -72,6 +74,15 @@ def run(
     except Exception:
         log.exception("daemon crashed")
         raise typer.Exit(1) from None
+    if daemon.retraining is not None and daemon.retraining.in_progress:
+        # Everything is committed and closed; only an abandoned retraining run is left (nothing
+        # half-done can become current). Leave without the interpreter's teardown, which can
+        # abort the process (SIGABRT) under a model still training in another thread.
+        log.info("exiting with a retraining run abandoned")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _supervise(settings, config: Path | None, n_workers: int) -> None:

@@ -4,6 +4,7 @@ daemon reads its topics, so one field mapping (the settings' ``input:`` section)
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ def input_records(
     entity_field: str = "key",
     time_field: str = "ts",
     assemble: bool,
+    conditions: Sequence[str] = (),
 ) -> list[dict[str, Any]] | None:
     """The flat records a JSONL file of messages gives (None: the format is flat, read the
     file as usual). Refused messages are counted on stderr, as the daemon would dead-letter
-    them."""
+    them. ``conditions`` (a CVAE's, e.g. from a tag: ``role: tags.role``) are taken as they
+    are, so a category stays a category, and a row needs them as it needs a feature."""
     from vaeguard.config import load_settings
     from vaeguard.input_formats import InputReader, read_messages
     from vaeguard.tabular_files import iter_raw_rows
@@ -39,7 +42,15 @@ def input_records(
     spec = settings.input.spec()
     if spec.flat:
         return None
-    names = required or list(spec.fields)
+    names = list(required or spec.fields)
+    names += [c for c in conditions if c not in names]
+    unmapped = [c for c in conditions if spec.fields and c not in spec.fields]
+    if unmapped:
+        raise usage(
+            f"condition(s) {', '.join(map(repr, unmapped))} have no selector in input.fields "
+            "(e.g. role: tags.role)",
+            "--conditions",
+        )
     if not names:
         raise usage(
             f"input.format {spec.format} needs the features named: --features / --metrics, "
@@ -52,6 +63,7 @@ def input_records(
         time_field=time_field,
         required=names,
         assemble=assemble,
+        labels=conditions,
     )
     records, refused = read_messages(iter_raw_rows(data), reader, settings.scoring.max_record_bytes)
     if refused:

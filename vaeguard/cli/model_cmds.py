@@ -204,7 +204,11 @@ def train(
     records = None
     if input_settings is not None:  # Telegraf / Prometheus / OTLP messages, as the daemon reads
         records = input_files.input_records(
-            path, input_settings, required=feature_names, assemble=True
+            path,
+            input_settings,
+            required=feature_names,
+            assemble=True,
+            conditions=condition_names,
         )
     table = _load_table(path) if records is None else _columns(records)
     n_rows = len(next(iter(table.values())))
@@ -319,7 +323,7 @@ def _progress_callback(console, epochs: int):
 def _train_summary(detector, where: str, n_rows: int, seconds: float) -> dict[str, Any]:
     """What `train` reports, as plain JSON data (`--json`) and as the table."""
     info = detector.training_info_
-    th = detector.threshold_
+    th = detector.threshold_rule_
     return {
         "written_to": where,
         "rows": n_rows,

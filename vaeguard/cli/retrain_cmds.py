@@ -55,7 +55,7 @@ def retrain(
     job = RetrainJob(
         registry,
         settings.retrain,
-        settings.kafka.client_config(),
+        settings.kafka.consumer_config(),
         settings.kafka.input_topics,
         max_record_bytes=settings.scoring.max_record_bytes,
         input_spec=settings.input.spec(),

@@ -35,7 +35,9 @@ class InputStage:
         time_field = getattr(spec, "time_field", None) or "ts"
         required = tuple(getattr(spec, "metrics", None) or serving.required_fields)
         assemble = not serving.stateful  # window models take any subset of metrics per point
-        key = (entity_field, time_field, required, assemble)
+        # categorical conditions: a tag / label taken as the category it is
+        labels = tuple(getattr(serving, "categorical_conditions", None) or ())
+        key = (entity_field, time_field, required, assemble, labels)
         leftover = Read()
         if self.reader is None or key != self._bound:
             if self.reader is not None:
@@ -46,6 +48,7 @@ class InputStage:
                 time_field=time_field,
                 required=required,
                 assemble=assemble,
+                labels=labels,
             )
             self._bound = key
         return self.reader, leftover

@@ -201,8 +201,12 @@ class BundleModelProvider:
 class RegistryModelProvider(BundleModelProvider):
     """Serves a model registry's CURRENT version and follows it as it moves.
 
-    Versions are immutable, so one that fails to load (a corrupt file, a disk fault) is
-    refused for good: the serving version stays until CURRENT names another one.
+    Versions are immutable, so one that fails to load (a corrupt file, a disk fault) or that
+    an object store holds corrupt or incomplete is refused for good, by its name and upload
+    (`ModelRegistry.identity`): later polls neither download nor load it again, and the
+    serving version stays until CURRENT names another one. A store that is only unreachable
+    refuses nothing: the next poll tries again. The folder of the version serving is pinned
+    (`ModelRegistry.pin`), so no cache eviction, in any process, deletes it.
     """
 
     def __init__(self, path: Path, *args, registry_options: dict | None = None, **kwargs):
@@ -212,19 +216,57 @@ class RegistryModelProvider(BundleModelProvider):
         super().__init__(path, *args, **kwargs)
         self.registry = ModelRegistry(path, **(registry_options or {}))
         self.path = self.registry.root  # an s3:// URI stays one
-        self.refused: dict[str, str] = {}
+        #: (version, identity) → why it was refused.
+        self.refused: dict[tuple[str, str], str] = {}
+        self._located: tuple[str, str] | None = None
+        self._pin = self._pending_pin = None
 
     def locate(self) -> tuple[Path, str]:
+        from vaeguard.errors import CorruptVersion
         from vaeguard.registry import RegistryError
 
+        self._located = None
         version = self.registry.current()
         if version is None:
             raise RegistryError(f"registry {self.path} has no current version yet")
-        return self.registry.path_of(version), version
+        active = self._active
+        if active is not None and version == active.version:
+            return active.path, version  # nothing to fetch
+        located = (version, self.registry.identity(version))
+        if located in self.refused:
+            self._located = located
+            return Path(), version  # refused already: `is_refused` says so, nothing fetched
+        try:
+            for _ in range(3):
+                path = self.registry.path_of(version)
+                try:
+                    pin = self.registry.pin(path)
+                except FileNotFoundError:  # evicted between the fetch and the pin: again
+                    continue
+                self._release_pending()
+                self._pending_pin = pin
+                self._located = located
+                return path, version
+        except CorruptVersion:
+            self._located = located  # it will not heal: refused for good
+            raise
+        raise RegistryError(f"registry {self.path}: {version} kept vanishing from the cache")
 
     def is_refused(self, version: str) -> bool:
-        return version in self.refused
+        return self._located is not None and self._located in self.refused
 
     def refuse(self, version: str | None, error: str) -> None:
-        if version is not None:
-            self.refused[version] = error
+        self._release_pending()
+        if self._located is not None:
+            self.refused[self._located] = error
+
+    def _install(self, model: ActiveModel) -> None:
+        super()._install(model)
+        previous, self._pin, self._pending_pin = self._pin, self._pending_pin, None
+        if previous is not None:
+            previous.release()
+
+    def _release_pending(self) -> None:
+        pending, self._pending_pin = self._pending_pin, None
+        if pending is not None:
+            pending.release()

@@ -37,9 +37,11 @@ from vaeguard.daemon import batch as batch_step
 from vaeguard.daemon import metrics
 from vaeguard.daemon.checkpoint import Checkpoint, StateStore, state_key
 from vaeguard.daemon.inputs import InputStage
+from vaeguard.daemon.logs import kafka_client_error, watch_kafka_client_errors
 from vaeguard.daemon.model_provider import ActiveModel, ModelProvider
 from vaeguard.daemon.records import DeadLetter, Output, dlq_minimal, dlq_output
 from vaeguard.daemon.stall import StallDetector
+from vaeguard.errors import ConfigError
 from vaeguard.errors import ShutdownExpired as ShutdownExpired
 from vaeguard.ingest import STAGE_PRODUCE, Reason, Rejection, short_detail
 from vaeguard.scored import ScoredRecord
@@ -142,6 +144,10 @@ class Pipeline:
         self._positions: dict[Any, int] = {}
         self._last_broker_ok = 0.0
         self._broker_ok = False
+        #: Why the broker is taken as unreachable (for /readyz), while it is.
+        self._broker_problem: str | None = None
+        #: What the log last said about the broker (lines on a change only, see `_idle`).
+        self._reported_reachable = True
         self._last_metrics_check = 0.0
         self._model: ActiveModel | None = None
         self._task_id = settings.kafka.group_instance_id or settings.kafka.client_id
@@ -188,13 +194,19 @@ class Pipeline:
         }
         stalled = self.stalls.check()
         details["stalled_partitions"] = [stall.to_json() for stall in stalled]
-        ready = (
-            model is not None
-            and bool(self.assignment)
-            and details["broker_reachable"]
-            and not details["stopping"]
-            and not stalled
-        )
+        reasons = []
+        if details["stopping"]:
+            reasons.append("stopping")
+        if model is None:
+            reasons.append("no model loaded yet")
+        if not details["broker_reachable"]:
+            reasons.append(self._broker_problem or self._silence())
+        elif not self.assignment:
+            reasons.append("no input partitions assigned (yet)")
+        if stalled:
+            reasons.append(f"{len(stalled)} partition(s) stalled")
+        ready = not reasons
+        details["reason"] = "; ".join(reasons) if reasons else None
         metrics.READY.set(1 if ready else 0)
         return ready, details
 
@@ -205,10 +217,13 @@ class Pipeline:
 
     def _broker_up(self) -> None:
         self._broker_ok = True
+        self._broker_problem = None
         self._last_broker_ok = time.monotonic()
 
-    def _broker_down(self) -> None:
+    def _broker_down(self, problem: str | None = None) -> None:
         self._broker_ok = False
+        if problem is not None:
+            self._broker_problem = problem
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -233,18 +248,20 @@ class Pipeline:
 
     def _connect(self) -> bool:
         from kafka import KafkaConsumer
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaConfigurationError, KafkaError
 
-        common = self.kafka.client_config()
+        watch_kafka_client_errors()
         attempt = 0
         while not self.shutdown.requested.is_set():
+            tried_at = time.monotonic()
             try:
                 if self.producer is None:
                     self.producer = self._new_producer()
-                consumer = KafkaConsumer(**common, **self.consumer_options())
+                consumer = KafkaConsumer(**self.kafka.consumer_config(**self.consumer_options()))
                 consumer.subscribe(self.kafka.input_topics, listener=_Listener(self))
                 self.consumer = consumer
                 self._broker_up()
+                self._reported_reachable = True
                 log.info(
                     "connected to Kafka",
                     extra={
@@ -255,14 +272,24 @@ class Pipeline:
                     },
                 )
                 return True
+            except KafkaConfigurationError as exc:  # settings kafka-python refuses together
+                raise ConfigError(f"invalid Kafka client settings (kafka section): {exc}") from None
             except (KafkaError, OSError) as exc:
-                self._broker_down()
                 attempt += 1
                 metrics.RETRIES.labels(stage="connect").inc()
                 delay = _backoff(attempt)
+                cause = kafka_client_error(tried_at) or f"{type(exc).__name__}: {exc}"
+                servers = self.kafka.bootstrap_servers
+                self._broker_down(f"Kafka broker {servers} unreachable: {cause}")
+                # One line per attempt: kafka-python's own lines are kept out (daemon.logs).
                 log.warning(
-                    "cannot reach Kafka; retrying",
-                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay},
+                    f"kafka: broker {servers} unreachable ({cause}); retrying in {delay:g} s",
+                    extra={
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "cause": cause,
+                        "attempt": attempt,
+                        "retry_in_s": delay,
+                    },
                 )
                 self._beat()
                 self.shutdown.requested.wait(delay)
@@ -325,15 +352,18 @@ class Pipeline:
     def _new_producer(self):
         from kafka import KafkaProducer
 
+        # linger_ms, batch_size and bootstrap_timeout_ms are defaults kafka.producer may
+        # override; the rest is vaeguard's own (refused there, see kafka_options.KAFKA_OWNED).
         return KafkaProducer(
-            **self.kafka.client_config(),
-            acks="all",
-            linger_ms=5,
-            batch_size=256 * 1024,
-            max_request_size=MAX_REQUEST_SIZE,
-            max_block_ms=self.kafka.request_timeout_ms,
-            delivery_timeout_ms=self._delivery_timeout_ms,
-            bootstrap_timeout_ms=5_000,
+            **self.kafka.producer_config(
+                acks="all",
+                linger_ms=5,
+                batch_size=256 * 1024,
+                max_request_size=MAX_REQUEST_SIZE,
+                max_block_ms=self.kafka.request_timeout_ms,
+                delivery_timeout_ms=self._delivery_timeout_ms,
+                bootstrap_timeout_ms=5_000,
+            )
         )
 
     @property
@@ -471,7 +501,34 @@ class Pipeline:
             heartbeat_ago = float("inf")
         if heartbeat_ago < max(2 * self.kafka.heartbeat_interval_ms / 1000, 2.0):
             self._broker_up()
+        self._report_broker()
         self._update_lag()
+
+    def _silence(self) -> str:
+        """Why the broker seems away when no connection attempt of ours failed."""
+        if self._broker_ok and kafka_client_error(self._last_broker_ok) is None:
+            return "waiting for the consumer group (no heartbeat yet)"
+        return f"Kafka broker {self.kafka.bootstrap_servers} not answering"
+
+    def _report_broker(self) -> None:
+        """One line when the broker stops answering, one when it is back (kafka-python keeps
+        reconnecting on its own meanwhile; its lines are kept out, see daemon.logs)."""
+        reachable = self.broker_reachable
+        cause = None if reachable else kafka_client_error(self._last_broker_ok)
+        if not reachable and cause is None:  # a slow group join, not an outage
+            return
+        if reachable == self._reported_reachable:
+            return
+        self._reported_reachable = reachable
+        servers = self.kafka.bootstrap_servers
+        if reachable:
+            log.info(f"kafka: broker {servers} reachable again")
+            return
+        self._broker_problem = f"Kafka broker {servers} not answering: {cause}"
+        log.warning(
+            f"kafka: broker {servers} not answering ({cause}); the client keeps reconnecting",
+            extra={"cause": cause},
+        )
 
     def _update_lag(self) -> None:
         for tp in list(self.assignment):

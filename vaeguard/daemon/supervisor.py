@@ -421,10 +421,18 @@ class Supervisor:
                 }
             )
         ready = not self.stopping.is_set() and all(w["ready"] for w in workers)
+        reasons = ["stopping"] if self.stopping.is_set() else []
+        reasons += [
+            f"worker {w['index']} "
+            + ("not running" if w["pid"] is None else "not ready (see its log: broker, model)")
+            for w in workers
+            if not w["ready"]
+        ]
         return ready, {
             "workers": workers,
             "partitions_assigned": sum(w["partitions_assigned"] for w in workers),
             "stopping": self.stopping.is_set(),
+            "reason": "; ".join(reasons) if reasons else None,
         }
 
     def _serve_ops(self) -> None:

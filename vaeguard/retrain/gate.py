@@ -17,7 +17,9 @@ class GateResult:
 
 
 def _target_rate(detector) -> float:
-    th = detector.threshold_
+    th = detector.threshold_rule_
+    if th.method == "contamination":
+        return float(th.params.get("contamination", detector.contamination))
     if th.method == "budget":
         return float(th.params.get("budget", detector.budget)) / 1000.0
     if th.method == "spot":

@@ -152,6 +152,11 @@ class RetrainJob:
             self.input_spec,
             required=[*current.feature_names_, *current.conditions_.names],
             assemble=True,
+            labels=[
+                c.name
+                for c in getattr(current.conditions_, "columns", ())
+                if c.kind == "categorical"
+            ],
         )
         max_bytes = self.max_record_bytes
 

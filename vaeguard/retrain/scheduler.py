@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
 import sqlite3
 import threading
@@ -34,7 +33,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from vaeguard.errors import ConfigError
-from vaeguard.files import replacing
+from vaeguard.files import replacing, user_state_dir
 from vaeguard.retrain.durations import looks_like_duration, parse_duration
 from vaeguard.retrain.settings import RetrainSettings
 from vaeguard.snapshot import is_finite_number
@@ -59,11 +58,8 @@ _MAX_LOGGED_DROPS = 20
 
 def default_state_dir() -> Path:
     """The per-user state folder (XDG): outside the registry, which model publishers can write."""
-    base = os.environ.get("XDG_STATE_HOME", "")
-    if base and Path(base).is_absolute():
-        return Path(base) / "vaeguard"
     try:
-        return Path.home() / ".local" / "state" / "vaeguard"
+        return user_state_dir()
     except RuntimeError as exc:  # no home folder to resolve
         raise ConfigError(f"retrain.state_dir: must be set ({exc})") from None
 

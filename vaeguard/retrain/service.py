@@ -8,6 +8,7 @@ the new version takes over at the next batch boundary instead of the next poll.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ class RetrainService:
         self.job = RetrainJob(
             self.registry,
             settings.retrain,
-            settings.kafka.client_config(),
+            settings.kafka.consumer_config(),
             settings.kafka.input_topics,
             max_record_bytes=settings.scoring.max_record_bytes,
             on_failure=self._rejected,
@@ -51,6 +52,8 @@ class RetrainService:
                 store_name=store_name_for(settings.kafka.group_id),
             )
         self.last_outcome: RetrainOutcome | None = None
+        #: Set while a run trains or validates (`in_progress`).
+        self._running = threading.Event()
 
     def start(self) -> None:
         self.scheduler.start()
@@ -72,7 +75,19 @@ class RetrainService:
         can become current)."""
         self.scheduler.shutdown(wait=False)
 
+    @property
+    def in_progress(self) -> bool:
+        """Whether a run is training or validating now (abandoned if the process stops)."""
+        return self._running.is_set()
+
     def run_once(self) -> RetrainOutcome | None:
+        self._running.set()
+        try:
+            return self._run_once()
+        finally:
+            self._running.clear()
+
+    def _run_once(self) -> RetrainOutcome | None:
         try:
             outcome = self.job.run()
         except Exception as exc:  # counted as "failed" by the job

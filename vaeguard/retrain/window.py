@@ -97,11 +97,13 @@ def read_window(
         if k not in ("group_id", "group_instance_id", "client_id")
     }
     consumer = KafkaConsumer(
-        **config,
-        group_id=None,
-        enable_auto_commit=False,
-        client_id="vaeguard-retrain-reader",
-        auto_offset_reset="earliest",
+        **{
+            **config,  # the daemon's connection, kafka.client and kafka.consumer settings
+            "group_id": None,
+            "enable_auto_commit": False,
+            "client_id": "vaeguard-retrain-reader",
+            "auto_offset_reset": "earliest",
+        }
     )
     try:
         partitions = [

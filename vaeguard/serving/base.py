@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vaeguard.ingest import Rejection
+from vaeguard.ingest import Rejection, entity_text
 from vaeguard.scored import ScoredRecord, Source
 
 
@@ -30,6 +30,17 @@ class Inbound:
     source: Source
     key: bytes | None = None
     timestamp_ms: int | None = None
+
+
+def entity_of(item: Inbound, field: str = "key") -> str | None:
+    """The entity a record is about, for every model kind: its ``field``, else the message
+    key (None for a file row without the field)."""
+    key = item.record.get(field)
+    if key is not None:
+        return entity_text(key)
+    if item.key is not None:
+        return item.key.decode("utf-8", "replace")
+    return None
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 
 from vaeguard.contributions import FLOAT_MAX, finite, top_contributions
 from vaeguard.scored import ScoredRecord
-from vaeguard.severity import NORMAL
+from vaeguard.severity import NORMAL, levels
 
 # Re-exported: the serving classes and the benchmarks import these from here.
 __all__ = [
@@ -36,15 +36,18 @@ def severities(
     bands: Sequence[tuple[str, float]],
     *,
     inclusive: bool = False,
+    level: np.ndarray | None = None,
 ) -> tuple[list[bool], list[str]]:
     """(is_anomaly, severity name) per row; `vaeguard.severity.severity`, vectorized.
 
     A score above the threshold is anomalous (at or above it with ``inclusive``: an alert level
-    such as a likelihood's 1.0 is reached, not exceeded)."""
+    such as a likelihood's 1.0 is reached, not exceeded). ``level``: each row's
+    `vaeguard.severity.levels` (default: the margin above the threshold)."""
     anomalous = scores >= threshold if inclusive else scores > threshold
     names = [NORMAL, *(b for b, _ in bands)]
     minimums = np.asarray([m for _, m in bands], dtype="float64")
-    band = np.where(anomalous, np.searchsorted(minimums, scores - threshold, side="right"), 0)
+    margin = np.maximum(scores - threshold if level is None else level, 0.0)
+    band = np.where(anomalous, np.searchsorted(minimums, margin, side="right"), 0)
     return anomalous.tolist(), [names[b] for b in band.tolist()]
 
 
@@ -78,16 +81,24 @@ def score_records(
     decision: np.ndarray | None = None,
     inclusive: bool = False,
     p_values: Sequence[float] | None = None,
+    alert_p: float | None = None,
+    median: float | None = None,
 ) -> list[ScoredRecord]:
     """One `ScoredRecord` per row; ``items`` are the `Inbound` records the rows report on.
 
     ``decision`` (default: the scores) is what the threshold is applied to, e.g. a window
-    model's likelihood output while the record keeps the raw score."""
+    model's likelihood output while the record keeps the raw score. Severity is relative to
+    the model's calibration (`vaeguard.severity.levels`): ``alert_p`` is the tail probability
+    at which it alerts (with ``p_values``), ``median`` its median normal score otherwise."""
     scores = finite(scores)
     decided = scores if decision is None else finite(decision)
-    anomalous, severity = severities(decided, threshold, bands, inclusive=inclusive)
+    level = levels(decided, threshold, p_values=p_values, alert_p=alert_p, median=median)
+    anomalous, severity = severities(decided, threshold, bands, inclusive=inclusive, level=level)
     threshold = float(threshold)
     score_l = scores.tolist()
+    threshold_of = (
+        "anomaly_likelihood" if decision is not None and decision is likelihood else "score"
+    )
     out = []
     for i, item in enumerate(items):
         out.append(
@@ -104,6 +115,7 @@ def score_records(
                 labels=labels_of(item.record),
                 anomaly_likelihood=None if likelihood is None else _finite(likelihood[i]),
                 p_value=None if p_values is None else p_values[i],
+                threshold_of=threshold_of,
             )
         )
     return out

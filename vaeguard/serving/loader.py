@@ -61,7 +61,7 @@ def with_budget(model, budget: float, path) -> None:
     from vaeguard.thresholds import rebudget
 
     try:
-        model.threshold_ = rebudget(model.threshold_, float(budget))
+        model.threshold_rule_ = rebudget(model.threshold_rule_, float(budget))
     except ValueError as exc:
         raise ConfigError(f"model.alert_budget: the model at {path}: {exc}") from None
     model.budget = float(budget)

@@ -9,29 +9,17 @@ from typing import Any
 import numpy as np
 
 from vaeguard.contributions import top_contributions
+from vaeguard.detector import CLIP_SIGMAS
 from vaeguard.errors import BundleError
-from vaeguard.ingest import Reason, Rejection, entity_text, to_number, to_timestamp
+from vaeguard.ingest import Reason, Rejection, to_number, to_timestamp
 from vaeguard.scored import ScoredRecord
-from vaeguard.serving.base import Features, Inbound, Stateless
+from vaeguard.serving.base import Features, Inbound, Stateless, entity_of
 from vaeguard.serving.calibration import FollowingThreshold
 from vaeguard.serving.explain import score_records
 from vaeguard.thresholds import p_values as tail_probabilities
 
-#: Scaled inputs are clipped to ±this many robust σ before scoring, so an absurd but finite
-#: value (1e300) scores as "extremely anomalous" instead of overflowing float32 to inf / NaN.
-CLIP_SIGMAS = 1e6
 #: Value types the fast path converts as they are (anything else is checked record by record).
 _PLAIN_NUMBERS = {int, float, bool}
-
-
-def entity_of(item: Inbound, field: str = "key") -> str | None:
-    """The entity a record is about: its ``key`` field, else the message key."""
-    key = item.record.get(field)
-    if key is not None:
-        return entity_text(key)
-    if item.key is not None:
-        return item.key.decode("utf-8", "replace")
-    return None
 
 
 class TabularServing(Stateless):
@@ -56,9 +44,9 @@ class TabularServing(Stateless):
         self.detector = detector
         self.version = version
         self.following = None
-        threshold = getattr(detector, "threshold_", None)
+        threshold = getattr(detector, "threshold_rule_", None)
         if follow and threshold is not None and threshold.method == "budget":
-            self.following = FollowingThreshold(detector.threshold_)
+            self.following = FollowingThreshold(threshold)
         self.feature_names = list(detector.feature_names_)
         conditions = detector.conditions_
         self.conditions = conditions if conditions is not None and conditions.columns else None
@@ -184,7 +172,7 @@ class TabularServing(Stateless):
             p_values = following.p_values(result.scores)
             result = dataclasses.replace(result, threshold=following.value)
         else:
-            p_values = tail_probabilities(det.threshold_, result.scores)
+            p_values = tail_probabilities(det.threshold_rule_, result.scores)
         if self.counterfactuals and result.is_anomaly.any():
             # Anomalous rows only: what their top features should have been, and how much each
             # correction explains (`VAEDetector.counterfactual_matrix`). Normal rows keep the
@@ -215,10 +203,26 @@ class TabularServing(Stateless):
             bands=bands,
             model_version=self.version,
             p_values=None if p_values is None else p_values.tolist(),
+            **severity_reference(det),
         )
         if following is not None:  # the next batch is judged with these rows learned
             following.learn(result.scores, p_values)
         return records
+
+
+def severity_reference(detector) -> dict[str, float | None]:
+    """What severity is measured against (`vaeguard.severity.levels`): the tail probability
+    at which a budget threshold alerts, and the median normal score (the calibration's)."""
+    rule = getattr(detector, "threshold_rule_", None)
+    budget = None if rule is None else rule.params.get("budget")
+    reference = getattr(detector, "score_reference_", None)
+    median = None
+    if reference is not None and len(reference) > 1:
+        median = float(np.interp(0.5, np.linspace(0.0, 1.0, len(reference)), reference))
+    return {
+        "alert_p": float(budget) / 1000.0 if budget and rule.method == "budget" else None,
+        "median": median,
+    }
 
 
 def _timestamp(item: Inbound) -> Any:

@@ -36,7 +36,7 @@ import numpy as np
 
 from vaeguard.errors import BundleError, DataError
 from vaeguard.scored import ScoredRecord, Source
-from vaeguard.serving.base import Features, Inbound
+from vaeguard.serving.base import Features, Inbound, entity_of
 from vaeguard.serving.explain import p_values_of, score_records
 from vaeguard.serving.window_explain import metric_contributions
 from vaeguard.snapshot import check_header, is_count
@@ -164,11 +164,8 @@ class WindowServing:
         points = []
         for it in items:
             record = it.record
-            entity = record.get(spec.entity_field)
-            if entity is None and it.key is not None:
-                entity = it.key.decode("utf-8", "replace")
             point = {name: record.get(name) for name in spec.metrics}
-            point[spec.entity_field] = entity
+            point[spec.entity_field] = entity_of(it, spec.entity_field)
             point[spec.time_field] = record.get(spec.time_field)
             points.append(point)
         batch = self.state.update_and_featurize(points)
@@ -271,6 +268,7 @@ class WindowServing:
             decision=decided,
             inclusive=decided is likelihood,
             p_values=p_values,
+            alert_p=self._alert_p(),
         )
 
     def _lead(self, alerted: np.ndarray) -> list[str | None] | None:
@@ -341,6 +339,15 @@ class WindowServing:
     def _alert_level(self) -> float | None:
         spec = self.views.likelihood_spec
         return None if spec is None else spec.alert
+
+    def _alert_p(self) -> float | None:
+        """The tail probability at which the likelihood alerts (what severity is relative to)."""
+        spec = self.views.likelihood_spec
+        if spec is None or spec.alert is None:
+            return None
+        if spec.output == "linear":
+            return 1.0 - spec.alert
+        return 10.0 ** (-spec.alert * spec.level_decades)
 
     # -- at-least-once bookkeeping --------------------------------------------------------------
 

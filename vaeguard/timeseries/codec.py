@@ -132,7 +132,7 @@ def _attach(detector, loaded, where: str) -> None:
         masked=True,
         visible=detector.encoder_visible(),
     )
-    detector.threshold_ = Threshold.from_dict(loaded.threshold_.to_dict())
+    detector.threshold_ = Threshold.from_dict(loaded.threshold_rule_.to_dict())
     detector.baseline_ = np.asarray(loaded.baseline_, dtype="float64")
     detector.score_reference_ = np.asarray(loaded.score_reference_, dtype="float64")
     try:

@@ -97,17 +97,19 @@ class KafkaSink(Sink):
             from kafka.errors import KafkaError
 
             timeout_ms = int(self.context.timeout_s * 1000)
+            # The sink's own timing wins over the cluster's options (which carry a
+            # request_timeout_ms, and kafka.client's settings, of their own).
+            own = {
+                "client_id": f"vaeguard-alerts-{self.name}",
+                "acks": "all",
+                "linger_ms": 5,
+                "max_block_ms": timeout_ms,
+                "request_timeout_ms": max(timeout_ms, 1000),
+                "delivery_timeout_ms": max(timeout_ms, 1000) + 5,
+                "bootstrap_timeout_ms": timeout_ms,
+            }
             try:
-                self.producer = KafkaProducer(
-                    **self.config,
-                    client_id=f"vaeguard-alerts-{self.name}",
-                    acks="all",
-                    linger_ms=5,
-                    max_block_ms=timeout_ms,
-                    request_timeout_ms=max(timeout_ms, 1000),
-                    delivery_timeout_ms=max(timeout_ms, 1000) + 5,
-                    bootstrap_timeout_ms=timeout_ms,
-                )
+                self.producer = KafkaProducer(**{**self.config, **own})
             except KafkaError as exc:
                 raise RetryableSinkError(
                     f"cannot connect to Kafka: {type(exc).__name__}: {exc}"

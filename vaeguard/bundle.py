@@ -28,6 +28,7 @@ import numpy as np
 from vaeguard._version import __version__
 from vaeguard.errors import BundleError
 from vaeguard.files import replacing, sha256_file, write_atomic
+from vaeguard.ingest import short_repr
 from vaeguard.snapshot import is_count, is_finite_number
 
 FORMAT = "vaeguard-bundle"
@@ -259,7 +260,7 @@ def bundle_file(path: Path, m: dict[str, Any], key: str) -> Path:
     if bad:
         raise BundleError(
             f"corrupt bundle at {path}: field {key!r} must be a plain file name inside the "
-            f"bundle, got {_short(name)}"
+            f"bundle, got {short_repr(name, 80)}"
         )
     return target
 
@@ -273,12 +274,12 @@ def _check_parts(path: Path, parts: Any) -> None:
     for name, digest in parts.items():
         if not _PART_RE.fullmatch(name) or not _inside(Path(path), Path(path) / name):
             raise BundleError(
-                f"corrupt bundle at {path}: field 'parts' names {_short(name)}, not a part "
+                f"corrupt bundle at {path}: field 'parts' names {short_repr(name, 80)}, not a part "
                 "folder inside the bundle (views/<k>)"
             )
         if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
             raise BundleError(
-                f"corrupt bundle at {path}: field 'parts' pins {name} with {_short(digest)}, "
+                f"corrupt bundle at {path}: field 'parts' pins {name} with {short_repr(digest, 80)}, "
                 "not a SHA-256"
             )
 
@@ -326,11 +327,6 @@ def _inside(root: Path, target: Path) -> bool:
         return target.resolve().is_relative_to(root.resolve())
     except (OSError, RuntimeError, ValueError):  # a symlink loop, an odd name
         return False
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_plausible_range(path: Path, r: Any, n: int) -> None:

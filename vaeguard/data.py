@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import DataError
-from vaeguard.ingest import Reason, Rejection, to_number
+from vaeguard.ingest import Reason, Rejection, short_repr, to_number
 
 
 def _is_dataframe(obj: Any) -> bool:
@@ -94,14 +94,9 @@ def _check_cell(value: Any, data: Any, i: int, name: str) -> float:
         raise DataError(f"{where}: value is missing")
     if isinstance(result, Rejection):
         if result.reason is Reason.NON_FINITE:
-            raise DataError(f"{where}: {_short(value)} is not a finite number")
-        raise DataError(f"{where}: {_short(value)} is not a number")
+            raise DataError(f"{where}: {short_repr(value, 80)} is not a finite number")
+        raise DataError(f"{where}: {short_repr(value, 80)} is not a number")
     return result
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _has_text(raw: np.ndarray) -> bool:
@@ -174,11 +169,13 @@ def feature_matrix(
         feature_names = [f"x{j}" for j in range(array.shape[1])]
     if array.shape[1] != len(feature_names):
         raise DataError(f"expected {len(feature_names)} {what} column(s), got {array.shape[1]}")
-    try:
-        matrix = np.asarray(array, dtype="float64")
-        ok = not _has_text(array) and bool(np.isfinite(matrix).all())
-    except (TypeError, ValueError):
-        ok = False
+    ok = False
+    if not _has_text(array):  # text is read by the record rule, cell by cell, below
+        try:
+            matrix = np.asarray(array, dtype="float64")
+            ok = bool(np.isfinite(matrix).all())
+        except (TypeError, ValueError):
+            pass
     if not ok:
         matrix = np.empty(array.shape, dtype="float64")
         for i in range(array.shape[0]):

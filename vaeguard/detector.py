@@ -1026,7 +1026,8 @@ def load_bundle(path) -> VAEDetector:
     """Load a bundle into a ready `VAEDetector`, verifying the model file against the manifest
     (the tabular model's reader of the format `vaeguard.bundle` writes and checks)."""
     from vaeguard._quiet import import_keras
-    from vaeguard.bundle import _short, bundle_file, read_manifest, sha256_file
+    from vaeguard.bundle import bundle_file, read_manifest, sha256_file
+    from vaeguard.ingest import short_repr
     from vaeguard.model.vae import VAE
 
     keras = import_keras()
@@ -1073,7 +1074,7 @@ def load_bundle(path) -> VAEDetector:
         raise
     except (VaeguardError, *_MALFORMED) as exc:  # a value the checks above let through
         raise BundleError(
-            f"corrupt bundle at {path}: {type(exc).__name__}: {_short(str(exc))}"
+            f"corrupt bundle at {path}: {type(exc).__name__}: {short_repr(str(exc), 80)}"
         ) from None
     return detector
 

@@ -49,6 +49,7 @@ __all__ = [
     "decode",
     "entity_text",
     "loads",
+    "short_repr",
     "to_number",
     "to_timestamp",
 ]
@@ -122,7 +123,7 @@ def _parse_float(text: str) -> float:
             Rejection(
                 Reason.NON_FINITE,
                 "ValueError",
-                f"the number {_short(text)} overflows a 64-bit float",
+                f"the number {short_repr(text)} overflows a 64-bit float",
                 STAGE_DECODE,
             )
         )
@@ -156,7 +157,7 @@ def _parse_int(text: str) -> int:
             Rejection(
                 Reason.NON_FINITE,
                 "ValueError",
-                f"the integer {_short(text)} overflows a 64-bit float",
+                f"the integer {short_repr(text)} overflows a 64-bit float",
                 STAGE_DECODE,
             )
         ) from None
@@ -325,7 +326,7 @@ def check_entity(record: dict, field: str, max_key_bytes: int) -> Rejection | No
     return Rejection(
         Reason.OVERSIZE_KEY,
         "ValueError",
-        f"the entity field {_short(field)} is {size} bytes as text, more than "
+        f"the entity field {short_repr(field)} is {size} bytes as text, more than "
         f"scoring.max_key_bytes={max_key_bytes}",
     )
 
@@ -381,15 +382,19 @@ def to_number(value: Any, what: str) -> float | Rejection | None:
             if math.isfinite(number):
                 return number
             return Rejection(
-                Reason.NON_FINITE, "ValueError", f"{what} {_short(value)} overflows a 64-bit float"
+                Reason.NON_FINITE,
+                "ValueError",
+                f"{what} {short_repr(value)} overflows a 64-bit float",
             )
         if text.lower() in _NON_FINITE_WORDS:
             return Rejection(
                 Reason.NON_FINITE,
                 "ValueError",
-                f"{what} is {_short(value)} (NaN and ±inf are not allowed)",
+                f"{what} is {short_repr(value)} (NaN and ±inf are not allowed)",
             )
-    return Rejection(Reason.NON_NUMERIC, "TypeError", f"{what} is not a number: {_short(value)}")
+    return Rejection(
+        Reason.NON_NUMERIC, "TypeError", f"{what} is not a number: {short_repr(value)}"
+    )
 
 
 def to_timestamp(value: Any, what: str = "timestamp") -> float | Rejection:
@@ -398,7 +403,7 @@ def to_timestamp(value: Any, what: str = "timestamp") -> float | Rejection:
         return Rejection(
             Reason.INVALID_TIMESTAMP,
             "ValueError",
-            f"{what} must be epoch seconds or an ISO 8601 string, got {_short(value)}",
+            f"{what} must be epoch seconds or an ISO 8601 string, got {short_repr(value)}",
         )
     seconds: float | None = None
     if isinstance(value, int | float):
@@ -432,7 +437,7 @@ def to_timestamp(value: Any, what: str = "timestamp") -> float | Rejection:
             return Rejection(
                 Reason.INVALID_TIMESTAMP,
                 "ValueError",
-                f"{what} {_short(value)} is not ISO 8601 nor epoch seconds",
+                f"{what} {short_repr(value)} is not ISO 8601 nor epoch seconds",
             )
     else:
         return Rejection(
@@ -452,7 +457,7 @@ def to_timestamp(value: Any, what: str = "timestamp") -> float | Rejection:
         return Rejection(
             Reason.INVALID_TIMESTAMP,
             "ValueError",
-            f"{what} {_short(value)} is outside the years 1900-2200",
+            f"{what} {short_repr(value)} is outside the years 1900-2200",
         )
     return seconds
 
@@ -464,7 +469,8 @@ def entity_text(key: Any) -> str:
     return json.dumps(key, sort_keys=True, separators=(",", ":"))
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A value for an error line: its repr (so no newline gets through), cut to ``limit``."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

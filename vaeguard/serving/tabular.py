@@ -47,6 +47,8 @@ class TabularServing(Stateless):
         threshold = getattr(detector, "threshold_rule_", None)
         if follow and threshold is not None and threshold.method == "budget":
             self.following = FollowingThreshold(threshold)
+        #: What severity is measured against: fixed with the model, so read once.
+        self.severity_reference = severity_reference(detector)
         self.feature_names = list(detector.feature_names_)
         conditions = detector.conditions_
         self.conditions = conditions if conditions is not None and conditions.columns else None
@@ -203,7 +205,7 @@ class TabularServing(Stateless):
             bands=bands,
             model_version=self.version,
             p_values=None if p_values is None else p_values.tolist(),
-            **severity_reference(det),
+            **self.severity_reference,
         )
         if following is not None:  # the next batch is judged with these rows learned
             following.learn(result.scores, p_values)

@@ -311,15 +311,7 @@ class ModelRegistry:
     def rollback(self) -> str:
         """Go back to the version that was current before the current one (like `rollout undo`)."""
         with self.lock():
-            current = self.current()
-            previous = next(
-                (
-                    p.get("from")
-                    for p in reversed(self.promotions())
-                    if p.get("to") == current and p.get("from")
-                ),
-                None,
-            )
+            current, previous = self._current_and_previous()
             if previous is None or not (self.root / previous).is_dir():
                 raise RegistryError(
                     f"nothing to roll back to: {current or 'no version'} has no previous current version"
@@ -332,11 +324,7 @@ class ModelRegistry:
         if keep < 1:
             raise RegistryError("--keep must be at least 1")
         with self.lock():
-            names = self.version_names()
-            current = self.current()
-            protected = {current}
-            protected |= {p.get("from") for p in self.promotions() if p.get("to") == current}
-            doomed = [n for n in names[:-keep] if n not in protected]
+            doomed = self._prunable(keep)
             for name in doomed:
                 path = self.root / name
                 _make_writable(path)
@@ -345,6 +333,28 @@ class ModelRegistry:
                 shutil.rmtree(trash, ignore_errors=True)
             fsync_dir(self.root)
         return doomed
+
+    def _current_and_previous(self) -> tuple[str | None, str | None]:
+        """CURRENT, and the version that was current before it (what a rollback goes back to;
+        the caller checks that it still exists)."""
+        current = self.current()
+        previous = next(
+            (
+                p.get("from")
+                for p in reversed(self.promotions())
+                if p.get("to") == current and p.get("from")
+            ),
+            None,
+        )
+        return current, previous
+
+    def _prunable(self, keep: int) -> list[str]:
+        """The versions older than the newest ``keep``, less the current one and its rollback
+        target (both backends prune by this rule; the caller holds the registry lock)."""
+        current = self.current()
+        protected = {current}
+        protected |= {p.get("from") for p in self.promotions() if p.get("to") == current}
+        return [n for n in self.version_names()[:-keep] if n not in protected]
 
     # -- the promotion log (callers hold the registry lock to write) ------------------------------
 
@@ -917,15 +927,7 @@ class ObjectStoreRegistry(ModelRegistry):
             return self._switch(self._rollback_target)
 
     def _rollback_target(self, pointer: dict[str, Any] | None) -> tuple[str, str]:
-        current = self.current()
-        previous = next(
-            (
-                p.get("from")
-                for p in reversed(self.promotions())
-                if p.get("to") == current and p.get("from")
-            ),
-            None,
-        )
+        current, previous = self._current_and_previous()
         if previous is None or self._marker(previous) is None:
             raise RegistryError(
                 f"nothing to roll back to: {current or 'no version'} has no previous current version"
@@ -937,11 +939,7 @@ class ObjectStoreRegistry(ModelRegistry):
         if keep < 1:
             raise RegistryError("--keep must be at least 1")
         with self.lock():
-            names = self.version_names()
-            current = self.current()
-            protected = {current}
-            protected |= {p.get("from") for p in self.promotions() if p.get("to") == current}
-            doomed = [n for n in names[:-keep] if n not in protected]
+            doomed = self._prunable(keep)
             for name in doomed:
                 self.store.delete([f"{name}/{COMPLETE}"])
                 rest = [k for k in self.store.list(name + "/") if k != f"{name}/{CLAIM}"]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from vaeguard.errors import DataError
-from vaeguard.files import write_atomic
 from vaeguard.ingest import Reason, Rejection, loads
 
 FORMATS = ("csv", "jsonl")
@@ -166,16 +165,16 @@ def read_table(path) -> dict[str, list[Any]]:
     return to_columns(read_records(path))
 
 
-def write_jsonl(path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows as JSON Lines (atomically: a crash leaves the old file or none)."""
+def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
+    """Rows as JSON Lines text (one compact object per line; NaN refused)."""
     lines = [json.dumps(row, separators=(",", ":"), allow_nan=False) for row in rows]
-    write_atomic(Path(path), ("\n".join(lines) + ("\n" if lines else "")).encode())
-    return len(lines)
+    return "".join(line + "\n" for line in lines)
 
 
-def write_csv(path, header: list[str], rows: Iterable[list[Any]]) -> None:
+def csv_text(header: list[str], rows: Iterable[list[Any]]) -> str:
+    """A header and rows as CSV text (``\n`` line ends)."""
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    write_atomic(Path(path), buf.getvalue().encode())
+    return buf.getvalue()

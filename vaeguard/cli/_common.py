@@ -154,22 +154,6 @@ def write_output(path: Path, text: str) -> None:
     write_atomic(path, text.encode())
 
 
-def jsonl_text(rows) -> str:
-    lines = [json.dumps(row, separators=(",", ":"), allow_nan=False) for row in rows]
-    return "".join(line + "\n" for line in lines)
-
-
-def csv_text(header: list[str], rows) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def print_json(obj: Any) -> None:
     """A command's result as one JSON document on stdout (``--json``)."""
     typer.echo(json.dumps(obj, default=str))

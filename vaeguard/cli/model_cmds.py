@@ -17,10 +17,8 @@ from vaeguard.cli._common import (
     check_destinations,
     check_json_and_out,
     check_kind,
-    csv_text,
     input_file,
     is_stdio,
-    jsonl_text,
     load_model,
     model_path,
     output_format,
@@ -29,6 +27,7 @@ from vaeguard.cli._common import (
     write_output,
 )
 from vaeguard.errors import DataError
+from vaeguard.tabular_files import csv_text, jsonl_text
 
 #: Columns with these names are record metadata, never features unless asked for explicitly.
 RESERVED = ("key", "ts", "timestamp")

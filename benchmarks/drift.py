@@ -137,7 +137,7 @@ def run(args) -> dict:
 
 def following(threshold, scores: np.ndarray) -> np.ndarray:
     """Flags of the rows in order, the threshold following the stream (the daemon's rule)."""
-    from vaeguard.serving.calibration import FollowingThreshold
+    from vaeguard.thresholds import FollowingThreshold
 
     return FollowingThreshold(threshold).replay(scores, BATCH)
 

@@ -4,8 +4,8 @@ Every stream here is normal by construction (seeded numpy generators, nothing pl
 kinds monitoring really carries: bursty and zero-inflated counts, a clipped percentage with a
 daily cycle, a sparse hourly business metric with a weekly cycle, integer-quantized values, a
 flat line with rare 0/1 blips, irregular sampling, a slow trend, heavy-tailed noise, plain
-Gaussian noise around a daily cycle, a short stream, and NAB's ``artificialNoAnomaly`` series
-(read in place from the shared datasets). So every alert is a false alert, and the rate is
+Gaussian noise around a daily cycle, a short stream (every 5 minutes, and every minute), and
+NAB's ``artificialNoAnomaly`` series (read in place from the shared datasets). So every alert is a false alert, and the rate is
 compared with the alert budget (false alerts per 1,000 points) the detector promises.
 
 * **window mode**: each stream goes through `vaeguard.apps.online.run_online` exactly as
@@ -55,6 +55,8 @@ if str(ROOT) not in sys.path:
 START = 1_704_067_200.0
 DEFAULT_POINTS = 4000
 SHORT_POINTS = 1500
+#: The kinds capped at `SHORT_POINTS`.
+SHORT_KINDS = ("short", "short-minutely")
 DEFAULT_CACHE = ROOT / "runs" / "false-alarms"
 #: Share of the rows the tabular detector trains on (the rest are scored).
 TABULAR_TRAIN_SHARE = 0.4
@@ -97,7 +99,7 @@ def _kind(name: str):
 
 def stream_length(kind: str, n: int) -> int:
     """Points a stream of ``kind`` has when asked for n (the short kind caps it)."""
-    return min(n, SHORT_POINTS) if kind == "short" else n
+    return min(n, SHORT_POINTS) if kind in SHORT_KINDS else n
 
 
 def _grid(n: int, step: float) -> np.ndarray:
@@ -231,6 +233,14 @@ def _gaussian_daily(rng, n):
 def _short(rng, n):
     """The gaussian-daily kind, 1,500 points only (a stream the detector barely knows)."""
     return _gaussian_daily_body(rng, n)
+
+
+@_kind("short-minutely")
+def _short_minutely(rng, n):
+    """The short stream sampled every minute (1,500 points: a day and an hour): its first fit
+    has seen a few hours of the day, the rest of the day is new to it."""
+    t = _grid(n, 60.0)
+    return t, 50.0 + 10.0 * _daily(t) + rng.normal(0.0, 2.0, n)
 
 
 def nab_kinds(data_dir: Path | None = None) -> dict[str, Path]:
@@ -515,7 +525,7 @@ def tabular_count(
 ) -> tuple[Count, Count | None, dict[str, Any]]:
     """Fit on the first 40 % of the kind's rows; count on the rest the rows flagged at the
     threshold fixed at training (``predict``) and, for a budget threshold, at the threshold
-    the daemon keeps on the recent normal rows (`vaeguard.serving.calibration`)."""
+    the daemon keeps on the recent normal rows (`vaeguard.thresholds.FollowingThreshold`)."""
     from vaeguard import VAEDetector
 
     kwargs: dict[str, Any] = {"seed": seed}
@@ -530,7 +540,7 @@ def tabular_count(
     flags = det.predict(rows[split:])
     followed = None
     if det.threshold_rule_.method == "budget":
-        from vaeguard.serving.calibration import FollowingThreshold
+        from vaeguard.thresholds import FollowingThreshold
 
         scores = det.decision_function(rows[split:])
         flags_followed = FollowingThreshold(det.threshold_rule_).replay(scores, FOLLOW_BATCH)

@@ -40,6 +40,7 @@ BOUNDS = {
     "heavy-tailed": lambda v: np.all(np.abs(v - 50) < 1000),
     "gaussian-daily": lambda v: np.all(np.abs(v - 50) < 10 + 20),
     "short": lambda v: np.all(np.abs(v - 50) < 10 + 20),
+    "short-minutely": lambda v: np.all(np.abs(v - 50) < 10 + 20),
 }
 
 
@@ -65,6 +66,7 @@ def test_short_is_short():
     assert stream_length("short", N) == SHORT_POINTS
     assert len(KINDS["short"](N, 0)[1]) == SHORT_POINTS
     assert len(KINDS["short"](500, 0)[1]) == 500
+    assert stream_length("short-minutely", N) == SHORT_POINTS
 
 
 def test_kinds_are_distinct_streams():

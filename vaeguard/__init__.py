@@ -36,7 +36,7 @@ from vaeguard.errors import (
 )
 
 if TYPE_CHECKING:
-    from vaeguard.bundle import save_bundle
+    from vaeguard.bundle import load_any, save_bundle
     from vaeguard.detector import load_bundle
     from vaeguard.registry import ModelRegistry
     from vaeguard.serving.loader import load_serving
@@ -50,6 +50,7 @@ _LAZY = {
     "ViewSet": "vaeguard.timeseries.views",
     "load_bundle": "vaeguard.detector",
     "save_bundle": "vaeguard.bundle",
+    "load_any": "vaeguard.bundle",
     "load_window_bundle": "vaeguard.timeseries.bundle",
     "save_window_bundle": "vaeguard.timeseries.bundle",
     "load_serving": "vaeguard.serving.loader",
@@ -87,6 +88,7 @@ __all__ = [
     "ViewSet",
     "WindowDetector",
     "__version__",
+    "load_any",
     "load_bundle",
     "load_serving",
     "load_window_bundle",

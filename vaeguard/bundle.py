@@ -8,17 +8,21 @@ bundle that is corrupt, tampered with or from an incompatible version, with the 
 This module is the format (write, read and check the manifest) and knows no model class: each
 kind's reader sits with its model (`vaeguard.detector.load_bundle`,
 `vaeguard.timeseries.bundle.load_window_bundle`), so the models import the format, never back.
+`load_any` reads ``kind`` and hands the bundle to its kind's reader, found by name
+(`register_kind`), so a bundle loads as the model it holds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import itertools
 import json
 import math
 import os
 import platform
 import re
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -217,9 +221,10 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
     need("versions", dict)
     _check_plausible_range(path, m.get("plausible_range"), n)
     kind = model_kind(m)
-    if kind not in KINDS:
+    if kind not in _READERS:
         raise BundleError(
-            f"corrupt bundle at {path}: kind {kind!r} is not one of {', '.join(KINDS)}"
+            f"corrupt bundle at {path}: kind {short_repr(kind, 80)} is not one of "
+            f"{', '.join(_READERS)}"
         )
     if kind == "window" and not isinstance((m.get("extra") or {}).get("window_mode"), dict):
         raise BundleError(f"corrupt bundle at {path}: a window model without extra.window_mode")
@@ -287,7 +292,7 @@ def _check_parts(path: Path, parts: Any) -> None:
 def _check_budget(path: Path, params: dict[str, Any]) -> None:
     """A budget threshold's ``params`` are what serving re-derives it from (the alert budget,
     the fitted tail, the sorted calibration scores): they must give a finite threshold, now
-    and when the tail is fitted again on them (`vaeguard.serving.calibration`)."""
+    and when the tail is fitted again on them (`vaeguard.thresholds.FollowingThreshold`)."""
     from vaeguard.thresholds import fit_tail, is_budget, tail_value
 
     budget, tail, reference = params.get("budget"), params.get("tail"), params.get("reference")
@@ -349,9 +354,58 @@ def _check_plausible_range(path: Path, r: Any, n: int) -> None:
     )
 
 
-#: The model kinds a bundle can hold (``bundle.json``'s ``kind``); `vaeguard.serving.load_serving`
-#: dispatches on it.
-KINDS = ("tabular", "window")
+#: The model kinds a bundle can hold (``bundle.json``'s ``kind``) and each one's reader (the
+#: bundle path → the loaded model): a function, or its ``module:function``, imported on first use
+#: like an entry point, so a bundle loads without its model package imported first and this
+#: layer imports no model package. The readers sit with their models (see the module docstring).
+_READERS: dict[str, Callable[[Path], Any] | str] = {
+    "tabular": "vaeguard.detector:load_bundle",
+    "window": "vaeguard.timeseries.bundle:load_window_bundle",
+}
+
+
+def register_kind(kind: str, reader: Callable[[Path], Any] | str) -> None:
+    """Make bundles whose ``kind`` is ``kind`` load with ``reader`` (a function of the bundle
+    path returning the model, or its ``module:function``): how a model package plugs its kind
+    into `load_any` and `read_manifest`, as Keras's ``register_keras_serializable``."""
+    if not isinstance(kind, str) or not kind:
+        raise BundleError(f"a model kind must be a non-empty string, got {short_repr(kind, 80)}")
+    if not callable(reader) and not (isinstance(reader, str) and ":" in reader):
+        raise BundleError(
+            f"the reader of model kind {kind!r} must be a function or its module:function, "
+            f"got {short_repr(reader, 80)}"
+        )
+    _READERS[kind] = reader
+
+
+def kinds() -> tuple[str, ...]:
+    """The model kinds a bundle can hold: those with a reader."""
+    return tuple(_READERS)
+
+
+def load_any(path) -> Any:
+    """Load the bundle at ``path`` as the model it holds (``kind``: a `VAEDetector` for
+    ``tabular``, a `ViewSet` for ``window``), checked as that kind's reader checks it.
+
+    Raises `BundleError` for a missing, corrupt or incompatible bundle, a kind without a reader
+    among them."""
+    path = Path(path)
+    kind = model_kind(read_manifest(path))  # refuses a kind without a reader
+    return _reader(kind, path)(path)
+
+
+def _reader(kind: str, path: Path) -> Callable[[Path], Any]:
+    reader = _READERS[kind]
+    if isinstance(reader, str):
+        module, _, name = reader.partition(":")
+        try:
+            reader = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise BundleError(
+                f"cannot load the {kind} bundle at {path}: its reader {reader} is not "
+                f"installed ({exc})"
+            ) from None
+    return reader
 
 
 def model_kind(manifest: dict[str, Any]) -> str:

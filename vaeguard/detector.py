@@ -22,7 +22,13 @@ from vaeguard.contributions import top_contributions
 from vaeguard.data import feature_matrix
 from vaeguard.errors import BundleError, DataError, NotFittedError, VaeguardError
 from vaeguard.preprocessing import ConditionEncoder, RobustScaler
-from vaeguard.thresholds import Threshold, calibrate, check_probability, is_budget
+from vaeguard.thresholds import (
+    FollowingThreshold,
+    Threshold,
+    calibrate,
+    check_probability,
+    is_budget,
+)
 
 #: Fewest rows `fit` accepts: below this neither training nor calibration means anything.
 MIN_TRAIN_ROWS = 16
@@ -544,6 +550,18 @@ class VAEDetector:
         if return_confidence:
             return labels, self.predict_confidence(X, conditions)
         return labels
+
+    def predict_stream(self, X, conditions=None, *, batch: int = 100) -> np.ndarray:
+        """Labels of rows judged in order as the daemon judges a stream: the budget's threshold
+        follows the recent normal rows (`vaeguard.thresholds.FollowingThreshold`), learned
+        after every ``batch`` rows, so a slowly drifting process does not alarm on every row
+        while an incident is not learned. `predict` judges every row by the threshold fixed at
+        training. Needs ``threshold_method="budget"``."""
+        self._check_fitted()
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError("batch must be a positive number of rows")
+        following = FollowingThreshold(self.threshold_rule_)
+        return following.replay(self.decision_function(X, conditions), batch).astype("int64")
 
     def fit_predict(self, X, y=None, **fit_params) -> np.ndarray:
         """`fit`, then the training rows' labels (``labels_``); ``y`` is ignored, as PyOD's."""

@@ -26,6 +26,7 @@ human-readable detail), never an exception that escapes:
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import re
@@ -46,6 +47,8 @@ __all__ = [
     "Rejection",
     "check_entity",
     "check_envelope",
+    "check_record",
+    "check_size",
     "decode",
     "entity_text",
     "loads",
@@ -150,15 +153,17 @@ def _parse_int(text: str) -> int:
     value = int(text)
     if -(2**63) <= value < 2**64:
         return value
-    try:  # as orjson does: an integer beyond 64 bits is a float
+    return _int_as_float(value, f"the integer {short_repr(text)}")
+
+
+def _int_as_float(value: int, what: str) -> float:
+    """An integer beyond 64 bits as a float, as orjson decodes it; refused past a float's range."""
+    try:
         return float(value)
     except OverflowError:
         raise _Refused(
             Rejection(
-                Reason.NON_FINITE,
-                "ValueError",
-                f"the integer {short_repr(text)} overflows a 64-bit float",
-                STAGE_DECODE,
+                Reason.NON_FINITE, "ValueError", f"{what} overflows a 64-bit float", STAGE_DECODE
             )
         ) from None
 
@@ -238,12 +243,7 @@ def decode(value: bytes | bytearray | memoryview | None, max_bytes: int) -> dict
     if value is None or len(value) == 0:
         return Rejection(Reason.EMPTY, "ValueError", "the message has no value", STAGE_DECODE)
     if len(value) > max_bytes:
-        return Rejection(
-            Reason.OVERSIZE,
-            "ValueError",
-            f"the value is {len(value)} bytes, more than scoring.max_record_bytes={max_bytes}",
-            STAGE_DECODE,
-        )
+        return check_size(len(value), max_bytes)
     value = bytes(value)
     if orjson is not None:  # the fast path: orjson applies the same rules, in C
         try:
@@ -261,6 +261,156 @@ def decode(value: bytes | bytearray | memoryview | None, max_bytes: int) -> dict
     except UnicodeDecodeError as exc:
         return Rejection(Reason.INVALID_UTF8, "UnicodeDecodeError", str(exc), STAGE_DECODE)
     return _object(loads(text))
+
+
+def check_size(size: int, max_bytes: int) -> Rejection | None:
+    """None when a record of ``size`` bytes is within ``max_bytes``, else the refusal."""
+    if size <= max_bytes:
+        return None
+    return Rejection(
+        Reason.OVERSIZE,
+        "ValueError",
+        f"the value is {size} bytes, more than scoring.max_record_bytes={max_bytes}",
+        STAGE_DECODE,
+    )
+
+
+def check_record(obj: Any) -> dict | Rejection:
+    """A record that came decoded (a CSV row, a Python dict) → the record `decode` would give
+    for its JSON text, or the reason it is refused: the same rules, without the text.
+
+    A dict with string names, whose values are null, booleans, strings, finite numbers (an
+    integer beyond 64 bits becomes a float, as in JSON), lists or tuples (arrays) and dicts,
+    nested at most `MAX_DEPTH` deep (a dict that holds itself is too deep). A subclass of one of
+    these types becomes the type itself, as its JSON would; any other value is refused
+    (``invalid_field``). The dict is returned as it is when nothing needs converting.
+    """
+    if type(obj) is dict:  # the common case first: flat, every value a JSON scalar already
+        for key, value in obj.items():
+            kind = type(value)
+            if type(key) is not str or not (
+                kind in _SCALARS
+                or (kind is float and value - value == 0.0)  # finite
+                or (kind is int and _INT_LOW <= value < _INT_HIGH)
+            ):
+                break
+        else:
+            return obj
+    elif not isinstance(obj, dict):
+        return _object(obj)
+    try:
+        return _plain_dict(obj, 1, None)
+    except _Refused as refused:
+        return refused.rejection
+    except RecursionError:  # only where the interpreter's limit is below MAX_DEPTH frames
+        return Rejection(Reason.TOO_DEEP, "RecursionError", "record nested too deep", STAGE_DECODE)
+
+
+_SCALARS = frozenset({str, bool, type(None)})
+_INT_LOW, _INT_HIGH = -(2**63), 2**64  # an integer literal decodes to an int in this range
+
+
+def _plain_dict(obj: dict, depth: int, name: str | None) -> dict:
+    if depth > MAX_DEPTH:
+        raise _Refused(_too_deep())
+    out = None if type(obj) is dict else {}
+    for i, (key, value) in enumerate(obj.items()):
+        text = key
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise _Refused(
+                    Rejection(
+                        Reason.INVALID_FIELD,
+                        "TypeError",
+                        f"a field name is not a string: {short_repr(key)}",
+                        STAGE_DECODE,
+                    )
+                )
+            text = str.__str__(key)
+        plain = _plain(value, depth, text if name is None else name)
+        if out is None and (plain is not value or text is not key):
+            out = dict(itertools.islice(obj.items(), i))
+        if out is not None:
+            out[text] = plain
+    return obj if out is None else out
+
+
+def _plain(value: Any, depth: int, name: str) -> Any:
+    """A value as its JSON would decode (the same object when it already is), or _Refused."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        raise _Refused(
+            Rejection(
+                Reason.NON_FINITE,
+                "ValueError",
+                f"field {short_repr(name)} is {value} (NaN and ±Infinity are not allowed)",
+                STAGE_DECODE,
+            )
+        )
+    if kind is int:
+        return value if _INT_LOW <= value < _INT_HIGH else _big_int(value, name)
+    if kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            raise _Refused(_too_deep())
+        items = [_plain(v, depth + 1, name) for v in value]
+        same = kind is list and all(a is b for a, b in zip(items, value, strict=True))
+        return value if same else items
+    if isinstance(value, dict):
+        return _plain_dict(value, depth + 1, name)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return _plain(int.__int__(value), depth, name)
+    if isinstance(value, float):
+        return _plain(float.__float__(value), depth, name)
+    if isinstance(value, list | tuple):
+        return _plain(list(value), depth, name)
+    raise _Refused(
+        Rejection(
+            Reason.INVALID_FIELD,
+            "TypeError",
+            f"field {short_repr(name)} holds a {type(value).__name__}, not a JSON value",
+            STAGE_DECODE,
+        )
+    )
+
+
+def _big_int(value: int, name: str) -> float:
+    """An integer beyond 64 bits, as its literal would decode (`_parse_int`)."""
+    if abs(value) >= _ten_to_digit_limit():
+        raise _Refused(
+            Rejection(
+                Reason.INTEGER_TOO_LONG,
+                "ValueError",
+                f"field {short_repr(name)} is an integer of more than {_digit_limit()} digits",
+                STAGE_DECODE,
+            )
+        )
+    return _int_as_float(value, f"field {short_repr(name)} is an integer that")
+
+
+_TEN_TO: dict[int, int] = {}
+
+
+def _ten_to_digit_limit() -> int:
+    """10 ** the digit limit: the smallest integer with more digits than a literal may have."""
+    limit = _digit_limit()
+    if limit not in _TEN_TO:
+        _TEN_TO[limit] = 10**limit
+    return _TEN_TO[limit]
+
+
+def _too_deep() -> Rejection:
+    return Rejection(
+        Reason.TOO_DEEP,
+        "ValueError",
+        f"JSON nested deeper than {MAX_DEPTH} levels",
+        STAGE_DECODE,
+    )
 
 
 def check_envelope(
@@ -343,9 +493,12 @@ def _object(obj: Any) -> dict | Rejection:
 
 
 def _json_type(obj: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(obj), "a number"
+    named = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(obj)
     )
+    if named is not None:
+        return named
+    return "a number" if isinstance(obj, int | float) else f"a {type(obj).__name__}"
 
 
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")

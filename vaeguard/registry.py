@@ -250,13 +250,14 @@ class ModelRegistry:
         return entries
 
     def load(self, version: str | None = None):
-        """Load a version (default: current) as a validated detector; returns (detector, version)."""
-        from vaeguard.detector import load_bundle
+        """Load a version (default: current) as the validated model it holds (`load_any`: a
+        `VAEDetector`, a window model's `ViewSet`); returns (model, version)."""
+        from vaeguard.bundle import load_any
 
         version = self._normalize(version) if version else self.current()
         if version is None:
             raise RegistryError(f"registry {self.root} has no current version yet")
-        return load_bundle(self.path_of(version)), version
+        return load_any(self.path_of(version)), version
 
     # -- writing ------------------------------------------------------------------------------
 

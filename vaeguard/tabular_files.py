@@ -98,12 +98,19 @@ def _iter_jsonl(f, path: Path) -> Iterator[dict[str, Any]]:
 
 
 def iter_raw_rows(path) -> Iterator[tuple[int, bytes | str]]:
-    """(line number, the row as JSON bytes) for every data row, for the ingestion contract.
+    """(line number, the row as JSON bytes) for every data row, for the ingestion contract:
+    `iter_rows` with a CSV row written as a JSON object of its cells."""
+    for line_no, row in iter_rows(path):
+        yield line_no, json.dumps(row).encode() if isinstance(row, dict) else row
+
+
+def iter_rows(path) -> Iterator[tuple[int, bytes | dict[str, str] | str]]:
+    """(line number, the row) for every data row, for the ingestion contract.
 
     A JSONL line is passed on as its raw bytes (so `vaeguard.ingest.decode` judges it exactly
-    as the daemon judges a Kafka message); a CSV row as a JSON object of its cells. A row that
-    cannot even be cut out of the file (a CSV line with the wrong number of cells) comes as a
-    message string instead, to be reported as refused.
+    as the daemon judges a Kafka message); a CSV row as a dict of its cells (its size as JSON
+    text: `json_text_size`). A row that cannot even be cut out of the file (a CSV line with the
+    wrong number of cells) comes as a message string instead, to be reported as refused.
     """
     path = Path(path)
     if not path.exists():
@@ -122,7 +129,7 @@ def iter_raw_rows(path) -> Iterator[tuple[int, bytes | str]]:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _raw_csv_rows(path: Path) -> Iterator[tuple[int, bytes | str]]:
+def _raw_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str] | str]]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter=sniff_delimiter(f, path))
         header = next(reader, None)
@@ -135,7 +142,22 @@ def _raw_csv_rows(path: Path) -> Iterator[tuple[int, bytes | str]]:
             if len(cells) != len(header):
                 yield line_no, f"{len(cells)} cells but the header has {len(header)} columns"
                 continue
-            yield line_no, json.dumps(dict(zip(header, cells, strict=True))).encode()
+            yield line_no, dict(zip(header, cells, strict=True))
+
+
+def json_text_size(row: dict[str, str]) -> int:
+    """The bytes of ``json.dumps(row)`` (a CSV row as the daemon would receive it), counted
+    without writing the text but for a cell that needs escapes other than ``\\"`` and ``\\\\``."""
+    size = 2 + 2 * max(0, len(row) - 1)  # the braces and the ", " between fields
+    for name, cell in row.items():
+        size += _json_string_size(name) + 2 + _json_string_size(cell)  # ": "
+    return size
+
+
+def _json_string_size(text: str) -> int:
+    if text.isascii() and text.isprintable():  # " " to "~": only the quote and backslash escaped
+        return len(text) + 2 + text.count('"') + text.count("\\")
+    return len(json.dumps(text))
 
 
 def csv_header(path) -> list[str] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -328,3 +329,56 @@ def fit_gpd(peaks: np.ndarray) -> tuple[float, float]:
         if abs(x) > 0 and abs(gamma) > 1e-12:
             candidates.append((gamma, gamma / x))
     return max(candidates, key=lambda gs: gpd_log_likelihood(y, *gs))
+
+
+#: Recent scores a following threshold is estimated from.
+FOLLOW_HISTORY = 2000
+
+
+class FollowingThreshold:
+    """The budget threshold of a tabular model, re-estimated on recent normal rows' scores.
+
+    A threshold calibrated once holds its false-alarm rate only while the process stays as it
+    was; a slowly drifting one then alarms on every row. This one starts from the calibration
+    scores and, after each batch, adds the batch's scores to a bounded history and estimates
+    the budget's threshold again by the same rule as at training. Rows a tenth of the budget's
+    tail probability or less are left out, so an incident is not learned as normal; a drift too
+    fast to follow keeps alarming, which is what retraining is for."""
+
+    def __init__(self, threshold: Threshold, history: int = FOLLOW_HISTORY):
+        reference = threshold.params.get("reference")
+        budget = threshold.params.get("budget")
+        if threshold.method != "budget" or not reference or budget is None:
+            raise ValueError("a following threshold needs a threshold calibrated by its budget")
+        self.level = math.log10(float(budget) / 1000.0)
+        self.scores: deque[float] = deque((float(v) for v in reference), maxlen=history)
+        self._fit()
+
+    def _fit(self) -> None:
+        values = np.sort(np.fromiter(self.scores, dtype="float64", count=len(self.scores)))
+        self._values = values
+        self._tail = fit_tail(values, 1e-6 * max(1.0, float(np.abs(values).max())))
+        self.value = tail_value(values, self._tail, self.level)
+
+    def p_values(self, scores: np.ndarray) -> np.ndarray:
+        """Each score's tail probability against the current history."""
+        return np.power(10.0, log10_tails(self._values, self._tail, scores))
+
+    def learn(self, scores: np.ndarray, p_values: np.ndarray) -> None:
+        """Add a scored batch to the history (but rows far beyond the threshold) and refit."""
+        scores = np.asarray(scores, dtype="float64")
+        keep = np.isfinite(scores) & (p_values > 10 ** (self.level - UNLEARNED_DECADES))
+        if keep.any():
+            self.scores.extend(scores[keep].tolist())
+            self._fit()
+
+    def replay(self, scores: np.ndarray, batch: int) -> np.ndarray:
+        """Flags of ``scores`` judged in order, ``batch`` rows at a time, learning after each
+        batch as the daemon does (benchmarks replay a stream this way)."""
+        scores = np.asarray(scores, dtype="float64")
+        flags = np.zeros(len(scores), dtype=bool)
+        for i in range(0, len(scores), batch):
+            part = scores[i : i + batch]
+            flags[i : i + batch] = part > self.value
+            self.learn(part, self.p_values(part))
+        return flags

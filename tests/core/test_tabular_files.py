@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vaeguard.tabular_files import csv_header, iter_raw_rows, read_records, sniff_delimiter
+from vaeguard.tabular_files import (
+    csv_header,
+    iter_raw_rows,
+    json_text_size,
+    read_records,
+    sniff_delimiter,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,3 +49,16 @@ def test_every_reader_cuts_a_tab_separated_file_the_same_way(tmp_path):
     assert csv_header(path) == ["ts", "cpu"]
     assert read_records(path) == [{"ts": "1", "cpu": "0.5"}, {"ts": "2", "cpu": "0.7"}]
     assert [json.loads(row) for _, row in iter_raw_rows(path)] == read_records(path)
+
+
+@given(
+    row=st.dictionaries(
+        st.text(max_size=6),
+        st.text(max_size=12) | st.sampled_from(['say "hi"', "a\\b", "tab\there", "\x7f", "é😀"]),
+        max_size=5,
+    )
+)
+def test_a_csv_rows_size_is_its_json_texts(row):
+    """`vaeguard score` holds a CSV row to --max-record-bytes by the size of the JSON text the
+    daemon would receive for it, counted without writing the text."""
+    assert json_text_size(row) == len(json.dumps(row).encode())

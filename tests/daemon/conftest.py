@@ -205,18 +205,13 @@ class DaemonProcess:
     def metric(self, name: str, labels: str = "") -> float:
         code, body = self.get("/metrics")
         assert code == 200
-        total = 0.0
-        for line in body.splitlines():
-            if line.startswith(name + ("{" if labels else "")) or line.startswith(name + " "):
-                if labels and labels not in line:
-                    continue
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return _metric_total(body, name, labels)
 
     def metric_or_zero(self, name: str) -> float:
-        """`metric`, or 0 while the ops endpoint does not answer yet (the process starting)."""
-        code, _ = self.get("/healthz")
-        return self.metric(name) if code == 200 else 0.0
+        """`metric`, or 0 while the ops endpoint does not answer (the process starting, or too
+        busy to answer within `get`'s timeout): one request, so a slow answer is not a failure."""
+        code, body = self.get("/metrics")
+        return _metric_total(body, name) if code == 200 else 0.0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -272,3 +267,14 @@ def daemon_env(
     }
     out.update({k: str(v) for k, v in extra.items()})
     return out
+
+
+def _metric_total(body: str, name: str, labels: str = "") -> float:
+    """The sum of a metric's samples in a Prometheus text body (those with ``labels`` in them)."""
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + ("{" if labels else "")) or line.startswith(name + " "):
+            if labels and labels not in line:
+                continue
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -240,7 +240,7 @@ def test_a_shift_in_one_metric_is_explained_by_that_metric_and_its_slots(trained
     the third names lat first, the slots the shift spans, and the values at its worst slot."""
     from dataclasses import replace
 
-    from vaeguard.apps.online import encode_records, step_settings
+    from vaeguard.apps.online import as_records, step_settings
     from vaeguard.daemon.batch import process
     from vaeguard.serving import load_serving
 
@@ -250,7 +250,7 @@ def test_a_shift_in_one_metric_is_explained_by_that_metric_and_its_slots(trained
     for i in shifted:
         records[i]["lat"] += 4.0  # 20 sd of its noise; cpu untouched
     serving = load_serving(trained["bundle"], "v1")
-    done = process(serving, encode_records(records), replace(step_settings(), top_k=2))
+    done = process(serving, as_records(records), replace(step_settings(), top_k=2))
     assert not done.dead
     by_offset = {r.source.offset: r for r in done.scored}
     top = by_offset[shifted[-1]].contributions
@@ -314,7 +314,8 @@ def test_replayed_records_are_not_fed_twice_and_hot_swaps_keep_compatible_state(
 
 def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained, tmp_path):
     from vaeguard.registry import ModelRegistry
-    from vaeguard.timeseries.bundle import is_window_model, load_window_bundle
+    from vaeguard.timeseries.bundle import load_window_bundle
+    from vaeguard.timeseries.views import ViewSet
 
     assert "window model trained" in trained["cli"].stderr
     out = " ".join((trained["cli"].stdout + trained["cli"].stderr).split())
@@ -338,7 +339,7 @@ def test_train_window_cli_writes_a_bundle_the_daemon_and_registry_accept(trained
     assert "2 false alerts per 1,000 points per entity" in shown
     registry = ModelRegistry(trained["registry"])
     vae, version = registry.load()
-    assert version == "v0001" and is_window_model(vae)
+    assert version == "v0001" and isinstance(vae, ViewSet)
     assert json.loads((trained["bundle"] / "bundle.json").read_text())["kind"] == "window"
     # Scheduled retraining covers row models only: refused up front, naming the way out.
     from vaeguard.retrain.job import RetrainJob
@@ -472,7 +473,7 @@ def test_the_daemon_learns_online_and_loses_nothing(broker, tmp_path):
     batches while it serves (the scores before the first refit are the bundle's, later ones
     move), every record is scored once, and a restart does not judge the bundle's scores
     against histories built by a refitted model."""
-    from vaeguard.apps.online import encode_records, step_settings
+    from vaeguard.apps.online import as_records, step_settings
     from vaeguard.daemon.batch import process
     from vaeguard.serving import load_serving
 
@@ -540,7 +541,7 @@ def test_the_daemon_learns_online_and_loses_nothing(broker, tmp_path):
     # In process: a restart resumes the refitted model from the saved state (its weights and
     # calibration travel in the snapshot), so the next records score as if nothing happened.
     serving = load_serving(bundle, "v1")
-    messages = encode_records(records)
+    messages = as_records(records)
     for start in range(0, len(messages) - 35, 35):
         process(serving, messages[start : start + 35], step_settings())
     assert serving.learning.refit_rows == [70]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import namedtuple
 
+import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
+
+from vaeguard.ingest import MAX_DEPTH
 
 GOOD = {"a": 0.1, "b": -0.2, "c": 0.3, "d": 0.0}
 
@@ -254,3 +258,192 @@ def test_replay_turns_a_csv_cell_into_a_number_exactly_when_the_daemon_would_rea
         assert row == {}  # an empty cell is left out: missing, as the daemon reads it
     else:
         assert row["a"] == text
+
+
+# -- the dict source: a record that comes decoded is judged as its JSON text would be ----------
+
+
+def _nested(depth: int) -> dict:
+    """A record whose field ``n`` nests ``depth`` objects below the record itself."""
+    inner: dict = {"x": 1}
+    for _ in range(depth - 1):
+        inner = {"n": inner}
+    return {**GOOD, "n": inner}
+
+
+class _Text(str):
+    """A str subclass, as enums and ORMs hand out."""
+
+
+#: (the record as a Python caller holds it, the same record as JSON text, outcome): what has
+#: no JSON object of its own in `TABLE` (numbers JSON text cannot hold as Python values),
+#: plus the Python types JSON text never yields.
+PY_TABLE = [
+    ({**GOOD, "a": math.nan}, _raw("a", "NaN"), "non_finite"),
+    ({**GOOD, "a": -math.inf}, _raw("a", "-Infinity"), "non_finite"),
+    ({**GOOD, "b": 10**400}, _raw("b", "1" + "0" * 400), "non_finite"),
+    ({**GOOD, "b": 10**5000}, _raw("b", "1" + "0" * 5000), "integer_too_long"),
+    ({**GOOD, "b": 2**64}, _raw("b", str(2**64)), "scored"),  # beyond 64 bits: a float
+    ({**GOOD, "b": -(2**63)}, _raw("b", str(-(2**63))), "scored"),
+    (_nested(MAX_DEPTH - 1), json.dumps(_nested(MAX_DEPTH - 1)).encode(), "scored"),
+    (_nested(MAX_DEPTH), json.dumps(_nested(MAX_DEPTH)).encode(), "too_deep"),
+    ({**GOOD, "a": np.float64(0.5), "b": _Text("-1")}, _with(a=0.5, b="-1"), "scored"),
+    ({**GOOD, _Text("host"): _Text("web")}, _with(host="web"), "scored"),
+    ({**GOOD, "tags": ("x", (1, None))}, _with(tags=["x", [1, None]]), "scored"),
+    ({**GOOD, "note": "\ud800"}, _with(note="\ud800"), "scored"),  # a lone surrogate escape
+]
+
+
+def _run(serving, items):
+    from vaeguard.daemon.batch import StepSettings, process
+    from vaeguard.severity import DEFAULT_BANDS
+    from vaeguard.sources import source_of
+
+    out = process(serving, items, StepSettings("o", "d", MAX_BYTES, 3, DEFAULT_BANDS, "g", "i"))
+    got = {r.source.offset: r.to_json() for r in out.scored}
+    got.update({source_of(d.message).offset: d for d in out.dead})
+    assert len(got) == len(items) and len(out.outputs) == len(items)
+    return [got[i] for i in range(len(items))]
+
+
+def test_a_dict_source_and_a_bytes_source_give_the_same_verdicts(small_bundle):
+    """Every record of `TABLE` that is a JSON object, and every record of `PY_TABLE`: handed
+    over decoded (`sources.Record`) it gets exactly the score record, or the rejection, that its
+    JSON text gets as a Kafka message. The sizes apply to both (the record's size is its text's,
+    as a CSV row's is); a refusal made while reading the value names the field instead of the
+    literal, with the same reason, exception class and stage."""
+    from vaeguard.ingest import STAGE_DECODE, decode
+    from vaeguard.scored import Source
+    from vaeguard.serving import load_serving
+    from vaeguard.sources import Record
+
+    Message = namedtuple("Message", "topic partition offset key value headers timestamp")
+    pairs = [(decode(v, 1 << 30), v, want) for v, want in TABLE]
+    pairs = [(d, v, want) for d, v, want in pairs if isinstance(d, dict)] + PY_TABLE
+    texts = [Message("t", 0, i, None, v, None, 0) for i, (_, v, _) in enumerate(pairs)]
+    records = [Record(d, Source("t", 0, i), None, 0, len(v)) for i, (d, v, _) in enumerate(pairs)]
+    # one model each: a model may follow what it has scored (its threshold)
+    from_text = _run(load_serving(small_bundle, "v1"), texts)
+    from_dict = _run(load_serving(small_bundle, "v1"), records)
+    outcomes = [r if isinstance(r, dict) else r.reason for r in from_dict]
+    assert [o if isinstance(o, str) else "scored" for o in outcomes] == [w for *_, w in pairs]
+    assert len(pairs) >= 30 and {"scored", "oversize", "too_deep", "oversize_key"} <= {
+        w for *_, w in pairs
+    }
+    for (d, _, want), a, b in zip(pairs, from_text, from_dict, strict=True):
+        if want == "scored":
+            assert a == b, d  # the same score record, source included
+            continue
+        ra, rb = a.rejection, b.rejection
+        assert (ra.reason, ra.error_class, ra.stage, a.stage_class) == (
+            rb.reason, rb.error_class, rb.stage, b.stage_class
+        ), d  # fmt: skip
+        if ra.stage != STAGE_DECODE:
+            assert ra.detail == rb.detail, d
+
+
+def test_a_record_without_a_size_is_not_held_to_one(small_bundle):
+    """A dict in memory has no size on the wire: only a source that has one (a file row) is
+    held to ``max_record_bytes``; the entity rule applies to every source."""
+    from vaeguard.scored import Source
+    from vaeguard.serving import load_serving
+    from vaeguard.sources import Record
+
+    big = {**GOOD, "note": "x" * (2 * MAX_BYTES)}
+    items = [
+        Record(big, Source("t", 0, 0)),
+        Record(big, Source("t", 0, 1), size=2 * MAX_BYTES),
+        Record({**GOOD, "key": "e" * 4097}, Source("t", 0, 2)),
+    ]
+    got = _run(load_serving(small_bundle, "v1"), items)
+    assert isinstance(got[0], dict) and got[0]["source"]["offset"] == 0
+    assert [g.reason for g in got[1:]] == ["oversize", "oversize_key"]
+
+
+_ODD = st.sampled_from(
+    [b"bytes", {1, 2}, object(), np.int64(3), np.float32(0.5), np.array([1.0]), 1j, _Text("7")]
+)
+
+
+def test_a_dict_that_holds_itself_is_refused_not_followed():
+    from vaeguard.ingest import Reason, check_record
+
+    loop: dict = {**GOOD}
+    loop["self"] = loop
+    ring: list = []
+    ring.append(ring)
+    assert [check_record(r).reason for r in (loop, {**GOOD, "ring": ring})] == [
+        Reason.TOO_DEEP,
+        Reason.TOO_DEEP,
+    ]
+
+
+_ODD_NAMES = st.sampled_from([1, None, 1.5, b"k", (1,), np.int64(2), _Text("k")])
+_PY_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([64, 400, 5000]).map(lambda n: -(10**n))  # beyond 64 bits, a float …
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from(["12.5", " 3 ", "nan", "1e999", "2026-12-01T10:00:00Z"])
+    | _ODD,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=3) | _ODD_NAMES, inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_PY_RECORDS = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d", "key", "ts", "host"]) | st.text(max_size=3),
+    _PY_VALUES,
+    max_size=7,
+) | _PY_VALUES.map(lambda v: {**GOOD, "x": v})
+
+
+@settings(max_examples=300, deadline=None)
+@given(record=_PY_RECORDS)
+def test_any_python_dict_is_a_json_record_or_a_clear_rejection(record):
+    """`check_record` on any dict: the record its JSON text decodes to, or a one-line refusal
+    with the reason the decoder gives that text (where Python can write it as JSON at all)."""
+    from vaeguard.ingest import Reason, Rejection, check_record, decode
+
+    got = check_record(record)
+    if isinstance(got, dict):
+        text = json.dumps(got, allow_nan=False).encode()  # only JSON values are left
+        assert decode(text, 1 << 40) == got
+        return
+    assert isinstance(got, Rejection) and got.detail and "\n" not in got.detail
+    if got.reason == Reason.INVALID_FIELD:
+        return  # not a JSON value at all (json.dumps would write an int name as a string)
+    try:
+        text = json.dumps(record).encode()
+    except (TypeError, ValueError):
+        return  # Python cannot write it as JSON either
+    refused = decode(text, 1 << 40)
+    assert isinstance(refused, Rejection) and refused.reason == got.reason, (record, refused)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(_PY_RECORDS, min_size=1, max_size=4))
+def test_any_python_dict_through_the_batch_step_is_scored_or_refused(small_bundle, batch):
+    """The dict source end to end: each record gets a score record or a dead letter with a
+    reason, and the batch step never raises."""
+    from vaeguard.scored import Source
+    from vaeguard.sources import Record
+
+    items = [Record(r, Source("py", 0, i)) for i, r in enumerate(batch)]
+    for verdict in _run(_serving(small_bundle), items):
+        assert isinstance(verdict, dict) or (verdict.reason and verdict.detail)
+
+
+_SERVINGS: dict = {}
+
+
+def _serving(bundle):
+    from vaeguard.serving import load_serving
+
+    if bundle not in _SERVINGS:
+        _SERVINGS[bundle] = load_serving(bundle, "v1")
+    return _SERVINGS[bundle]

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vaeguard.serving.calibration import FollowingThreshold
-from vaeguard.thresholds import Threshold, budget_threshold, p_values, rebudget
+from vaeguard.thresholds import FollowingThreshold, Threshold, budget_threshold, p_values, rebudget
 
 BATCH = 100
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from tests.json_fuzz import dump, json_values, paths, replace
 from tests.serving.window_model import TP, records, snapshot, window_bundle
-from vaeguard.apps.online import TOPIC, encode_records, step_settings
+from vaeguard.apps.online import TOPIC, as_records, step_settings
 from vaeguard.daemon import metrics  # noqa: F401 (registers the counter)
 from vaeguard.daemon.checkpoint import Checkpoint, StateStore
 from vaeguard.errors import DataError
@@ -294,7 +294,7 @@ def check_valid(serving) -> None:
     entity = serving.state._entities.get("web-1")
     start = max(entity.last_ts if entity is not None else -math.inf, 1_600_100_000.0)
     later = [{**r, "ts": start + 60.0 * (i + 1)} for i, r in enumerate(records(12))]
-    done = process(serving, encode_records(later), step_settings())
+    done = process(serving, as_records(later), step_settings())
     assert not done.isolated
     assert not [d for d in done.dead if d.reason == "late_record"], done.dead
 

@@ -67,12 +67,12 @@ def window_bundle() -> Path:
 
 @functools.cache
 def _snapshot_text() -> str:
-    from vaeguard.apps.online import TOPIC, encode_records, step_settings
+    from vaeguard.apps.online import TOPIC, as_records, step_settings
     from vaeguard.daemon.batch import process
     from vaeguard.serving import load_serving
 
     serving = load_serving(window_bundle(), "v1")
-    messages = encode_records(records() + records(40, "web-2"))  # offsets 0 … 159
+    messages = as_records(records() + records(40, "web-2"))  # offsets 0 … 159
     process(serving, messages, step_settings())
     serving.advance({TP(TOPIC, 0): len(messages)})
     serving._serving_refit(1)  # as after one online refit: the snapshot carries the weights

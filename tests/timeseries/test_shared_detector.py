@@ -8,13 +8,18 @@ sizes: every output (all views, the likelihood, the suppression) must be the sam
 
 from __future__ import annotations
 
+import json
 import math
+from collections import namedtuple
 
 import numpy as np
 import pytest
 
-from vaeguard.apps.online import encode_records, run_online, step_settings
+from vaeguard.apps.online import as_records, run_online, step_settings
 from vaeguard.timeseries.views import ViewSet, merge_config
+
+#: What the batch step reads of a consumed Kafka message.
+Message = namedtuple("Message", "topic partition offset key value timestamp")
 
 N = 420
 FIRST_FIT = 150
@@ -89,7 +94,7 @@ def test_the_daemon_gives_the_same_outputs_for_the_bundle_the_runner_trained(
     views.save(tmp_path / "bundle")
     serving = load_serving(tmp_path / "bundle", "v1")
     assert len(serving.views.views) == 2
-    messages = encode_records(records())
+    messages = as_records(records())
     outputs = np.zeros(N)
     anomalies = set()
     plausible = serving.detector.plausible_range_
@@ -164,7 +169,7 @@ def test_the_daemon_step_refits_online_where_the_runner_does(batch):
     first = run_online(views, records()[:151], first_fit=150)  # the same (seeded) first fit
     assert first.trained_at == [150]
     serving = WindowServing(views, fitted_at=150)
-    messages = encode_records(records())
+    messages = as_records(records())
     outputs = np.zeros(N)
     refits = []
     # The rows the runner's first fit trained on build the per-entity state; the likelihood
@@ -195,7 +200,6 @@ def test_a_window_model_keeps_one_state_per_message_key(learned, tmp_path):
     """Records that name their entity only by the Kafka message key (as a keyed producer
     sends them) are one entity per key, exactly as the same records with the key in the
     value: the entity rule of a tabular model."""
-    from vaeguard.apps.online import Message
     from vaeguard.daemon.batch import process
     from vaeguard.serving import load_serving
 
@@ -212,8 +216,8 @@ def test_a_window_model_keeps_one_state_per_message_key(learned, tmp_path):
                 value = {**row, "value": row["value"] + 5 * h}
                 if with_field:
                     value["key"] = host.decode()
-                encoded = encode_records([value])[0].value
-                messages.append(Message("t", 0, 2 * i + h, host, encoded))
+                encoded = json.dumps(value).encode()  # as a keyed producer sends it
+                messages.append(Message("t", 0, 2 * i + h, host, encoded, 0))
         done = process(serving, messages, step_settings())
         assert not done.dead
         return serving, {
@@ -236,7 +240,7 @@ def test_a_window_record_says_what_its_threshold_applies_to(learned, tmp_path):
     views, _ = learned
     views.save(tmp_path / "bundle")
     serving = load_serving(tmp_path / "bundle", "v1")
-    done = process(serving, encode_records(records())[: FIRST_FIT + 60], step_settings())
+    done = process(serving, as_records(records())[: FIRST_FIT + 60], step_settings())
     assert done.scored
     for r in done.scored:
         record = r.to_json()

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from vaeguard.scored import Source
+from vaeguard.sources import Record
 from vaeguard.timeseries.detector import MIN_TRAIN_WINDOWS
 from vaeguard.timeseries.learning import Windows, fit_views
 from vaeguard.timeseries.views import ViewLikelihood, ViewSet
@@ -41,18 +43,6 @@ from vaeguard.timeseries.views import ViewLikelihood, ViewSet
 #: depend on it.
 CHUNK = 2000
 TOPIC = "stream"
-
-
-@dataclass(frozen=True)
-class Message:
-    """The fields of a consumed Kafka record that the batch step reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    timestamp: int = 0
 
 
 @dataclass
@@ -102,14 +92,10 @@ def step_settings():
     )
 
 
-def encode_records(records: Sequence[dict[str, Any]]) -> list[Message]:
-    """The records as the daemon would consume them (JSON values, offsets = row numbers)."""
-    import orjson
-
-    return [
-        Message(TOPIC, 0, i, None, orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY))
-        for i, r in enumerate(records)
-    ]
+def as_records(records: Sequence[dict[str, Any]]) -> list[Record]:
+    """The records as the batch step takes them (offsets = row numbers): as they are, checked
+    by the rules of a decoded message value (`vaeguard.ingest.check_record`)."""
+    return [Record(r, Source(TOPIC, 0, i), timestamp=0) for i, r in enumerate(records)]
 
 
 def run_online(
@@ -126,7 +112,7 @@ def run_online(
     if isinstance(views, dict):
         views = ViewSet.from_params(views)
     n = len(records)
-    messages = encode_records(records)
+    messages = as_records(records)
     settings = step_settings()
     out = OnlineResult(
         output=np.zeros(n),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -407,9 +406,11 @@ def score(
     check_kind(bundle, "score", ("tabular", "window"))
 
     from vaeguard.daemon.batch import StepSettings, process
+    from vaeguard.scored import Source
     from vaeguard.serving import load_serving
     from vaeguard.severity import DEFAULT_BANDS
-    from vaeguard.tabular_files import csv_header, iter_raw_rows
+    from vaeguard.sources import Record, source_of
+    from vaeguard.tabular_files import csv_header, iter_rows, json_text_size
 
     serving = load_serving(bundle, version or _version_of(bundle))
     header = csv_header(path)
@@ -431,8 +432,8 @@ def score(
         max_request_size=2**62,
     )
     rows: list[dict[str, Any]] = []
-    chunk: list[_FileRow] = []
-    inputs: list[bytes | str] = []  # the rows as read, for CSV output
+    chunk: list[Record] = []
+    inputs: list[bytes | dict[str, str] | str] = []  # the rows as read, for CSV output
     source = str(data)
 
     def flush() -> None:
@@ -441,10 +442,8 @@ def score(
         result = process(serving, chunk, step)
         by_offset: dict[int, dict[str, Any]] = {}
         for d in result.dead:
-            by_offset[d.message.offset] = {
-                "row": d.message.offset,
-                "rejected": {"reason": d.reason, "detail": d.detail},
-            }
+            row = source_of(d.message).offset
+            by_offset[row] = {"row": row, "rejected": {"reason": d.reason, "detail": d.detail}}
         for r in result.scored:
             record = r.to_json()
             record.pop("source")
@@ -453,7 +452,7 @@ def score(
         chunk.clear()
 
     n_read = 0
-    for line_no, raw in iter_raw_rows(path):
+    for line_no, raw in iter_rows(path):
         n_read += 1
         if out_format == "csv":
             inputs.append(raw)
@@ -462,7 +461,10 @@ def score(
             detail = f"line {line_no}: {raw}"
             rows.append({"row": n_read, "rejected": {"reason": "invalid_field", "detail": detail}})
             continue
-        chunk.append(_FileRow(source, 0, n_read, None, raw, None, None))
+        # a JSONL line is JSON text, decoded as a message is; a CSV row comes as its cells,
+        # held to --max-record-bytes by its size as JSON text (the daemon's size of it)
+        size = json_text_size(raw) if isinstance(raw, dict) else None
+        chunk.append(Record(raw, Source(source, 0, n_read), size=size))
         if len(chunk) >= 4096:
             flush()
     flush()
@@ -517,7 +519,7 @@ SCORE_COLUMNS = (
 
 
 def _scores_csv(
-    header: list[str] | None, inputs: list[bytes | str], rows: list[dict[str, Any]]
+    header: list[str] | None, inputs: list[bytes | dict[str, str] | str], rows: list[dict[str, Any]]
 ) -> str:
     """Every input row, in order, with the score columns appended (empty where a row only
     filled a window; ``rejected`` holds the reason of a refused row)."""
@@ -525,7 +527,10 @@ def _scores_csv(
     names: dict[str, None] = dict.fromkeys(header or [])
     for raw in inputs:
         record: dict[str, Any] = {}
-        if isinstance(raw, bytes):
+        if isinstance(raw, dict):  # a CSV row's cells
+            record = raw
+            names.update(dict.fromkeys(record))
+        elif isinstance(raw, bytes):
             try:
                 decoded = json.loads(raw)
             except ValueError:
@@ -562,20 +567,6 @@ def _scores_csv(
             ]
 
     return csv_text([*names, *appended], out_rows())
-
-
-@dataclass(frozen=True)
-class _FileRow:
-    """A file row dressed as a Kafka message, so it takes the daemon's batch step as is
-    (``offset`` is the row's number, from 1)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    timestamp: int | None
-    headers: list | None
 
 
 def _version_of(path: Path) -> str:
@@ -734,14 +725,14 @@ def inspect(
     ),
 ) -> None:
     """Validate a bundle and show what it holds."""
-    from vaeguard.detector import VAEDetector
-    from vaeguard.timeseries.bundle import is_window_model
+    from vaeguard.bundle import load_any
+    from vaeguard.timeseries.views import ViewSet
 
     model, _ = model_path(model)
-    detector = VAEDetector.load(model)
-    m = detector.manifest_
-    # a window bundle is checked as serving reads it (window_mode, views, schedule) first
-    views = _window_views(detector, model) if is_window_model(detector) else None
+    # checked as serving reads it: a window bundle's window_mode, views and schedule too
+    loaded = load_any(model)
+    views = loaded if isinstance(loaded, ViewSet) else None
+    m = views.primary.manifest_ if views is not None else loaded.manifest_
     if full:
         typer.echo(json.dumps(m, indent=2))
         return
@@ -749,7 +740,7 @@ def inspect(
         typer.echo(json.dumps({"bundle": str(model), **_tabular_summary(m)}, indent=2))
         return
     if views is not None:
-        summary = _window_summary(detector, views)
+        summary = _window_summary(views)
         if as_json:
             typer.echo(json.dumps({"bundle": str(model), **summary}, indent=2))
         else:
@@ -819,36 +810,28 @@ def _tabular_summary(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _window_views(vae, path: Path):
-    """The `ViewSet` a loaded window bundle describes, checked as serving reads it."""
-    from vaeguard.timeseries.bundle import window_detector_from
-
-    return window_detector_from(vae, str(path))
-
-
 #: What `train-window` records about the data, the same in every view's ``training`` section.
 _WINDOW_DATA_FACTS = ("train_rows", "entities", "late_points_skipped", "training_data")
 #: What each view's last fit and calibration record.
 _WINDOW_FIT_FACTS = ("windows", "epochs_run", "warm_start", "calibration_windows")
 
 
-def _window_summary(vae, views) -> dict[str, Any]:
+def _window_summary(views) -> dict[str, Any]:
     """What a window-mode bundle does, as plain JSON data: the shared window, each view (its
     channels, model, unlearned channels, calibration, verified model file), what decides an
     alert, the likelihood, the online-learning schedule and the training facts it records.
 
-    ``vae`` is the loaded bundle (`load_bundle`: model files and parts verified), ``views``
-    the `ViewSet` it describes; a fact the bundle does not record is None (older bundles).
+    ``views`` is the loaded bundle (`load_any`: model files and parts verified, each view
+    keeping its manifest); a fact the bundle does not record is None (older bundles).
     """
     from vaeguard.timeseries.detector import CHANNEL_SLOTS, MIN_TRAIN_WINDOWS, channel_slots
     from vaeguard.timeseries.views import VIEW_FIELDS
 
-    m = vae.manifest_
-    loaded = [vae, *(vae.parts_[f"views/{k}"] for k in range(1, len(views.views)))]
+    m = views.primary.manifest_
     info = dict(views.primary.training_info_)
     out_views = []
-    for k, (view, part) in enumerate(zip(views.views, loaded, strict=True)):
-        pm = part.manifest_
+    for k, view in enumerate(views.views):
+        pm = view.manifest_
         prefix = "" if k == 0 else f"views/{k}/"
         slots = channel_slots(dict(view.training_info_), len(view.input_channels))
         th = view.threshold_

@@ -1,5 +1,10 @@
 """The pure batch step: consumed messages in → score records, dead letters and outputs out.
 
+What comes in is consumed Kafka messages, or records of another source (`vaeguard.sources.Record`:
+`vaeguard score` on a file, the NAB runner): a record that comes decoded is checked by the
+decoder's rules (`check_record`), not written as JSON to be parsed back, and then goes the way
+every decoded message goes.
+
 No Kafka I/O happens here (the pipeline polls, produces and commits), which makes the step easy
 to test and to fuzz. Its one promise: **no record can make it raise**. Decoding and
 featurizing refuse bad records one by one; if scoring or encoding still raises, the batch is
@@ -37,13 +42,19 @@ from vaeguard.ingest import (
     Rejection,
     check_entity,
     check_envelope,
+    check_record,
+    check_size,
     decode,
     short_detail,
 )
-from vaeguard.scored import ScoredRecord, Source
+from vaeguard.scored import ScoredRecord
 from vaeguard.serving.base import Features, Inbound, Serving
+from vaeguard.sources import Record, source_of
 
 log = logging.getLogger("vaeguard.daemon")
+
+#: A `Record` value of these types is JSON text (or none), decoded as a message value is.
+_TEXT = bytes | bytearray | memoryview | None
 
 __all__ = ["BatchResult", "Output", "StepSettings", "process", "source_of"]
 
@@ -88,14 +99,11 @@ class BatchResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def source_of(message: Any) -> Source:
-    return Source(message.topic, message.partition, message.offset)
-
-
 def process(
     serving: Serving, messages: Sequence[Any], s: StepSettings, inputs: InputStage | None = None
 ) -> BatchResult:
-    """Run one batch of consumed messages through a model (see the module docstring).
+    """Run one batch of consumed messages and `Record` items through a model (see the module
+    docstring).
 
     ``inputs``: the configured input format (`input.format` other than flat), whose records,
     and rows closed since the last batch, are what the model sees."""
@@ -107,7 +115,7 @@ def process(
         result.replayed = len(messages) - len(fresh)
 
     items: list[Inbound] = []
-    origin: list[Any] = []  # the message of each item
+    origin: list[Any] = []  # the message (or Record) of each item
     max_bytes, max_key = s.max_record_bytes, s.max_key_bytes
     short_text = max_key // 4  # a string this short is within max_key_bytes in any UTF-8
     # The entity, and the ``key`` field that keys a score record (`output_key`).
@@ -120,12 +128,18 @@ def process(
             if refused is not None:
                 result.dead.append(DeadLetter(m, refused))
                 continue
-        obj = decode(m.value, max_bytes)
+        if type(m) is Record and not isinstance(m.value, _TEXT):
+            obj = check_size(m.size, max_bytes) if m.size is not None else None
+            if obj is None:
+                obj = check_record(m.value)
+        else:
+            obj = decode(m.value, max_bytes)
         if type(obj) is not dict:
             result.dead.append(DeadLetter(m, obj))
             continue
         if reader is not None:
-            read = reader.read(obj, m, (m.topic, m.partition, m.offset))
+            where = source_of(m)
+            read = reader.read(obj, m, (where.topic, where.partition, where.offset))
             result.held += read.held
             result.unmapped += read.unmapped
             for rejection, o in read.refused:
@@ -235,7 +249,7 @@ def _take(obj: dict, m: Any, fields, max_key: int, short_text: int, items, origi
             if refused is not None:
                 result.dead.append(DeadLetter(m, refused))
                 return
-    items.append(Inbound(obj, Source(m.topic, m.partition, m.offset), m.key, m.timestamp))
+    items.append(Inbound(obj, source_of(m), m.key, m.timestamp))
     origin.append(m)
 
 

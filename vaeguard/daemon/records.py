@@ -24,6 +24,7 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from vaeguard.ingest import Reason, Rejection, entity_text, short_detail
 from vaeguard.scored import ScoredRecord
+from vaeguard.sources import source_of
 
 __all__ = [
     "DeadLetter",
@@ -50,7 +51,7 @@ _NO_HEADER_SLACK = (
 
 @dataclass(slots=True)
 class DeadLetter:
-    message: Any  # kafka ConsumerRecord
+    message: Any  # kafka ConsumerRecord, or a `vaeguard.sources.Record`
     rejection: Rejection
     #: The class that refused the record (Kafka Connect's ``class.name`` header).
     stage_class: str = "vaeguard.ingest"
@@ -68,11 +69,12 @@ def dlq_headers(dead: DeadLetter, connector: str, task: str) -> list[tuple[str, 
     """The original headers plus Kafka Connect's error-context headers and our reason code."""
     m = dead.message
     r = dead.rejection
+    source = source_of(m)
     headers = _own_headers(m)
     headers += [
-        ("__connect.errors.topic", m.topic.encode()),
-        ("__connect.errors.partition", str(m.partition).encode()),
-        ("__connect.errors.offset", str(m.offset).encode()),
+        ("__connect.errors.topic", source.topic.encode("utf-8", "replace")),
+        ("__connect.errors.partition", str(source.partition).encode()),
+        ("__connect.errors.offset", str(source.offset).encode()),
         ("__connect.errors.connector.name", connector.encode()),
         ("__connect.errors.task.id", task.encode()),
         ("__connect.errors.stage", r.stage.encode()),
@@ -125,7 +127,7 @@ def dlq_output(
     size), then the input's own headers, then the key; the reason headers always stay.
     """
     m = dead.message
-    value = bytes(m.value) if m.value is not None else b""
+    value = _value_bytes(m)
     key = m.key
     headers = dlq_headers(dead, connector, task)
     if record_size(key, value, headers) <= max_request_size:
@@ -151,13 +153,21 @@ def dlq_minimal(dead: DeadLetter, topic: str, connector: str, task: str) -> Outp
     m = dead.message
     n_own = len(_own_headers(m))
     headers = dlq_headers(dead, connector, task)[n_own:]
-    value = m.value
-    headers.append(("vaeguard.errors.truncated", str(0 if value is None else len(value)).encode()))
+    headers.append(("vaeguard.errors.truncated", str(len(_value_bytes(m))).encode()))
     if n_own:
         headers.append(("vaeguard.errors.headers_dropped", str(n_own).encode()))
     if m.key is not None:
         headers.append(("vaeguard.errors.key_dropped", str(len(m.key)).encode()))
     return topic, None, b"", headers
+
+
+def _value_bytes(message: Any) -> bytes:
+    """The bytes a dead letter carries: the message value (none for a `Record` that came
+    decoded, which has no bytes to carry)."""
+    value = message.value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return b""
 
 
 def output_key(message: Any, record: dict[str, Any]) -> bytes | None:

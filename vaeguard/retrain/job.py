@@ -26,7 +26,6 @@ from vaeguard.registry import ModelRegistry
 from vaeguard.retrain.gate import check_candidate
 from vaeguard.retrain.settings import RetrainSettings
 from vaeguard.retrain.window import WindowData, read_window
-from vaeguard.timeseries.bundle import is_window_model
 
 log = logging.getLogger("vaeguard.retrain")
 
@@ -180,7 +179,7 @@ class RetrainJob:
 
         s = self.settings
         current, current_name = self.registry.load()
-        if is_window_model(current):
+        if not isinstance(current, VAEDetector):  # a window model's ViewSet
             raise RetrainRefused(
                 f"{current_name} is a window-mode model: it learns online in the daemon (warm "
                 "refits every schedule.retrain_max_gap rows per entity); scheduled retraining "

@@ -14,29 +14,29 @@ def load_serving(
 
     ``budget`` (false alerts per 1,000 points per entity, or per 1,000 rows in tabular mode)
     replaces the alert budget the bundle was trained with; ``follow`` keeps a tabular model's
-    budget threshold on the recent normal rows (`vaeguard.serving.calibration`). Raises
+    budget threshold on the recent normal rows (`vaeguard.thresholds.FollowingThreshold`). Raises
     `vaeguard.errors.BundleError` for a missing, corrupt or incompatible bundle, and
     `vaeguard.errors.ConfigError` for a budget the bundle cannot take.
     """
-    from vaeguard.bundle import model_kind
-    from vaeguard.detector import load_bundle
+    from vaeguard.bundle import load_any
+    from vaeguard.detector import VAEDetector
+    from vaeguard.errors import BundleError
+    from vaeguard.timeseries.views import ViewSet
 
-    detector = load_bundle(Path(path))
-    kind = model_kind(detector.manifest_)
-    model_id = detector.manifest_.get("model_sha256", "")
-    if kind == "window":
+    model = load_any(Path(path))
+    if isinstance(model, ViewSet):
         from vaeguard.serving.window import WindowServing
-        from vaeguard.timeseries.bundle import window_detector_from
 
-        views = window_detector_from(detector, str(path))
         if budget is not None:
-            with_budget(views, budget, path)
-        return WindowServing(views, version, model_id)
+            with_budget(model, budget, path)
+        return WindowServing(model, version, model.primary.manifest_.get("model_sha256", ""))
+    if not isinstance(model, VAEDetector):
+        raise BundleError(f"the bundle at {path} holds a {type(model).__name__}: nothing serves it")
     from vaeguard.serving.tabular import TabularServing
 
     if budget is not None:
-        with_budget(detector, budget, path)
-    return TabularServing(detector, version, follow=follow)
+        with_budget(model, budget, path)
+    return TabularServing(model, version, follow=follow)
 
 
 def with_budget(model, budget: float, path) -> None:

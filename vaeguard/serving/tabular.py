@@ -14,8 +14,8 @@ from vaeguard.errors import BundleError
 from vaeguard.ingest import Reason, Rejection, to_number, to_timestamp
 from vaeguard.scored import ScoredRecord
 from vaeguard.serving.base import Features, Inbound, Stateless, entity_of
-from vaeguard.serving.calibration import FollowingThreshold
 from vaeguard.serving.explain import score_records
+from vaeguard.thresholds import FollowingThreshold
 from vaeguard.thresholds import p_values as tail_probabilities
 
 #: Value types the fast path converts as they are (anything else is checked record by record).

@@ -18,23 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vaeguard.timeseries.codec import (
-    WINDOW_KEY,
-    is_window_model,
-    load_views,
-    save_views,
-    views_bundle_view,
-    views_from,
-)
+from vaeguard.timeseries.codec import WINDOW_KEY, load_views, save_views, views_bundle_view
 from vaeguard.timeseries.views import ViewSet
 
 __all__ = [
     "WINDOW_KEY",
     "bundle_view",
-    "is_window_model",
     "load_window_bundle",
     "save_window_bundle",
-    "window_detector_from",
 ]
 
 
@@ -50,11 +41,7 @@ def save_window_bundle(detector, path, *, extra: dict[str, Any] | None = None) -
     return save_views(ViewSet.of(detector), path, extra=extra)
 
 
-def window_detector_from(vae_detector, where: str = "bundle") -> ViewSet:
-    """The `ViewSet` a loaded window-mode bundle describes, sharing its Keras models."""
-    return views_from(vae_detector, where, ViewSet.from_params)
-
-
 def load_window_bundle(path) -> ViewSet:
-    """Load a window-mode bundle as a `ViewSet` (BundleError if it is not one)."""
+    """Load a window-mode bundle as a `ViewSet` (BundleError if it is not one): the reader of
+    the ``window`` kind (`vaeguard.bundle.load_any`)."""
     return load_views(path, ViewSet.from_params)

@@ -141,6 +141,9 @@ def _attach(detector, loaded, where: str) -> None:
         raise BundleError(f"corrupt bundle at {where}: {exc}") from None
     detector.training_info_ = dict(loaded.training_info_)
     detector.plausible_range_ = getattr(loaded, "plausible_range_", None)
+    # the checked manifest it was loaded from, as a loaded `VAEDetector` keeps it (the model
+    # file's SHA-256 names the model in serving's state, inspect shows it)
+    detector.manifest_ = getattr(loaded, "manifest_", None) or {}
 
 
 def views_from(vae_detector, where: str, from_params: Callable[[dict[str, Any]], Any]):

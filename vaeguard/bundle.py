@@ -5,6 +5,12 @@ conditions, threshold, baselines) and to trust it (format version, library versi
 record, data fingerprint, the model file's SHA-256). Loading checks all of it, and refuses a
 bundle that is corrupt, tampered with or from an incompatible version, with the reason.
 
+Every manifest has the same header (format, versions, ``kind``, the model file and its hash, the
+threshold, the training record, ``extra``, the pinned ``parts``); what describes the model is
+the kind's own: a tabular model's features, scaler, conditions and baselines at the top level
+(as ever), a window model's ``window`` section (from format 3; older window bundles carry
+stand-in tabular fields and ``extra.window_mode``, and still load). Each is checked as its kind.
+
 This module is the format (write, read and check the manifest) and knows no model class: each
 kind's reader sits with its model (`vaeguard.detector.load_bundle`,
 `vaeguard.timeseries.bundle.load_window_bundle`), so the models import the format, never back.
@@ -38,8 +44,12 @@ from vaeguard.snapshot import is_count, is_finite_number
 FORMAT = "vaeguard-bundle"
 #: The newest format this reads and writes. 2: the score has a latent kNN term
 #: (``latent_knn``), which a reader of format 1 would silently leave out, so only bundles that
-#: have one are written as 2; every other bundle is still written as 1.
-FORMAT_VERSION = 2
+#: have one are written as 2; every other tabular bundle is still written as 1. 3: a window
+#: model's own ``window`` section instead of stand-in tabular fields (a reader of format 2 would
+#: find no features): window bundles are written as 3, tabular ones never.
+FORMAT_VERSION = 3
+#: The first format in which a window bundle has its ``window`` section.
+WINDOW_SECTION_VERSION = 3
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "bundle.json"
 
@@ -84,25 +94,36 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
     with replacing(path / MODEL_FILE, suffix=".keras") as tmp:
         detector.model_.save(str(tmp))
 
+    # A kind with a manifest section of its own (a window model's view: `bundle_fields` gives
+    # its threshold, training record and ``window`` section); otherwise the tabular fields.
+    fields = getattr(detector, "bundle_fields", None)
+    if callable(fields):
+        version, body = FORMAT_VERSION, fields()
+    else:
+        version = 2 if getattr(detector, "latent_knn_", None) else 1
+        body = {
+            "features": list(detector.feature_names_),
+            "conditions": detector.conditions_.to_dict(),
+            "scaler": detector.scaler_.to_dict(),
+            "threshold": threshold_rule(detector).to_dict(),
+            "baseline": [float(v) for v in detector.baseline_],
+            "score_reference": [float(v) for v in detector.score_reference_],
+            "params": {
+                k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in detector.get_params().items()
+            },
+            "training": {**detector.training_info_, "history": detector.history_},
+            "data_fingerprint": detector.training_info_.get("data_fingerprint"),
+        }
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION if getattr(detector, "latent_knn_", None) else 1,
+        "format_version": version,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
         "kind": getattr(detector, "model_kind_", "tabular"),
         "model_file": MODEL_FILE,
         "model_sha256": sha256_file(path / MODEL_FILE),
-        "features": list(detector.feature_names_),
-        "conditions": detector.conditions_.to_dict(),
-        "scaler": detector.scaler_.to_dict(),
-        "threshold": threshold_rule(detector).to_dict(),
-        "baseline": [float(v) for v in detector.baseline_],
-        "score_reference": [float(v) for v in detector.score_reference_],
-        "params": {
-            k: (list(v) if isinstance(v, tuple) else v) for k, v in detector.get_params().items()
-        },
-        "training": {**detector.training_info_, "history": detector.history_},
-        "data_fingerprint": detector.training_info_.get("data_fingerprint"),
+        **body,
         "extra": extra if extra is not None else getattr(detector, "bundle_extra_", {}),
     }
     parts = getattr(detector, "bundle_parts_", None) or {}
@@ -162,11 +183,51 @@ def read_manifest(path) -> dict[str, Any]:
     return manifest
 
 
+def has_window_section(m: dict[str, Any]) -> bool:
+    """Whether a (read) manifest describes a window model by its ``window`` section (format 3
+    on), rather than by the stand-in tabular fields and ``extra.window_mode`` of older ones."""
+    return model_kind(m) == "window" and m["format_version"] >= WINDOW_SECTION_VERSION
+
+
 def _check_manifest(path: Path, m: dict[str, Any]) -> None:
+    """The kind, then its fields checked as that kind (a tabular manifest, and an older
+    window one with its stand-in tabular fields, as before), then what every bundle has."""
+    kind = model_kind(m)
+    if kind not in _READERS:
+        raise BundleError(
+            f"corrupt bundle at {path}: kind {short_repr(kind, 80)} is not one of "
+            f"{', '.join(_READERS)}"
+        )
+    if has_window_section(m):
+        _check_window(path, m)
+    else:
+        _check_tabular(path, m)
+    if (
+        kind == "window"
+        and not has_window_section(m)
+        and not isinstance((m.get("extra") or {}).get("window_mode"), dict)
+    ):
+        raise BundleError(f"corrupt bundle at {path}: a window model without extra.window_mode")
+    if not isinstance(m.get("model_sha256"), str):
+        raise BundleError(f"corrupt bundle at {path}: field 'model_sha256' is missing or malformed")
+    bundle_file(path, m, "model_file")
+    _check_parts(path, m.get("parts"))
+    keras_version = str(m["versions"].get("keras", ""))
+    if keras_version.split(".")[0] != "3":
+        raise BundleError(
+            f"incompatible bundle at {path}: written by Keras {keras_version or '?'}, this reads Keras 3"
+        )
+
+
+def _need(path: Path, m: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(m.get(key), kind):
+        raise BundleError(f"corrupt bundle at {path}: field {key!r} is missing or malformed")
+    return m[key]
+
+
+def _check_tabular(path: Path, m: dict[str, Any]) -> None:
     def need(key: str, kind: type | tuple[type, ...]):
-        if not isinstance(m.get(key), kind):
-            raise BundleError(f"corrupt bundle at {path}: field {key!r} is missing or malformed")
-        return m[key]
+        return _need(path, m, key, kind)
 
     features = need("features", list)
     if (
@@ -192,20 +253,7 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
             )
     if any(v <= 0 for v in scaler["scale"]):
         raise BundleError(f"corrupt bundle at {path}: scaler.scale must be positive")
-    threshold = need("threshold", dict)
-    if not is_finite_number(threshold.get("value")) or not isinstance(threshold.get("method"), str):
-        raise BundleError(
-            f"corrupt bundle at {path}: threshold must have a finite value and a method"
-        )
-    if not isinstance(threshold.get("params", {}), dict) or not is_count(
-        threshold.get("calibration_rows", 0)
-    ):
-        raise BundleError(
-            f"corrupt bundle at {path}: threshold.params must be an object and "
-            "threshold.calibration_rows a count"
-        )
-    if threshold["method"] == "budget":
-        _check_budget(path, threshold.get("params", {}))
+    _check_threshold(path, m)
     reference = m.get("score_reference")
     if reference is not None and (
         not isinstance(reference, list) or not all(is_finite_number(v) for v in reference)
@@ -220,22 +268,85 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
     need("params", dict)
     need("versions", dict)
     _check_plausible_range(path, m.get("plausible_range"), n)
-    kind = model_kind(m)
-    if kind not in _READERS:
+
+
+def _check_threshold(path: Path, m: dict[str, Any]) -> None:
+    threshold = _need(path, m, "threshold", dict)
+    if not is_finite_number(threshold.get("value")) or not isinstance(threshold.get("method"), str):
         raise BundleError(
-            f"corrupt bundle at {path}: kind {short_repr(kind, 80)} is not one of "
-            f"{', '.join(_READERS)}"
+            f"corrupt bundle at {path}: threshold must have a finite value and a method"
         )
-    if kind == "window" and not isinstance((m.get("extra") or {}).get("window_mode"), dict):
-        raise BundleError(f"corrupt bundle at {path}: a window model without extra.window_mode")
-    need("model_sha256", str)
-    bundle_file(path, m, "model_file")
-    _check_parts(path, m.get("parts"))
-    keras_version = str(m["versions"].get("keras", ""))
-    if keras_version.split(".")[0] != "3":
+    if not isinstance(threshold.get("params", {}), dict) or not is_count(
+        threshold.get("calibration_rows", 0)
+    ):
         raise BundleError(
-            f"incompatible bundle at {path}: written by Keras {keras_version or '?'}, this reads Keras 3"
+            f"corrupt bundle at {path}: threshold.params must be an object and "
+            "threshold.calibration_rows a count"
         )
+    if threshold["method"] == "budget":
+        _check_budget(path, threshold.get("params", {}))
+
+
+def _check_window(path: Path, m: dict[str, Any]) -> None:
+    """A window model's view (format 3 on): the shared threshold and training record, and its
+    ``window`` section: which view it is (view 0, the bundle's own model, carries the whole
+    detector's ``config``), the channels and time conditions its model reads, the slots it
+    scores and its calibration. Whether the config is a valid detector, and agrees with these
+    facts and the model file, is the window reader's check (`vaeguard.timeseries.codec`)."""
+
+    def bad(what: str) -> BundleError:
+        return BundleError(f"corrupt bundle at {path}: window.{what}")
+
+    _check_threshold(path, m)
+    for key in ("training", "extra"):
+        if m.get(key) is not None and not isinstance(m[key], dict):
+            raise BundleError(f"corrupt bundle at {path}: field {key!r} must be an object")
+    _need(path, m, "versions", dict)
+    w = _need(path, m, "window", dict)
+    view = w.get("view")
+    if not is_count(view):
+        raise bad("view must be the view's index (a count)")
+    if (view == 0) != isinstance(w.get("config"), dict) or (view > 0 and "config" in w):
+        raise bad("config must be an object in view 0's manifest (the bundle's), and only there")
+    inputs = w.get("inputs")
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or not all(isinstance(c, str) for c in inputs)
+        or len(set(inputs)) != len(inputs)
+    ):
+        raise bad("inputs must list the unique channel names the view reads")
+    n = w.get("n_inputs")
+    if not is_count(n, 1) or n % len(inputs):
+        raise bad(f"n_inputs must be the window length times {len(inputs)} channels")
+    conditions = w.get("conditions")
+    if (
+        not isinstance(conditions, list)
+        or not all(isinstance(c, str) for c in conditions)
+        or len(set(conditions)) != len(conditions)
+    ):
+        raise bad("conditions must list unique time condition names")
+    if not is_count(w.get("n_conditions")):
+        raise bad("n_conditions must be a count")
+    slots = w.get("score_slots")
+    if slots is not None and not (is_count(slots, 1) and slots <= n // len(inputs)):
+        raise bad("score_slots must be null or a count of slots up to the window length")
+    calibration = w.get("calibration")
+    baseline = calibration.get("baseline") if isinstance(calibration, dict) else None
+    reference = calibration.get("score_reference") if isinstance(calibration, dict) else None
+    if not (
+        isinstance(baseline, list)
+        and len(baseline) == n
+        and all(map(is_finite_number, baseline))
+        and isinstance(reference, list)
+        and reference
+        and all(map(is_finite_number, reference))
+    ):
+        raise bad(
+            f"calibration must hold a baseline of {n} finite numbers and a non-empty "
+            "score_reference of finite numbers"
+        )
+    _check_plausible_range(path, w.get("plausible_range"), n)
 
 
 def threshold_rule(detector) -> Any:
@@ -416,3 +527,40 @@ def model_kind(manifest: dict[str, Any]) -> str:
         extra = manifest.get("extra")
         return "window" if isinstance(extra, dict) and "window_mode" in extra else "tabular"
     return kind if isinstance(kind, str) else repr(kind)
+
+
+def load_model_file(path: Path, m: dict[str, Any]):
+    """The VAE in the model file a checked manifest names, verified against its SHA-256."""
+    from vaeguard._quiet import import_keras
+    from vaeguard.model.vae import VAE
+
+    keras = import_keras()
+    model_path = bundle_file(path, m, "model_file")
+    if not model_path.is_file():
+        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is missing")
+    if sha256_file(model_path) != m["model_sha256"]:
+        raise BundleError(
+            f"corrupt bundle at {path}: {model_path.name} does not match its recorded SHA-256"
+        )
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad archive
+        raise BundleError(
+            f"corrupt bundle at {path}: cannot load {model_path.name} ({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(model, VAE):
+        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is not a vaeguard VAE")
+    return model
+
+
+def pinned_part(path: Path, name: str, digest: str) -> Path:
+    """The folder of part ``name`` of the bundle at ``path``, once its manifest matches the
+    SHA-256 the parent records (names and pins are checked by `read_manifest`)."""
+    part = path / name
+    if not (part / MANIFEST_FILE).is_file():
+        raise BundleError(f"corrupt bundle at {path}: part {name!r} is missing")
+    if sha256_file(part / MANIFEST_FILE) != digest:
+        raise BundleError(
+            f"corrupt bundle at {path}: part {name!r} does not match its recorded SHA-256"
+        )
+    return part

@@ -1043,29 +1043,17 @@ def fingerprint(x: np.ndarray, c: np.ndarray | None = None) -> dict[str, Any]:
 def load_bundle(path) -> VAEDetector:
     """Load a bundle into a ready `VAEDetector`, verifying the model file against the manifest
     (the tabular model's reader of the format `vaeguard.bundle` writes and checks)."""
-    from vaeguard._quiet import import_keras
-    from vaeguard.bundle import bundle_file, read_manifest, sha256_file
+    from vaeguard.bundle import has_window_section, load_model_file, read_manifest
     from vaeguard.ingest import short_repr
-    from vaeguard.model.vae import VAE
 
-    keras = import_keras()
     path = Path(path)
     m = read_manifest(path)
-    model_path = bundle_file(path, m, "model_file")
-    if not model_path.is_file():
-        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is missing")
-    if sha256_file(model_path) != m["model_sha256"]:
+    if has_window_section(m):
         raise BundleError(
-            f"corrupt bundle at {path}: {model_path.name} does not match its recorded SHA-256"
+            f"the bundle at {path} holds a window model, not a VAEDetector: load it with "
+            "vaeguard.load_any or ViewSet.load"
         )
-    try:
-        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    except Exception as exc:  # Keras raises many types for a bad archive
-        raise BundleError(
-            f"corrupt bundle at {path}: cannot load {model_path.name} ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(model, VAE):
-        raise BundleError(f"corrupt bundle at {path}: {model_path.name} is not a vaeguard VAE")
+    model = load_model_file(path, m)
 
     try:
         conditions = ConditionEncoder.from_dict(m["conditions"])
@@ -1103,7 +1091,7 @@ _MALFORMED = (KeyError, IndexError, TypeError, ValueError, ArithmeticError, Attr
 
 def _fill(detector, model, m: dict[str, Any], conditions, path: Path) -> None:
     """Give a fresh `VAEDetector` the model and everything the checked manifest records."""
-    from vaeguard.bundle import MANIFEST_FILE, sha256_file
+    from vaeguard.bundle import pinned_part
 
     detector.model_ = model
     detector.latent_dim_ = model.latent_dim
@@ -1140,13 +1128,6 @@ def _fill(detector, model, m: dict[str, Any], conditions, path: Path) -> None:
     detector.parts_ = {}
     parts = m.get("parts") or {}
     for name, digest in parts.items():  # names and pins checked by read_manifest
-        part = path / name
-        if not (part / MANIFEST_FILE).is_file():
-            raise BundleError(f"corrupt bundle at {path}: part {name!r} is missing")
-        if sha256_file(part / MANIFEST_FILE) != digest:
-            raise BundleError(
-                f"corrupt bundle at {path}: part {name!r} does not match its recorded SHA-256"
-            )
-        detector.parts_[name] = load_bundle(part)
+        detector.parts_[name] = load_bundle(pinned_part(path, name, digest))
     detector.manifest_ = m
     detector._scorer = None

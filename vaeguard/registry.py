@@ -1,4 +1,4 @@
-"""A versioned model registry on the file system.
+"""A versioned model registry: one set of rules over two storage backends.
 
     registry/
       registry.json        marker: this folder is a registry
@@ -10,8 +10,13 @@
 Version names are ``v`` and 4 to 9 ASCII digits (`VERSION_PATTERN`); any other name is refused
 with one line (`VersionNameError`), and a folder with another name is not a version.
 
-A version is written into a hidden temporary folder and published with one rename, so a
-half-written version never exists under a version name, let alone becomes current. Every
+`ModelRegistry` holds the rules (version numbering, what CURRENT may name, the promotion log,
+promote, rollback, prune) once; a `RegistryStorage` backend holds the primitives they are built
+on: `LocalStorage` for a folder (renames and flock), `ObjectStoreStorage` for ``s3://`` (single
+conditional requests and leases; see `ObjectStoreRegistry`).
+
+In a folder, a version is written into a hidden temporary folder and published with one rename,
+so a half-written version never exists under a version name, let alone becomes current. Every
 mutation (register, promote, rollback, prune) holds the exclusive lock on `.registry.lock` from
 its first read to its last write: a promote cannot check a version that a prune then deletes.
 
@@ -39,16 +44,17 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vaeguard.bundle import MANIFEST_FILE, read_manifest
 from vaeguard.errors import (
     BundleError,
     CorruptVersion,
     LockHeld,
+    RegistryConflict,
     RegistryError,
     VersionNameError,
 )
@@ -112,8 +118,20 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def _marker_record() -> bytes:
+    return json.dumps(
+        {"format": "vaeguard-registry", "format_version": 1, "created_at": _now()}
+    ).encode()
+
+
 class ModelRegistry:
-    """Versions of a model, one of them current. See the module docstring for the layout."""
+    """Versions of a model, one of them current. See the module docstring for the layout.
+
+    The rules live here, written once; every read and write of the storage goes through
+    ``self.storage`` (a `RegistryStorage`), so both backends follow them alike.
+    """
+
+    storage: RegistryStorage
 
     def __new__(cls, root=None, *args, **kwargs):
         """An ``s3://bucket/prefix`` root opens an `ObjectStoreRegistry` (same operations)."""
@@ -132,122 +150,107 @@ class ModelRegistry:
         cache_dir: Path | None = None,
     ):
         """``storage_options`` and ``cache_dir`` serve an object-store root only."""
-        self.root = Path(root)
-        if not is_registry(self.root):
-            if not create:
-                if self.root.exists() and (self.root / MANIFEST_FILE).exists():
-                    raise RegistryError(f"{self.root} is a single model bundle, not a registry")
-                raise RegistryError(
-                    f"no model registry at {self.root} (create one with `vaeguard train --registry {self.root}`)"
-                )
-            if self.root.exists() and any(
-                p for p in self.root.iterdir() if not p.name.startswith(".")
-            ):
-                raise RegistryError(
-                    f"cannot create a registry in {self.root}: the folder is not empty"
-                )
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_atomic(
-                self.root / MARKER,
-                json.dumps(
-                    {"format": "vaeguard-registry", "format_version": 1, "created_at": _now()}
-                ).encode(),
-            )
+        self.storage = self._open_storage(root, create, storage_options, cache_dir)
+        self.root = self.storage.root
+
+    @staticmethod
+    def _open_storage(root, create: bool, storage_options, cache_dir) -> RegistryStorage:
+        return LocalStorage(Path(root), create=create)
 
     # -- locking ------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self, name: str = "registry", *, blocking: bool = True) -> Iterator[None]:
-        """An exclusive, cross-process lock: "registry" guards mutations, "retrain" guards jobs.
-
-        flock locks belong to the open file, so the two names never block each other, two
-        threads exclude each other like two processes, and a crashed holder releases its lock
-        with its process. Not reentrant: a holder must not take the same lock again.
-        """
-        fd = os.open(self.root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                raise LockHeld(
-                    f"registry {self.root}: the {name} lock is held by another process"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    def lock(self, name: str = "registry", *, blocking: bool = True):
+        """An exclusive lock across processes and machines sharing the registry: "registry"
+        guards mutations, "retrain" guards jobs (the two never block each other). Not
+        reentrant: a holder must not take the same lock again. `LockHeld` when not blocking
+        and another holder has it."""
+        return self.storage.lock(name, blocking=blocking)
 
     # -- reading ------------------------------------------------------------------------------
 
     def version_names(self) -> list[str]:
-        """The versions, oldest first; folders with other names are not versions (ignored)."""
-        names = [p.name for p in self.root.iterdir() if is_version_name(p.name) and p.is_dir()]
-        return sorted(names, key=lambda n: int(n[1:]))
+        """The versions, oldest first (anything else under the root is not a version)."""
+        return self.storage.version_names()
+
+    def _pointer(self) -> tuple[dict[str, Any] | None, str | None]:
+        """CURRENT as a switch entry (None when absent), and what a compare-and-set of it needs."""
+        return self.storage.read_pointer()
+
+    def _read_current(self) -> str | None:
+        """What CURRENT says (None when there is no CURRENT), not checked."""
+        pointer, _ = self._pointer()
+        return None if pointer is None else pointer["to"]
 
     def current(self) -> str | None:
         """The version in service, or None for an empty registry."""
         name = self._read_current()
         if name is None:
             return None
-        if not is_version_name(name) or not (self.root / name).is_dir():
+        if not is_version_name(name) or not self.storage.has_version(name):
             raise RegistryError(
-                f"registry {self.root}: CURRENT names {_short(name)}, which is not a version here"
+                f"registry {self.root}: CURRENT names {_short(name)}, which is not a "
+                f"{self.storage.version_word} here"
             )
         return name
 
-    def _read_current(self) -> str | None:
-        """What CURRENT says (None when there is no CURRENT), not checked."""
+    def _current_or_none(self) -> str | None:
         try:
-            raw = (self.root / CURRENT).read_bytes()
-        except FileNotFoundError:
+            return self.current()
+        except RegistryError:
             return None
-        return raw.decode("utf-8", errors="replace").strip()
+
+    def _no_version(self, version: str) -> RegistryError:
+        known = ", ".join(self.version_names()) or "none"
+        return RegistryError(f"no version {version} in {self.root} (versions: {known})")
 
     def path_of(self, version: str) -> Path:
+        """A local folder holding the version (for an object store, a verified cached copy)."""
         version = self._normalize(version)
-        path = self.root / version
-        if not path.is_dir():
-            known = ", ".join(self.version_names()) or "none"
-            raise RegistryError(f"no version {version} in {self.root} (versions: {known})")
+        path = self.storage.local_copy(version)
+        if path is None:
+            raise self._no_version(version)
         return path
 
-    def info(self, version: str) -> VersionInfo:
-        path = self.path_of(version)
-        lineage = {}
-        with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-            lineage = json.loads((path / LINEAGE).read_text())
-        if not isinstance(lineage, dict):
-            lineage = {}
-        threshold = None
-        created = lineage.get("created_at", "")
-        try:
-            manifest = read_manifest(path)
-            threshold = manifest["threshold"]["value"]
-            created = created or manifest["created_at"]
-        except BundleError:
-            pass
+    def info(self, version: str, *, current: str | None = None) -> VersionInfo:
+        version = self._normalize(version)
+        if not self.storage.has_version(version):
+            raise self._no_version(version)
+        lineage, manifest = self.storage.read_meta(version)
+        created = lineage.get("created_at", "") or manifest.get("created_at", "")
+        threshold = manifest.get("threshold")
+        threshold = threshold.get("value") if isinstance(threshold, dict) else None
+        if current is None:
+            current = self._read_current()
         return VersionInfo(
-            path.name, path, created, path.name == self.current(), lineage, threshold
+            version,
+            self.storage.info_path(version),
+            created,
+            version == current,
+            lineage,
+            threshold,
         )
 
     def versions(self) -> list[VersionInfo]:
-        return [self.info(v) for v in self.version_names()]
+        current = self._read_current()
+        return [self.info(v, current=current or "") for v in self.version_names()]
 
     def identity(self, version: str) -> str:
-        """What tells two publications of one version name apart (a directory version is never
-        published twice: its name)."""
-        return self._normalize(version)
+        """What tells two publications of one version name apart (a folder version is never
+        published twice: its name; an object-store version: its upload token)."""
+        version = self._normalize(version)
+        identity = self.storage.identity(version)
+        if identity is None:
+            raise self._no_version(version)
+        return identity
 
     def pin(self, path: Path) -> Pin:
-        """Keep a version's local folder while it serves (a directory version is never evicted)."""
-        return Pin(None)
+        """Keep a version's local folder while it serves (see `Pin`)."""
+        return self.storage.pin(path)
 
     def promotions(self) -> list[dict[str, Any]]:
-        """The changes of CURRENT that took effect, oldest first (see the module docstring)."""
-        entries, _ = self._log(self._read_current())
-        return entries
+        """The changes of CURRENT that took effect, oldest first."""
+        pointer, _ = self._pointer()
+        return self.storage.switches(pointer)
 
     def load(self, version: str | None = None):
         """Load a version (default: current) as the validated model it holds (`load_any`: a
@@ -264,46 +267,37 @@ class ModelRegistry:
     def register(
         self, detector, lineage: dict[str, Any] | None = None, *, make_current: bool | None = None
     ) -> str:
-        """Publish a detector as the next version; make it current if asked (default: if none is)."""
+        """Publish a detector as the next version; make it current if asked (default: if none is).
+        The storage publishes it whole or not at all."""
         from vaeguard.bundle import save_bundle
 
         with self.lock():
-            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".incoming-"))
-            try:
-                save_bundle(detector, tmp / "bundle")
-                names = self.version_names()
-                number = (int(names[-1][1:]) + 1) if names else 1
-                if number > _MAX_VERSION:
-                    raise RegistryError(f"registry {self.root} is full: {names[-1]} is the last")
-                version = f"v{number:04d}"
+            with self.storage.staging() as bundle:
+                save_bundle(detector, bundle)
+                version = self.storage.claim()
                 record = {
                     "version": version,
                     "created_at": _now(),
-                    "parent": self.current(),
+                    "parent": self._current_or_none(),
                     "data_fingerprint": detector.training_info_.get("data_fingerprint"),
                     **(lineage or {}),
                 }
-                write_atomic(
-                    tmp / "bundle" / LINEAGE, (json.dumps(record, indent=2) + "\n").encode()
-                )
-                _make_read_only(tmp / "bundle")
-                os.rename(tmp / "bundle", self.root / version)
-                fsync_dir(self.root)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            if make_current or (make_current is None and self.current() is None):
+                write_atomic(bundle / LINEAGE, (json.dumps(record, indent=2) + "\n").encode())
+                self.storage.publish(version, bundle, record)
+            if make_current or (make_current is None and self._read_current() is None):
                 self._set_current(version, "register")
         return version
 
     def promote(self, version: str, *, reason: str = "promote") -> str:
-        """Make a version current after checking it loads (a broken version is refused)."""
-        from vaeguard.detector import load_bundle
+        """Make a version current after checking it loads as its kind (a broken version is
+        refused)."""
+        from vaeguard.bundle import load_any
 
         version = self._normalize(version)
         with self.lock():  # checked and switched under one lock: a prune cannot come between
             path = self.path_of(version)
             try:
-                load_bundle(path)
+                load_any(path)
             except BundleError as exc:
                 raise RegistryError(f"refusing to promote {version}: {exc}") from None
             self._set_current(version, reason)
@@ -312,13 +306,15 @@ class ModelRegistry:
     def rollback(self) -> str:
         """Go back to the version that was current before the current one (like `rollout undo`)."""
         with self.lock():
-            current, previous = self._current_and_previous()
-            if previous is None or not (self.root / previous).is_dir():
-                raise RegistryError(
-                    f"nothing to roll back to: {current or 'no version'} has no previous current version"
-                )
-            self._set_current(previous, "rollback")
-        return previous
+            return self._switch(self._rollback_target)
+
+    def _rollback_target(self, pointer: dict[str, Any] | None) -> tuple[str, str]:
+        current, previous = self._current_and_previous()
+        if previous is None or not self.storage.has_version(previous):
+            raise RegistryError(
+                f"nothing to roll back to: {current or 'no version'} has no previous current version"
+            )
+        return previous, "rollback"
 
     def prune(self, keep: int) -> list[str]:
         """Delete the oldest versions beyond the newest `keep`, never the current one or its rollback target."""
@@ -326,13 +322,7 @@ class ModelRegistry:
             raise RegistryError("--keep must be at least 1")
         with self.lock():
             doomed = self._prunable(keep)
-            for name in doomed:
-                path = self.root / name
-                _make_writable(path)
-                trash = self.root / f".deleting-{name}"
-                os.rename(path, trash)  # atomic: the version vanishes whole
-                shutil.rmtree(trash, ignore_errors=True)
-            fsync_dir(self.root)
+            self.storage.delete(doomed)
         return doomed
 
     def _current_and_previous(self) -> tuple[str | None, str | None]:
@@ -351,61 +341,41 @@ class ModelRegistry:
 
     def _prunable(self, keep: int) -> list[str]:
         """The versions older than the newest ``keep``, less the current one and its rollback
-        target (both backends prune by this rule; the caller holds the registry lock)."""
+        target (the caller holds the registry lock)."""
         current = self.current()
         protected = {current}
         protected |= {p.get("from") for p in self.promotions() if p.get("to") == current}
         return [n for n in self.version_names()[:-keep] if n not in protected]
 
-    # -- the promotion log (callers hold the registry lock to write) ------------------------------
-
-    def _log(self, current: str | None) -> tuple[list[dict[str, Any]], int]:
-        """The entries that took effect, and the length of the file's prefix that holds them.
-
-        Left out: a torn last line (no newline: the append never finished) and a last entry
-        whose switch never happened (CURRENT still names its ``from``). Lines that are not
-        entries (corrupt, or naming something that is not a version) are skipped.
-        """
-        try:
-            raw = (self.root / PROMOTIONS).read_bytes()
-        except FileNotFoundError:
-            return [], 0
-        end = raw.rfind(b"\n") + 1  # a last line without its newline is torn
-        entries: list[tuple[dict[str, Any], int]] = []
-        start = 0
-        for line in raw[:end].split(b"\n")[:-1]:
-            entry = _entry(line)
-            if entry is not None:
-                entries.append((entry, start))
-            start += len(line) + 1
-        if entries:
-            last, offset = entries[-1]
-            if last["from"] == current and last["to"] != current:
-                entries.pop()
-                end = offset
-        return [e for e, _ in entries], end
+    # -- switching CURRENT (callers hold the registry lock) ---------------------------------------
 
     def _set_current(self, version: str, reason: str) -> None:
-        """Log the change, then make it: see the module docstring for why in this order."""
-        current = self._read_current()  # may name a lost version: switching away repairs that
-        current = current if is_version_name(current) else None
-        entries, end = self._log(current)
-        path = self.root / PROMOTIONS
-        if path.exists() and end < path.stat().st_size:
-            os.truncate(path, end)  # a torn line or a switch that never happened
-        logged = entries[-1]["to"] if entries else None
-        if logged != current:  # CURRENT moved outside the registry (by hand, an older vaeguard)
-            self._append({"at": _now(), "from": logged, "to": current, "reason": "outside change"})
-        self._append({"at": _now(), "from": current, "to": version, "reason": reason})
-        write_atomic(self.root / CURRENT, (version + "\n").encode())
+        self._switch(lambda _pointer: (version, reason))
 
-    def _append(self, entry: dict[str, Any]) -> None:
-        fd = os.open(self.root / PROMOTIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "ab") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write((json.dumps(entry) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
+    def _switch(self, decide: Callable[[dict[str, Any] | None], tuple[str, str]]) -> str:
+        """Switch CURRENT to ``decide(pointer)``, logged; a lost compare-and-set re-reads and
+        decides again, so whatever ``decide`` read after CURRENT is checked by the write.
+
+        First the log is settled with CURRENT (the storage repairs what a crashed writer left),
+        and a CURRENT moved outside the registry (by hand, an older vaeguard) is logged as an
+        "outside change", so the log keeps following CURRENT.
+        """
+        for _ in range(50):
+            pointer, token = self._pointer()
+            current = pointer["to"] if pointer and is_version_name(pointer["to"]) else None
+            seq, last = self.storage.settle_log(pointer)
+            if current is not None and last != current:
+                seq += 1
+                outside = {"at": _now(), "from": last, "to": current, "reason": "outside change"}
+                self.storage.append_log(outside, seq)
+            target, reason = decide(pointer)
+            entry = {"at": _now(), "from": current, "to": target, "reason": reason}
+            try:
+                self.storage.switch(entry, seq + 1, token)
+            except RegistryConflict:
+                continue
+            return target
+        raise RegistryError(f"registry {self.root}: CURRENT kept changing; try again")
 
     @staticmethod
     def _normalize(version: str) -> str:
@@ -472,6 +442,225 @@ def _make_writable(path: Path) -> None:
             p.chmod(stat.S_IRWXU)
 
 
+def _json_dict(raw: bytes | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw is not None else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# -- the storage interface ----------------------------------------------------------------------
+
+
+class RegistryStorage(Protocol):
+    """The primitives a registry is built on (`ModelRegistry` holds the rules above them).
+
+    A switch of CURRENT is an entry ``{"at", "from", "to", "reason"}``, numbered ``seq`` where
+    the storage numbers its log; CURRENT reads as such an entry (``seq`` 0 for a bare version
+    name) with a token for the compare-and-set that replaces it.
+    """
+
+    root: Any
+    #: What CURRENT must name, for the error line when it does not.
+    version_word = "version"
+
+    def lock(self, name: str, *, blocking: bool) -> contextlib.AbstractContextManager[None]: ...
+    def version_names(self) -> list[str]: ...
+    def has_version(self, version: str) -> bool: ...
+    def identity(self, version: str) -> str | None:
+        """What tells two publications of the name apart; None when there is no such version."""
+
+    def local_copy(self, version: str) -> Path | None:
+        """A local folder holding the version, ready to load; None when there is no such version."""
+
+    def pin(self, path: Path) -> Pin: ...
+    def read_meta(self, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The version's lineage and manifest ({} for one that is missing or unreadable)."""
+
+    def info_path(self, version: str) -> Path: ...
+    def staging(self) -> contextlib.AbstractContextManager[Path]:
+        """A local folder (not yet existing) to save a bundle into before publishing it."""
+
+    def claim(self) -> str:
+        """The next version name, never handed out before (the caller holds the lock)."""
+
+    def publish(self, version: str, bundle: Path, record: dict[str, Any]) -> None:
+        """Make the staged bundle the version, whole, in one step that readers see."""
+
+    def delete(self, versions: list[str]) -> None: ...
+    def read_pointer(self) -> tuple[dict[str, Any] | None, str | None]: ...
+    def switches(self, pointer: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The switches that took effect, oldest first, given CURRENT as read."""
+
+    def settle_log(self, pointer: dict[str, Any] | None) -> tuple[int, str | None]:
+        """Repair what a crashed switch left in the log; returns the last logged switch's
+        ``seq`` (0 where the log is not numbered) and its ``to``."""
+
+    def append_log(self, entry: dict[str, Any], seq: int) -> None: ...
+    def switch(self, entry: dict[str, Any], seq: int, token: str | None) -> None:
+        """Log and make the switch, in the order that survives a crash at any point;
+        `RegistryConflict` when CURRENT changed since it was read with ``token``."""
+
+
+class LocalStorage(RegistryStorage):
+    """A registry in a local folder: renames, fsync and flock (see the module docstring)."""
+
+    def __init__(self, root: Path, *, create: bool = False):
+        self.root = root
+        if is_registry(root):
+            return
+        if not create:
+            if root.exists() and (root / MANIFEST_FILE).exists():
+                raise RegistryError(f"{root} is a single model bundle, not a registry")
+            raise RegistryError(
+                f"no model registry at {root} (create one with `vaeguard train --registry {root}`)"
+            )
+        if root.exists() and any(p for p in root.iterdir() if not p.name.startswith(".")):
+            raise RegistryError(f"cannot create a registry in {root}: the folder is not empty")
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(root / MARKER, _marker_record())
+
+    @contextlib.contextmanager
+    def lock(self, name: str = "registry", *, blocking: bool = True) -> Iterator[None]:
+        """flock on ``.<name>.lock``: locks belong to the open file, so two threads exclude
+        each other like two processes, and a crashed holder releases its lock with its process."""
+        fd = os.open(self.root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise LockHeld(
+                    f"registry {self.root}: the {name} lock is held by another process"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def version_names(self) -> list[str]:
+        names = [p.name for p in self.root.iterdir() if is_version_name(p.name) and p.is_dir()]
+        return sorted(names, key=lambda n: int(n[1:]))
+
+    def has_version(self, version: str) -> bool:
+        return (self.root / version).is_dir()
+
+    def identity(self, version: str) -> str | None:
+        return version  # a folder version is never published twice under its name
+
+    def local_copy(self, version: str) -> Path | None:
+        path = self.root / version
+        return path if path.is_dir() else None
+
+    def pin(self, path: Path) -> Pin:
+        return Pin(None)  # a folder version is never evicted
+
+    def read_meta(self, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        path = self.root / version
+        raw = None
+        with contextlib.suppress(OSError):
+            raw = (path / LINEAGE).read_bytes()
+        try:
+            manifest = read_manifest(path)
+        except BundleError:
+            manifest = {}
+        return _json_dict(raw), manifest
+
+    def info_path(self, version: str) -> Path:
+        return self.root / version
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".incoming-"))
+        try:
+            yield tmp / "bundle"
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def claim(self) -> str:
+        names = self.version_names()
+        number = (int(names[-1][1:]) + 1) if names else 1
+        if number > _MAX_VERSION:
+            raise RegistryError(f"registry {self.root} is full: {names[-1]} is the last")
+        return f"v{number:04d}"
+
+    def publish(self, version: str, bundle: Path, record: dict[str, Any]) -> None:
+        _make_read_only(bundle)
+        os.rename(bundle, self.root / version)
+        fsync_dir(self.root)
+
+    def delete(self, versions: list[str]) -> None:
+        for name in versions:
+            path = self.root / name
+            _make_writable(path)
+            trash = self.root / f".deleting-{name}"
+            os.rename(path, trash)  # atomic: the version vanishes whole
+            shutil.rmtree(trash, ignore_errors=True)
+        fsync_dir(self.root)
+
+    # CURRENT is the bare version name; promotions.jsonl is appended to before CURRENT changes.
+
+    def read_pointer(self) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            raw = (self.root / CURRENT).read_bytes()
+        except FileNotFoundError:
+            return None, None
+        return {"to": raw.decode("utf-8", errors="replace").strip(), "from": None, "seq": 0}, None
+
+    def switches(self, pointer: dict[str, Any] | None) -> list[dict[str, Any]]:
+        entries, _ = self._log(None if pointer is None else pointer["to"])
+        return entries
+
+    def settle_log(self, pointer: dict[str, Any] | None) -> tuple[int, str | None]:
+        current = pointer["to"] if pointer and is_version_name(pointer["to"]) else None
+        entries, end = self._log(current)
+        path = self.root / PROMOTIONS
+        if path.exists() and end < path.stat().st_size:
+            os.truncate(path, end)  # a torn line or a switch that never happened
+        return 0, (entries[-1]["to"] if entries else None)
+
+    def append_log(self, entry: dict[str, Any], seq: int) -> None:
+        fd = os.open(self.root / PROMOTIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write((json.dumps(entry) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+
+    def switch(self, entry: dict[str, Any], seq: int, token: str | None) -> None:
+        # The caller holds the flock: CURRENT cannot have changed since it was read.
+        self.append_log(entry, seq)
+        write_atomic(self.root / CURRENT, (entry["to"] + "\n").encode())
+
+    def _log(self, current: str | None) -> tuple[list[dict[str, Any]], int]:
+        """The entries that took effect, and the length of the file's prefix that holds them.
+
+        Left out: a torn last line (no newline: the append never finished) and a last entry
+        whose switch never happened (CURRENT still names its ``from``). Lines that are not
+        entries (corrupt, or naming something that is not a version) are skipped.
+        """
+        try:
+            raw = (self.root / PROMOTIONS).read_bytes()
+        except FileNotFoundError:
+            return [], 0
+        end = raw.rfind(b"\n") + 1  # a last line without its newline is torn
+        entries: list[tuple[dict[str, Any], int]] = []
+        start = 0
+        for line in raw[:end].split(b"\n")[:-1]:
+            entry = _entry(line)
+            if entry is not None:
+                entries.append((entry, start))
+            start += len(line) + 1
+        if entries:
+            last, offset = entries[-1]
+            if last["from"] == current and last["to"] != current:
+                entries.pop()
+                end = offset
+        return [e for e, _ in entries], end
+
+
 # -- a registry on an object store -----------------------------------------------------------
 
 #: The object that makes a version visible, written last (see `ObjectStoreRegistry`).
@@ -481,6 +670,15 @@ CLAIM = ".claim"
 PROMOTION_LOG = "promotions"
 LOCKS = ".locks"
 _TOKEN_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
+
+
+def _storage_attribute(name: str, doc: str | None = None) -> Any:
+    """An attribute of the registry's storage, read and set through the registry."""
+    return property(
+        lambda self: getattr(self.storage, name),
+        lambda self, value: setattr(self.storage, name, value),
+        doc=doc,
+    )
 
 
 class ObjectStoreRegistry(ModelRegistry):
@@ -509,28 +707,48 @@ class ObjectStoreRegistry(ModelRegistry):
     (`pin`: a shared flock, so this holds across processes sharing the cache) and the
     `cache_keep` most recently used others; the rest are deleted. Opening the registry removes
     the temporary folders of downloads whose process died (each live one holds a flock).
+
+    The primitives are `ObjectStoreStorage`'s; its settings show through here.
     """
 
+    storage: ObjectStoreStorage
+
+    @staticmethod
+    def _open_storage(root, create: bool, storage_options, cache_dir) -> RegistryStorage:
+        return ObjectStoreStorage(root, create, storage_options, cache_dir)
+
+    @classmethod
+    def exists(cls, root, storage_options: dict[str, Any] | None = None) -> bool:
+        from vaeguard.registry_store import ObjectStore
+
+        return ObjectStore(str(root), storage_options).read(MARKER) is not None
+
+    uri = _storage_attribute("uri", "The registry's canonical ``s3://`` URI.")
+    store = _storage_attribute("store", "The `ObjectStore` under the registry.")
+    cache = _storage_attribute("cache", "The local folder of downloaded versions.")
+    lease_ttl_s = _storage_attribute("lease_ttl_s")
+    lock_timeout_s = _storage_attribute("lock_timeout_s")
+    cache_keep = _storage_attribute("cache_keep")
+
+
+class ObjectStoreStorage(RegistryStorage):
+    """The primitives of `ObjectStoreRegistry` (whose docstring gives the layout): conditional
+    requests, leases, and the local download cache."""
+
+    version_word = "complete version"
     lease_ttl_s = 120.0
     lock_timeout_s = 300.0
     #: Cached versions kept besides the current one, the one just fetched and those serving:
     #: the likely rollback targets, without the cache growing with every promotion.
     cache_keep = 2
 
-    def __init__(
-        self,
-        root,
-        *,
-        create: bool = False,
-        storage_options: dict[str, Any] | None = None,
-        cache_dir: Path | None = None,
-    ):
+    def __init__(self, root, create: bool, storage_options: dict | None, cache_dir: Path | None):
         import hashlib
 
         from vaeguard.registry_store import ObjectStore, canonical_uri
 
         self.uri = canonical_uri(root)
-        self.root = self.uri  # type: ignore[assignment]  # messages name it like a folder
+        self.root = self.uri
         self.store = ObjectStore(self.uri, storage_options)
         if cache_dir is None:
             base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -548,15 +766,8 @@ class ObjectStoreRegistry(ModelRegistry):
             )
         if any(not k.startswith(".") for k in self.store.list()):
             raise RegistryError(f"cannot create a registry in {self.uri}: the prefix is not empty")
-        marker = {"format": "vaeguard-registry", "format_version": 1, "created_at": _now()}
-        with contextlib.suppress(_conflict()):
-            self.store.put(MARKER, json.dumps(marker).encode(), if_absent=True)
-
-    @classmethod
-    def exists(cls, root, storage_options: dict[str, Any] | None = None) -> bool:
-        from vaeguard.registry_store import ObjectStore
-
-        return ObjectStore(str(root), storage_options).read(MARKER) is not None
+        with contextlib.suppress(RegistryConflict):
+            self.store.put(MARKER, _marker_record(), if_absent=True)
 
     # -- locking: leases --------------------------------------------------------------------------
 
@@ -586,7 +797,7 @@ class ObjectStoreRegistry(ModelRegistry):
             stop.set()
             renewer.join()
             got = self.store.get(key)
-            if got is not None and _lease(got[0]).get("token") == token:
+            if got is not None and _json_dict(got[0]).get("token") == token:
                 self.store.delete([key])
 
     def _lease_body(self, token: str) -> bytes:
@@ -608,16 +819,16 @@ class ObjectStoreRegistry(ModelRegistry):
         while True:
             try:
                 return self.store.put(key, self._lease_body(token), if_absent=True)
-            except _conflict():
+            except RegistryConflict:
                 pass
             got = self.store.get(key)
             if got is None:
                 continue  # released in between
-            holder = _lease(got[0])
+            holder = _json_dict(got[0])
             if float(holder.get("expires_at", 0)) < _time():  # expired (or unreadable): take over
                 try:
                     return self.store.put(key, self._lease_body(token), if_match=got[1])
-                except _conflict():
+                except RegistryConflict:
                     continue
             if not blocking or time.monotonic() >= deadline:
                 raise LockHeld(
@@ -637,10 +848,10 @@ class ObjectStoreRegistry(ModelRegistry):
                 logging.getLogger("vaeguard.registry").warning(
                     "registry lease not renewed", extra={"lock": key, "error": str(exc)}
                 )
-                if isinstance(exc, _conflict()):
+                if isinstance(exc, RegistryConflict):
                     return
 
-    # -- reading ------------------------------------------------------------------------------
+    # -- versions -------------------------------------------------------------------------------
 
     def _marker(self, version: str) -> dict[str, Any] | None:
         """A version's COMPLETE record, or None when it is not (yet, or any more) complete."""
@@ -667,46 +878,146 @@ class ObjectStoreRegistry(ModelRegistry):
                 names.add(head)
         return sorted(names, key=lambda n: int(n[1:]))
 
-    def _pointer(self) -> tuple[dict[str, Any] | None, str | None]:
+    def has_version(self, version: str) -> bool:
+        return self._marker(version) is not None
+
+    def identity(self, version: str) -> str | None:
+        """The version's upload token (from COMPLETE): a version name published again after a
+        prune removed it is another upload, with another token."""
+        marker = self._marker(version)
+        return None if marker is None else f"{version}-{marker['token']}"
+
+    def local_copy(self, version: str) -> Path | None:
+        """A local, verified copy of a version (downloaded once into the cache folder)."""
+        marker = self._marker(version)
+        return None if marker is None else self._fetch(version, marker)
+
+    def read_meta(self, version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        found = self.store.read_many([f"{version}/{LINEAGE}", f"{version}/{MANIFEST_FILE}"])
+        return (
+            _json_dict(found.get(f"{version}/{LINEAGE}")),
+            _json_dict(found.get(f"{version}/{MANIFEST_FILE}")),
+        )
+
+    def info_path(self, version: str) -> Path:
+        return self.cache / version
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="vaeguard-publish-") as tmp:
+            yield Path(tmp) / "bundle"
+
+    def claim(self) -> str:
+        """Reserve the next version number with an If-None-Match write (never reused)."""
+        taken = {
+            int(head[1:])
+            for head in (k.partition("/")[0] for k in self.store.list())
+            if is_version_name(head)
+        }
+        number = max(taken, default=0) + 1
+        while True:
+            if number > _MAX_VERSION:
+                raise RegistryError(f"registry {self.uri} is full: v{_MAX_VERSION} is the last")
+            version = f"v{number:04d}"
+            try:
+                self.store.put(f"{version}/{CLAIM}", b"", if_absent=True)
+                return version
+            except RegistryConflict:
+                number += 1
+
+    def publish(self, version: str, bundle: Path, record: dict[str, Any]) -> None:
+        """Upload the files, then COMPLETE: the version appears whole or not at all."""
+        import uuid
+
+        from vaeguard.files import sha256_file
+
+        files = {}
+        for path in sorted(bundle.rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(bundle).as_posix()
+                files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+                self.store.upload(path, f"{version}/{rel}")
+        marker = {
+            "version": version,
+            "token": uuid.uuid4().hex,
+            "created_at": record["created_at"],
+            "files": files,
+        }
+        self.store.put(f"{version}/{COMPLETE}", json.dumps(marker).encode(), if_absent=True)
+
+    def delete(self, versions: list[str]) -> None:
+        """A version's COMPLETE goes first, so it vanishes whole; its claim stays, so a number
+        is never handed out twice."""
+        for name in versions:
+            self.store.delete([f"{name}/{COMPLETE}"])
+            rest = [k for k in self.store.list(name + "/") if k != f"{name}/{CLAIM}"]
+            self.store.delete(rest)
+
+    # -- CURRENT (a compare-and-swap on its ETag) and the numbered log ----------------------------
+
+    def read_pointer(self) -> tuple[dict[str, Any] | None, str | None]:
         """CURRENT as an entry (None when absent) and its ETag, read in one request."""
         got = self.store.get(CURRENT)
         if got is None:
             return None, None
         return _pointer_entry(got[0]), got[1]
 
-    def _read_current(self) -> str | None:
-        pointer, _ = self._pointer()
-        return None if pointer is None else pointer["to"]
+    def switches(self, pointer: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The logged switches, then the one in CURRENT (logged or not yet)."""
+        logged = self._logged()
+        if pointer is None:
+            return [e for _, e in logged]
+        seq = pointer["seq"]
+        entries = [e for s, e in logged if seq <= 0 or s < seq]
+        if seq > 0:
+            entries.append(pointer)
+        elif is_version_name(pointer["to"]):  # CURRENT written by hand (seq 0)
+            last = entries[-1]["to"] if entries else None
+            if last != pointer["to"]:
+                entries.append({**pointer, "from": last, "reason": "outside change"})
+        return entries
 
-    def current(self) -> str | None:
-        name = self._read_current()
-        if name is None:
-            return None
-        if not is_version_name(name) or self._marker(name) is None:
-            raise RegistryError(
-                f"registry {self.uri}: CURRENT names {_short(name)}, which is not a complete "
-                "version here"
+    def settle_log(self, pointer: dict[str, Any] | None) -> tuple[int, str | None]:
+        if pointer is not None and pointer["seq"] > 0:
+            self.append_log(pointer, pointer["seq"])  # its writer may have died before logging
+            return pointer["seq"], pointer["to"]
+        # no CURRENT yet, or one written by hand: number on from the log
+        logged = self._logged()
+        return (logged[-1][0], logged[-1][1]["to"]) if logged else (0, None)
+
+    def append_log(self, entry: dict[str, Any], seq: int) -> None:
+        """Write a switch's log entry once (If-None-Match): a repeat is a no-op."""
+        with contextlib.suppress(RegistryConflict):
+            self.store.put(
+                f"{PROMOTION_LOG}/{seq:09d}.json",
+                (json.dumps({**entry, "seq": seq}) + "\n").encode(),
+                if_absent=True,
             )
-        return name
 
-    def path_of(self, version: str) -> Path:
-        """A local, verified copy of a version (downloaded once into the cache folder)."""
-        version = self._normalize(version)
-        marker = self._marker(version)
-        if marker is None:
-            known = ", ".join(self.version_names()) or "none"
-            raise RegistryError(f"no version {version} in {self.uri} (versions: {known})")
-        return self._fetch(version, marker)
+    def switch(self, entry: dict[str, Any], seq: int, token: str | None) -> None:
+        """CURRENT first (If-Match on the ETag it was read with), then the log entry."""
+        entry = {"seq": seq, **entry}
+        data = (json.dumps(entry) + "\n").encode()
+        if token is None:
+            self.store.put(CURRENT, data, if_absent=True)
+        else:
+            self.store.put(CURRENT, data, if_match=token)
+        self.append_log(entry, seq)
 
-    def identity(self, version: str) -> str:
-        """The version's upload token (from COMPLETE): a version name published again after a
-        prune removed it is another upload, with another token."""
-        version = self._normalize(version)
-        marker = self._marker(version)
-        if marker is None:
-            known = ", ".join(self.version_names()) or "none"
-            raise RegistryError(f"no version {version} in {self.uri} (versions: {known})")
-        return f"{version}-{marker['token']}"
+    def _logged(self) -> list[tuple[int, dict[str, Any]]]:
+        names = [
+            k
+            for k in self.store.list(PROMOTION_LOG + "/")
+            if re.fullmatch(PROMOTION_LOG + r"/[0-9]{9}\.json", k, re.ASCII)
+        ]
+        entries = []
+        for key, raw in self.store.read_many(names).items():
+            entry = _entry(raw)
+            if entry is not None:
+                entries.append((int(key[len(PROMOTION_LOG) + 1 : -5]), entry))
+        return sorted(entries, key=lambda se: se[0])
+
+    # -- the local cache ------------------------------------------------------------------------
 
     def pin(self, path: Path) -> Pin:
         """A shared flock on a cached version's folder (see `Pin`); FileNotFoundError when the
@@ -774,9 +1085,10 @@ class ObjectStoreRegistry(ModelRegistry):
         """Delete cached versions beyond what the class docstring says is kept (best effort:
         a cache that cannot be cleaned is no reason to fail a download)."""
         try:
-            current = self._read_current()
+            pointer, _ = self.read_pointer()
         except RegistryError:
             return  # not knowing the current version, delete nothing
+        current = None if pointer is None else pointer["to"]
         try:
             cached = [p for p in self.cache.iterdir() if _CACHED_RE.fullmatch(p.name)]
             others = [p for p in cached if p != keep and p.name.rpartition("-")[0] != current]
@@ -799,190 +1111,6 @@ class ObjectStoreRegistry(ModelRegistry):
             return
         for path in leftovers:
             _remove_unless_locked(path, None)
-
-    def info(self, version: str, *, current: str | None = None) -> VersionInfo:
-        version = self._normalize(version)
-        if self._marker(version) is None:
-            known = ", ".join(self.version_names()) or "none"
-            raise RegistryError(f"no version {version} in {self.uri} (versions: {known})")
-        found = self.store.read_many([f"{version}/{LINEAGE}", f"{version}/{MANIFEST_FILE}"])
-        lineage = _json_dict(found.get(f"{version}/{LINEAGE}"))
-        manifest = _json_dict(found.get(f"{version}/{MANIFEST_FILE}"))
-        created = lineage.get("created_at", "") or manifest.get("created_at", "")
-        threshold = manifest.get("threshold")
-        threshold = threshold.get("value") if isinstance(threshold, dict) else None
-        if current is None:
-            current = self._read_current()
-        return VersionInfo(
-            version, self.cache / version, created, version == current, lineage, threshold
-        )
-
-    def versions(self) -> list[VersionInfo]:
-        current = self._read_current()
-        return [self.info(v, current=current or "") for v in self.version_names()]
-
-    def promotions(self) -> list[dict[str, Any]]:
-        """The switches, oldest first: the logged ones, then the one in CURRENT."""
-        pointer, _ = self._pointer()
-        logged = self._logged()
-        if pointer is None:
-            return [e for _, e in logged]
-        seq = pointer["seq"]
-        entries = [e for s, e in logged if seq <= 0 or s < seq]
-        if seq > 0:
-            entries.append(pointer)
-        elif is_version_name(pointer["to"]):  # CURRENT written by hand (seq 0)
-            last = entries[-1]["to"] if entries else None
-            if last != pointer["to"]:
-                entries.append({**pointer, "from": last, "reason": "outside change"})
-        return entries
-
-    def _logged(self) -> list[tuple[int, dict[str, Any]]]:
-        names = [
-            k
-            for k in self.store.list(PROMOTION_LOG + "/")
-            if re.fullmatch(PROMOTION_LOG + r"/[0-9]{9}\.json", k, re.ASCII)
-        ]
-        entries = []
-        for key, raw in self.store.read_many(names).items():
-            entry = _entry(raw)
-            if entry is not None:
-                entries.append((int(key[len(PROMOTION_LOG) + 1 : -5]), entry))
-        return sorted(entries, key=lambda se: se[0])
-
-    def _log_entry(self, entry: dict[str, Any]) -> None:
-        """Write a switch's log entry once (If-None-Match): a repeat is a no-op."""
-        with contextlib.suppress(_conflict()):
-            self.store.put(
-                f"{PROMOTION_LOG}/{entry['seq']:09d}.json",
-                (json.dumps(entry) + "\n").encode(),
-                if_absent=True,
-            )
-
-    # -- writing ------------------------------------------------------------------------------
-
-    def register(
-        self, detector, lineage: dict[str, Any] | None = None, *, make_current: bool | None = None
-    ) -> str:
-        """Upload a detector as the next version; COMPLETE last, so it appears whole or not at all."""
-        import uuid
-
-        from vaeguard.bundle import save_bundle
-        from vaeguard.files import sha256_file
-
-        with self.lock(), tempfile.TemporaryDirectory(prefix="vaeguard-publish-") as tmp:
-            bundle = Path(tmp) / "bundle"
-            save_bundle(detector, bundle)
-            version = self._claim()
-            record = {
-                "version": version,
-                "created_at": _now(),
-                "parent": self._current_or_none(),
-                "data_fingerprint": detector.training_info_.get("data_fingerprint"),
-                **(lineage or {}),
-            }
-            write_atomic(bundle / LINEAGE, (json.dumps(record, indent=2) + "\n").encode())
-            files = {}
-            for path in sorted(bundle.rglob("*")):
-                if path.is_file():
-                    rel = path.relative_to(bundle).as_posix()
-                    files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-                    self.store.upload(path, f"{version}/{rel}")
-            marker = {
-                "version": version,
-                "token": uuid.uuid4().hex,
-                "created_at": record["created_at"],
-                "files": files,
-            }
-            self.store.put(f"{version}/{COMPLETE}", json.dumps(marker).encode(), if_absent=True)
-            if make_current or (make_current is None and self._read_current() is None):
-                self._set_current(version, "register")
-        return version
-
-    def _current_or_none(self) -> str | None:
-        try:
-            return self.current()
-        except RegistryError:
-            return None
-
-    def _claim(self) -> str:
-        """Reserve the next version number with an If-None-Match write (never reused)."""
-        taken = {
-            int(head[1:])
-            for head in (k.partition("/")[0] for k in self.store.list())
-            if is_version_name(head)
-        }
-        number = max(taken, default=0) + 1
-        while True:
-            if number > _MAX_VERSION:
-                raise RegistryError(f"registry {self.uri} is full: v{_MAX_VERSION} is the last")
-            version = f"v{number:04d}"
-            try:
-                self.store.put(f"{version}/{CLAIM}", b"", if_absent=True)
-                return version
-            except _conflict():
-                number += 1
-
-    def rollback(self) -> str:
-        with self.lock():
-            return self._switch(self._rollback_target)
-
-    def _rollback_target(self, pointer: dict[str, Any] | None) -> tuple[str, str]:
-        current, previous = self._current_and_previous()
-        if previous is None or self._marker(previous) is None:
-            raise RegistryError(
-                f"nothing to roll back to: {current or 'no version'} has no previous current version"
-            )
-        return previous, "rollback"
-
-    def prune(self, keep: int) -> list[str]:
-        """Like the local prune; a version's COMPLETE goes first, so it vanishes whole."""
-        if keep < 1:
-            raise RegistryError("--keep must be at least 1")
-        with self.lock():
-            doomed = self._prunable(keep)
-            for name in doomed:
-                self.store.delete([f"{name}/{COMPLETE}"])
-                rest = [k for k in self.store.list(name + "/") if k != f"{name}/{CLAIM}"]
-                self.store.delete(rest)  # the claim stays: a number is never handed out twice
-        return doomed
-
-    def _set_current(self, version: str, reason: str) -> None:
-        self._switch(lambda _pointer: (version, reason))
-
-    def _switch(self, decide) -> str:
-        """Compare-and-swap CURRENT to ``decide(pointer)``; a lost race re-reads and retries.
-
-        Whatever ``decide`` reads after CURRENT was read is checked by the If-Match: if
-        CURRENT moved meanwhile, the write fails and the decision is made again.
-        """
-        for _ in range(50):
-            pointer, etag = self._pointer()
-            seq = pointer["seq"] if pointer else 0
-            if pointer is not None and seq > 0:
-                self._log_entry(pointer)  # the previous switch's entry, if its writer died
-            else:  # no CURRENT yet, or one written by hand: number on from the log
-                logged = self._logged()
-                seq = logged[-1][0] if logged else 0
-                last = logged[-1][1]["to"] if logged else None
-                if pointer is not None and is_version_name(pointer["to"]) and last != pointer["to"]:
-                    seq += 1  # CURRENT was written by hand: log it as an outside change
-                    outside = {"from": last, "reason": "outside change"}
-                    self._log_entry({**pointer, **outside, "seq": seq})
-            target, reason = decide(pointer)
-            current = pointer["to"] if pointer and is_version_name(pointer["to"]) else None
-            entry = {"seq": seq + 1, "at": _now(), "from": current, "to": target, "reason": reason}
-            data = (json.dumps(entry) + "\n").encode()
-            try:
-                if etag is None:
-                    self.store.put(CURRENT, data, if_absent=True)
-                else:
-                    self.store.put(CURRENT, data, if_match=etag)
-            except _conflict():
-                continue
-            self._log_entry(entry)
-            return target
-        raise RegistryError(f"registry {self.uri}: CURRENT kept changing; try again")
 
 
 #: A cached version's folder: the version and the first 16 hex digits of its upload token.
@@ -1013,28 +1141,10 @@ def _remove_unless_locked(path: Path, trash: Path | None) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _conflict():
-    from vaeguard.registry_store import Conflict
-
-    return Conflict
-
-
 def _time() -> float:
     import time
 
     return time.time()
-
-
-def _lease(raw: bytes) -> dict[str, Any]:
-    return _json_dict(raw)
-
-
-def _json_dict(raw: bytes | None) -> dict[str, Any]:
-    try:
-        value = json.loads(raw) if raw is not None else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _pointer_entry(raw: bytes) -> dict[str, Any]:

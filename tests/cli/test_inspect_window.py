@@ -159,7 +159,7 @@ def test_a_bundle_recording_less_shows_unknown(bundle, tmp_path):
     shutil.copytree(bundle["bundle"], older)
     m = json.loads((older / "bundle.json").read_text())
     m["training"] = {"windows": m["training"]["windows"], "history": {}}
-    del m["extra"]["window_mode"]["schedule"]
+    del m["window"]["config"]["schedule"]
     (older / "bundle.json").write_text(json.dumps(m))
     shown = flat(inspect("--model", older))
     assert "training unknown records of unknown entities (unknown late points skipped)" in shown
@@ -175,7 +175,7 @@ def test_without_an_alert_level_the_view_threshold_decides(bundle, tmp_path):
     plain = tmp_path / "plain"
     shutil.copytree(bundle["bundle"], plain)
     m = json.loads((plain / "bundle.json").read_text())
-    m["extra"]["window_mode"]["likelihood"] = None
+    m["window"]["config"]["likelihood"] = None
     (plain / "bundle.json").write_text(json.dumps(m))
     shown = flat(inspect("--model", plain))
     value = m["threshold"]["value"]
@@ -199,7 +199,7 @@ def test_a_likelihood_without_a_budget_says_what_sets_its_level(bundle, tmp_path
     other = tmp_path / "other"
     shutil.copytree(bundle["bundle"], other)
     m = json.loads((other / "bundle.json").read_text())
-    m["extra"]["window_mode"]["likelihood"].update(change)
+    m["window"]["config"]["likelihood"].update(change)
     (other / "bundle.json").write_text(json.dumps(m))
     text = flat(inspect("--model", other))
     assert shown in text and "false alerts per 1,000" not in text
@@ -268,14 +268,14 @@ _EDITS = st.lists(
                 ("training", "calibration_windows"),
                 ("training", "channel_slots"),
                 ("created_at",),
-                ("extra", "window_mode", "schedule"),
-                ("extra", "window_mode", "schedule", "retrain_max_gap"),
-                ("extra", "window_mode", "likelihood"),
-                ("extra", "window_mode", "likelihood", "budget"),
-                ("extra", "window_mode", "likelihood", "alert"),
-                ("extra", "window_mode", "window", "seasonal"),
-                ("extra", "window_mode", "window", "interval"),
-                ("extra", "window_mode", "views"),
+                ("window", "config", "schedule"),
+                ("window", "config", "schedule", "retrain_max_gap"),
+                ("window", "config", "likelihood"),
+                ("window", "config", "likelihood", "budget"),
+                ("window", "config", "likelihood", "alert"),
+                ("window", "config", "window", "seasonal"),
+                ("window", "config", "window", "interval"),
+                ("window", "config", "views"),
             ]
         ),
         st.none() | st.just("delete") | _JSON,
@@ -323,11 +323,11 @@ def test_a_likelihood_that_is_not_an_object_is_refused(bundle, tmp_path, likelih
     odd = tmp_path / "odd"
     shutil.copytree(bundle["bundle"], odd)
     m = json.loads((odd / "bundle.json").read_text())
-    m["extra"]["window_mode"]["likelihood"] = likelihood
+    m["window"]["config"]["likelihood"] = likelihood
     (odd / "bundle.json").write_text(json.dumps(m))
     result = CliRunner().invoke(app, ["inspect", "--model", str(odd)])
     assert result.exit_code == ExitCode.FAILURE
     assert result.stderr == (
-        f"vaeguard: error: corrupt bundle at {odd}: bad window_mode parameters "
+        f"vaeguard: error: corrupt bundle at {odd}: bad window.config parameters "
         "(likelihood: expected an object or null)\n"
     )

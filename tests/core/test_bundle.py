@@ -28,7 +28,7 @@ def test_manifest_records_what_the_issue_asks_for(bundle):
     m = read_manifest(bundle)
     # format 2 only for a bundle whose score has a latent kNN term (format 1 readers would
     # silently leave it out); this one has none, so any format-1 reader still reads it
-    assert m["format_version"] == (FORMAT_VERSION if "latent_knn" in m else 1)
+    assert m["format_version"] == (2 if "latent_knn" in m else 1) < FORMAT_VERSION
     assert m["features"] == [f"x{j}" for j in range(5)]
     for key in ("vaeguard", "keras", "tensorflow"):
         assert m["versions"][key]

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_normal_data
+from tests.core.conftest import FAST
 from vaeguard import VAEDetector
+
+
+@pytest.fixture(scope="module")
+def fitted(normal_data):
+    """This module's own detector (the session's `fitted` is recalibrated by other tests)."""
+    return VAEDetector(**FAST).fit(normal_data)
 
 
 def test_a_slowly_drifting_stream_stops_alarming_and_a_jump_still_alarms(fitted):

@@ -284,7 +284,7 @@ def _rewrite(source, dest, window_mode):
 
     shutil.copytree(source, dest)
     manifest = json.loads((dest / "bundle.json").read_text())
-    manifest["extra"]["window_mode"] = window_mode
+    manifest["window"]["config"] = window_mode
     (dest / "bundle.json").write_text(json.dumps(manifest))
     return dest
 

@@ -729,7 +729,7 @@ def inspect(
     from vaeguard.timeseries.views import ViewSet
 
     model, _ = model_path(model)
-    # checked as serving reads it: a window bundle's window_mode, views and schedule too
+    # checked as serving reads it: a window bundle's config, views and schedule too
     loaded = load_any(model)
     views = loaded if isinstance(loaded, ViewSet) else None
     m = views.primary.manifest_ if views is not None else loaded.manifest_

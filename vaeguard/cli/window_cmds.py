@@ -5,7 +5,7 @@ entity's metrics look like (Donut-style windows, `vaeguard.timeseries`). The fil
 order, as the daemon would read the topic: one `WindowFeaturizer` builds every entity's windows,
 the model trains on the windows of the first part and its threshold is calibrated on the
 windows of the tail (``--calibration-fraction``), so the threshold is set on windows the model
-did not train on. The result is an ordinary bundle (``extra.window_mode``) that `vaeguard run`,
+did not train on. The result is an ordinary bundle (``kind: window``) that `vaeguard run`,
 the registry and `vaeguard inspect` accept.
 """
 

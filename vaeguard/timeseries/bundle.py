@@ -2,12 +2,12 @@
 
 A `ViewSet` (one `WindowDetector` per view) is saved with `vaeguard.bundle.save_bundle`, so the
 registry, the daemon's model loader and `vaeguard check` handle it like any other bundle (same
-integrity checks, same hot swap). What makes it a window model is ``extra.window_mode`` in
-``bundle.json``: the whole detector configuration (window spec, views, likelihood, schedule).
-View 0 is the bundle's own model; the others are parts in ``views/<k>/``, each pinned by hash. The tabular fields are filled so that the generic
-loader can still warm the model up: the features are the window slots (``value[t-31]`` …
-``value[t]``), the scaler is the identity (windows are already scale-free per entity) and the
-time conditions appear as numeric condition columns of the right width.
+integrity checks, same hot swap). Its manifest says what a window model is, in its ``window``
+section: view 0 (the bundle's own model) holds the whole detector configuration (window spec,
+views, likelihood, schedule) and, like every view, the channels and time conditions its model
+reads, the slots it scores and its calibration; the other views are parts in ``views/<k>/``,
+each pinned by hash. Bundles of the older layout (stand-in tabular fields and
+``extra.window_mode``) still load.
 
 The code is in `vaeguard.timeseries.codec` (below the views, which save and load through it);
 this module binds it to `ViewSet`.

@@ -1,4 +1,12 @@
-"""How a window model (a `ViewSet`) is written to and read from an ordinary vaeguard bundle.
+"""How a window model (a `ViewSet`) is written to and read from a vaeguard bundle.
+
+Each view is a model file with a manifest (view 0 the bundle's own, views 1, 2 … parts in
+``views/<k>/`` pinned by hash) whose ``window`` section says what the view really is: the
+channels and time conditions its model reads, the slots it scores, its calibration; view 0's
+also holds the whole detector's ``config`` (window spec, views, likelihood, schedule). Bundles
+written before that section (format 1) describe each view with stand-in tabular fields (window
+slots as features, an identity scaler, the time conditions as numeric condition columns) and
+the config in ``extra.window_mode``: they still load (`_load_legacy`), scoring the same.
 
 This is the code of `vaeguard.timeseries.bundle`, below `vaeguard.timeseries.views`: it is
 handed the views (to write) or the `ViewSet.from_params` factory (to read), so `ViewSet.save` /
@@ -18,13 +26,236 @@ import numpy as np
 from vaeguard.errors import BundleError, DataError, NotFittedError
 from vaeguard.snapshot import is_count
 
-#: The key of ``bundle.json``'s ``extra`` that marks (and describes) a window-mode model.
+#: The key of ``bundle.json``'s ``extra`` that described a window-mode model before the
+#: manifest had a ``window`` section (older bundles, still read).
 WINDOW_KEY = "window_mode"
+#: The manifest section of a window model's view (`vaeguard.bundle.has_window_section`).
+SECTION = "window"
+#: What reading a malformed config or section value can raise (a wrong type, an odd number).
+_MALFORMED = (TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
+
+
+@dataclass
+class _ViewBundle:
+    """One view of a window model as `save_bundle` writes it: its Keras model, the header
+    fields every bundle has (threshold, training record) and its ``window`` section."""
+
+    model_: Any
+    threshold_: Any
+    training_info_: dict[str, Any]
+    section: dict[str, Any]
+    bundle_extra_: dict[str, Any] = field(default_factory=dict)
+    bundle_parts_: dict[str, Any] = field(default_factory=dict)
+    model_kind_: str = "window"
+
+    def bundle_fields(self) -> dict[str, Any]:
+        """The manifest fields of this kind (`vaeguard.bundle.save_bundle`)."""
+        return {
+            "threshold": self.threshold_.to_dict(),
+            "training": dict(self.training_info_),
+            SECTION: self.section,
+        }
+
+
+def _described(detector, k: int) -> dict[str, Any]:
+    """What a view's section says of view ``k``'s inputs: written as is, checked on load
+    against the view the config builds."""
+    return {
+        "view": k,
+        "inputs": list(detector.input_channels),
+        "n_inputs": detector.n_inputs,
+        "conditions": list(detector.spec.conditions),
+        "n_conditions": detector.time_conditions.width,
+        "score_slots": detector.resolved_params()["score_slots"],
+    }
+
+
+def _view_bundle(detector, k: int, config: dict[str, Any] | None = None) -> _ViewBundle:
+    """View ``k`` of a fitted and calibrated `ViewSet` (view 0 carries the whole ``config``)."""
+    _check_saveable(detector)
+    section: dict[str, Any] = {
+        **_described(detector, k),
+        "calibration": {
+            "baseline": [float(v) for v in detector.baseline_],
+            "score_reference": [float(v) for v in detector.score_reference_],
+        },
+    }
+    plausible = getattr(detector, "plausible_range_", None)
+    if plausible is not None:
+        section["plausible_range"] = plausible.to_dict()
+    if config is not None:
+        section["config"] = config
+    return _ViewBundle(
+        model_=detector.model_,
+        threshold_=detector.threshold_,
+        training_info_=dict(detector.training_info_),
+        section=section,
+    )
+
+
+def _check_saveable(detector) -> None:
+    if detector.model_ is None:
+        raise NotFittedError("this WindowDetector is not fitted yet: call fit()")
+    if getattr(detector, "threshold_", None) is None:
+        raise NotFittedError("calibrate the WindowDetector (calibrate()) before saving it")
+
+
+def views_bundle_view(views) -> _ViewBundle:
+    """What `save_bundle` and `ModelRegistry.register` need, for a fitted, calibrated
+    `ViewSet`: view 0 is the bundle's model and carries ``window.config``
+    (`ViewSet.get_params()`); views 1, 2 … are parts (``views/<k>/``), so a registry that saves
+    it with `save_bundle(view, path)` writes a complete window-mode bundle too."""
+    view = _view_bundle(views.primary, 0, views.get_params())
+    view.bundle_parts_ = {
+        f"views/{k}": _view_bundle(v, k) for k, v in enumerate(views.views) if k > 0
+    }
+    return view
+
+
+def save_views(views, path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write a fitted and calibrated `ViewSet` as a bundle directory."""
+    from vaeguard.bundle import save_bundle
+
+    return save_bundle(views_bundle_view(views), path, extra=dict(extra or {}))
+
+
+def load_views(path, from_params: Callable[[dict[str, Any]], Any]):
+    """Load a window-mode bundle as a `ViewSet` (BundleError if it is not one);
+    ``from_params`` is `ViewSet.from_params`."""
+    from vaeguard.bundle import has_window_section, model_kind, read_manifest
+
+    path = Path(path)
+    m = read_manifest(path)
+    if model_kind(m) != "window":
+        raise BundleError(
+            f"the bundle at {path} is not a window-mode model (its kind is {model_kind(m)})"
+        )
+    if not has_window_section(m):
+        return _load_legacy(path, from_params)
+    views = _configured(m[SECTION].get("config"), str(path), f"{SECTION}.config", from_params)
+    parts = m.get("parts") or {}
+    _check_part_names(views, parts, str(path))
+    try:
+        _attach_view(views.primary, path, m, 0)
+        for k, view in enumerate(views.views[1:], start=1):
+            name = f"views/{k}"
+            _attach_view(view, path / name, _part_manifest(path, name, parts[name]), k)
+    except _MALFORMED as exc:  # a config value only the scorer checks (mc_samples, seed …)
+        raise BundleError(
+            f"corrupt bundle at {path}: bad {SECTION} section ({type(exc).__name__}: {exc})"
+        ) from None
+    return views
+
+
+def _part_manifest(path: Path, name: str, digest: str) -> dict[str, Any]:
+    """The checked manifest of part ``name`` (pinned by ``digest``), a window view's."""
+    from vaeguard.bundle import has_window_section, pinned_part, read_manifest
+
+    part = pinned_part(path, name, digest)
+    m = read_manifest(part)
+    if not has_window_section(m):
+        raise BundleError(f"corrupt bundle at {part}: not a window view (no {SECTION} section)")
+    return m
+
+
+def _attach_view(detector, path: Path, m: dict[str, Any], k: int) -> None:
+    """Give view ``k`` (configured by view 0's ``config``) the model and calibration its
+    checked manifest at ``path`` records, once they agree with the config."""
+    from vaeguard.model.counterfactual import PlausibleRange
+    from vaeguard.thresholds import Threshold
+    from vaeguard.timeseries.detector import channel_slots
+
+    w = m[SECTION]
+    for key, value in _described(detector, k).items():
+        if w.get(key) != value:
+            raise BundleError(
+                f"corrupt bundle at {path}: {SECTION}.{key} is {_short(w.get(key))}, "
+                f"the config describes {_short(value)}"
+            )
+    from vaeguard.bundle import load_model_file
+
+    model = load_model_file(path, m)
+    _check_shape(detector, model, str(path), f"{SECTION}.config")
+    training = dict(m.get("training") or {})
+    training.pop("history", None)
+    try:
+        channel_slots(training, len(detector.input_channels))
+    except DataError as exc:
+        raise BundleError(f"corrupt bundle at {path}: {exc}") from None
+    _set_model(detector, model)
+    detector.threshold_ = Threshold.from_dict(m["threshold"])
+    detector.baseline_ = np.asarray(w["calibration"]["baseline"], dtype="float64")
+    detector.score_reference_ = np.asarray(w["calibration"]["score_reference"], dtype="float64")
+    detector.training_info_ = training
+    plausible = w.get("plausible_range")
+    detector.plausible_range_ = None if plausible is None else PlausibleRange.from_dict(plausible)
+    # the checked manifest it was loaded from (the model file's SHA-256 names the model in
+    # serving's state, inspect shows it)
+    detector.manifest_ = m
+
+
+def _check_shape(detector, model, where: str, described_by: str) -> None:
+    """The model file's input sizes are the ones the detector's config describes."""
+    if (
+        model.n_features != detector.n_inputs
+        or model.n_conditions != detector.time_conditions.width
+    ):
+        raise BundleError(
+            f"corrupt bundle at {where}: {described_by} describes {detector.n_inputs} window "
+            f"values and {detector.time_conditions.width} condition inputs, the model expects "
+            f"{model.n_features} and {model.n_conditions}"
+        )
+
+
+def _set_model(detector, model) -> None:
+    from vaeguard.model.scoring import Scorer
+
+    detector.model_ = model
+    detector._scorer = Scorer(
+        model,
+        detector.mc_samples,
+        seed=detector.seed,
+        masked=True,
+        visible=detector.encoder_visible(),
+    )
+
+
+def _short(value: Any) -> str:
+    from vaeguard.ingest import short_repr
+
+    return short_repr(value, 80)
+
+
+def _configured(params: Any, where: str, name: str, from_params: Callable[[dict[str, Any]], Any]):
+    """The `ViewSet` a bundle's config (``name``: where it sits in the manifest) describes."""
+    from vaeguard.errors import ConfigError
+
+    if not isinstance(params, dict):
+        raise BundleError(f"corrupt bundle at {where}: {name} must be an object")
+    try:
+        views = from_params(dict(params))
+    except (ConfigError, *_MALFORMED) as exc:
+        # whatever a hand-edited config holds: one line naming the section, not a trace
+        raise BundleError(f"corrupt bundle at {where}: bad {name} parameters ({exc})") from None
+    _check_schedule(views.schedule, where, name)
+    return views
+
+
+def _check_part_names(views, parts: dict[str, Any], where: str) -> None:
+    if set(parts) != {f"views/{k}" for k in range(1, len(views.views))}:
+        raise BundleError(
+            f"corrupt bundle at {where}: the config describes {len(views.views)} views, "
+            f"the bundle holds {1 + len(parts)} models"
+        )
+
+
+# -- bundles written before the ``window`` section (format 1) --------------------------------------
 
 
 @dataclass
 class _BundleView:
-    """The attributes `save_bundle` reads, for a window detector."""
+    """The attributes `save_bundle` reads, for a window detector (the stand-in tabular fields
+    of the older layout: written only by `_save_legacy`, to test that such bundles load)."""
 
     model_: Any
     feature_names_: list[str]
@@ -49,10 +280,7 @@ def _model_view(detector, extra: dict[str, Any]) -> _BundleView:
     """The bundle fields of one fitted and calibrated `WindowDetector` (one view)."""
     from vaeguard.preprocessing import ConditionColumn, ConditionEncoder, RobustScaler
 
-    if detector.model_ is None:
-        raise NotFittedError("this WindowDetector is not fitted yet: call fit()")
-    if getattr(detector, "threshold_", None) is None:
-        raise NotFittedError("calibrate the WindowDetector (calibrate()) before saving it")
+    _check_saveable(detector)
     d = detector.n_inputs
     return _BundleView(
         model_=detector.model_,
@@ -72,14 +300,9 @@ def _model_view(detector, extra: dict[str, Any]) -> _BundleView:
     )
 
 
-def views_bundle_view(views) -> _BundleView:
-    """What `save_bundle` and `ModelRegistry.register` need, for a fitted, calibrated
-    `ViewSet`.
-
-    View 0 is the bundle's model; ``extra.window_mode`` holds the whole detector configuration
-    (`ViewSet.get_params()`); views 1, 2 … are parts (``views/<k>/``), so a registry that saves
-    the view with `save_bundle(view, path)` writes a complete window-mode bundle too.
-    """
+def _legacy_bundle_view(views) -> _BundleView:
+    """The older layout of a `ViewSet`: view 0 is the bundle's model and ``extra.window_mode``
+    holds the config; views 1, 2 … are parts (``views/<k>/``)."""
     view = _model_view(views.primary, {WINDOW_KEY: views.get_params()})
     view.bundle_parts_ = {
         f"views/{k}": _model_view(v, {WINDOW_KEY: {"view_of": "..", "view": k}})
@@ -89,49 +312,31 @@ def views_bundle_view(views) -> _BundleView:
     return view
 
 
-def save_views(views, path, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write a fitted and calibrated `ViewSet` as a bundle directory."""
+def _save_legacy(views, path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write a `ViewSet` in the older layout (format 1, stand-in tabular fields), as vaeguard
+    did before the ``window`` section: kept so the tests hold a bundle of that layout."""
     from vaeguard.bundle import save_bundle
 
-    view = views_bundle_view(views)
+    view = _legacy_bundle_view(views)
     return save_bundle(view, path, extra={**(extra or {}), **view.bundle_extra_})
 
 
-def is_window_model(vae_detector) -> bool:
-    """Whether a loaded bundle (a `VAEDetector`) is a window-mode model (``kind`` says so)."""
-    from vaeguard.bundle import model_kind
+def _load_legacy(path: Path, from_params: Callable[[dict[str, Any]], Any]):
+    """A window bundle of the older layout: loaded by the tabular reader (its stand-in fields
+    are a valid tabular manifest), then configured by ``extra.window_mode``."""
+    from vaeguard.detector import load_bundle
 
-    manifest = getattr(vae_detector, "manifest_", None)
-    if manifest is not None:
-        return model_kind(manifest) == "window"
-    extra = getattr(vae_detector, "bundle_extra_", None) or {}
-    return isinstance(extra.get(WINDOW_KEY), dict)
+    return _views_from_legacy(load_bundle(path), str(path), from_params)
 
 
 def _attach(detector, loaded, where: str) -> None:
     """Give a `WindowDetector` the model and calibration of a loaded bundle (or part)."""
-    from vaeguard.model.scoring import Scorer
     from vaeguard.thresholds import Threshold
     from vaeguard.timeseries.detector import channel_slots
 
     model = loaded.model_
-    if (
-        model.n_features != detector.n_inputs
-        or model.n_conditions != detector.time_conditions.width
-    ):
-        raise BundleError(
-            f"corrupt bundle at {where}: window_mode describes {detector.n_inputs} window values "
-            f"and {detector.time_conditions.width} condition inputs, the model expects "
-            f"{model.n_features} and {model.n_conditions}"
-        )
-    detector.model_ = model
-    detector._scorer = Scorer(
-        model,
-        detector.mc_samples,
-        seed=detector.seed,
-        masked=True,
-        visible=detector.encoder_visible(),
-    )
+    _check_shape(detector, model, where, "window_mode")
+    _set_model(detector, model)
     detector.threshold_ = Threshold.from_dict(loaded.threshold_rule_.to_dict())
     detector.baseline_ = np.asarray(loaded.baseline_, dtype="float64")
     detector.score_reference_ = np.asarray(loaded.score_reference_, dtype="float64")
@@ -146,48 +351,25 @@ def _attach(detector, loaded, where: str) -> None:
     detector.manifest_ = getattr(loaded, "manifest_", None) or {}
 
 
-def views_from(vae_detector, where: str, from_params: Callable[[dict[str, Any]], Any]):
-    """The `ViewSet` a loaded window-mode bundle describes, sharing its Keras models;
-    ``from_params`` is `ViewSet.from_params`."""
-    from vaeguard.errors import ConfigError
-
+def _views_from_legacy(vae_detector, where: str, from_params: Callable[[dict[str, Any]], Any]):
+    """The `ViewSet` a loaded bundle of the older layout describes, sharing its Keras models."""
     params = (getattr(vae_detector, "bundle_extra_", None) or {}).get(WINDOW_KEY)
-    if not isinstance(params, dict):
-        raise BundleError(f"corrupt bundle at {where}: extra.{WINDOW_KEY} must be an object")
-    try:
-        views = from_params(dict(params))
-    except (
-        ConfigError,
-        TypeError,
-        ValueError,
-        ArithmeticError,
-        LookupError,
-        AttributeError,
-    ) as exc:
-        # whatever a hand-edited window_mode holds: one line naming the section, not a trace
-        raise BundleError(
-            f"corrupt bundle at {where}: bad window_mode parameters ({exc})"
-        ) from None
-    _check_schedule(views.schedule, where)
+    views = _configured(params, where, f"extra.{WINDOW_KEY}", from_params)
     parts = getattr(vae_detector, "parts_", {}) or {}
-    if set(parts) != {f"views/{k}" for k in range(1, len(views.views))}:
-        raise BundleError(
-            f"corrupt bundle at {where}: window_mode describes {len(views.views)} views, "
-            f"the bundle holds {1 + len(parts)} models"
-        )
+    _check_part_names(views, parts, where)
     try:
         _attach(views.primary, vae_detector, where)
         for k, view in enumerate(views.views[1:], start=1):
             _attach(view, parts[f"views/{k}"], f"{where}/views/{k}")
-    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+    except _MALFORMED as exc:
         # a window_mode value only the scorer checks (mc_samples, seed …)
         raise BundleError(
-            f"corrupt bundle at {where}: bad window_mode parameters ({type(exc).__name__}: {exc})"
+            f"corrupt bundle at {where}: bad {WINDOW_KEY} parameters ({type(exc).__name__}: {exc})"
         ) from None
     return views
 
 
-def _check_schedule(schedule: dict[str, Any], where: str) -> None:
+def _check_schedule(schedule: dict[str, Any], where: str, name: str) -> None:
     """The online-learning schedule serving counts rows with: whole numbers of windows and
     rows, a finite growth factor (null or 0: off)."""
     growth = schedule.get("retrain_growth")
@@ -201,19 +383,6 @@ def _check_schedule(schedule: dict[str, Any], where: str) -> None:
     )
     if not ok:
         raise BundleError(
-            f"corrupt bundle at {where}: window_mode.schedule needs max_train >= 1 windows, "
+            f"corrupt bundle at {where}: {name}.schedule needs max_train >= 1 windows, "
             "retrain_max_gap null or rows >= 0, retrain_growth null or a factor up to 1000"
         )
-
-
-def load_views(path, from_params: Callable[[dict[str, Any]], Any]):
-    """Load a window-mode bundle as a `ViewSet` (BundleError if it is not one);
-    ``from_params`` is `ViewSet.from_params`."""
-    from vaeguard.detector import load_bundle
-
-    vae_detector = load_bundle(path)
-    if not is_window_model(vae_detector):
-        raise BundleError(
-            f"the bundle at {path} is not a window-mode model (no extra.{WINDOW_KEY})"
-        )
-    return views_from(vae_detector, str(path), from_params)

@@ -10,7 +10,7 @@ emission per entity (saturation and suppression), so an incident seen by two vie
 metrics is one alert (`ViewLikelihood`).
 
 The same object serves ``vaeguard run`` in window mode (`vaeguard.serving.window`) and the NAB
-runner (`vaeguard.apps.nab`), configured from the bundle: ``extra.window_mode`` holds
+runner (`vaeguard.apps.nab`), configured from the bundle: its ``window.config`` holds
 `ViewSet.get_params()` (window spec, views, likelihood, online-learning schedule); view 0 is the
 bundle's own model, the other views are parts of the bundle (``views/<k>/``).
 """

@@ -58,6 +58,31 @@ def make_normal_data(n: int = 2000, seed: int = 0, n_features: int = 4) -> np.nd
     return z @ mix + 0.1 * rng.standard_normal((n, n_features))
 
 
+#: A small, quickly trained tabular model (the `fitted` fixture's parameters).
+FAST = {
+    "epochs": 60,
+    "hidden": (32, 16),
+    "latent_dim": 2,
+    "mc_samples": 16,
+    "patience": 15,
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def normal_data() -> np.ndarray:
+    return make_normal_data(3000, seed=0, n_features=5)
+
+
+@pytest.fixture(scope="session")
+def fitted(normal_data):
+    """A detector on 5 correlated features (2-D latent structure + noise), shared per session
+    (a test that recalibrates it must not rely on its threshold afterwards)."""
+    from vaeguard import VAEDetector
+
+    return VAEDetector(**FAST).fit(normal_data)
+
+
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory):
     """A quickly trained bundle on 4 correlated features named a, b, c, d."""

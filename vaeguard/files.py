@@ -81,7 +81,19 @@ def user_state_dir() -> Path:
     """vaeguard's per-user state folder (XDG): ``$XDG_STATE_HOME/vaeguard``, else
     ``~/.local/state/vaeguard``; absolute, so it does not move with the working directory a
     process starts in. RuntimeError where there is no home folder to resolve."""
-    base = os.environ.get("XDG_STATE_HOME", "")
+    return _xdg("XDG_STATE_HOME", (".local", "state"))
+
+
+def user_cache_dir() -> Path:
+    """vaeguard's per-user cache folder (XDG): ``$XDG_CACHE_HOME/vaeguard``, else
+    ``~/.cache/vaeguard``, by the same rule as `user_state_dir`."""
+    return _xdg("XDG_CACHE_HOME", (".cache",))
+
+
+def _xdg(variable: str, default: tuple[str, ...]) -> Path:
+    """``$variable/vaeguard`` when the variable holds an absolute path (the XDG rule: a relative
+    one is ignored), else ``~/<default>/vaeguard``."""
+    base = os.environ.get(variable, "")
     if base and Path(base).is_absolute():
         return Path(base) / "vaeguard"
-    return Path.home() / ".local" / "state" / "vaeguard"
+    return Path.home().joinpath(*default) / "vaeguard"

@@ -58,7 +58,7 @@ from vaeguard.errors import (
     RegistryError,
     VersionNameError,
 )
-from vaeguard.files import fsync_dir, write_atomic
+from vaeguard.files import fsync_dir, user_cache_dir, write_atomic
 
 MARKER = "registry.json"
 CURRENT = "CURRENT"
@@ -751,9 +751,8 @@ class ObjectStoreStorage(RegistryStorage):
         self.root = self.uri
         self.store = ObjectStore(self.uri, storage_options)
         if cache_dir is None:
-            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
             digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-            cache_dir = base / "vaeguard" / "registries" / digest
+            cache_dir = user_cache_dir() / "registries" / digest
         self.cache = Path(cache_dir)
         self._sweep_leftovers()
         if self.store.read(MARKER) is not None:

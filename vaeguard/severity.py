@@ -62,22 +62,38 @@ def severity(
     alert_p: float | None = None,
     median: float | None = None,
 ) -> str:
-    """The band of a score: "normal" at or below the threshold, else the highest band its
-    level (`levels`) reaches, at least the first."""
-    if not score > threshold:
-        return NORMAL
+    """The band of one score (`severities` for one row, its level from `levels`)."""
+    scores = np.asarray([score], dtype="float64")
     level = levels(
-        [score],
+        scores,
         threshold,
         p_values=None if p_value is None else [p_value],
         alert_p=alert_p,
         median=median,
-    )[0]
-    name = bands[0][0]
-    for band, minimum in bands:
-        if level >= minimum:
-            name = band
-    return name
+    )
+    return severities(scores, threshold, bands, level=level)[1][0]
+
+
+def severities(
+    scores: np.ndarray,
+    threshold: float,
+    bands: Sequence[tuple[str, float]],
+    *,
+    inclusive: bool = False,
+    level: np.ndarray | None = None,
+) -> tuple[list[bool], list[str]]:
+    """(is_anomaly, severity name) per row: "normal" unless anomalous, else the highest band
+    its level reaches, at least the first (the bands start at 0).
+
+    A score above the threshold is anomalous (at or above it with ``inclusive``: an alert level
+    such as a likelihood's 1.0 is reached, not exceeded). ``level``: each row's
+    `vaeguard.severity.levels` (default: the margin above the threshold)."""
+    anomalous = scores >= threshold if inclusive else scores > threshold
+    names = [NORMAL, *(b for b, _ in bands)]
+    minimums = np.asarray([m for _, m in bands], dtype="float64")
+    margin = np.maximum(scores - threshold if level is None else level, 0.0)
+    band = np.where(anomalous, np.searchsorted(minimums, margin, side="right"), 0)
+    return anomalous.tolist(), [names[b] for b in band.tolist()]
 
 
 def rank(name: str, bands: Sequence[tuple[str, float]] = DEFAULT_BANDS) -> int:

@@ -120,3 +120,25 @@ def test_any_content_reads_back_as_written(tmp_path, data):
     expected = data.encode() if isinstance(data, str) else data
     assert target.read_bytes() == expected
     assert _leftovers(tmp_path, keep="f") == []
+
+
+@pytest.mark.parametrize(
+    ("function", "variable", "default"),
+    [
+        ("user_state_dir", "XDG_STATE_HOME", (".local", "state")),
+        ("user_cache_dir", "XDG_CACHE_HOME", (".cache",)),
+    ],
+)
+def test_per_user_folders_follow_xdg_and_ignore_a_relative_value(
+    function, variable, default, tmp_path, monkeypatch
+):
+    import vaeguard.files as files
+
+    folder = getattr(files, function)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(variable, str(tmp_path / "xdg"))
+    assert folder() == tmp_path / "xdg" / "vaeguard"
+    monkeypatch.setenv(variable, "relative/ignored")
+    assert folder() == (tmp_path / "home").joinpath(*default) / "vaeguard"
+    monkeypatch.delenv(variable)
+    assert folder() == (tmp_path / "home").joinpath(*default) / "vaeguard"

@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from tests.core.test_bundle_kinds import assert_same_window_scores
+from tests.bundle.test_bundle_kinds import assert_same_window_scores
 from tests.serving.window_model import window_bundle
 from vaeguard.registry import ModelRegistry
 

@@ -66,8 +66,7 @@ def test_rebudget_and_p_values():
 def test_a_daemon_budget_replaces_the_bundle_budget(tmp_path):
     """`model.alert_budget`: a tabular threshold re-derived from the bundle's calibration tail,
     a window model's likelihood budget; a bundle that cannot take one is refused clearly."""
-    from tests.conftest import make_normal_data
-    from tests.core.conftest import FAST
+    from tests.conftest import FAST, make_normal_data
     from vaeguard import VAEDetector
     from vaeguard.errors import ConfigError
     from vaeguard.serving import load_serving

@@ -1,6 +1,6 @@
 """One small window-mode bundle (two views, a seasonal channel, a likelihood) and a daemon
 state snapshot of it, built once per test process for the fuzz tests of what is read from disk
-(`tests/serving/test_state_restore_fuzz.py`, `tests/core/test_bundle_manifest_fuzz.py`)."""
+(`tests/serving/test_state_restore_fuzz.py`, `tests/bundle/test_bundle_manifest_fuzz.py`)."""
 
 from __future__ import annotations
 

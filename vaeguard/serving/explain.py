@@ -11,7 +11,7 @@ import numpy as np
 
 from vaeguard.contributions import FLOAT_MAX, finite, top_contributions
 from vaeguard.scored import ScoredRecord
-from vaeguard.severity import NORMAL, levels
+from vaeguard.severity import levels, severities
 
 # Re-exported: the serving classes and the benchmarks import these from here.
 __all__ = [
@@ -28,27 +28,6 @@ __all__ = [
 #: (labels route alerts; an unbounded one would make the record too large to produce).
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 256
-
-
-def severities(
-    scores: np.ndarray,
-    threshold: float,
-    bands: Sequence[tuple[str, float]],
-    *,
-    inclusive: bool = False,
-    level: np.ndarray | None = None,
-) -> tuple[list[bool], list[str]]:
-    """(is_anomaly, severity name) per row; `vaeguard.severity.severity`, vectorized.
-
-    A score above the threshold is anomalous (at or above it with ``inclusive``: an alert level
-    such as a likelihood's 1.0 is reached, not exceeded). ``level``: each row's
-    `vaeguard.severity.levels` (default: the margin above the threshold)."""
-    anomalous = scores >= threshold if inclusive else scores > threshold
-    names = [NORMAL, *(b for b, _ in bands)]
-    minimums = np.asarray([m for _, m in bands], dtype="float64")
-    margin = np.maximum(scores - threshold if level is None else level, 0.0)
-    band = np.where(anomalous, np.searchsorted(minimums, margin, side="right"), 0)
-    return anomalous.tolist(), [names[b] for b in band.tolist()]
 
 
 def labels_of(record: dict[str, Any]) -> dict[str, str]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import make_normal_data
-from tests.core.conftest import FAST
+from tests.conftest import FAST, make_normal_data
 from vaeguard import DataError, NotFittedError, VAEDetector
 from vaeguard.thresholds import p_values as tail_probabilities
 

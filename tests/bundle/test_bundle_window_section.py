@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from tests.core.test_bundle_kinds import assert_same_window_scores
-from tests.core.test_bundle_manifest_fuzz import keras_loads_once_per_file  # noqa: F401
+from tests.bundle.test_bundle_kinds import assert_same_window_scores
+from tests.bundle.test_bundle_manifest_fuzz import keras_loads_once_per_file  # noqa: F401
 from tests.json_fuzz import BASE_SCALARS, dump, json_values, paths, replace
 from tests.serving.window_model import window_bundle
 from vaeguard.bundle import FORMAT_VERSION, load_any, read_manifest, sha256_file

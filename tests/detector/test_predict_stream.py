@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import make_normal_data
-from tests.core.conftest import FAST
+from tests.conftest import FAST, make_normal_data
 from vaeguard import VAEDetector
 
 

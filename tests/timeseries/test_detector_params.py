@@ -276,7 +276,7 @@ def bundle(tmp_path_factory):
     det = WindowDetector(window=8, interval=60, likelihood={"short": 1}, **TINY)
     batch = windows(det)
     det.fit(batch.x, batch.c, batch.mask).calibrate(batch.x, batch.c, batch.mask)
-    return det, det.save(tmp_path_factory.mktemp("w") / "bundle")
+    return det, ViewSet.of(det).save(tmp_path_factory.mktemp("w") / "bundle")
 
 
 def _rewrite(source, dest, window_mode):

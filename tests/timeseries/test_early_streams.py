@@ -95,7 +95,7 @@ def test_malformed_channel_counts_in_a_bundle_or_a_refit_state_are_refused(young
     with pytest.raises(DataError, match=CHANNEL_SLOTS):
         apply_refit_state(views, state)
 
-    young.save(tmp_path / "bundle")
+    ViewSet.of(young).save(tmp_path / "bundle")
     manifest = tmp_path / "bundle" / "bundle.json"
     text = manifest.read_text()
     assert f'"{CHANNEL_SLOTS}"' in text

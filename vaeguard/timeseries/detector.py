@@ -609,18 +609,6 @@ class WindowDetector:
         self.training_info_ = {**self.training_info_, "calibration_windows": int(score.shape[0])}
         return self
 
-    def save(self, path, *, extra: dict[str, Any] | None = None):
-        """Write a bundle (see `vaeguard.timeseries.bundle`); the daemon serves it in window mode."""
-        from vaeguard.timeseries.bundle import save_window_bundle
-
-        return save_window_bundle(self, path, extra=extra)
-
-    @classmethod
-    def load(cls, path) -> WindowDetector:
-        from vaeguard.timeseries.bundle import load_window_bundle
-
-        return load_window_bundle(path)
-
     def score_batch(
         self, batch, likelihood: AnomalyLikelihood | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

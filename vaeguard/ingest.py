@@ -213,12 +213,7 @@ def _depth_exceeds(text: str, limit: int) -> bool:
 def loads(text: str) -> Any | Rejection:
     """Parse JSON text under the contract's number and nesting rules (any JSON value)."""
     if _depth_exceeds(text, MAX_DEPTH):
-        return Rejection(
-            Reason.TOO_DEEP,
-            "ValueError",
-            f"JSON nested deeper than {MAX_DEPTH} levels",
-            STAGE_DECODE,
-        )
+        return _too_deep()
     try:
         return _STRICT.decode(text)
     except _Refused as refused:

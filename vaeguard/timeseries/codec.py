@@ -161,9 +161,9 @@ def _part_manifest(path: Path, name: str, digest: str) -> dict[str, Any]:
 def _attach_view(detector, path: Path, m: dict[str, Any], k: int) -> None:
     """Give view ``k`` (configured by view 0's ``config``) the model and calibration its
     checked manifest at ``path`` records, once they agree with the config."""
+    from vaeguard.bundle import load_model_file
     from vaeguard.model.counterfactual import PlausibleRange
     from vaeguard.thresholds import Threshold
-    from vaeguard.timeseries.detector import channel_slots
 
     w = m[SECTION]
     for key, value in _described(detector, k).items():
@@ -172,26 +172,52 @@ def _attach_view(detector, path: Path, m: dict[str, Any], k: int) -> None:
                 f"corrupt bundle at {path}: {SECTION}.{key} is {_short(w.get(key))}, "
                 f"the config describes {_short(value)}"
             )
-    from vaeguard.bundle import load_model_file
-
     model = load_model_file(path, m)
     _check_shape(detector, model, str(path), f"{SECTION}.config")
     training = dict(m.get("training") or {})
     training.pop("history", None)
+    plausible = w.get("plausible_range")
+    _fill(
+        detector,
+        str(path),
+        model=model,
+        threshold=Threshold.from_dict(m["threshold"]),
+        baseline=w["calibration"]["baseline"],
+        score_reference=w["calibration"]["score_reference"],
+        training=training,
+        plausible=None if plausible is None else PlausibleRange.from_dict(plausible),
+        manifest=m,
+    )
+
+
+def _fill(
+    detector,
+    where: str,
+    *,
+    model,
+    threshold,
+    baseline,
+    score_reference,
+    training: dict[str, Any],
+    plausible,
+    manifest: dict[str, Any],
+) -> None:
+    """Give a view what a bundle of either layout records, once its training facts check."""
+    from vaeguard.timeseries.detector import channel_slots
+
     try:
         channel_slots(training, len(detector.input_channels))
     except DataError as exc:
-        raise BundleError(f"corrupt bundle at {path}: {exc}") from None
+        raise BundleError(f"corrupt bundle at {where}: {exc}") from None
     _set_model(detector, model)
-    detector.threshold_ = Threshold.from_dict(m["threshold"])
-    detector.baseline_ = np.asarray(w["calibration"]["baseline"], dtype="float64")
-    detector.score_reference_ = np.asarray(w["calibration"]["score_reference"], dtype="float64")
+    detector.threshold_ = threshold
+    detector.baseline_ = np.asarray(baseline, dtype="float64")
+    detector.score_reference_ = np.asarray(score_reference, dtype="float64")
     detector.training_info_ = training
-    plausible = w.get("plausible_range")
-    detector.plausible_range_ = None if plausible is None else PlausibleRange.from_dict(plausible)
+    detector.plausible_range_ = plausible
     # the checked manifest it was loaded from (the model file's SHA-256 names the model in
     # serving's state, inspect shows it)
-    detector.manifest_ = m
+    detector.manifest_ = manifest
 
 
 def _check_shape(detector, model, where: str, described_by: str) -> None:
@@ -332,23 +358,19 @@ def _load_legacy(path: Path, from_params: Callable[[dict[str, Any]], Any]):
 def _attach(detector, loaded, where: str) -> None:
     """Give a `WindowDetector` the model and calibration of a loaded bundle (or part)."""
     from vaeguard.thresholds import Threshold
-    from vaeguard.timeseries.detector import channel_slots
 
-    model = loaded.model_
-    _check_shape(detector, model, where, "window_mode")
-    _set_model(detector, model)
-    detector.threshold_ = Threshold.from_dict(loaded.threshold_rule_.to_dict())
-    detector.baseline_ = np.asarray(loaded.baseline_, dtype="float64")
-    detector.score_reference_ = np.asarray(loaded.score_reference_, dtype="float64")
-    try:
-        channel_slots(loaded.training_info_, len(detector.input_channels))
-    except DataError as exc:
-        raise BundleError(f"corrupt bundle at {where}: {exc}") from None
-    detector.training_info_ = dict(loaded.training_info_)
-    detector.plausible_range_ = getattr(loaded, "plausible_range_", None)
-    # the checked manifest it was loaded from, as a loaded `VAEDetector` keeps it (the model
-    # file's SHA-256 names the model in serving's state, inspect shows it)
-    detector.manifest_ = getattr(loaded, "manifest_", None) or {}
+    _check_shape(detector, loaded.model_, where, "window_mode")
+    _fill(
+        detector,
+        where,
+        model=loaded.model_,
+        threshold=Threshold.from_dict(loaded.threshold_rule_.to_dict()),
+        baseline=loaded.baseline_,
+        score_reference=loaded.score_reference_,
+        training=dict(loaded.training_info_),
+        plausible=getattr(loaded, "plausible_range_", None),
+        manifest=getattr(loaded, "manifest_", None) or {},
+    )
 
 
 def _views_from_legacy(vae_detector, where: str, from_params: Callable[[dict[str, Any]], Any]):

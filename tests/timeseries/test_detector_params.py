@@ -371,3 +371,10 @@ def test_dataclass_replace_of_the_likelihood_keeps_it_a_parameter():
     det.likelihood_spec = dataclasses.replace(det.likelihood_spec, budget=0.5)
     assert det.get_params()["likelihood"] == LikelihoodSpec(short=2, budget=0.5)
     assert det.resolved_params()["likelihood"]["budget"] == 0.5
+
+
+@pytest.mark.parametrize("name", ["beta", "min_log_var", "max_log_var", "learning_rate"])
+@pytest.mark.parametrize("value", [float("nan"), "NaN", float("inf"), "-Infinity"])
+def test_a_non_finite_training_number_is_refused(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        WindowDetector.from_config(**{name: value})

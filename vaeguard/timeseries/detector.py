@@ -111,6 +111,9 @@ def _check(p: dict[str, Any]) -> _Checked:
         "mc_samples": int(p["mc_samples"]),
         "score_slots": None if p["score_slots"] is None else int(p["score_slots"]),
     }
+    for name in ("beta", "min_log_var", "max_log_var", "learning_rate"):
+        if not math.isfinite(numbers[name]):
+            raise ValueError(f"{name} must be a finite number, got {p[name]!r}")
     likelihood = p["likelihood"]
     if isinstance(likelihood, dict):
         likelihood = LikelihoodSpec.from_dict(likelihood)

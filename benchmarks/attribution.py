@@ -369,8 +369,8 @@ def demo_streams(workload, quick: bool):
 
 
 def _items(records):
+    from vaeguard.records.serving import Inbound
     from vaeguard.scored import Source
-    from vaeguard.serving.base import Inbound
 
     return [
         Inbound(r, Source("demo.metrics", 0, i), r["key"].encode()) for i, r in enumerate(records)

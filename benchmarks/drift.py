@@ -96,7 +96,7 @@ def run(args) -> dict:
     from pyod.models.knn import KNN
 
     from vaeguard import VAEDetector
-    from vaeguard.detector import validation_split
+    from vaeguard.model.training import validation_split
     from vaeguard.thresholds import calibrate
 
     series = load_series(datasets_dir())

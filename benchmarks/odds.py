@@ -547,9 +547,9 @@ def cv_components(fit_params: dict[str, Any], x, y, seed: int) -> dict[str, Any]
     normalization is fitted exactly as `VAEDetector.fit` fits it.
     """
     from vaeguard import VAEDetector
-    from vaeguard.detector import validation_split
     from vaeguard.model.latent_knn import knn_distance
     from vaeguard.model.scoring import Scorer
+    from vaeguard.model.training import validation_split
 
     train, test = split(y, seed)
     params = dict(fit_params)

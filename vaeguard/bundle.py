@@ -349,6 +349,40 @@ def _check_window(path: Path, m: dict[str, Any]) -> None:
     _check_plausible_range(path, w.get("plausible_range"), n)
 
 
+def tabular_summary(m: dict[str, Any]) -> dict[str, Any]:
+    """What a tabular bundle does, as plain JSON data: its manifest without the calibration
+    samples and reference sets (which `--full` prints)."""
+    th = m["threshold"]
+    training = m.get("training") or {}
+    return {
+        "kind": "tabular",
+        "created_at": m.get("created_at"),
+        "versions": m.get("versions"),
+        "features": m["features"],
+        "conditions": m["conditions"],
+        "threshold": {
+            "value": th["value"],
+            "unit": "nats",
+            "method": th.get("method"),
+            "params": {k: v for k, v in (th.get("params") or {}).items() if is_scalar(v)},
+        },
+        "params": m.get("params"),
+        "training": {
+            k: training.get(k)
+            for k in ("rows", "train_rows", "validation_rows", "epochs_run", "best_val_loss")
+        },
+        "data": m.get("data_fingerprint"),
+        "model_file": m["model_file"],
+        "model_sha256": m["model_sha256"],
+        "verified": True,
+    }
+
+
+def is_scalar(value: Any) -> bool:
+    """A value a summary shows as it is (a threshold's parameters hold arrays too)."""
+    return value is None or isinstance(value, bool | int | float | str)
+
+
 def threshold_rule(detector) -> Any:
     """The threshold object a bundle records: a `VAEDetector`'s ``threshold_rule_`` (its
     ``threshold_`` is the number, as PyOD's), a window view's ``threshold_``."""

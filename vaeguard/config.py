@@ -617,7 +617,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _rows_wait_less_than_a_stall(self) -> Settings:
-        """A waiting row holds its partition's commit (`vaeguard.daemon.inputs`) until it has
+        """A waiting row holds its partition's commit (`vaeguard.records.inputs`) until it has
         waited input.max_wait_s and the next batch closes it: the stall detector must allow
         that, or it reports a partition that only waits for a row."""
         held = self.input.max_wait_s + self.scoring.batch_max_wait_ms / 1000

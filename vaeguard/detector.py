@@ -7,7 +7,6 @@ record travel with the model in a bundle (`save` / `load`).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import numbers
@@ -23,17 +22,17 @@ from vaeguard.data import feature_matrix
 from vaeguard.errors import BundleError, DataError, NotFittedError, VaeguardError
 from vaeguard.preprocessing import ConditionEncoder, RobustScaler
 from vaeguard.thresholds import (
+    REFERENCE_LEVELS,
     FollowingThreshold,
     Threshold,
     calibrate,
     check_probability,
+    contamination_threshold,
     is_budget,
 )
 
 #: Fewest rows `fit` accepts: below this neither training nor calibration means anything.
 MIN_TRAIN_ROWS = 16
-#: Quantile levels of the calibration scores kept in the bundle (reference for drift and severity).
-REFERENCE_LEVELS = np.linspace(0.0, 1.0, 101)
 #: Bounds of the data-relative latent size (``latent_dim="auto"``).
 AUTO_LATENT_MIN, AUTO_LATENT_MAX = 2, 16
 
@@ -292,6 +291,8 @@ class VAEDetector:
         `ConditionEncoder.fit`).
         """
         from vaeguard._quiet import import_keras
+        from vaeguard.model.counterfactual import PlausibleRange
+        from vaeguard.model.training import fingerprint, fit_inputs, same_shapes, validation_split
         from vaeguard.model.vae import VAE, KLWarmup
 
         keras = import_keras()
@@ -341,7 +342,7 @@ class VAEDetector:
         warm = init_from is not None and init_from.model_ is not None
         if warm and (
             init_from.model_.get_config() == model.get_config()
-            or _same_shapes(init_from.model_, model)
+            or same_shapes(init_from.model_, model)
         ):
             model.set_weights(init_from.model_.get_weights())
             model.kl_weight.assign(self.beta)
@@ -379,7 +380,7 @@ class VAEDetector:
         self.feature_names_ = names
         self.n_features_in_ = len(names)
         self.scaler_ = scaler
-        self.plausible_range_ = training_range(x_raw)
+        self.plausible_range_ = PlausibleRange.fit(x_raw)  # where expected values may lie
         self.conditions_ = condition_encoder
         self.history_ = {k: [float(v) for v in vs] for k, vs in history.history.items()}
         self.latent_knn_ = None
@@ -461,6 +462,18 @@ class VAEDetector:
             raise ValueError("validation_fraction must be in [0, 1)")
         if not (math.isfinite(self.knn_weight) and self.knn_weight >= 0):
             raise ValueError("knn_weight must be a finite number ≥ 0")
+        for name in ("beta", "min_log_var", "max_log_var", "learning_rate", "dropout"):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, numbers.Real)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.beta < 0 or self.learning_rate <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError("beta must be ≥ 0, learning_rate > 0 and dropout in [0, 1)")
+        if self.min_log_var >= self.max_log_var:
+            raise ValueError("min_log_var must be below max_log_var")
         if self.latent_dim != "auto" and (
             isinstance(self.latent_dim, bool | str) or int(self.latent_dim) < 1
         ):
@@ -915,21 +928,6 @@ class VAEDetector:
         return load_bundle(path)
 
 
-def training_range(x_raw: np.ndarray):
-    """The plausible range of expected values, from the training rows (user units)."""
-    from vaeguard.model.counterfactual import PlausibleRange
-
-    return PlausibleRange.fit(x_raw)
-
-
-def validation_split(n: int, fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, held-out rows) of `fit`: a seeded random ``fraction`` is held out for
-    early stopping and calibration (at least one row when ``fraction`` > 0)."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(n * fraction)) if fraction > 0 else 0
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
 def named_row(X, names: Sequence[str]):
     """A pandas Series whose labels hold every feature name (a row of a DataFrame:
     ``X.iloc[0]``, ``df.loc[key]``) as a one-row DataFrame, matched by name; anything else
@@ -942,12 +940,6 @@ def named_row(X, names: Sequence[str]):
     if len(set(labels)) != len(labels):
         raise DataError("a row's labels must be unique (a Series with a repeated label)")
     return X.to_frame().T.infer_objects()
-
-
-def contamination_threshold(scores: np.ndarray, contamination: float) -> Threshold:
-    """PyOD's threshold: the (1 − contamination) percentile of the training rows' scores."""
-    value = float(np.percentile(scores, 100.0 * (1.0 - contamination)))
-    return Threshold(value, "contamination", {"contamination": float(contamination)}, len(scores))
 
 
 def binomial_tail(k: int, n: int, p: np.ndarray) -> np.ndarray:
@@ -993,51 +985,6 @@ def _one_row(row, detector: VAEDetector):
     if hasattr(row, "iloc"):
         return row.iloc[:1]
     return arr[:1]
-
-
-def fit_inputs(train: dict, val: dict | None, *, batch_size: int, seed: int | None) -> dict:
-    """Data arguments for `keras.Model.fit`: training batches reshuffled every epoch.
-
-    On the TensorFlow backend they are `tf.data` pipelines: Keras' NumPy adapter rebuilds its
-    pipeline every epoch, which costs more than the epoch itself on small tables (fits were
-    3-5× slower). Other backends get the arrays and Keras' own batching.
-    """
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        validation = None if val is None else (val,)
-        return {
-            "x": train,
-            "validation_data": validation,
-            "batch_size": batch_size,
-            "shuffle": True,
-        }
-    import tensorflow as tf
-
-    data = tf.data.Dataset.from_tensor_slices(train)
-    data = data.shuffle(len(train["x"]), seed=seed, reshuffle_each_iteration=True)
-    validation = None
-    if val is not None:
-        validation = tf.data.Dataset.from_tensor_slices(val).batch(4096)
-    # shuffle=False only tells Keras not to expect to shuffle: the pipeline reshuffles itself.
-    return {
-        "x": data.batch(batch_size).prefetch(2),
-        "validation_data": validation,
-        "shuffle": False,
-    }
-
-
-def _same_shapes(a, b) -> bool:
-    wa, wb = a.get_weights(), b.get_weights()
-    return len(wa) == len(wb) and all(x.shape == y.shape for x, y in zip(wa, wb, strict=True))
-
-
-def fingerprint(x: np.ndarray, c: np.ndarray | None = None) -> dict[str, Any]:
-    """Row count and SHA-256 of the training data, to tell which data a model learned from."""
-    h = hashlib.sha256(np.ascontiguousarray(x, dtype="float64").tobytes())
-    if c is not None:
-        h.update(np.ascontiguousarray(c, dtype="float32").tobytes())
-    return {"rows": int(x.shape[0]), "sha256": h.hexdigest()}
 
 
 def load_bundle(path) -> VAEDetector:

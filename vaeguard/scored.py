@@ -11,7 +11,8 @@ class Source(NamedTuple):
     """Where a record came from: the coordinates that make replays and dedup possible.
 
     A named tuple, not a frozen dataclass: the daemon makes one per record, and a frozen
-    dataclass costs ~0.7 µs to build (its ``__init__`` goes through ``object.__setattr__``)."""
+    dataclass costs several times more to build (its ``__init__`` goes through
+    ``object.__setattr__``)."""
 
     topic: str
     partition: int

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vaeguard.errors import DataError
-from vaeguard.ingest import Reason, Rejection, loads
+from vaeguard.ingest import Reason, Rejection, loads, to_number
 
 FORMATS = ("csv", "jsonl")
 
@@ -200,3 +200,17 @@ def csv_text(header: list[str], rows: Iterable[list[Any]]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def is_text_column(values: list[Any]) -> bool:
+    """True when no cell of the column is a number by the records' rule (`to_number`, a
+    non-finite one included): a label or name column, not bad data. Booleans do not count."""
+    for value in values:
+        if isinstance(value, bool):
+            continue
+        number = to_number(value, "cell")
+        if isinstance(number, float) or (
+            isinstance(number, Rejection) and number.reason is Reason.NON_FINITE
+        ):
+            return False
+    return True

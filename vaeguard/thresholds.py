@@ -60,6 +60,10 @@ class Threshold:
         )
 
 
+#: Quantile levels of the calibration scores kept in a bundle (reference for drift and severity).
+REFERENCE_LEVELS = np.linspace(0.0, 1.0, 101)
+
+
 def _clean(scores) -> np.ndarray:
     s = np.asarray(scores, dtype="float64").ravel()
     if s.size == 0:
@@ -84,6 +88,13 @@ def quantile_threshold(scores, target_fpr: float = 0.01) -> Threshold:
     s = _clean(scores)
     value = float(np.quantile(s, 1.0 - target_fpr, method="higher"))
     return Threshold(value, "quantile", {"target_fpr": target_fpr}, int(s.size))
+
+
+def contamination_threshold(scores, contamination: float) -> Threshold:
+    """PyOD's threshold: the (1 − contamination) percentile of the training rows' scores."""
+    scores = np.asarray(scores, dtype="float64")
+    value = float(np.percentile(scores, 100.0 * (1.0 - contamination)))
+    return Threshold(value, "contamination", {"contamination": float(contamination)}, len(scores))
 
 
 def spot_threshold(scores, risk: float = 1e-3, init_level: float = 0.98) -> Threshold:

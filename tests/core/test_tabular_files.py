@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from vaeguard.tabular_files import (
     csv_header,
+    is_text_column,
     iter_raw_rows,
     json_text_size,
     read_records,
@@ -62,3 +63,27 @@ def test_a_csv_rows_size_is_its_json_texts(row):
     """`vaeguard score` holds a CSV row to --max-record-bytes by the size of the JSON text the
     daemon would receive for it, counted without writing the text."""
     assert json_text_size(row) == len(json.dumps(row).encode())
+
+
+@pytest.mark.parametrize(
+    ("cells", "text"),
+    [
+        (["web-1", "db", None, ""], True),
+        (["web-1", "12.5"], False),  # one number makes it a (partly bad) number column
+        ([" 3 ", "1e3"], False),
+        (["nan", "inf"], False),  # numbers, if not finite: refused by name when trained on
+        (["1_000", "12,5", "0x10"], True),  # not numbers by the records' rule
+        ([True, False], True),  # booleans do not make a feature column on their own
+        ([{"a": 1}, [1]], True),
+        ([7], False),
+    ],
+)
+def test_a_text_column_is_one_with_no_cell_the_records_rule_reads_as_a_number(cells, text):
+    """`vaeguard train` leaves text columns out of the features: the same rule as every
+    record path decides what a number is (`ingest.to_number`)."""
+    assert is_text_column(cells) is text
+
+
+@given(st.lists(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)))
+def test_any_column_is_text_or_not_without_raising(cells):
+    assert is_text_column(cells) in (True, False)

@@ -21,8 +21,8 @@ from tests.daemon.conftest import (
 from vaeguard.config import load_settings
 from vaeguard.daemon import metrics
 from vaeguard.daemon.app import Daemon
-from vaeguard.daemon.inputs import InputStage
 from vaeguard.input_formats import InputSpec
+from vaeguard.records.inputs import InputStage
 
 T0 = 1_764_979_200  # 2025-12-06T00:00:00Z
 N_ROWS = 6

@@ -220,8 +220,8 @@ def test_a_record_the_producer_refuses_is_one_dead_letter_and_never_retried(
     from vaeguard.config import load_settings
     from vaeguard.daemon import pipeline as pipeline_module
     from vaeguard.daemon.pipeline import Pipeline, Shutdown
-    from vaeguard.daemon.records import DeadLetter, dlq_output
     from vaeguard.ingest import Reason, Rejection
+    from vaeguard.records.wire import DeadLetter, dlq_output
 
     bs = broker.bootstrap_servers
     group = unique("refused")

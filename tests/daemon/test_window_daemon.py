@@ -241,7 +241,7 @@ def test_a_shift_in_one_metric_is_explained_by_that_metric_and_its_slots(trained
     from dataclasses import replace
 
     from vaeguard.apps.online import as_records, step_settings
-    from vaeguard.daemon.batch import process
+    from vaeguard.records.batch import process
     from vaeguard.serving import load_serving
 
     records = host_points(300, 40, seed=4)
@@ -474,7 +474,7 @@ def test_the_daemon_learns_online_and_loses_nothing(broker, tmp_path):
     move), every record is scored once, and a restart does not judge the bundle's scores
     against histories built by a refitted model."""
     from vaeguard.apps.online import as_records, step_settings
-    from vaeguard.daemon.batch import process
+    from vaeguard.records.batch import process
     from vaeguard.serving import load_serving
 
     data = tmp_path / "train.jsonl"

@@ -37,8 +37,9 @@ def test_the_quantile_threshold_targets_its_rate(normal_data):
     assert 0.002 < fpr < 0.03
 
 
-def test_a_small_budget_reaches_beyond_the_calibration_rows(fitted):
+def test_a_small_budget_reaches_beyond_the_calibration_rows(fitted, tmp_path):
     """A budget of 1 in 10,000 rows from 600 calibration rows: the fitted tail extrapolates."""
+    fitted = VAEDetector.load(_saved(fitted, tmp_path))  # the session's detector stays as it is
     threshold = fitted.calibrate(make_normal_data(600, seed=31, n_features=5), budget=0.1)
     assert threshold.method == "budget"
     fpr = fitted.predict(make_normal_data(50000, seed=32, n_features=5)).mean()
@@ -221,6 +222,24 @@ def test_fit_rejects_too_little_or_bad_data():
         VAEDetector(**FAST).fit(bad)
     with pytest.raises(ValueError, match="threshold_method"):
         VAEDetector(threshold_method="magic").fit(np.zeros((100, 2)))
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "message"),
+    [
+        ("beta", float("nan"), "beta must be a finite number"),
+        ("learning_rate", float("inf"), "learning_rate must be a finite number"),
+        ("min_log_var", float("-inf"), "min_log_var must be a finite number"),
+        ("dropout", "0.1", "dropout must be a finite number"),
+        ("beta", -1.0, "beta must be ≥ 0"),
+        ("learning_rate", 0.0, "learning_rate > 0"),
+        ("max_log_var", -4.0, "min_log_var must be below max_log_var"),
+    ],
+)
+def test_fit_refuses_a_parameter_that_would_train_on_nonsense(param, value, message):
+    """Checked before any training: a NaN beta or learning rate would train to NaN weights."""
+    with pytest.raises(ValueError, match=message):
+        VAEDetector(**{**FAST, param: value}).fit(np.zeros((100, 2)))
 
 
 def test_unfitted_detector_says_so():

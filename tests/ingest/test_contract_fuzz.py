@@ -225,7 +225,7 @@ Message = namedtuple("Message", "topic partition offset key value headers timest
 @given(st.lists(st.one_of(st.binary(max_size=80), json_texts(), records.map(lambda r: json.dumps(r[0] if r else {}).encode())), min_size=1, max_size=10))  # fmt: skip
 def test_the_batch_step_never_raises(small_bundle, values):
     """Arbitrary message values through a real model: every offset is scored or dead-lettered."""
-    from vaeguard.daemon.batch import StepSettings, process
+    from vaeguard.records.batch import StepSettings, process
     from vaeguard.serving import load_serving
     from vaeguard.severity import DEFAULT_BANDS
 

@@ -74,8 +74,8 @@ def cvae(tmp_path_factory):
 
 def test_a_condition_from_a_tag_trains_and_scores(cvae):
     from vaeguard.config import load_settings
-    from vaeguard.daemon.batch import StepSettings, process
-    from vaeguard.daemon.inputs import InputStage
+    from vaeguard.records.batch import StepSettings, process
+    from vaeguard.records.inputs import InputStage
     from vaeguard.serving import load_serving
     from vaeguard.severity import DEFAULT_BANDS
 

@@ -447,8 +447,8 @@ _STAGES: dict = {}
 def test_the_batch_step_with_an_input_format_never_raises(small_bundle, fmt):
     """Arbitrary messages of a format through the daemon's batch step and a real model: score
     records and dead letters with the contract's reasons, never an exception."""
-    from vaeguard.daemon.batch import StepSettings, process
-    from vaeguard.daemon.inputs import InputStage
+    from vaeguard.records.batch import StepSettings, process
+    from vaeguard.records.inputs import InputStage
     from vaeguard.serving import load_serving
     from vaeguard.severity import DEFAULT_BANDS
 

@@ -1,4 +1,5 @@
-"""The daemon, retraining and `vaeguard score` accept and reject exactly the same records."""
+"""The daemon, retraining, `vaeguard score`, training files, the Python API, replay and the NAB
+reader accept and reject exactly the same records and values."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_the_table_is_one_line_per_record():
 
 @pytest.fixture(scope="module")
 def daemon_view(small_bundle):
-    from vaeguard.daemon.batch import StepSettings, process
+    from vaeguard.records.batch import StepSettings, process
     from vaeguard.serving import load_serving
     from vaeguard.severity import DEFAULT_BANDS
 
@@ -92,8 +93,8 @@ def test_retraining_reads_what_the_daemon_scores(small_bundle, daemon_view):
     from vaeguard.ingest import Rejection
     from vaeguard.registry import ModelRegistry
     from vaeguard.retrain.job import RetrainJob
+    from vaeguard.retrain.recent import RecentData
     from vaeguard.retrain.settings import RetrainSettings
-    from vaeguard.retrain.window import WindowData
 
     current = VAEDetector.load(small_bundle)
     job = RetrainJob(
@@ -105,7 +106,7 @@ def test_retraining_reads_what_the_daemon_scores(small_bundle, daemon_view):
         if isinstance(record, Rejection):
             outcomes.append(str(record.reason))
             continue
-        x, _, skipped = job._table(current, WindowData(records=[record]))
+        x, _, skipped = job._table(current, RecentData(records=[record]))
         outcomes.append("scored" if x.shape[0] == 1 else next(iter(skipped)))
     assert outcomes == daemon_view
 
@@ -242,6 +243,31 @@ def test_a_table_cell_is_read_exactly_when_a_record_field_is(cell):
         assert got == (expected if isinstance(expected, float) else None), (cell, expected)
 
 
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(max_size=12) | st.sampled_from(["1_000", " 3 ", "-7", "1e3", "nan", "٣"]))
+def test_the_nab_reader_reads_a_value_exactly_when_the_daemon_would(text, tmp_path):
+    """`vaeguard nab` reads a series' value cell as the number a record field would give, and
+    refuses the file (a DataError naming the line) where the daemon would refuse the field."""
+    import csv
+
+    from vaeguard.apps.nab import read_series
+    from vaeguard.errors import DataError
+    from vaeguard.ingest import to_number
+
+    path = tmp_path / "series.csv"
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogatepass") as f:
+        csv.writer(f).writerows([["timestamp", "value"], ["2026-12-01 00:00:00", text]])
+    expected = to_number(text, "value")
+    try:
+        _, values = read_series(path)
+    except DataError as exc:
+        assert not isinstance(expected, float), (text, str(exc))
+        return
+    assert isinstance(expected, float) and to_number(values[0], "value") == expected
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=12) | st.sampled_from(["1_000", " 3 ", "-7", "1e3", "nan", "12,5"]))
 def test_replay_turns_a_csv_cell_into_a_number_exactly_when_the_daemon_would_read_one(text):
@@ -295,7 +321,7 @@ PY_TABLE = [
 
 
 def _run(serving, items):
-    from vaeguard.daemon.batch import StepSettings, process
+    from vaeguard.records.batch import StepSettings, process
     from vaeguard.severity import DEFAULT_BANDS
     from vaeguard.sources import source_of
 

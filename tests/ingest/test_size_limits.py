@@ -89,8 +89,8 @@ Message = namedtuple("Message", "topic partition offset key value headers timest
 @given(st.lists(st.tuples(keys, header_lists, entities), min_size=1, max_size=8))
 def test_the_batch_step_accounts_for_every_key_entity_and_header(small_bundle, messages):
     """Through a real model: each offset is scored or dead-lettered, and each output fits."""
-    from vaeguard.daemon.batch import StepSettings, process
-    from vaeguard.daemon.records import record_size
+    from vaeguard.records.batch import StepSettings, process
+    from vaeguard.records.wire import record_size
     from vaeguard.serving import load_serving
     from vaeguard.severity import DEFAULT_BANDS
 

@@ -17,8 +17,8 @@ from vaeguard.ingest import decode
 from vaeguard.preprocessing import ConditionColumn, ConditionEncoder
 from vaeguard.registry import ModelRegistry
 from vaeguard.retrain.job import RetrainJob
+from vaeguard.retrain.recent import RecentRecords, read_recent
 from vaeguard.retrain.settings import RetrainSettings
-from vaeguard.retrain.window import RecentRecords, read_window
 
 # -- the window: most recent records within max_records and max_bytes ---------------------------
 
@@ -71,7 +71,7 @@ def test_the_reader_keeps_at_most_max_bytes_of_the_most_recent_records(broker):
     rows = [{"i": i, "pad": "x" * 1000} for i in range(300)]
     size = len(json.dumps(rows[0]).encode())  # every row is within a byte of this
     produce_rows(broker, topic, rows)
-    window = read_window(
+    window = read_recent(
         {"bootstrap_servers": broker.bootstrap_servers},
         [topic],
         window_s=3600,

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 from tests.retrain.conftest import topic_name
 from vaeguard.input_formats import InputSpec
 from vaeguard.retrain.job import RetrainJob
+from vaeguard.retrain.recent import read_recent
 from vaeguard.retrain.settings import RetrainSettings
-from vaeguard.retrain.window import read_window
 
 
 def test_the_retraining_window_is_read_in_the_input_format(broker):
@@ -36,7 +36,7 @@ def test_the_retraining_window_is_read_in_the_input_format(broker):
         input_spec=InputSpec(format="prometheus", entity=("labels.instance",)),
     )
     current = SimpleNamespace(feature_names_=["a", "b"], conditions_=SimpleNamespace(names=[]))
-    window = read_window(
+    window = read_recent(
         {"bootstrap_servers": broker.bootstrap_servers},
         [topic],
         window_s=3600,

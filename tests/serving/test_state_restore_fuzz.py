@@ -287,7 +287,7 @@ def check_valid(serving) -> None:
         s = entity.scaler
         assert np.isfinite([s.count, s.mean, s.var]).all() and (s.var >= 0).all()
         assert isinstance(entity.end, int)
-    from vaeguard.daemon.batch import process
+    from vaeguard.records.batch import process
 
     # points after the entity's latest restored one: scored or buffered, never "late" (a
     # restored slot beyond its latest point would stall the entity for good)

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import make_normal_data
+from vaeguard.records.serving import Inbound
 from vaeguard.scored import Source
-from vaeguard.serving.base import Inbound
 from vaeguard.serving.explain import top_contributions
 from vaeguard.serving.tabular import TabularServing
 

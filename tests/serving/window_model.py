@@ -68,7 +68,7 @@ def window_bundle() -> Path:
 @functools.cache
 def _snapshot_text() -> str:
     from vaeguard.apps.online import TOPIC, as_records, step_settings
-    from vaeguard.daemon.batch import process
+    from vaeguard.records.batch import process
     from vaeguard.serving import load_serving
 
     serving = load_serving(window_bundle(), "v1")

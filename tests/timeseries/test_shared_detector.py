@@ -87,7 +87,7 @@ def test_the_runner_learns_online_with_two_views(learned):
 def test_the_daemon_gives_the_same_outputs_for_the_bundle_the_runner_trained(
     learned, tmp_path, batch
 ):
-    from vaeguard.daemon.batch import process
+    from vaeguard.records.batch import process
     from vaeguard.serving import load_serving
 
     views, result = learned
@@ -156,7 +156,7 @@ def test_the_daemon_step_refits_online_where_the_runner_does(batch):
     other batch sizes (that end on the due rows), the same first model refits on the same rows
     with the same windows and gives the runner's outputs."""
     from vaeguard.apps.nab import NAB_PARAMS
-    from vaeguard.daemon.batch import process
+    from vaeguard.records.batch import process
     from vaeguard.serving.window import WindowServing
 
     params = merge_config(
@@ -200,7 +200,7 @@ def test_a_window_model_keeps_one_state_per_message_key(learned, tmp_path):
     """Records that name their entity only by the Kafka message key (as a keyed producer
     sends them) are one entity per key, exactly as the same records with the key in the
     value: the entity rule of a tabular model."""
-    from vaeguard.daemon.batch import process
+    from vaeguard.records.batch import process
     from vaeguard.serving import load_serving
 
     views, _ = learned
@@ -234,7 +234,7 @@ def test_a_window_model_keeps_one_state_per_message_key(learned, tmp_path):
 def test_a_window_record_says_what_its_threshold_applies_to(learned, tmp_path):
     """The record keeps the raw score (nats) while the likelihood decides: ``threshold`` is a
     level of ``anomaly_likelihood``, and the record says so."""
-    from vaeguard.daemon.batch import process
+    from vaeguard.records.batch import process
     from vaeguard.serving import load_serving
 
     views, _ = learned

@@ -172,7 +172,10 @@ def score_series(series: Series, params: dict[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     stamps, values = read_series(series.path)
-    records = [{"ts": s, "value": float(v)} for s, v in zip(stamps, values, strict=True)]
+    # (read_series has checked that every value reads as a number by the records' rule)
+    records = [
+        {"ts": s, "value": to_number(v, "value")} for s, v in zip(stamps, values, strict=True)
+    ]
     result = run_online(params, records, first_fit=probation_rows(len(records)))
     return {
         "series": series,

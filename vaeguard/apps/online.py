@@ -6,7 +6,7 @@ do: nothing is known up front, so
 1. at the end of the probationary period (row ``first_fit``) the detector (`ViewSet`) trains
    on the windows of the rows seen so far, as ``vaeguard train-window`` would;
 2. every row, from the first, then goes through the daemon's batch step
-   (`vaeguard.daemon.batch.process`) and its window-mode serving object
+   (`vaeguard.records.batch.process`) and its window-mode serving object
    (`vaeguard.serving.window.WindowServing`): the same decoding, featurizer, views, likelihood
    and suppression as ``vaeguard run``. Replaying the probationary rows builds the per-entity
    state (windows, scales, seasonal history); the likelihood histories then restart, so, as in
@@ -79,7 +79,7 @@ def training_points(n: int, first_fit: int, growth: float | None, max_gap: int |
 
 
 def step_settings():
-    from vaeguard.daemon.batch import StepSettings
+    from vaeguard.records.batch import StepSettings
 
     return StepSettings(
         output_topic=f"{TOPIC}.scores",
@@ -106,7 +106,7 @@ def run_online(
     chunk: int = CHUNK,
 ) -> OnlineResult:
     """Score every record causally, learning from nothing (see the module docstring)."""
-    from vaeguard.daemon.batch import process
+    from vaeguard.records.batch import process
     from vaeguard.serving.window import WindowServing
 
     if isinstance(views, dict):

@@ -42,6 +42,17 @@ def usage(message: str, option: str | None = None) -> Exception:
     return _cx.UsageError(message)
 
 
+def json_option(path: Path | None, option: str) -> Any:
+    """The JSON value in the file an option names (None without one); an unreadable file or
+    text that is not JSON is a usage error naming the option."""
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise usage(f"{path}: not a readable JSON file ({exc})", option) from None
+
+
 def is_stdio(path: Path | str | None) -> bool:
     return path is not None and str(path) == STDIO
 

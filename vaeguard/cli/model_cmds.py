@@ -26,7 +26,7 @@ from vaeguard.cli._common import (
     write_output,
 )
 from vaeguard.errors import DataError
-from vaeguard.tabular_files import csv_text, jsonl_text
+from vaeguard.tabular_files import csv_text, is_text_column, jsonl_text
 
 #: Columns with these names are record metadata, never features unless asked for explicitly.
 RESERVED = ("key", "ts", "timestamp")
@@ -46,21 +46,6 @@ def _same(a: Any, b: str) -> bool:
     if isinstance(a, float) and a.is_integer():
         a = int(a)
     return str(a).strip() == b.strip()
-
-
-def _is_text_column(values: list[Any]) -> bool:
-    """True when no cell of the column reads as a number (a label or name column, not bad data)."""
-    for value in values:
-        if value is None or isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            return False
-        try:
-            float(str(value))
-            return False
-        except ValueError:
-            continue
-    return True
 
 
 def _load_table(path: Path) -> dict[str, list[Any]]:
@@ -221,7 +206,7 @@ def train(
     if feature_names is None:
         excluded = {label_column, *condition_names, *RESERVED}
         candidates = [c for c in table if c not in excluded]
-        text = [c for c in candidates if _is_text_column(table[c])]
+        text = [c for c in candidates if is_text_column(table[c])]
         if text:
             console.print(
                 f"ignoring text column(s) {', '.join(text)}: name them with --conditions to condition on them"
@@ -405,7 +390,7 @@ def score(
     bundle, version = model_path(model)
     check_kind(bundle, "score", ("tabular", "window"))
 
-    from vaeguard.daemon.batch import StepSettings, process
+    from vaeguard.records.batch import StepSettings, process
     from vaeguard.scored import Source
     from vaeguard.serving import load_serving
     from vaeguard.severity import DEFAULT_BANDS
@@ -725,7 +710,7 @@ def inspect(
     ),
 ) -> None:
     """Validate a bundle and show what it holds."""
-    from vaeguard.bundle import load_any
+    from vaeguard.bundle import is_scalar, load_any, tabular_summary
     from vaeguard.timeseries.views import ViewSet
 
     model, _ = model_path(model)
@@ -737,10 +722,10 @@ def inspect(
         typer.echo(json.dumps(m, indent=2))
         return
     if as_json and views is None:
-        typer.echo(json.dumps({"bundle": str(model), **_tabular_summary(m)}, indent=2))
+        typer.echo(json.dumps({"bundle": str(model), **tabular_summary(m)}, indent=2))
         return
     if views is not None:
-        summary = _window_summary(views)
+        summary = views.summary()
         if as_json:
             typer.echo(json.dumps({"bundle": str(model), **summary}, indent=2))
         else:
@@ -761,7 +746,7 @@ def inspect(
     t.add_row("features", escape(", ".join(m["features"])))
     if m["conditions"]:
         t.add_row("conditions", ", ".join(f"{c['name']} ({c['kind']})" for c in m["conditions"]))
-    shown = ", ".join(f"{k}={v}" for k, v in th["params"].items() if _scalar(v))
+    shown = ", ".join(f"{k}={v}" for k, v in th["params"].items() if is_scalar(v))
     t.add_row("threshold", escape(f"{th['value']:.4f} nats ({th['method']}; {shown})"))
     p = m["params"]
     t.add_row(
@@ -779,107 +764,6 @@ def inspect(
     t.add_row("data", f"{fp.get('rows')} rows, sha256 {str(fp.get('sha256', ''))[:16]}…")
     t.add_row("model file", f"{m['model_file']} sha256 {m['model_sha256'][:16]}… (verified)")
     Console().print(t)
-
-
-def _tabular_summary(m: dict[str, Any]) -> dict[str, Any]:
-    """What a tabular bundle does, as plain JSON data: its manifest without the calibration
-    samples and reference sets (which `--full` prints)."""
-    th = m["threshold"]
-    training = m.get("training") or {}
-    return {
-        "kind": "tabular",
-        "created_at": m.get("created_at"),
-        "versions": m.get("versions"),
-        "features": m["features"],
-        "conditions": m["conditions"],
-        "threshold": {
-            "value": th["value"],
-            "unit": "nats",
-            "method": th.get("method"),
-            "params": {k: v for k, v in (th.get("params") or {}).items() if _scalar(v)},
-        },
-        "params": m.get("params"),
-        "training": {
-            k: training.get(k)
-            for k in ("rows", "train_rows", "validation_rows", "epochs_run", "best_val_loss")
-        },
-        "data": m.get("data_fingerprint"),
-        "model_file": m["model_file"],
-        "model_sha256": m["model_sha256"],
-        "verified": True,
-    }
-
-
-#: What `train-window` records about the data, the same in every view's ``training`` section.
-_WINDOW_DATA_FACTS = ("train_rows", "entities", "late_points_skipped", "training_data")
-#: What each view's last fit and calibration record.
-_WINDOW_FIT_FACTS = ("windows", "epochs_run", "warm_start", "calibration_windows")
-
-
-def _window_summary(views) -> dict[str, Any]:
-    """What a window-mode bundle does, as plain JSON data: the shared window, each view (its
-    channels, model, unlearned channels, calibration, verified model file), what decides an
-    alert, the likelihood, the online-learning schedule and the training facts it records.
-
-    ``views`` is the loaded bundle (`load_any`: model files and parts verified, each view
-    keeping its manifest); a fact the bundle does not record is None (older bundles).
-    """
-    from vaeguard.timeseries.detector import CHANNEL_SLOTS, MIN_TRAIN_WINDOWS, channel_slots
-    from vaeguard.timeseries.views import VIEW_FIELDS
-
-    m = views.primary.manifest_
-    info = dict(views.primary.training_info_)
-    out_views = []
-    for k, view in enumerate(views.views):
-        pm = view.manifest_
-        prefix = "" if k == 0 else f"views/{k}/"
-        slots = channel_slots(dict(view.training_info_), len(view.input_channels))
-        th = view.threshold_
-        out_views.append(
-            {
-                "part": None if k == 0 else f"views/{k}",
-                **{f: v for f, v in view.resolved_params().items() if f in VIEW_FIELDS},
-                "unlearned_channels": None if slots is None else list(view.unlearned_channels),
-                CHANNEL_SLOTS: slots,
-                "slots_needed": MIN_TRAIN_WINDOWS * views.spec.window,
-                "threshold": {
-                    "value": float(th.value),
-                    "unit": "nats",
-                    "method": th.method,
-                    "params": {k_: v for k_, v in th.params.items() if _scalar(v)},
-                },
-                "training": {f: view.training_info_.get(f) for f in _WINDOW_FIT_FACTS},
-                "model_file": prefix + str(pm["model_file"]),
-                "model_sha256": pm["model_sha256"],
-                "verified": True,
-            }
-        )
-    lk = views.likelihood_spec
-    if lk is not None and lk.alert is not None:
-        alerts = {"decided_by": "likelihood", "level": lk.alert}
-    else:
-        alerts = {
-            "decided_by": "view threshold",
-            "view": 0,
-            "level": float(views.primary.threshold_.value),
-        }
-    return {
-        "kind": "window",
-        "created_at": m.get("created_at"),
-        "versions": m.get("versions"),
-        "window": views.spec.to_dict(),
-        "alerts": alerts,
-        "likelihood": None if lk is None else lk.to_dict(),
-        "schedule": dict(views.schedule),
-        "views": out_views,
-        "training": {
-            f: info.get(f) for f in (*_WINDOW_DATA_FACTS, "windows", "calibration_windows")
-        },
-    }
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
 
 
 def _known(value: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -36,14 +35,9 @@ def nab(
     Labels for the ``label`` column come from a combined_labels.json in DATA_DIR or above it.
     """
     from vaeguard.apps.nab import merged_params, run_nab
-    from vaeguard.cli._common import print_json, usage
+    from vaeguard.cli._common import json_option, print_json, usage
 
-    overrides = None
-    if params is not None:
-        try:
-            overrides = json.loads(params.read_text())
-        except (OSError, ValueError) as exc:
-            raise usage(f"{params}: not a readable JSON file ({exc})", "--params") from None
+    overrides = json_option(params, "--params")
     try:
         config = merged_params(overrides)
     except ConfigError:

@@ -63,8 +63,7 @@ def show(
     ),
 ) -> None:
     """A version's lineage and what its bundle holds (validated), as JSON."""
-    from vaeguard.bundle import model_kind, read_manifest
-    from vaeguard.cli.model_cmds import _tabular_summary
+    from vaeguard.bundle import model_kind, read_manifest, tabular_summary
 
     reg = _open(registry)
     info = reg.info(version)
@@ -73,7 +72,7 @@ def show(
     if full:
         shown["manifest"] = manifest
     elif model_kind(manifest) == "tabular":
-        shown["bundle"] = _tabular_summary(manifest)
+        shown["bundle"] = tabular_summary(manifest)
     else:
         shown["bundle"] = _trimmed(manifest)
     typer.echo(json.dumps(shown, indent=2))

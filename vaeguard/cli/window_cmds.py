@@ -18,7 +18,13 @@ from pathlib import Path
 import typer
 
 from vaeguard.cli import input_files
-from vaeguard.cli._common import check_destinations, input_file, print_json, usage
+from vaeguard.cli._common import (
+    check_destinations,
+    input_file,
+    json_option,
+    print_json,
+    usage,
+)
 from vaeguard.errors import DataError
 
 #: Featurizer rejections that are the data's fault (a late point is only skipped).
@@ -178,14 +184,7 @@ def train_window(
     if config is not None:
         console.print("vaeguard: warning: --config is now --params (JSON detector overrides)")
     params = params if params is not None else config
-    overrides = None
-    if params is not None:
-        import json
-
-        try:
-            overrides = json.loads(params.read_text())
-        except (OSError, ValueError) as exc:
-            raise usage(f"{params}: not a readable JSON file ({exc})", "--params") from None
+    overrides = json_option(params, "--params")
     detector = _configured(
         overrides,
         metrics=tuple(_names(metrics, "--metrics")),

@@ -1,7 +1,7 @@
 """The daemon's Kafka side: poll → batch step → produce → flush → alert → checkpoint / commit.
 
 One thread, one batch at a time. What happens to the records of a batch (decode, featurize,
-score, dead letters) is the pure batch step (`vaeguard.daemon.batch`), which no record can make
+score, dead letters) is the pure batch step (`vaeguard.records.batch`), which no record can make
 raise; when offsets are committed is the checkpoint policy (`vaeguard.daemon.checkpoint`). A batch's offsets are committed only after every score record
 and dead letter of the batch is acknowledged by the broker (acks=all) and the alert layer has
 accepted its records, so a crash at any moment replays what was not finished (at-least-once)
@@ -33,17 +33,17 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 from vaeguard.config import Settings
-from vaeguard.daemon import batch as batch_step
 from vaeguard.daemon import metrics
 from vaeguard.daemon.checkpoint import Checkpoint, StateStore, state_key
-from vaeguard.daemon.inputs import InputStage
 from vaeguard.daemon.logs import kafka_client_error, watch_kafka_client_errors
 from vaeguard.daemon.model_provider import ActiveModel, ModelProvider
-from vaeguard.daemon.records import DeadLetter, Output, dlq_minimal, dlq_output
 from vaeguard.daemon.stall import StallDetector
 from vaeguard.errors import ConfigError
 from vaeguard.errors import ShutdownExpired as ShutdownExpired
 from vaeguard.ingest import STAGE_PRODUCE, Reason, Rejection, short_detail
+from vaeguard.records import batch as batch_step
+from vaeguard.records.inputs import InputStage
+from vaeguard.records.wire import DeadLetter, Output, dlq_minimal, dlq_output
 from vaeguard.scored import ScoredRecord
 
 log = logging.getLogger("vaeguard.daemon")

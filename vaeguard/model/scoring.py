@@ -21,9 +21,9 @@ from keras import ops
 from vaeguard.model.losses import gaussian_nll
 
 #: Padded batch sizes: a compiled scorer sees only these shapes (JAX compiles one program per
-#: shape). Doubling from 64 up: one call of about the batch's size is about twice as fast per
-#: row as the same rows in 512-row calls, and a batch is never padded to much more than its
-#: size (with factor-8 steps the daemon's 2,000-row batch was scored as 4,096 rows).
+#: shape). Doubling from 64 up: one call of about the batch's size is faster per row than the
+#: same rows in 512-row calls (benchmarks/RESULTS-throughput.md), and a batch is never padded to
+#: much more than its size (factor-8 steps would score a 2,000-row batch as 4,096 rows).
 BUCKETS = (1, 8, 64, 128, 256, 512, 1024, 2048, 4096)
 #: A remainder this small is padded up to its bucket rather than split further.
 _SMALL = 64
@@ -117,8 +117,8 @@ def compile_function(fn, model):
     size, traced once. Left to reduce_retracing it traced static graphs for the first sizes it
     saw and a shape-relaxed one later, so which graph scored a batch depended on the sizes the
     instance happened to see before, and the two kinds round the last bit of float32
-    differently (a reloaded model scored 1 row in 9 of a batch one ulp apart from the model it
-    was saved from)."""
+    differently (a reloaded model scored some rows one ulp apart from the model it was saved
+    from)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf

@@ -24,8 +24,8 @@ from vaeguard.ingest import Rejection, check_entity, decode
 from vaeguard.input_formats import InputReader, InputSpec
 from vaeguard.registry import ModelRegistry
 from vaeguard.retrain.gate import check_candidate
+from vaeguard.retrain.recent import RecentData, read_recent
 from vaeguard.retrain.settings import RetrainSettings
-from vaeguard.retrain.window import WindowData, read_window
 
 log = logging.getLogger("vaeguard.retrain")
 
@@ -186,7 +186,7 @@ class RetrainJob:
                 "covers row models only; retrain it from scratch with `vaeguard train-window "
                 "--registry` instead"
             )
-        window = read_window(
+        window = read_recent(
             self.kafka_config,
             self.topics,
             window_s=s.window_seconds,
@@ -286,7 +286,7 @@ class RetrainJob:
         return RetrainOutcome("promoted", current_name, version, metrics=metrics, window=info)
 
     @staticmethod
-    def _table(current, window: WindowData):
+    def _table(current, window: RecentData):
         """Feature matrix (records the daemon would score, time order kept), condition columns
         and the refused records counted by reason (the same rules as the daemon's)."""
         from vaeguard.serving.tabular import TabularServing

@@ -4,7 +4,7 @@
 (one row per record) or `WindowServing` (per-entity windows, with state).
 """
 
-from vaeguard.serving.base import Features, Inbound, Serving, Stateless
+from vaeguard.records.serving import Features, Inbound, Serving, Stateless
 from vaeguard.serving.loader import load_serving
 from vaeguard.serving.tabular import TabularServing
 from vaeguard.serving.window import WindowServing

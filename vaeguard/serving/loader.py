@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vaeguard.serving.base import Serving
+from vaeguard.records.serving import Serving
 
 
 def load_serving(

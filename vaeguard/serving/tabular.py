@@ -12,8 +12,8 @@ from vaeguard.contributions import top_contributions
 from vaeguard.detector import CLIP_SIGMAS
 from vaeguard.errors import BundleError
 from vaeguard.ingest import Reason, Rejection, to_number, to_timestamp
+from vaeguard.records.serving import Features, Inbound, Stateless, entity_of
 from vaeguard.scored import ScoredRecord
-from vaeguard.serving.base import Features, Inbound, Stateless, entity_of
 from vaeguard.serving.explain import score_records
 from vaeguard.thresholds import FollowingThreshold
 from vaeguard.thresholds import p_values as tail_probabilities

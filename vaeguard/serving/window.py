@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import BundleError, DataError
+from vaeguard.records.serving import Features, Inbound, entity_of
 from vaeguard.scored import ScoredRecord, Source
-from vaeguard.serving.base import Features, Inbound, entity_of
 from vaeguard.serving.explain import p_values_of, score_records
 from vaeguard.serving.window_explain import metric_contributions
 from vaeguard.snapshot import check_header, is_count

@@ -438,7 +438,7 @@ class WindowDetector:
         warm_start: bool = False,
     ) -> WindowDetector:
         """Train on windows (from `WindowFeaturizer`); ``warm_start`` continues from the current model."""
-        from vaeguard.detector import fit_inputs
+        from vaeguard.model.training import fit_inputs
         from vaeguard.model.vae import KLWarmup
 
         r = self._checked()  # the parameters' errors first, as when construction checked them
@@ -598,8 +598,7 @@ class WindowDetector:
         risk: float = 1e-3,
     ) -> WindowDetector:
         """Threshold (and per-slot baselines) from the scores of normal windows, for alerting."""
-        from vaeguard.detector import REFERENCE_LEVELS
-        from vaeguard.thresholds import calibrate
+        from vaeguard.thresholds import REFERENCE_LEVELS, calibrate
 
         score, nll, _ = self.score_windows(x, c, mask)
         if score.shape[0] < MIN_TRAIN_WINDOWS:

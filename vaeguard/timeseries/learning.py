@@ -2,15 +2,14 @@
 
 A stream's normal drifts: a service settles at a new level, a machine runs hotter after a
 change, traffic grows. A model trained once keeps judging the new normal against the old one
-(on the shared NAB series, retraining every 1000 rows moved the out-of-fold score from 64.8 to
-73.6, benchmarks/RESULTS-nab.md). So the serving object keeps the newest ``max_train`` windows
-it featurized (one in every E when it holds E entities, so they span the same time as one
-entity's ``max_train`` rows) and, each time the stream has brought ``retrain_max_gap`` new
-rows per entity
-(and, after a fit at a known stream position, each time the stream has grown
-``retrain_growth``×), the views retrain warm on them: a few hundred steps from the current
-weights, the thresholds and the plausible range re-fitted on the same windows. Per-entity
-state (windows, scalers, likelihood histories) carries on, as the NAB runner always did.
+(the effect of retraining on NAB is in benchmarks/RESULTS-nab.md). So the serving object keeps
+the newest ``max_train`` windows it featurized (one in every E when it holds E entities, so
+they span the same time as one entity's ``max_train`` rows) and, each time the stream has
+brought ``retrain_max_gap`` new rows per entity (and, after a fit at a known stream position,
+each time the stream has grown ``retrain_growth``×), the views retrain warm on them: a few
+hundred steps from the current weights, the thresholds and the plausible range re-fitted on the
+same windows. Per-entity state (windows, scalers, likelihood histories) carries on, as the NAB
+runner always did.
 
 The refit runs at a batch boundary, after the batch is scored with the previous weights, so a
 row is always scored by a model trained on earlier rows only (causal). If it fails, the

@@ -25,10 +25,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from vaeguard.bundle import is_scalar
 from vaeguard.errors import ConfigError, DataError
 from vaeguard.snapshot import check_header, is_count, is_finite_number
 from vaeguard.thresholds import UNLEARNED_DECADES
-from vaeguard.timeseries.detector import MODEL_FIELDS, WindowDetector
+from vaeguard.timeseries.detector import (
+    CHANNEL_SLOTS,
+    MIN_TRAIN_WINDOWS,
+    MODEL_FIELDS,
+    WindowDetector,
+    channel_slots,
+)
 from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec
 
 STATE_FORMAT = "vaeguard-view-likelihood-state"
@@ -400,6 +407,12 @@ def _restore_held(item: Any, n_terms: int, spec: LikelihoodSpec) -> tuple[str, _
     return item["key"], held
 
 
+#: What `train-window` records about the data, the same in every view's ``training`` section.
+_DATA_FACTS = ("train_rows", "entities", "late_points_skipped", "training_data")
+#: What each view's last fit and calibration record.
+_FIT_FACTS = ("windows", "epochs_run", "warm_start", "calibration_windows")
+
+
 class ViewSet:
     """Views over one window spec, their shared likelihood, and how they learn online."""
 
@@ -576,6 +589,63 @@ class ViewSet:
             else:
                 terms.extend(view.metric_terms(scored[1], mask).T)
         return WindowScores(first[0], terms, first[1], first[2])
+
+    def summary(self) -> dict[str, Any]:
+        """What this window model does, as plain JSON data (`vaeguard inspect`): the shared
+        window, each view (its channels, model, unlearned channels, calibration, verified model
+        file), what decides an alert, the likelihood, the online-learning schedule and the
+        training facts it records.
+
+        For a loaded bundle (`load_any`: model files and parts verified, each view keeping its
+        manifest); a fact the bundle does not record is None (older bundles).
+        """
+        m = self.primary.manifest_
+        info = dict(self.primary.training_info_)
+        out_views = []
+        for k, view in enumerate(self.views):
+            pm = view.manifest_
+            prefix = "" if k == 0 else f"views/{k}/"
+            slots = channel_slots(dict(view.training_info_), len(view.input_channels))
+            th = view.threshold_
+            out_views.append(
+                {
+                    "part": None if k == 0 else f"views/{k}",
+                    **{f: v for f, v in view.resolved_params().items() if f in VIEW_FIELDS},
+                    "unlearned_channels": None if slots is None else list(view.unlearned_channels),
+                    CHANNEL_SLOTS: slots,
+                    "slots_needed": MIN_TRAIN_WINDOWS * self.spec.window,
+                    "threshold": {
+                        "value": float(th.value),
+                        "unit": "nats",
+                        "method": th.method,
+                        "params": {k_: v for k_, v in th.params.items() if is_scalar(v)},
+                    },
+                    "training": {f: view.training_info_.get(f) for f in _FIT_FACTS},
+                    "model_file": prefix + str(pm["model_file"]),
+                    "model_sha256": pm["model_sha256"],
+                    "verified": True,
+                }
+            )
+        lk = self.likelihood_spec
+        if lk is not None and lk.alert is not None:
+            alerts = {"decided_by": "likelihood", "level": lk.alert}
+        else:
+            alerts = {
+                "decided_by": "view threshold",
+                "view": 0,
+                "level": float(self.primary.threshold_.value),
+            }
+        return {
+            "kind": "window",
+            "created_at": m.get("created_at"),
+            "versions": m.get("versions"),
+            "window": self.spec.to_dict(),
+            "alerts": alerts,
+            "likelihood": None if lk is None else lk.to_dict(),
+            "schedule": dict(self.schedule),
+            "views": out_views,
+            "training": {f: info.get(f) for f in (*_DATA_FACTS, "windows", "calibration_windows")},
+        }
 
     # -- bundles ---------------------------------------------------------------------------------
 

@@ -26,16 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vaeguard.daemon.inputs import InputStage
-from vaeguard.daemon.records import (
-    DeadLetter,
-    Output,
-    dlq_output,
-    encode_scored,
-    fits,
-    output_key,
-    record_size,
-)
 from vaeguard.ingest import (
     STAGE_PRODUCE,
     Reason,
@@ -47,8 +37,18 @@ from vaeguard.ingest import (
     decode,
     short_detail,
 )
+from vaeguard.records.inputs import InputStage
+from vaeguard.records.serving import Features, Inbound, Serving
+from vaeguard.records.wire import (
+    DeadLetter,
+    Output,
+    dlq_output,
+    encode_scored,
+    fits,
+    output_key,
+    record_size,
+)
 from vaeguard.scored import ScoredRecord
-from vaeguard.serving.base import Features, Inbound, Serving
 from vaeguard.sources import Record, source_of
 
 log = logging.getLogger("vaeguard.daemon")
@@ -217,7 +217,7 @@ def process(
             result.isolated += 1
             refused = _processing_error(exc)
         if refused is not None:
-            dead = DeadLetter(m, refused, "vaeguard.daemon.records")
+            dead = DeadLetter(m, refused, "vaeguard.records.wire")
             result.dead.append(dead)
             dead_outputs.append(
                 dlq_output(dead, s.dlq_topic, s.connector, s.task, s.max_request_size)

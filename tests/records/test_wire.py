@@ -9,8 +9,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vaeguard.daemon.batch import StepSettings, process
-from vaeguard.daemon.records import (
+from vaeguard.ingest import Reason, Rejection
+from vaeguard.preprocessing import ConditionColumn, ConditionEncoder
+from vaeguard.records.batch import StepSettings, process
+from vaeguard.records.serving import entity_of
+from vaeguard.records.wire import (
     DeadLetter,
     dlq_headers,
     dlq_minimal,
@@ -18,11 +21,8 @@ from vaeguard.daemon.records import (
     encode_scored,
     record_size,
 )
-from vaeguard.ingest import Reason, Rejection
-from vaeguard.preprocessing import ConditionColumn, ConditionEncoder
 from vaeguard.scored import Source
 from vaeguard.serving import Inbound, TabularServing
-from vaeguard.serving.base import entity_of
 from vaeguard.severity import DEFAULT_BANDS, severity
 
 Message = namedtuple("Message", "topic partition offset key value headers timestamp")

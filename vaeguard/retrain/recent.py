@@ -1,4 +1,5 @@
-"""Reading the recent window of the input topics for training, without disturbing the daemon.
+"""Reading the input topics' recent records (`retrain.window`) for training, without disturbing
+the daemon.
 
 The reader has no consumer group: it assigns partitions itself and never commits, so the
 daemon's committed offsets are untouched. It seeks with offsets_for_times and also filters by
@@ -18,8 +19,8 @@ from typing import Any
 
 
 @dataclass
-class WindowData:
-    """Decoded records of the window, oldest first, and what happened while reading."""
+class RecentData:
+    """Decoded recent records, oldest first, and what happened while reading them."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     start_ms: int = 0
@@ -73,7 +74,7 @@ class RecentRecords:
         return [r for _, _, r in sorted(self.items, key=lambda item: item[0])]
 
 
-def read_window(
+def read_recent(
     kafka_config: dict[str, Any],
     topics: list[str],
     *,
@@ -83,14 +84,14 @@ def read_window(
     idle_timeout_s: float = 10.0,
     now_ms: int | None = None,
     max_bytes: int | None = None,
-) -> WindowData:
+) -> RecentData:
     """All decodable records with timestamps in [now − window, now], the most recent ones
     within max_records and max_bytes of raw values."""
     from kafka import KafkaConsumer, TopicPartition
 
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     start_ms = now_ms - int(window_s * 1000)
-    data = WindowData(start_ms=start_ms, end_ms=now_ms)
+    data = RecentData(start_ms=start_ms, end_ms=now_ms)
     config = {
         k: v
         for k, v in kafka_config.items()

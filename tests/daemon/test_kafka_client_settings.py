@@ -411,7 +411,11 @@ def test_an_unreachable_broker_is_one_line_per_retry_and_not_ready_until_it_is_u
     assert f"Kafka broker 127.0.0.1:{port} unreachable" in body["reason"]
     lines = retries()
     assert [line["attempt"] for line in lines] == list(range(1, len(lines) + 1))
-    assert all("ECONNREFUSED" in line["msg"] and "retrying in" in line["msg"] for line in lines)
+    assert all("retrying in" in line["msg"] and line.get("cause") for line in lines)
+    # The refused connection is named where kafka-python got as far as trying it within the
+    # attempt's second (under load an attempt can end first: its cause is then the client's
+    # own NoBrokersAvailable).
+    assert any("ECONNREFUSED" in line["msg"] for line in lines), lines
     # kafka-python's own lines (several per attempt before) are kept out.
     assert not [line for line in d.log_lines() if str(line.get("logger", "")).startswith("kafka")]
 

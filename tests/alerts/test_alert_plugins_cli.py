@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from vaeguard.alerts import registry
+from vaeguard.alerts import discovery
 from vaeguard.alerts.settings import AlertsSettings
 from vaeguard.alerts.spool import Spool
 from vaeguard.alerts.testing import HTTPCapture, free_port, make_record
@@ -34,7 +34,7 @@ def vaeguard(args, env, cwd):
 
 
 def test_third_party_sink_is_discovered_by_its_entry_point(sink_plugins, tmp_path, make_layer):
-    plugin = registry.find("acme-memo")
+    plugin = discovery.find("acme-memo")
     assert (
         plugin.package == "acme-vaeguard-sink" and plugin.version == "2.3.4" and not plugin.builtin
     )

@@ -482,7 +482,7 @@ def build_workers(
     only: Sequence[str] | None = None,
     start: bool = True,
 ) -> dict[str, SinkWorker]:
-    from vaeguard.alerts import registry
+    from vaeguard.alerts import discovery
 
     workers: dict[str, SinkWorker] = {}
     max_bytes = int(settings.spool_max_mb * 1024 * 1024)
@@ -491,7 +491,7 @@ def build_workers(
         for cfg in settings.sinks:
             if only is not None and cfg.name not in only:
                 continue
-            cls = registry.load_sink_class(cfg.type)
+            cls = discovery.load_sink_class(cfg.type)
             delivery = settings.delivery_for(cfg)
             context = SinkContext(
                 name=cfg.name,

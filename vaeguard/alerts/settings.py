@@ -376,7 +376,7 @@ def _reraise(
 def _validate_sink(
     index: int, raw: Any, raw_delivery: Any
 ) -> tuple[SinkConfig | None, list[InitErrorDetails]]:
-    from vaeguard.alerts import registry
+    from vaeguard.alerts import discovery
 
     if not isinstance(raw, Mapping):
         return None, [
@@ -400,7 +400,7 @@ def _validate_sink(
     type_name = raw.get("type")
     cls = None
     if not isinstance(type_name, str) or not type_name:
-        installed = ", ".join(registry.sink_types()) or "none"
+        installed = ", ".join(discovery.sink_types()) or "none"
         errors.append(
             _error(
                 (label, "type"),
@@ -410,7 +410,7 @@ def _validate_sink(
         )
     else:
         try:
-            cls = registry.load_sink_class(type_name)
+            cls = discovery.load_sink_class(type_name)
         except ConfigError as exc:
             errors.append(_error((label, "type"), str(exc), type_name))
     settings = None

@@ -48,9 +48,9 @@ def _load(config: Path | None):
 @plugins.command("list")
 def list_plugins(as_json: bool = JSON) -> None:
     """Every installed sink type: built-in ones and plugins."""
-    from vaeguard.alerts import registry
+    from vaeguard.alerts import discovery
 
-    rows = [p.describe() for p in registry.plugins()]
+    rows = [p.describe() for p in discovery.plugins()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

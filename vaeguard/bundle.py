@@ -202,12 +202,8 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         _check_window(path, m)
     else:
         _check_tabular(path, m)
-    if (
-        kind == "window"
-        and not has_window_section(m)
-        and not isinstance((m.get("extra") or {}).get("window_mode"), dict)
-    ):
-        raise BundleError(f"corrupt bundle at {path}: a window model without extra.window_mode")
+        if kind == "window" and not isinstance((m.get("extra") or {}).get("window_mode"), dict):
+            raise BundleError(f"corrupt bundle at {path}: a window model without extra.window_mode")
     if not isinstance(m.get("model_sha256"), str):
         raise BundleError(f"corrupt bundle at {path}: field 'model_sha256' is missing or malformed")
     bundle_file(path, m, "model_file")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from vaeguard.thresholds import (
     check_probability,
     contamination_threshold,
     is_budget,
+    is_finite_real,
 )
 
 #: Fewest rows `fit` accepts: below this neither training nor calibration means anything.
@@ -454,22 +454,15 @@ class VAEDetector:
         check_probability("target_fpr", self.target_fpr)
         check_probability("risk", self.risk)
         c = self.contamination
-        if c is not None and not (
-            isinstance(c, numbers.Real) and not isinstance(c, bool) and 0.0 < c <= 0.5
-        ):
+        if c is not None and not (is_finite_real(c) and 0.0 < c <= 0.5):
             raise ValueError(f"contamination must be None or in (0, 0.5], got {c!r}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("validation_fraction must be in [0, 1)")
-        if not (math.isfinite(self.knn_weight) and self.knn_weight >= 0):
+        if not (is_finite_real(self.knn_weight) and self.knn_weight >= 0):
             raise ValueError("knn_weight must be a finite number ≥ 0")
         for name in ("beta", "min_log_var", "max_log_var", "learning_rate", "dropout"):
-            value = getattr(self, name)
-            if not (
-                isinstance(value, numbers.Real)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            ):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if not is_finite_real(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if self.beta < 0 or self.learning_rate <= 0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("beta must be ≥ 0, learning_rate > 0 and dropout in [0, 1)")
         if self.min_log_var >= self.max_log_var:
@@ -814,8 +807,7 @@ class VAEDetector:
     def set_threshold(self, value: float) -> VAEDetector:
         """Override the calibrated threshold (recorded as method "manual")."""
         self._check_fitted()
-        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not (real and math.isfinite(value)):
+        if not is_finite_real(value):
             raise ValueError("threshold must be a finite number")
         self.threshold_rule_ = Threshold(float(value), "manual", {}, 0)
         return self

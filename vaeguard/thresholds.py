@@ -73,12 +73,17 @@ def _clean(scores) -> np.ndarray:
     return s
 
 
+def is_finite_real(value: Any) -> bool:
+    """A finite real number, NumPy scalars included, booleans not: what an estimator's numeric
+    parameter must be."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_probability(name: str, value: Any) -> None:
     """`ValueError` naming ``name`` unless ``value`` is a real number in (0, 1) (a rate or a
     risk): one rule for the estimator's parameters, checked before training, and the
     threshold functions."""
-    inside = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (inside and 0.0 < value < 1.0):
+    if not (is_finite_real(value) and 0.0 < value < 1.0):
         raise ValueError(f"{name} must be in (0, 1), got {value!r}")
 
 

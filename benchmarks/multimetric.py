@@ -408,7 +408,7 @@ _SOURCES = (
     "vaeguard/timeseries",
     "vaeguard/model",
     "vaeguard/serving",
-    "vaeguard/daemon/batch.py",
+    "vaeguard/records",
     "vaeguard/apps/online.py",
     "vaeguard/thresholds.py",
     "vaeguard/detector.py",
@@ -808,11 +808,12 @@ def family_table(ev: Evaluation) -> str:
 
 # -- out-of-fold over families -------------------------------------------------------------------
 
-#: Candidate configurations for --cv (overrides of the default configuration). Only the
-#: default is a real choice; the other two are placeholders (likelihood-only, so they replay
-#: the default's cached runs) for the configurations the lead will put here.
+#: Candidate configurations for --cv (overrides of the default configuration): the default,
+#: the same without its cross-section terms (a run of its own), and two likelihood-only
+#: variants (they replay the default's cached runs).
 CANDIDATES: dict[str, dict[str, Any]] = {
     "default": {},
+    "no-cross-section": {"cross_section": False},
     "short-3": {"likelihood": {"short": 3}},
     "short-1": {"likelihood": {"short": 1}},
 }

@@ -131,6 +131,8 @@ def _key(params: dict[str, Any]) -> str:
 
     resolved = ViewSet.from_params(params).get_params()
     resolved.pop("likelihood")
+    # Every stream here is one metric, which the cross-section terms leave alone.
+    resolved.pop("cross_section", None)
     resolved["run_version"] = RUN_VERSION
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -91,7 +91,11 @@ def test_the_table_shows_each_view_the_likelihood_and_the_schedule(bundle):
     assert "from 20 scores on; suppress 100 points" in shown
     assert "threshold " not in shown.replace("thresholds do not", "")
     view1 = shown[shown.index("view 1 ") : shown.index("view 2 ")]
-    view2 = shown[shown.index("view 2 ") : shown.index("online learning")]
+    view2 = shown[shown.index("view 2 ") : shown.index("cross-section ")]
+    # two metrics: each is also judged against the other at the same moment
+    assert "cross-section each of cpu, lat against the others at the same moment; fitted on" in (
+        shown
+    )
     assert view1.startswith("view 1 cpu, lat (16 inputs: cpu[t-7] … lat[t])")
     assert view2.startswith("view 2 cpu, lat, cpu_seasonal (24 inputs")
     assert (

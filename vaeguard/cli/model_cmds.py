@@ -832,6 +832,20 @@ def _print_window_summary(model: Path, s: dict[str, Any]) -> None:
         )
     for k, v in enumerate(views):
         t.add_row(f"view {k + 1}", escape(_view_text(v, spec["window"])))
+    cross = s.get("cross_section")
+    if cross is not None:
+        rows = cross["fitted_rows"]
+        t.add_row(
+            "cross-section",
+            escape(
+                f"each of {', '.join(cross['metrics'])} against the others at the same moment; "
+                + (
+                    f"fitted on {rows} rows"
+                    if rows is not None
+                    else "not fitted (too few rows with every metric observed): no evidence"
+                )
+            ),
+        )
     sched = s["schedule"]
     gap = sched.get("retrain_max_gap")
     t.add_row(

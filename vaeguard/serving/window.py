@@ -443,6 +443,7 @@ class WindowServing:
                     self.likelihood.views
                 ):
                     restored.metrics = self.likelihood.metrics
+                    restored.comparable = self.likelihood.comparable
                     likelihood = restored
                     kept["likelihood"] = True
         except (

@@ -106,6 +106,9 @@ def views_bundle_view(views) -> _ViewBundle:
     (`ViewSet.get_params()`); views 1, 2 … are parts (``views/<k>/``), so a registry that saves
     it with `save_bundle(view, path)` writes a complete window-mode bundle too."""
     view = _view_bundle(views.primary, 0, views.get_params())
+    if views.judges_cross_section:
+        fitted = views.cross_section_
+        view.section["cross_section"] = None if fitted is None else fitted.to_dict()
     view.bundle_parts_ = {
         f"views/{k}": _view_bundle(v, k) for k, v in enumerate(views.views) if k > 0
     }
@@ -140,11 +143,25 @@ def load_views(path, from_params: Callable[[dict[str, Any]], Any]):
         for k, view in enumerate(views.views[1:], start=1):
             name = f"views/{k}"
             _attach_view(view, path / name, _part_manifest(path, name, parts[name]), k)
+        views.cross_section_ = _cross_section(views, m[SECTION], str(path))
     except _MALFORMED as exc:  # a config value only the scorer checks (mc_samples, seed …)
         raise BundleError(
             f"corrupt bundle at {path}: bad {SECTION} section ({type(exc).__name__}: {exc})"
         ) from None
     return views
+
+
+def _cross_section(views, section: dict[str, Any], where: str):
+    """The bundle's cross-section fit, checked against its metrics; a model that judges a
+    cross-section must record one (null: too few full rows when it was fitted)."""
+    if not views.judges_cross_section:
+        return None
+    if "cross_section" not in section:
+        raise BundleError(f"corrupt bundle at {where}: {SECTION}.cross_section is missing")
+    try:
+        return views.cross_section_from(section["cross_section"])
+    except DataError as exc:
+        raise BundleError(f"corrupt bundle at {where}: {SECTION}.{exc}") from None
 
 
 def _part_manifest(path: Path, name: str, digest: str) -> dict[str, Any]:

@@ -266,6 +266,9 @@ def refit_state(views) -> list[dict[str, Any]]:
                 "fits": int(getattr(view, "fits_", 0)),
             }
         )
+    if views.judges_cross_section:
+        fitted = views.cross_section_
+        out[0]["cross_section"] = None if fitted is None else fitted.to_dict()
     return out
 
 
@@ -283,7 +286,8 @@ def stage_refit_state(views, state: Any) -> list[dict[str, Any]]:
     threshold adopted from it would flag nothing ever again."""
     if not isinstance(state, list) or len(state) != len(views.views):
         raise DataError("refit state: expected one entry per view")
-    staged = []
+    staged: list[dict[str, Any]] = []
+    cross = views.cross_section_
     for view, item in zip(views.views, state, strict=True):
         try:
             if not isinstance(item, dict):
@@ -295,6 +299,9 @@ def stage_refit_state(views, state: Any) -> list[dict[str, Any]]:
             if not isinstance(item["training_info"], dict) or not is_count(item["fits"]):
                 raise DataError("refit state: training_info must be an object and fits a count")
             channel_slots(item["training_info"], len(view.input_channels))
+            if not staged and views.judges_cross_section:
+                # view 0's entry carries the model's cross-section fit (None: not fitted yet)
+                cross = views.cross_section_from(item.get("cross_section"))
             staged.append(
                 {
                     "weights": [
@@ -313,6 +320,8 @@ def stage_refit_state(views, state: Any) -> list[dict[str, Any]]:
             raise
         except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
             raise DataError(f"refit state is corrupt: {type(exc).__name__}: {exc}") from None
+    if views.judges_cross_section:
+        staged[0]["cross_section_"] = cross
     return staged
 
 
@@ -320,6 +329,8 @@ def put_refit_state(views, staged: list[dict[str, Any]]) -> None:
     """Put what `stage_refit_state` checked in place (cannot fail half-way: shapes match)."""
     for view, item in zip(views.views, staged, strict=True):
         item = dict(item)
+        if "cross_section_" in item:  # the model's, carried by view 0's entry
+            views.cross_section_ = item.pop("cross_section_")
         view.model_.set_weights(item.pop("weights"))
         for k, v in item.items():
             setattr(view, k, v)

@@ -29,6 +29,7 @@ from vaeguard.bundle import is_scalar
 from vaeguard.errors import ConfigError, DataError
 from vaeguard.snapshot import check_header, is_count, is_finite_number
 from vaeguard.thresholds import UNLEARNED_DECADES
+from vaeguard.timeseries.cross_section import CrossSection
 from vaeguard.timeseries.detector import (
     CHANNEL_SLOTS,
     MIN_TRAIN_WINDOWS,
@@ -68,7 +69,8 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: output of the entity's previous 100 points. Time grid inferred per entity (gaps are missing slots);
 #: every point scored, however sparse its window (``min_observed: 0``: an irregularly sampled
 #: stream is never left unscored). The views retrain warm on the newest 4000 windows every
-#: 1000 rows per entity (online learning).
+#: 1000 rows per entity (online learning). An entity of several metrics also gets one
+#: cross-section term per metric (`vaeguard.timeseries.cross_section`), refitted with the views.
 _VIEW_MODEL: dict[str, Any] = {
     "latent_dim": 4,
     "hidden": [64, 32],
@@ -99,7 +101,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "alert": 1.0,
     },
     "schedule": {"retrain_growth": 2.0, "retrain_max_gap": 1000, "max_train": 4000},
+    "cross_section": True,
 }
+#: The configuration's sections (``cross_section``: whether an entity of several metrics also
+#: judges each against the others at the same moment, `vaeguard.timeseries.cross_section`).
+SECTIONS = ("window", "views", "likelihood", "schedule", "cross_section")
 
 
 def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -114,14 +120,16 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict
         return out
     if not isinstance(overrides, dict):
         raise ConfigError("detector configuration: expected a JSON object")
-    unknown = set(overrides) - {"window", "views", "likelihood", "schedule"}
+    unknown = set(overrides) - set(SECTIONS)
     if unknown:
         raise ConfigError(
             f"detector configuration: unknown section(s) {', '.join(sorted(unknown))}; "
-            "use window, views, likelihood, schedule"
+            f"use {', '.join(SECTIONS)}"
         )
     for section, value in overrides.items():
-        if section == "views":
+        if section == "cross_section":
+            out[section] = _cross_section_flag(value)
+        elif section == "views":
             if isinstance(value, list):
                 out["views"] = copy.deepcopy(value)
             elif isinstance(value, dict):
@@ -141,6 +149,12 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict
                 else:
                     out[section][key] = copy.deepcopy(v)
     return out
+
+
+def _cross_section_flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"cross_section: true or false, got {value!r}")
+    return value
 
 
 #: Model fields of a view (the window spec is shared and given once; the likelihood is the
@@ -184,11 +198,22 @@ class ViewLikelihood:
     A term is one view's score, or one view's part of it about one metric (`ViewSet`); each
     has its own history per entity. With one term this is exactly `AnomalyLikelihood.update`.
     ``metrics`` names each term's metric: after `update_many`, ``last_metric`` holds per row
-    the metric of the most surprised term (None while no term has an opinion).
+    the metric of the most surprised term (None while no term has an opinion). ``comparable``
+    are terms on one scale (the cross-section's standardized residuals): when one of them is
+    the most surprised, the largest of them names the metric, since for a shift in one metric
+    its own standardized residual is the largest one expected (their p-values, each against
+    its own history, do not rank them as well).
     """
 
-    def __init__(self, spec: LikelihoodSpec, n_terms: int, metrics: Sequence[str] | None = None):
+    def __init__(
+        self,
+        spec: LikelihoodSpec,
+        n_terms: int,
+        metrics: Sequence[str] | None = None,
+        comparable: Sequence[int] = (),
+    ):
         self.spec = spec
+        self.comparable = list(comparable)
         self.views = [AnomalyLikelihood(spec) for _ in range(n_terms)]
         self.emitter = AnomalyLikelihood(spec)
         if metrics is not None and len(metrics) != n_terms:
@@ -219,7 +244,10 @@ class ViewLikelihood:
             judged = [v.judge(key, c[i]) for v, c in zip(self.views, columns, strict=True)]
             tail = min(judged)
             if tail < 0.0 and self.metrics is not None:
-                lead[i] = self.metrics[judged.index(tail)]
+                k = judged.index(tail)
+                if k in self.comparable:
+                    k = max(self.comparable, key=lambda t, i=i: columns[t][i])
+                lead[i] = self.metrics[k]
             tail = min(tail + penalty, 0.0) if tail < 0.0 else tail
             if budget:
                 learned[i] = self._hold(key, tail <= level)
@@ -421,6 +449,7 @@ class ViewSet:
         views: Sequence[WindowDetector],
         likelihood: LikelihoodSpec | dict[str, Any] | None = None,
         schedule: dict[str, Any] | None = None,
+        cross_section: bool = False,
     ):
         if not views:
             raise ConfigError("views: at least one view")
@@ -436,6 +465,11 @@ class ViewSet:
         unknown = set(self.schedule) - set(DEFAULT_SCHEDULE)
         if unknown:
             raise ConfigError(f"schedule: unknown field(s) {', '.join(sorted(unknown))}")
+        #: Whether an entity of several metrics is also judged metric by metric against the
+        #: others at the same moment (False in bundles written before it existed).
+        self.cross_section = _cross_section_flag(cross_section)
+        #: The fitted `CrossSection`, or None (one metric, disabled, or too few full rows).
+        self.cross_section_: CrossSection | None = None
 
     # -- construction from plain parameters ------------------------------------------------------
 
@@ -454,7 +488,7 @@ class ViewSet:
             raise ConfigError("detector configuration: expected an object")
         if "views" not in params:  # one flat WindowDetector
             return cls.of(WindowDetector.from_config(**params))
-        unknown = set(params) - {"window", "views", "likelihood", "schedule"}
+        unknown = set(params) - set(SECTIONS)
         if unknown:
             raise ConfigError(
                 f"detector configuration: unknown section(s) {', '.join(sorted(unknown))}"
@@ -479,7 +513,8 @@ class ViewSet:
         likelihood = params.get("likelihood")
         if likelihood is not None and not isinstance(likelihood, dict):
             raise ConfigError("likelihood: expected an object or null")
-        return cls(detectors, likelihood, params.get("schedule"))
+        flag = params.get("cross_section", False)
+        return cls(detectors, likelihood, params.get("schedule"), _cross_section_flag(flag))
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -490,6 +525,7 @@ class ViewSet:
             ],
             "likelihood": None if self.likelihood_spec is None else self.likelihood_spec.to_dict(),
             "schedule": copy.deepcopy(self.schedule),
+            "cross_section": self.cross_section,
         }
 
     # -- state objects --------------------------------------------------------------------------
@@ -509,14 +545,50 @@ class ViewSet:
     def likelihood(self) -> ViewLikelihood | None:
         if self.likelihood_spec is None:
             return None
-        return ViewLikelihood(self.likelihood_spec, len(self.term_metrics), self.term_metrics)
+        metrics = self.term_metrics
+        cross = len(self.spec.metrics) if self.judges_cross_section else 0
+        comparable = range(len(metrics) - cross, len(metrics))
+        return ViewLikelihood(self.likelihood_spec, len(metrics), metrics, comparable)
 
     # -- training and scoring ----------------------------------------------------------------------
 
     def fit(self, x, c=None, mask=None, *, warm_start: bool = False) -> ViewSet:
         for view in self.views:
             view.fit(x, c, mask, warm_start=warm_start)
+        if self.judges_cross_section:
+            if mask is None:
+                mask = np.ones_like(np.asarray(x))
+            self.cross_section_ = CrossSection.fit(
+                np.asarray(x), c, np.asarray(mask), **self._cross_section_layout()
+            )
         return self
+
+    @property
+    def judges_cross_section(self) -> bool:
+        """Whether this model has cross-section terms: enabled, and several metrics."""
+        return self.cross_section and len(self.spec.metrics) >= 2
+
+    def _cross_section_layout(self) -> dict[str, Any]:
+        channels = self.spec.channels
+        return {
+            "names": list(self.spec.metrics),
+            "metrics": [channels.index(name) for name in self.spec.metrics],
+            "channels": len(channels),
+            "window": self.spec.window,
+        }
+
+    def cross_section_from(self, d: Any) -> CrossSection | None:
+        """A saved `CrossSection.to_dict` (or None) read back for this model (`DataError`
+        unless it fits its metrics and conditions)."""
+        if d is None:
+            return None
+        layout = self._cross_section_layout()
+        return CrossSection.from_dict(
+            d,
+            names=layout["names"],
+            metrics=layout["metrics"],
+            n_conditions=self.primary.time_conditions.width,
+        )
 
     def calibrate(self, x, c=None, mask=None, **kwargs) -> ViewSet:
         for view in self.views:
@@ -558,8 +630,10 @@ class ViewSet:
 
     @property
     def term_metrics(self) -> list[str]:
-        """The metric of each likelihood term: view by view, each view's `term_metrics`."""
-        return [m for v in self.views for m in v.term_metrics]
+        """The metric of each likelihood term: view by view, each view's `term_metrics`, then
+        each metric's cross-section term when the model has them."""
+        cross = list(self.spec.metrics) if self.judges_cross_section else []
+        return [m for v in self.views for m in v.term_metrics] + cross
 
     def terms_of(self, view: int) -> range:
         """The likelihood terms (indices into `term_metrics`) of view number ``view``."""
@@ -588,7 +662,21 @@ class ViewSet:
                 terms.append(scored[0])
             else:
                 terms.extend(view.metric_terms(scored[1], mask).T)
+        if self.judges_cross_section:
+            terms.extend(self._cross_section_terms(x, c, mask).T)
         return WindowScores(first[0], terms, first[1], first[2])
+
+    def _cross_section_terms(self, x, c, mask) -> np.ndarray:
+        """Each window's cross-section term per metric; 0 (no evidence) while there is no fit."""
+        x = np.asarray(x)
+        layout = self._cross_section_layout()
+        if self.cross_section_ is None:
+            return np.zeros((x.shape[0], len(layout["names"])))
+        if mask is None:
+            mask = np.ones_like(x)
+        return self.cross_section_.terms(
+            x, c, np.asarray(mask), channels=layout["channels"], window=layout["window"]
+        )
 
     def summary(self) -> dict[str, Any]:
         """What this window model does, as plain JSON data (`vaeguard inspect`): the shared
@@ -643,6 +731,12 @@ class ViewSet:
             "alerts": alerts,
             "likelihood": None if lk is None else lk.to_dict(),
             "schedule": dict(self.schedule),
+            "cross_section": None
+            if not self.judges_cross_section
+            else {
+                "metrics": list(self.spec.metrics),
+                "fitted_rows": None if self.cross_section_ is None else self.cross_section_.rows,
+            },
             "views": out_views,
             "training": {f: info.get(f) for f in (*_DATA_FACTS, "windows", "calibration_windows")},
         }

@@ -225,3 +225,22 @@ def test_the_largest_cross_section_term_names_the_metric_whatever_their_historie
 
     assert lead(()) == "cpu"  # by p-value alone: cpu's term against its tight history
     assert lead([2, 3]) == "mem"
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_any_window_values_and_masks_give_finite_non_negative_terms(trained, data):
+    """Whatever the scaled values (NaN where unobserved) and the time conditions."""
+    rows = data.draw(st.integers(0, 6))
+    width = len(METRICS) * WINDOW
+    values = st.floats(-1e6, 1e6, allow_nan=False)
+    x = np.array(data.draw(st.lists(values, min_size=rows * width, max_size=rows * width)))
+    seen = data.draw(st.lists(st.booleans(), min_size=rows * width, max_size=rows * width))
+    mask = np.array(seen, dtype="float32").reshape(rows, width)
+    x = np.where(mask > 0, x.reshape(rows, width), np.nan)
+    c = np.array(data.draw(st.lists(st.floats(-1, 1), min_size=2 * rows, max_size=2 * rows)))
+    terms = trained.cross_section_.terms(
+        x, c.reshape(rows, 2), mask, channels=len(METRICS), window=WINDOW
+    )
+    assert terms.shape == (rows, len(METRICS))
+    assert np.isfinite(terms).all() and (terms >= 0).all()

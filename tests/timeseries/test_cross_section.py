@@ -244,3 +244,36 @@ def test_any_window_values_and_masks_give_finite_non_negative_terms(trained, dat
     )
     assert terms.shape == (rows, len(METRICS))
     assert np.isfinite(terms).all() and (terms >= 0).all()
+
+
+def test_an_alert_named_by_the_cross_section_says_what_the_others_predict():
+    """Served as the daemon serves it: the alert on a shifted mem names mem first, with its
+    value at that point and the value the other metrics at that moment predict for it."""
+    from vaeguard.apps.online import as_records, step_settings
+    from vaeguard.records.batch import process
+    from vaeguard.serving.window import WindowServing
+
+    model = ViewSet(
+        [small_detector(window=WINDOW, metrics=METRICS, score_slots=4, inputs="metrics")],
+        {"short": 1, "history": 300, "min_history": 40, "budget": 2.0, "alert": 1.0},
+        {"retrain_growth": None, "retrain_max_gap": None},
+        cross_section=True,
+    )
+    train = model.featurizer().update_and_featurize(host(400))
+    model.fit(train.x, train.c, train.mask)
+    model.calibrate(train.x, train.c, train.mask)
+    rows = [{"key": "web-1", **r} for r in host(700, seed=1, shift=(1, 600, 8.0))]
+    serving = WindowServing(model)
+    messages = as_records(rows)
+    assert not process(serving, messages[:400], step_settings()).dead  # the entity's past
+    serving.likelihood = serving.views.likelihood()
+    scored = {r.source.offset: r for r in process(serving, messages[400:], step_settings()).scored}
+    alerts = [scored[i] for i in range(600, 605) if scored[i].is_anomaly]
+    assert alerts, "the shift raised no alert"
+    first = alerts[0].contributions[0]
+    assert first["metric"] == "mem"
+    given = first["given_others"]
+    assert given["observed"] == pytest.approx(rows[alerts[0].source.offset]["mem"], abs=1e-6)
+    assert 5.0 < given["observed"] - given["expected"] < 11.0  # the 8-unit shift, ± noise
+    # no record before the shift carries it (no alert there, or none the cross-section named)
+    assert not any("given_others" in c for i in range(440, 600) for c in scored[i].contributions)

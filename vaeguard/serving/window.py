@@ -29,6 +29,7 @@ likelihood history. The pipeline's checkpoint policy saves it before committing 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -254,6 +255,7 @@ class WindowServing:
             lead=self._lead(decided >= threshold),
             rows=None if explain == "all" else np.flatnonzero(decided >= threshold),
         )
+        self._given_others(features, contributions, decided >= threshold)
         # the record's score stays view 0's raw score (nats) whatever decides
         return score_records(
             items,
@@ -270,6 +272,38 @@ class WindowServing:
             p_values=p_values,
             alert_p=self._alert_p(),
         )
+
+    def _given_others(self, features, contributions, alerted: np.ndarray) -> None:
+        """Where a cross-section term names an alert's metric, its first contribution says what
+        the other metrics at this moment predict for it: ``given_others`` holds the metric's
+        value at this point (``observed``) and that prediction (``expected``), in its units."""
+        terms = None if self.likelihood is None else self.likelihood.last_lead_term
+        if terms is None or len(terms) != len(alerted) or not self.views.judges_cross_section:
+            return
+        first = len(self.views.term_metrics) - len(self.spec.metrics)
+        rows = [i for i, (t, hit) in enumerate(zip(terms, alerted.tolist(), strict=True))
+                if hit and t >= first and contributions[i]]  # fmt: skip
+        if not rows:
+            return
+        expected = self.views.cross_section_expected(
+            features.x[rows], None if features.c is None else features.c[rows], features.mask[rows]
+        )
+        if expected is None:
+            return
+        w, channels = self.spec.window, self.spec.channels
+        for r, i in enumerate(rows):
+            j = terms[i] - first
+            metric = self.spec.metrics[j]
+            item = contributions[i][0]
+            column = channels.index(metric)
+            if item.get("metric") != metric or features.mask[i, column * w + w - 1] <= 0:
+                continue
+            scale = float(features.extra["scale"][i, column])
+            center = float(features.extra["center"][i, column])
+            observed = float(features.x[i, column * w + w - 1]) * scale + center
+            predicted = float(expected[r, j]) * scale + center
+            if math.isfinite(observed) and math.isfinite(predicted):
+                item["given_others"] = {"observed": observed, "expected": predicted}
 
     def _lead(self, alerted: np.ndarray) -> list[str | None] | None:
         """Per row, the metric of the most surprised likelihood term where the row alerts."""

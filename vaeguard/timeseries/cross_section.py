@@ -125,6 +125,22 @@ class CrossSection:
             best = np.maximum(best, pooled)
         return 0.5 * best**2
 
+    def expected(
+        self, x: np.ndarray, c: np.ndarray | None, mask: np.ndarray, *, channels: int, window: int
+    ) -> np.ndarray:
+        """Each window's newest value of each metric as the others at that slot predict it
+        (rows × metrics; an unobserved other metric counts at its training median)."""
+        n, m = x.shape[0], len(self.metrics)
+        values = _slots(x, channels, window)[:, self.metrics, -1]
+        seen = (_slots(mask, channels, window)[:, self.metrics, -1] > 0) & np.isfinite(values)
+        filled = np.where(seen, values, self.fill[None, :])
+        cond = _conditions(c, n)
+        out = np.zeros((n, m))
+        for j in range(m):
+            design = _design(cond, np.delete(filled, j, axis=1))
+            out[:, j] = design @ self.coef[j] + self.center[j]
+        return out
+
     # -- as plain data (a bundle's window section, the daemon's refit state) ----------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -239,6 +239,7 @@ class ViewLikelihood:
         # histories that many points late, once it is known they were not an incident's ramp.
         level = -self.spec.level_decades - UNLEARNED_DECADES
         lead: list[str | None] = [None] * len(keys)
+        lead_term = [-1] * len(keys)
         learned = np.ones(len(keys), dtype=bool)
         for i, key in enumerate(keys):
             judged = [v.judge(key, c[i]) for v, c in zip(self.views, columns, strict=True)]
@@ -247,7 +248,7 @@ class ViewLikelihood:
                 k = judged.index(tail)
                 if k in self.comparable:
                     k = max(self.comparable, key=lambda t, i=i: columns[t][i])
-                lead[i] = self.metrics[k]
+                lead[i], lead_term[i] = self.metrics[k], k
             tail = min(tail + penalty, 0.0) if tail < 0.0 else tail
             if budget:
                 learned[i] = self._hold(key, tail <= level)
@@ -259,6 +260,8 @@ class ViewLikelihood:
         #: log10 of each row's tail probability (0: no opinion yet), for the score records.
         self.last_log10_tail = tails + 0.0
         self.last_metric = lead
+        #: Per row, the index of the term that names the metric (−1: no opinion yet).
+        self.last_lead_term = lead_term
         #: Whether each row may join the histories, i.e. is not part of an incident (online
         #: learning trains on those rows only).
         self.last_learned = learned
@@ -665,6 +668,19 @@ class ViewSet:
         if self.judges_cross_section:
             terms.extend(self._cross_section_terms(x, c, mask).T)
         return WindowScores(first[0], terms, first[1], first[2])
+
+    def cross_section_expected(self, x, c=None, mask=None) -> np.ndarray | None:
+        """Each window's newest value of each metric as the other metrics at that moment
+        predict it (rows × metrics, the windows' scaled units); None without a fit."""
+        if not self.judges_cross_section or self.cross_section_ is None:
+            return None
+        x = np.asarray(x)
+        layout = self._cross_section_layout()
+        if mask is None:
+            mask = np.ones_like(x)
+        return self.cross_section_.expected(
+            x, c, np.asarray(mask), channels=layout["channels"], window=layout["window"]
+        )
 
     def _cross_section_terms(self, x, c, mask) -> np.ndarray:
         """Each window's cross-section term per metric; 0 (no evidence) while there is no fit."""

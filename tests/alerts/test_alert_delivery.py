@@ -301,3 +301,26 @@ def test_webhook_header_settings_with_line_breaks_are_config_errors(capture):
     ):
         with pytest.raises(ConfigError, match=problem):
             AlertsSettings.from_mapping({"sinks": [webhook(capture.url, **extra)]})
+
+
+def test_a_metric_judged_against_the_others_is_shown_with_what_they_predict(capture, make_layer):
+    """A window record whose metric the cross-section named carries ``given_others``: the alert
+    shows that value and prediction, not the view's expected value at its worst slot."""
+    import dataclasses
+
+    layer = make_layer({"sinks": [webhook(capture.url)]})
+    record = make_record("h1", True)
+    lead = {
+        "feature": "mem",
+        "metric": "mem",
+        "observed": 33.0,
+        "expected": 31.5,
+        "contribution": 4.0,
+        "share": 0.6,
+        "given_others": {"observed": 40.4, "expected": 32.1},
+    }
+    layer.process([dataclasses.replace(record, contributions=[lead, *record.contributions])])
+    [request] = capture.received
+    top = request.json()["top_features"]
+    assert (top[0]["feature"], top[0]["observed"], top[0]["expected"]) == ("mem", 40.4, 32.1)
+    assert (top[1]["observed"], top[1]["expected"]) == (97.0, 41.0)  # the others as they were

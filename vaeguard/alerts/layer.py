@@ -129,9 +129,14 @@ class _Note:
 
 
 def _top(contributions: list[dict[str, Any]]) -> list[FeatureContribution]:
+    """The alert's features; where a window record's metric was judged against the other
+    metrics (``given_others``), its observed and expected values are that judgement's."""
     out = []
     for c in contributions:
         try:
+            given = c.get("given_others") if isinstance(c, dict) else None
+            if isinstance(given, dict):
+                c = {**c, "observed": given.get("observed"), "expected": given.get("expected")}
             out.append(FeatureContribution.model_validate(c))
         except Exception:  # an odd explanation must not cost the alert
             continue

@@ -277,3 +277,35 @@ def test_an_alert_named_by_the_cross_section_says_what_the_others_predict():
     assert 5.0 < given["observed"] - given["expected"] < 11.0  # the 8-unit shift, ± noise
     # no record before the shift carries it (no alert there, or none the cross-section named)
     assert not any("given_others" in c for i in range(440, 600) for c in scored[i].contributions)
+
+
+def test_a_refit_that_first_fits_the_cross_section_restarts_its_histories():
+    """Trained while mem was never seen at a newest slot, the terms are 0 (no evidence); the
+    first refit that can fit them restarts their histories, or the zeros would be what is
+    usual and every real term after them an alert."""
+    from vaeguard.apps.online import as_records, step_settings
+    from vaeguard.records.batch import process
+    from vaeguard.serving.window import WindowServing
+
+    model = ViewSet(
+        [small_detector(window=WINDOW, metrics=METRICS, score_slots=4, inputs="metrics")],
+        {"short": 1, "history": 300, "min_history": 40, "budget": 2.0, "alert": 1.0},
+        {"retrain_growth": None, "retrain_max_gap": 100},
+        cross_section=True,
+    )
+    train = model.featurizer().update_and_featurize(host(400))
+    blind = train.mask.copy()
+    blind.reshape(len(blind), -1, WINDOW)[:, 1, -1] = 0.0
+    model.fit(train.x, train.c, blind)
+    model.calibrate(train.x, train.c, train.mask)
+    assert model.cross_section_ is None
+    serving = WindowServing(model)
+    rows = as_records([{"key": "web-1", **r} for r in host(700, seed=1)])
+    assert not process(serving, rows[:400], step_settings()).dead
+    refits = [
+        process(serving, rows[i : i + 50], step_settings()).refit for i in range(400, 700, 50)
+    ]
+    assert any(r is not None and r["ok"] for r in refits)
+    assert serving.views.cross_section_ is not None
+    assert list(serving.views.cross_section_terms()) == [3, 4, 5]
+    assert set(serving.restarted_terms) >= {3, 4, 5}

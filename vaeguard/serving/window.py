@@ -280,7 +280,7 @@ class WindowServing:
         terms = None if self.likelihood is None else self.likelihood.last_lead_term
         if terms is None or len(terms) != len(alerted) or not self.views.judges_cross_section:
             return
-        first = len(self.views.term_metrics) - len(self.spec.metrics)
+        first = self.views.cross_section_terms().start
         rows = [i for i, (t, hit) in enumerate(zip(terms, alerted.tolist(), strict=True))
                 if hit and t >= first and contributions[i]]  # fmt: skip
         if not rows:
@@ -317,6 +317,7 @@ class WindowServing:
     def learn(self) -> dict[str, Any] | None:
         """After a batch is scored: refit the views warm when the schedule says so."""
         before = self.views.unlearned_channels()
+        had_cross_section = self.views.cross_section_ is not None
         info = self.learning.refit_if_due(self.n_entities)
         if info is not None and info["ok"]:
             # A view that now judges a channel it had masked scores on another scale: its
@@ -328,6 +329,10 @@ class WindowServing:
                 if was != now
                 for t in self.views.terms_of(k)
             ]
+            # Cross-section terms are 0 while there is no fit (too few rows with every metric
+            # seen): once a refit has one, they measure something, and restart alike.
+            if had_cross_section != (self.views.cross_section_ is not None):
+                changed += list(self.views.cross_section_terms())
             if changed and self.likelihood is not None:
                 self.likelihood.forget_terms(changed)
                 self.restarted_terms = changed

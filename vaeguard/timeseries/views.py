@@ -549,9 +549,9 @@ class ViewSet:
         if self.likelihood_spec is None:
             return None
         metrics = self.term_metrics
-        cross = len(self.spec.metrics) if self.judges_cross_section else 0
-        comparable = range(len(metrics) - cross, len(metrics))
-        return ViewLikelihood(self.likelihood_spec, len(metrics), metrics, comparable)
+        return ViewLikelihood(
+            self.likelihood_spec, len(metrics), metrics, self.cross_section_terms()
+        )
 
     # -- training and scoring ----------------------------------------------------------------------
 
@@ -637,6 +637,11 @@ class ViewSet:
         each metric's cross-section term when the model has them."""
         cross = list(self.spec.metrics) if self.judges_cross_section else []
         return [m for v in self.views for m in v.term_metrics] + cross
+
+    def cross_section_terms(self) -> range:
+        """The likelihood terms (indices into `term_metrics`) of the cross-section, if any."""
+        n = len(self.term_metrics)
+        return range(n - len(self.spec.metrics), n) if self.judges_cross_section else range(n, n)
 
     def terms_of(self, view: int) -> range:
         """The likelihood terms (indices into `term_metrics`) of view number ``view``."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vaeguard.errors import DataError
-from vaeguard.snapshot import is_finite_number
+from vaeguard.snapshot import is_count, is_finite_number
 
 #: The longest run of newest slots whose mean residual is judged (besides the newest alone).
 POOL = 5
@@ -59,10 +59,6 @@ class CrossSection:
         self.scale = np.asarray(scale, dtype="float64")  # robust residual sd per metric
         self.fill = np.asarray(fill, dtype="float64")  # a missing other metric's stand-in
         self.rows = int(rows)
-
-    @property
-    def n_conditions(self) -> int:
-        return self.coef.shape[1] - len(self.metrics)
 
     @classmethod
     def fit(
@@ -106,17 +102,8 @@ class CrossSection:
         if n == 0:
             return np.zeros((0, m))
         pool = min(POOL, window)
-        values = _slots(x, channels, window)[:, self.metrics, -pool:]  # n × M × P
-        seen = _slots(mask, channels, window)[:, self.metrics, -pool:] > 0
-        seen &= np.isfinite(values)
-        filled = np.where(seen, values, self.fill[None, :, None])
-        cond = _conditions(c, n)
-        z = np.zeros((n, m, pool))
-        for j in range(m):
-            others = np.delete(filled, j, axis=1)  # n × (M-1) × P
-            base = self.coef[j, 0] + cond @ self.coef[j, 1 : 1 + cond.shape[1]]
-            predicted = base[:, None] + np.einsum("nkp,k->np", others, self.coef[j, -(m - 1) :])
-            z[:, j] = (values[:, j] - predicted - self.center[j]) / self.scale[j]
+        values, seen, predicted = self._newest(x, c, mask, channels, window, pool)
+        z = (values - predicted - self.center[None, :, None]) / self.scale[None, :, None]
         z = np.where(seen, z, 0.0)
         best = np.zeros((n, m))
         for length in sorted({1, pool}):
@@ -130,16 +117,26 @@ class CrossSection:
     ) -> np.ndarray:
         """Each window's newest value of each metric as the others at that slot predict it
         (rows × metrics; an unobserved other metric counts at its training median)."""
+        return self._newest(x, c, mask, channels, window, 1)[2][:, :, 0] + self.center
+
+    def _newest(self, x, c, mask, channels: int, window: int, slots: int):
+        """Over the newest ``slots`` slots (rows × metrics × slots): the metrics' values, where
+        they were observed, and the fits' predictions from the other metrics at each slot and
+        the window's time conditions (an unobserved other metric at its training median),
+        before the residuals' median is added."""
         n, m = x.shape[0], len(self.metrics)
-        values = _slots(x, channels, window)[:, self.metrics, -1]
-        seen = (_slots(mask, channels, window)[:, self.metrics, -1] > 0) & np.isfinite(values)
-        filled = np.where(seen, values, self.fill[None, :])
+        values = _slots(x, channels, window)[:, self.metrics, -slots:]
+        seen = (_slots(mask, channels, window)[:, self.metrics, -slots:] > 0) & np.isfinite(values)
+        filled = np.where(seen, values, self.fill[None, :, None])
         cond = _conditions(c, n)
-        out = np.zeros((n, m))
+        predicted = np.zeros((n, m, slots))
         for j in range(m):
-            design = _design(cond, np.delete(filled, j, axis=1))
-            out[:, j] = design @ self.coef[j] + self.center[j]
-        return out
+            others = np.delete(filled, j, axis=1)  # n × (M-1) × slots
+            base = self.coef[j, 0] + cond @ self.coef[j, 1 : 1 + cond.shape[1]]
+            predicted[:, j] = base[:, None] + np.einsum(
+                "nkp,k->np", others, self.coef[j, -(m - 1) :]
+            )
+        return values, seen, predicted
 
     # -- as plain data (a bundle's window section, the daemon's refit state) ----------------
 
@@ -165,7 +162,7 @@ class CrossSection:
             raise bad
         m = len(metrics)
         rows, coef = d.get("rows"), d.get("coef")
-        if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        if not is_count(rows):
             raise bad
         if not isinstance(coef, list) or len(coef) != m:
             raise bad

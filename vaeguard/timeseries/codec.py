@@ -278,8 +278,13 @@ def _configured(params: Any, where: str, name: str, from_params: Callable[[dict[
     try:
         views = from_params(dict(params))
     except (ConfigError, *_MALFORMED) as exc:
-        # whatever a hand-edited config holds: one line naming the section, not a trace
-        raise BundleError(f"corrupt bundle at {where}: bad {name} parameters ({exc})") from None
+        # whatever a hand-edited config holds: one line naming the section, not a trace (a
+        # field name quoted in the message may hold a line break)
+        from vaeguard.alerts.text import one_line
+
+        raise BundleError(
+            f"corrupt bundle at {where}: bad {name} parameters ({one_line(exc)})"
+        ) from None
     _check_schedule(views.schedule, where, name)
     return views
 

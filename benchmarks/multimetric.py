@@ -464,6 +464,8 @@ def score_stream(family: str, seed: int, train: int, test: int, params: dict) ->
         "top_metric": list(getattr(result, "top_metric", None) or [None] * len(result.output)),
         "trained_at": list(result.trained_at),
         "restarts": result.restarts,
+        "term_metrics": list(result.term_metrics),
+        "comparable": list(result.comparable),
         "digest": stream.digest(),
         "likelihood": params.get("likelihood"),
         "seconds": time.perf_counter() - started,
@@ -485,6 +487,8 @@ def _save(path: Path, run: dict[str, Any]) -> None:
         top_metric=np.array([m or "" for m in run["top_metric"]], dtype=str),
         trained_at=np.asarray(run["trained_at"], dtype="int64"),
         restarts=restarts_array(run["restarts"], len(run["raw"])),
+        term_metrics=np.array(run["term_metrics"], dtype=str),
+        comparable=np.asarray(run["comparable"], dtype="int64"),
         digest=np.array(run["digest"]),
         likelihood=np.array(json.dumps(run["likelihood"], sort_keys=True)),
         seconds=np.array(run["seconds"]),
@@ -504,6 +508,8 @@ def _load(path: Path, digest: str) -> dict[str, Any] | None:
             "top_metric": [m or None for m in z["top_metric"].tolist()],
             "trained_at": z["trained_at"].tolist(),
             "restarts": z.get("restarts", ()),
+            "term_metrics": z["term_metrics"].tolist() if "term_metrics" in z else None,
+            "comparable": z["comparable"].tolist() if "comparable" in z else [],
             "likelihood": json.loads(str(z["likelihood"])),
             "seconds": float(z["seconds"]),
             "cached": True,
@@ -565,7 +571,14 @@ def outputs_for(run: dict[str, Any], likelihood: dict[str, Any] | None) -> np.nd
     if likelihood is None:
         return np.zeros(run["raw"].shape[1])
     entities = ["e" if np.isfinite(r) else None for r in run["raw"][0]]
-    return replay_likelihood(run["raw"], entities, likelihood, run.get("restarts", ()))
+    return replay_likelihood(
+        run["raw"],
+        entities,
+        likelihood,
+        run.get("restarts", ()),
+        run.get("term_metrics"),
+        run.get("comparable", ()),
+    )
 
 
 # -- decisions -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks import multimetric as mm
+from vaeguard.apps.online import replay_likelihood
 
 SHIFTED = ("shift", "multi_shift", "spike", "level_shift")
 
@@ -170,3 +171,16 @@ def test_a_quick_run_prints_every_table_and_names_metrics(tmp_path, capsys):
         replayed = mm.outputs_for(run, {**run["likelihood"], "short": 2})
         assert replayed.shape == run["output"].shape
         assert np.array_equal(mm.outputs_for(run, run["likelihood"]), run["output"])
+        # the cache keeps each term's metric, so a replay counts incidents per metric as the
+        # serving did, and gives its outputs back
+        assert run["term_metrics"] == list(s.metrics) * 3  # two views, then the cross-section
+        assert run["comparable"] == list(range(2 * len(s.metrics), 3 * len(s.metrics)))
+        replayed = replay_likelihood(
+            run["raw"],
+            ["e"] * len(run["output"]),
+            run["likelihood"],
+            run["restarts"],
+            run["term_metrics"],
+            run["comparable"],
+        )
+        np.testing.assert_array_equal(replayed, run["output"])

@@ -105,15 +105,16 @@ def test_each_term_holds_its_own_metrics_slots(trained):
     np.testing.assert_array_equal(terms[2], [7.0, 0.0, 0.0])
 
 
-def _incidents(n: int = 6000, every: int = 300, seed: int = 0):
+def _incidents(n: int = 6000, every: int = 300, seed: int = 0, terms: tuple[int, ...] = (1,)):
     """Raw scores of three terms (metrics a, b, c): noise, and every ``every`` points an
-    incident on term b: a three-point ramp, then twelve points far out, then a slow return."""
+    incident on term b (or on each of ``terms`` in turn): a three-point ramp, then twelve points
+    far out, then a slow return."""
     rng = np.random.default_rng(seed)
     raws = rng.normal(0.0, 1.0, (3, n))
     starts = list(range(600, n - 30, every))
     shape = np.r_[2.5, 3.5, 4.5, np.full(12, 25.0), 4.5, 3.5, 2.5]
-    for s in starts:
-        raws[1, s : s + shape.size] += shape
+    for k, s in enumerate(starts):
+        raws[terms[k % len(terms)], s : s + shape.size] += shape
     return raws, starts, shape.size
 
 
@@ -155,7 +156,58 @@ def test_incidents_that_recur_more_often_than_the_budget_allows_are_learned(monk
     assert not any(lk.last_learned[s + 3 : s + 15].any() for s in starts[:2])
     # the same incidents, rarer than the budget allows, alert every time (the test above)
     held = lk._held["e"]
-    assert held.recurring and len(held.episodes) == 3  # what it needs to tell, no more
+    assert held.recurring and len(held.episodes["b"]) == 3  # what it needs to tell, no more
+    assert list(held.episodes) == ["b"]
+
+
+def test_incidents_are_counted_per_metric_so_another_metrics_habit_teaches_nothing(monkeypatch):
+    """The same rate of incidents (4 per 1000), led by three metrics in turn: each metric's
+    own are 4/3 per 1000, within the budget's 2, so every one is an incident and alerts."""
+    raws, starts, span = _incidents(every=250, terms=(0, 1, 2))
+    lk, out = _replay(raws, INCIDENT_MARGIN, monkeypatch)
+    alerted = [bool((out[s : s + span] >= 1.0).any()) for s in starts]
+    assert all(alerted), alerted
+    held = lk._held["e"]
+    assert not held.recurring and set(held.episodes) == {"a", "b", "c"}
+    # one metric's habit is learned, and the rare incidents of another still alert
+    raws, starts, span = _incidents(every=125, terms=(1, 1, 1, 0))
+    lk, out = _replay(raws, INCIDENT_MARGIN, monkeypatch)
+    rare = [s for k, s in enumerate(starts) if k % 4 == 3]
+    habit = [s for k, s in enumerate(starts) if k % 4 != 3]
+    assert all((out[s : s + span] >= 1.0).any() for s in rare)
+    assert sum(bool((out[s : s + span] >= 1.0).any()) for s in habit) <= len(habit) // 3
+
+
+def test_a_replay_with_the_terms_metrics_counts_incidents_as_serving_does(monkeypatch):
+    from vaeguard.apps.online import replay_likelihood
+
+    raws, starts, span = _incidents(every=250, terms=(0, 1, 2))
+    _, served = _replay(raws, INCIDENT_MARGIN, monkeypatch)
+    entities = ["e"] * raws.shape[1]
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=1000, alert=1.0)
+    named = replay_likelihood(raws, entities, spec, (), ["a", "b", "c"])
+    np.testing.assert_array_equal(named, served)
+    # without the names every incident counts as one metric's: from the third on, learned
+    unnamed = replay_likelihood(raws, entities, spec)
+    assert sum(bool((unnamed[s : s + span] >= 1.0).any()) for s in starts) < len(starts) // 2
+
+
+def test_a_snapshot_of_incidents_not_counted_per_metric_restores_and_counts_for_every_metric():
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=1000, alert=1.0)
+    state = ViewLikelihood(spec, 3, ["a", "b", "c"]).snapshot()
+    state["held"] = [
+        {"key": "e", "points": [], "quiet": 0, "seen": 900, "episodes": [100, 500, 800]}
+    ]
+    restored = ViewLikelihood.restore(json.loads(json.dumps(state)), ["a", "b", "c"])
+    held = restored._held["e"]
+    assert list(held.episodes[None]) == [100, 500, 800]
+    restored._new_episode(held, "a")  # three earlier ones, of any metric: this one recurs
+    assert held.recurring and list(held.episodes["a"]) == [900]
+    again = ViewLikelihood.restore(json.loads(json.dumps(restored.snapshot())), ["a", "b", "c"])
+    assert {m: list(e) for m, e in again._held["e"].episodes.items()} == {
+        None: [100, 500, 800],
+        "a": [900],
+    }
 
 
 def test_last_learned_marks_the_rows_beyond_the_level_and_around_them(monkeypatch):
@@ -218,7 +270,15 @@ held_values = st.one_of(
                         ),
                         "quiet": held_values,
                         "seen": held_values,
-                        "episodes": st.one_of(held_values, st.lists(held_values, max_size=4)),
+                        "episodes": st.one_of(
+                            held_values,
+                            st.lists(
+                                st.one_of(
+                                    held_values, st.lists(held_values, min_size=2, max_size=2)
+                                ),
+                                max_size=4,
+                            ),
+                        ),
                         "recurring": held_values,
                     }
                 ),

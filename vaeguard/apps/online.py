@@ -61,6 +61,10 @@ class OnlineResult:
     #: Where a refit restarted likelihood terms' histories: (row, terms), the row being the
     #: first judged after the restart (`replay_likelihood` takes them).
     restarts: list[tuple[int, list[int]]] = field(default_factory=list)
+    #: Each term's metric (`ViewSet.term_metrics`) and the cross-section's terms, which
+    #: `replay_likelihood` needs to replay the serving's arithmetic exactly.
+    term_metrics: list[str] = field(default_factory=list)
+    comparable: list[int] = field(default_factory=list)
 
 
 def training_points(n: int, first_fit: int, growth: float | None, max_gap: int | None) -> list[int]:
@@ -119,6 +123,8 @@ def run_online(
         raw=np.full((len(views.term_metrics), n), np.nan),
         entities=[None] * n,
         top_metric=[None] * n,
+        term_metrics=list(views.term_metrics),
+        comparable=list(views.cross_section_terms()),
     )
     schedule = views.schedule
     serving = None
@@ -191,17 +197,21 @@ def replay_likelihood(
     entities: Sequence[str | None],
     likelihood: Any,
     restarts: Any = (),
+    term_metrics: Sequence[str] | None = None,
+    comparable: Sequence[int] = (),
 ) -> np.ndarray:
     """The outputs another likelihood spec would have given the same raw scores.
 
     Exactly the serving's arithmetic (`ViewLikelihood`), so post-processing can be tuned
     without rerunning the models; ``raw`` is terms × rows as in `OnlineResult`, ``restarts``
-    its (row, terms) pairs or `restarts_array`'s encoding of them.
+    its (row, terms) pairs or `restarts_array`'s encoding of them; ``term_metrics`` and
+    ``comparable`` as in `OnlineResult` (incidents are counted per metric: without the names,
+    as if every term were one metric's, which is exact for a single metric).
     """
     from vaeguard.timeseries.likelihood import LikelihoodSpec
 
     spec = likelihood if isinstance(likelihood, LikelihoodSpec) else LikelihoodSpec(**likelihood)
-    state = ViewLikelihood(spec, raw.shape[0])
+    state = ViewLikelihood(spec, raw.shape[0], term_metrics or None, comparable)
     output = np.zeros(raw.shape[1])
     scored = np.isfinite(raw[0])
     start = 0

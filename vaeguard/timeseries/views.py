@@ -65,10 +65,10 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: Pareto tail whose scale is at least 1 nat: the ``evt`` estimator); the most surprised term,
 #: Bonferroni-corrected; the alert budget of 2 false alerts per 1,000 points sets the level (a
 #: tail of 2e-3); an incident (with its ramp and tail) does not join the histories unless such
-#: incidents recur more often than the budget allows; an alert is kept only when it beats every
-#: output of the entity's previous 100 points. Time grid inferred per entity (gaps are missing slots);
-#: every point scored, however sparse its window (``min_observed: 0``: an irregularly sampled
-#: stream is never left unscored). The views retrain warm on the newest 4000 windows every
+#: incidents, led by the same metric, recur more often than the budget allows; an alert is kept
+#: only when it beats every output of the entity's previous 100 points. Time grid inferred per
+#: entity (gaps are missing slots); every point scored, however sparse its window
+#: (``min_observed: 0``: an irregularly sampled stream is never left unscored). The views retrain warm on the newest 4000 windows every
 #: 1000 rows per entity (online learning). An entity of several metrics also gets one
 #: cross-section term per metric (`vaeguard.timeseries.cross_section`), refitted with the views.
 _VIEW_MODEL: dict[str, Any] = {
@@ -170,7 +170,8 @@ INCIDENT_MARGIN = 5
 
 class _Held:
     """An entity's points judged but not learned yet, how many more to leave out, and where
-    its recent incidents began (to tell an incident from something the stream often does)."""
+    its recent incidents began, per metric that led them (to tell an incident from something
+    the metric often does)."""
 
     __slots__ = ("episodes", "points", "quiet", "recurring", "seen")
 
@@ -178,7 +179,9 @@ class _Held:
         self.points: deque[list[float | None]] = deque(maxlen=INCIDENT_MARGIN + 1)
         self.quiet = 0
         self.seen = 0  # points judged
-        self.episodes: deque[int] = deque()  # `seen` at the start of each recent incident
+        #: Per leading metric, `seen` at the start of each recent incident (None: a term with
+        #: no metric name, or a snapshot written before incidents were counted per metric).
+        self.episodes: dict[str | None, deque[int]] = {}
         self.recurring = False  # the current incident recurs too often to be one: learned
 
 
@@ -251,7 +254,7 @@ class ViewLikelihood:
                 lead[i], lead_term[i] = self.metrics[k], k
             tail = min(tail + penalty, 0.0) if tail < 0.0 else tail
             if budget:
-                learned[i] = self._hold(key, tail <= level)
+                learned[i] = self._hold(key, tail <= level, lead[i])
             else:
                 for v in self.views:
                     v.learn(key)
@@ -267,7 +270,7 @@ class ViewLikelihood:
         self.last_learned = learned
         return out + 0.0  # (-0.0, "no opinion yet", becomes a plain 0.0)
 
-    def _hold(self, key: str, beyond: bool) -> bool:
+    def _hold(self, key: str, beyond: bool, metric: str | None = None) -> bool:
         """Hold the point just judged back for `INCIDENT_MARGIN` points; learn the one that
         leaves the hold. Returns whether the point may still be learned."""
         held = self._held.get(key)
@@ -286,7 +289,7 @@ class ViewLikelihood:
             return True
         if beyond:
             if not held.quiet:
-                self._new_episode(held)
+                self._new_episode(held, metric)
             if held.recurring:  # learned after all, with its ramp
                 while held.points:
                     self._learn(key, held.points.popleft())
@@ -309,9 +312,10 @@ class ViewLikelihood:
             if value is not None:
                 v.learn(key, value)
 
-    def _new_episode(self, held: _Held) -> None:
-        """Count an incident's start; it is learned after all when more began within the last
-        ``history`` points than the budget allows there (``budget`` × ``history`` / 1000).
+    def _new_episode(self, held: _Held, metric: str | None) -> None:
+        """Count an incident's start for the metric that leads it; it is learned after all
+        when more incidents led by that metric began within the last ``history`` points than
+        the budget allows there (``budget`` × ``history`` / 1000).
 
         Points far beyond the alert level are kept out of the histories so that an incident is
         not learned as normal. Something the stream does more often than the budget permits is,
@@ -319,15 +323,22 @@ class ViewLikelihood:
         the histories it would stay beyond anything learned and alert every time it recurs, and
         the stated rate would not hold. So such episodes join the histories, and the next like
         them is judged against them (the online refits train on it once it is no longer beyond
-        the level).
+        the level). They are counted per metric: one metric's frequent bursts are what that
+        metric does, and do not make a rare shift in another metric of the entity normal.
         """
         allowance = _allowance(self.spec)
-        while held.episodes and held.episodes[0] <= held.seen - self.spec.history:
-            held.episodes.popleft()
-        held.episodes.append(held.seen)
-        while len(held.episodes) > math.floor(allowance) + 1:  # enough to tell
-            held.episodes.popleft()
-        held.recurring = len(held.episodes) > allowance
+        for episodes in held.episodes.values():
+            while episodes and episodes[0] <= held.seen - self.spec.history:
+                episodes.popleft()
+        for gone in [m for m, episodes in held.episodes.items() if not episodes]:
+            del held.episodes[gone]
+        episodes = held.episodes.setdefault(metric, deque())
+        episodes.append(held.seen)
+        while len(episodes) > math.floor(allowance) + 1:  # enough to tell
+            episodes.popleft()
+        # (episodes of an older snapshot, not attributed to a metric, count for every metric)
+        unattributed = len(held.episodes.get(None, ())) if metric is not None else 0
+        held.recurring = len(episodes) + unattributed > allowance
 
     def forget_terms(self, terms: Sequence[int]) -> None:
         """Restart these terms' histories for every entity: their raw scores now measure
@@ -372,7 +383,7 @@ class ViewLikelihood:
                     "points": [list(p) for p in h.points],
                     "quiet": h.quiet,
                     "seen": h.seen,
-                    "episodes": list(h.episodes),
+                    "episodes": [[m, e] for m, es in h.episodes.items() for e in es],
                     "recurring": h.recurring,
                 }
                 for key, h in self._held.items()
@@ -430,12 +441,26 @@ def _restore_held(item: Any, n_terms: int, spec: LikelihoodSpec) -> tuple[str, _
     recurring = item.get("recurring", False)
     if not is_count(seen) or not isinstance(recurring, bool) or not isinstance(episodes, list):
         raise bad
-    if len(episodes) > math.floor(_allowance(spec)) + 1 or not all(
-        is_count(e) and e <= seen for e in episodes
+    by_metric: dict[str | None, deque[int]] = {}
+    for entry in episodes:  # [metric, seen], or a plain `seen` (before they were per metric)
+        metric, start = (None, entry) if is_count(entry) else _episode(entry, bad)
+        if not is_count(start) or start > seen:
+            raise bad
+        by_metric.setdefault(metric, deque()).append(start)
+    if len(by_metric) > n_terms + 1 or any(
+        len(starts) > math.floor(_allowance(spec)) + 1 for starts in by_metric.values()
     ):
         raise bad
-    held.seen, held.episodes, held.recurring = seen, deque(episodes), recurring
+    held.seen, held.episodes, held.recurring = seen, by_metric, recurring
     return item["key"], held
+
+
+def _episode(entry: Any, bad: DataError) -> tuple[str | None, Any]:
+    if not isinstance(entry, list) or len(entry) != 2:
+        raise bad
+    if entry[0] is not None and not isinstance(entry[0], str):
+        raise bad
+    return entry[0], entry[1]
 
 
 #: What `train-window` records about the data, the same in every view's ``training`` section.

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from vaeguard.alerts.text import one_line
 from vaeguard.errors import BundleError, DataError, NotFittedError
 from vaeguard.snapshot import is_count
 
@@ -280,8 +281,6 @@ def _configured(params: Any, where: str, name: str, from_params: Callable[[dict[
     except (ConfigError, *_MALFORMED) as exc:
         # whatever a hand-edited config holds: one line naming the section, not a trace (a
         # field name quoted in the message may hold a line break)
-        from vaeguard.alerts.text import one_line
-
         raise BundleError(
             f"corrupt bundle at {where}: bad {name} parameters ({one_line(exc)})"
         ) from None

@@ -68,9 +68,10 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: incidents, led by the same metric, recur more often than the budget allows; an alert is kept
 #: only when it beats every output of the entity's previous 100 points. Time grid inferred per
 #: entity (gaps are missing slots); every point scored, however sparse its window
-#: (``min_observed: 0``: an irregularly sampled stream is never left unscored). The views retrain warm on the newest 4000 windows every
-#: 1000 rows per entity (online learning). An entity of several metrics also gets one
-#: cross-section term per metric (`vaeguard.timeseries.cross_section`), refitted with the views.
+#: (``min_observed: 0``: an irregularly sampled stream is never left unscored). The views
+#: retrain warm on the newest 4000 windows every 1000 rows per entity (online learning). An
+#: entity of several metrics also gets one cross-section term per metric
+#: (`vaeguard.timeseries.cross_section`), refitted with the views.
 _VIEW_MODEL: dict[str, Any] = {
     "latent_dim": 4,
     "hidden": [64, 32],
@@ -238,8 +239,9 @@ class ViewLikelihood:
         penalty = math.log10(len(self.views)) if budget else 0.0
         # With a budget, an incident is not learned as normal: a point whose p-value is a tenth
         # of the alert level's or less does not join the histories, nor do the `INCIDENT_MARGIN`
-        # points on either side of it (an incident's ramp and tail, still high but not that far). Points join the
-        # histories that many points late, once it is known they were not an incident's ramp.
+        # points on either side of it (an incident's ramp and tail, still high but not that
+        # far). Points join the histories that many points late, once it is known they were not
+        # an incident's ramp.
         level = -self.spec.level_decades - UNLEARNED_DECADES
         lead: list[str | None] = [None] * len(keys)
         lead_term = [-1] * len(keys)
@@ -270,7 +272,7 @@ class ViewLikelihood:
         self.last_learned = learned
         return out + 0.0  # (-0.0, "no opinion yet", becomes a plain 0.0)
 
-    def _hold(self, key: str, beyond: bool, metric: str | None = None) -> bool:
+    def _hold(self, key: str, beyond: bool, metric: str | None) -> bool:
         """Hold the point just judged back for `INCIDENT_MARGIN` points; learn the one that
         leaves the hold. Returns whether the point may still be learned."""
         held = self._held.get(key)

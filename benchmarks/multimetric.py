@@ -24,9 +24,11 @@ metric moves by ±k sd and stays there for `LEVEL_HOLD` points, judged on its fi
 with the metric's mean and sd over the previous day); k in 2–10 sd, where sd is the metric's
 noise sd around its load-driven mean at the anomaly's start.
 
-Every stream goes through the one streaming detector exactly as ``vaeguard train-window`` on
-the history then ``vaeguard score`` would: `vaeguard.apps.online.run_online` with the
-first fit at the end of the history, then online refits. A point alerts when its output
+Every stream goes through the one streaming detector as a serving that trained on the history
+and went on would: `vaeguard.apps.online.run_online` with the first fit at the end of the
+history (whose points build each entity's windows, scalers and seasonal history; the
+likelihood histories restart there), then online refits. ``vaeguard score`` on a bundle
+starts every entity afresh instead (`benchmarks/cli_path.py` measures that path). A point alerts when its output
 reaches the likelihood's ``alert`` level. An anomaly is detected when an alert falls in
 ``[start, end + W)`` (W: view 0's ``score_slots``, the slots a score counts); its top-1
 metric is the metric named first by the score record of that first alert. False alerts are

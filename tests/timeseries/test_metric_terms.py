@@ -143,6 +143,73 @@ def test_an_incident_and_its_ramp_are_not_learned_so_the_next_one_still_alerts(m
     assert sum(missed) >= len(starts) // 2
 
 
+def test_an_incident_beyond_its_own_terms_history_is_not_learned_however_many_terms():
+    """Thirty terms (ten metrics × three): the Bonferroni factor (30) keeps a term's tail of
+    10^-4.5 from being a decade beyond the alert level, yet it is one for that term's own
+    history. Learned, the first such incident made the next look less rare, and only the first
+    ever alerted; left out, each one alerts and names its metric."""
+    rng = np.random.default_rng(0)
+    n, n_terms = 6000, 30
+    raws = rng.normal(0.0, 1.0, (n_terms, n))
+    starts = list(range(600, n - 30, 700))  # within the budget's 2 per 1000
+    shape = np.r_[8 / 3, 4.0, np.full(8, 8.0), 4.0]  # 8 sd of term 0's noise
+    for s in starts:
+        raws[0, s : s + shape.size] += shape
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=1000, alert=1.0)
+    metrics = [f"m{t % 10}" for t in range(n_terms)]
+    lk = ViewLikelihood(spec, n_terms, metrics)
+    out = lk.update_many(["e"] * n, list(raws))
+    alerted = [bool((out[s : s + shape.size] >= 1.0).any()) for s in starts]
+    assert all(alerted), alerted
+    assert not any(lk.last_learned[s + 2 : s + 10].any() for s in starts)
+    assert {lk.last_metric[s + 5] for s in starts} == {"m0"}
+
+
+def test_a_hold_counts_once_in_the_surprised_terms_history_at_no_new_height():
+    """A held incident is one point of its term's history, no larger than the largest it held
+    before: the history keeps how often rare values come (the budget holds on a stationary
+    stream) without learning how high this one went. The other terms learn nothing of it."""
+    rng = np.random.default_rng(1)
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=1000, alert=1.0)
+    lk = ViewLikelihood(spec, 3, ["a", "b", "c"])
+    lk.update_many(["e"] * 500, list(rng.normal(0.0, 1.0, (3, 500))))
+    lengths = [len(v._history("e").averages) for v in lk.views]
+    largest = lk.views[1].largest("e")
+    incident = rng.normal(0.0, 1.0, (3, 12))
+    incident[1] += 40.0  # twelve points far beyond term b's history
+    lk.update_many(["e"] * 12, list(incident))
+    assert not lk.last_learned.any()
+    after = [len(v._history("e").averages) for v in lk.views]
+    assert after == [lengths[0], lengths[1] + 1, lengths[2]]
+    assert lk.views[1]._history("e").averages[-1] == largest
+    assert lk.views[1].largest("e") == largest
+
+
+def test_a_term_beyond_its_own_level_only_is_held_but_not_counted_as_an_incident():
+    """Thirty terms: a point whose most surprised term is a decade beyond the level by its own
+    tail, but not after the Bonferroni factor, is left out of the histories without counting
+    against the allowance of recurring incidents (a stationary stream of many terms has T
+    times as many of those)."""
+    rng = np.random.default_rng(2)
+    n_terms = 30
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=1000, alert=1.0)
+    lk = ViewLikelihood(spec, n_terms, [f"m{t}" for t in range(n_terms)])
+    lk.update_many(["e"] * 600, list(rng.normal(0.0, 1.0, (n_terms, 600))))
+    level = -spec.level_decades - views_module.UNLEARNED_DECADES
+    penalty = math.log10(n_terms)
+    for size in np.arange(3.0, 12.0, 0.05):  # the smallest size whose own tail is that far out
+        point = np.zeros((n_terms, 1))
+        point[0, 0] = size
+        probe = ViewLikelihood.restore(json.loads(json.dumps(lk.snapshot())), lk.metrics)
+        probe.update_many(["e"], list(point))
+        own = probe.last_log10_tail[0] - penalty
+        if own <= level:
+            break
+    assert level - penalty < own <= level  # held; not an incident after the factor
+    assert not probe.last_learned[0]
+    assert not any(probe._held["e"].episodes.values())
+
+
 def test_incidents_that_recur_more_often_than_the_budget_allows_are_learned(monkeypatch):
     """Every 250 points (4 per 1000, the budget allows 2): from the third within a history's
     span on they join the histories, so the stream's habit stops paging; the rate the budget
@@ -280,6 +347,7 @@ held_values = st.one_of(
                             ),
                         ),
                         "recurring": held_values,
+                        "counted": held_values,
                     }
                 ),
             ),

@@ -252,6 +252,11 @@ class AnomalyLikelihood:
         h.averages.append(value)
         h.since_refresh += 1
 
+    def largest(self, key: str) -> float | None:
+        """The largest score this entity's history holds (None while it holds none)."""
+        averages = self._history(key).averages
+        return max(averages) if averages else None
+
     def warming_up(self, key: str) -> bool:
         """Whether this entity's history is still too short for an opinion."""
         return len(self._history(key).averages) < self.spec.min_history

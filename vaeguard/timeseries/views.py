@@ -174,7 +174,7 @@ class _Held:
     its recent incidents began, per metric that led them (to tell an incident from something
     the metric often does)."""
 
-    __slots__ = ("episodes", "points", "quiet", "recurring", "seen")
+    __slots__ = ("counted", "episodes", "points", "quiet", "recurring", "seen")
 
     def __init__(self):
         self.points: deque[list[float | None]] = deque(maxlen=INCIDENT_MARGIN + 1)
@@ -184,6 +184,7 @@ class _Held:
         #: no metric name, or a snapshot written before incidents were counted per metric).
         self.episodes: dict[str | None, deque[int]] = {}
         self.recurring = False  # the current incident recurs too often to be one: learned
+        self.counted = True  # the current incident has been counted (`ViewLikelihood._hold`)
 
 
 class WindowScores(NamedTuple):
@@ -241,7 +242,13 @@ class ViewLikelihood:
         # of the alert level's or less does not join the histories, nor do the `INCIDENT_MARGIN`
         # points on either side of it (an incident's ramp and tail, still high but not that
         # far). Points join the histories that many points late, once it is known they were not
-        # an incident's ramp.
+        # an incident's ramp. That p-value is the most surprised term's own, before the
+        # Bonferroni factor: the factor bounds how often some term alerts, but whether a value
+        # is too rare to join a term's history is a question about that term alone. Judged with
+        # the factor, an incident far beyond what its term's history holds but short of the
+        # factor (likelier the more terms an entity has) was learned, the next like it looked
+        # less rare, and so on until every such incident was learned. Incidents are counted
+        # against the allowance of recurring ones with the factor (`_hold`).
         level = -self.spec.level_decades - UNLEARNED_DECADES
         lead: list[str | None] = [None] * len(keys)
         lead_term = [-1] * len(keys)
@@ -254,12 +261,13 @@ class ViewLikelihood:
                 if k in self.comparable:
                     k = max(self.comparable, key=lambda t, i=i: columns[t][i])
                 lead[i], lead_term[i] = self.metrics[k], k
-            tail = min(tail + penalty, 0.0) if tail < 0.0 else tail
             if budget:
-                learned[i] = self._hold(key, tail <= level, lead[i])
+                surprised = [t for t, judged_t in enumerate(judged) if judged_t <= level]
+                learned[i] = self._hold(key, surprised, lead[i], tail + penalty <= level)
             else:
                 for v in self.views:
                     v.learn(key)
+            tail = min(tail + penalty, 0.0) if tail < 0.0 else tail
             tails[i] = tail
             out[i] = self.emitter.emit(key, tail)
         #: log10 of each row's tail probability (0: no opinion yet), for the score records.
@@ -272,9 +280,23 @@ class ViewLikelihood:
         self.last_learned = learned
         return out + 0.0  # (-0.0, "no opinion yet", becomes a plain 0.0)
 
-    def _hold(self, key: str, beyond: bool, metric: str | None) -> bool:
+    def _hold(self, key: str, surprised: Sequence[int], metric: str | None, incident: bool) -> bool:
         """Hold the point just judged back for `INCIDENT_MARGIN` points; learn the one that
-        leaves the hold. Returns whether the point may still be learned."""
+        leaves the hold. Returns whether the point may still be learned.
+
+        ``surprised``: the terms whose own tail is far beyond the level, so the point is left
+        out (a hold begins or goes on); ``incident``: so is the Bonferroni-corrected tail, so
+        an incident is counted (once per hold) against the allowance of recurring incidents. A
+        term's own tail is that far out for T times as many points of a stationary stream as
+        the corrected one: counted, those would make an entity of many terms look as if its
+        incidents recurred.
+
+        The first point of a hold still counts in the surprised terms' histories, at no more
+        than the largest value each holds: on a stationary stream such points are single and
+        belong to the tail, and left out the histories would lose their largest values and
+        judge later ones rarer than they are (more alerts than the budget); counted at their
+        own size, the incident would be learned. So a history keeps how often its rare values
+        come, and an incident adds one point to it however long it lasts, and no new height."""
         held = self._held.get(key)
         if held is None:
             if len(self._held) >= self.spec.max_entities:
@@ -289,13 +311,19 @@ class ViewLikelihood:
             while held.points:
                 self._learn(key, held.points.popleft())
             return True
-        if beyond:
-            if not held.quiet:
-                self._new_episode(held, metric)
+        if surprised:
+            first = not held.quiet
+            if first:
+                held.counted = False
+            if not held.counted and (incident or first):
+                self._new_episode(held, metric, count=incident)
+                held.counted = incident
             if held.recurring:  # learned after all, with its ramp
                 while held.points:
                     self._learn(key, held.points.popleft())
                 self._learn(key, values)
+            elif first:  # one point of the history, no larger than any it holds
+                self._learn(key, self._bounded(key, values, surprised))
             held.points.clear()  # the ramp of this incident
             held.quiet = INCIDENT_MARGIN
             return False
@@ -309,15 +337,26 @@ class ViewLikelihood:
             self._learn(key, held.points.popleft())
         return True
 
+    def _bounded(
+        self, key: str, values: Sequence[float | None], terms: Sequence[int]
+    ) -> list[float | None]:
+        """``values`` of these terms, each at most its history's largest (None for the rest)."""
+        out: list[float | None] = [None] * len(values)
+        for t in terms:
+            value, largest = values[t], self.views[t].largest(key)
+            if value is not None and largest is not None:
+                out[t] = min(value, largest)
+        return out
+
     def _learn(self, key: str, values: Sequence[float | None]) -> None:
         for v, value in zip(self.views, values, strict=True):
             if value is not None:
                 v.learn(key, value)
 
-    def _new_episode(self, held: _Held, metric: str | None) -> None:
-        """Count an incident's start for the metric that leads it; it is learned after all
-        when more incidents led by that metric began within the last ``history`` points than
-        the budget allows there (``budget`` × ``history`` / 1000).
+    def _new_episode(self, held: _Held, metric: str | None, count: bool = True) -> None:
+        """Count an incident's start for the metric that leads it (unless not ``count``); it
+        is learned after all when more incidents led by that metric began within the last
+        ``history`` points than the budget allows there (``budget`` × ``history`` / 1000).
 
         Points far beyond the alert level are kept out of the histories so that an incident is
         not learned as normal. Something the stream does more often than the budget permits is,
@@ -334,10 +373,12 @@ class ViewLikelihood:
                 episodes.popleft()
         for gone in [m for m, episodes in held.episodes.items() if not episodes]:
             del held.episodes[gone]
-        episodes = held.episodes.setdefault(metric, deque())
-        episodes.append(held.seen)
-        while len(episodes) > math.floor(allowance) + 1:  # enough to tell
-            episodes.popleft()
+        episodes = held.episodes.get(metric, deque())
+        if count:
+            episodes.append(held.seen)
+            while len(episodes) > math.floor(allowance) + 1:  # enough to tell
+                episodes.popleft()
+            held.episodes[metric] = episodes
         # (episodes of an older snapshot, not attributed to a metric, count for every metric)
         unattributed = len(held.episodes.get(None, ())) if metric is not None else 0
         held.recurring = len(episodes) + unattributed > allowance
@@ -387,6 +428,7 @@ class ViewLikelihood:
                     "seen": h.seen,
                     "episodes": [[m, e] for m, es in h.episodes.items() for e in es],
                     "recurring": h.recurring,
+                    "counted": h.counted,
                 }
                 for key, h in self._held.items()
             ],
@@ -440,8 +482,10 @@ def _restore_held(item: Any, n_terms: int, spec: LikelihoodSpec) -> tuple[str, _
     held.quiet = quiet
     # (absent from snapshots written before recurring incidents were counted)
     seen, episodes = item.get("seen", 0), item.get("episodes", [])
-    recurring = item.get("recurring", False)
+    recurring, counted = item.get("recurring", False), item.get("counted", True)
     if not is_count(seen) or not isinstance(recurring, bool) or not isinstance(episodes, list):
+        raise bad
+    if not isinstance(counted, bool):
         raise bad
     by_metric: dict[str | None, deque[int]] = {}
     for entry in episodes:  # [metric, seen], or a plain `seen` (before they were per metric)
@@ -453,7 +497,7 @@ def _restore_held(item: Any, n_terms: int, spec: LikelihoodSpec) -> tuple[str, _
         len(starts) > math.floor(_allowance(spec)) + 1 for starts in by_metric.values()
     ):
         raise bad
-    held.seen, held.episodes, held.recurring = seen, by_metric, recurring
+    held.seen, held.episodes, held.recurring, held.counted = seen, by_metric, recurring, counted
     return item["key"], held
 
 

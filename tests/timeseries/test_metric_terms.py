@@ -210,6 +210,31 @@ def test_a_term_beyond_its_own_level_only_is_held_but_not_counted_as_an_incident
     assert not any(probe._held["e"].episodes.values())
 
 
+def test_surges_the_views_lead_count_as_the_entitys_not_as_a_metrics():
+    """Three metrics, each with two view terms and a cross-section term. Every 700 points the
+    load surges: every view term rises, the cross-section stays calm, and the most surprised
+    term names a metric at random (here always b). Every 700 points too, 350 later, b really
+    shifts: its cross-section term leads. Each is within the budget's 2 per 1000; counted
+    together as b's, they looked recurring and b's shifts were learned. Now each alerts."""
+    rng = np.random.default_rng(3)
+    n, metrics = 6000, ["a", "b", "c"] * 3
+    raws = rng.normal(0.0, 1.0, (9, n))
+    surges = list(range(400, n - 400, 700))
+    shifts = [s + 350 for s in surges]
+    for s in surges:
+        raws[:6, s : s + 8] += 15.0
+        raws[1, s : s + 8] += 5.0  # the view term naming b leads
+    for s in shifts:
+        raws[7, s : s + 8] += 30.0  # b's cross-section term
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=1000, alert=1.0)
+    lk = ViewLikelihood(spec, 9, metrics, comparable=[6, 7, 8])
+    out = lk.update_many(["e"] * n, list(raws))
+    assert all((out[s : s + 8] >= 1.0).any() for s in shifts)
+    assert all((out[s : s + 8] >= 1.0).any() for s in surges)
+    assert {lk.last_metric[s + 2] for s in shifts} == {"b"}
+    assert set(lk._held["e"].episodes) == {"b", views_module.SURGE}
+
+
 def test_incidents_that_recur_more_often_than_the_budget_allows_are_learned(monkeypatch):
     """Every 250 points (4 per 1000, the budget allows 2): from the third within a history's
     span on they join the histories, so the stream's habit stops paging; the rate the budget

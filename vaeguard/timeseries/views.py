@@ -167,6 +167,9 @@ VIEW_FIELDS = tuple(f for f in MODEL_FIELDS if f != "likelihood")
 #: p-value or less) that are not learned as normal either (`ViewLikelihood`): an incident's
 #: ramp and tail.
 INCIDENT_MARGIN = 5
+#: What a hold is counted as, against the allowance of recurring incidents, when a view's term
+#: leads it in an entity that also has cross-section terms (`ViewLikelihood.update_many`).
+SURGE = "(the entity's views)"
 
 
 class _Held:
@@ -248,7 +251,12 @@ class ViewLikelihood:
         # the factor, an incident far beyond what its term's history holds but short of the
         # factor (likelier the more terms an entity has) was learned, the next like it looked
         # less rare, and so on until every such incident was learned. Incidents are counted
-        # against the allowance of recurring ones with the factor (`_hold`).
+        # against the allowance of recurring ones with the factor (`_hold`), per metric when a
+        # cross-section term leads. When one of the views' terms leads in an entity that has
+        # cross-section terms, they count as the entity's (`SURGE`): every metric's view terms
+        # rise together when the load surges (the cross-section, where it cancels, stays calm),
+        # the most surprised of them names a metric at random, and counted as that metric's
+        # incidents such surges made its own rare shifts look recurring, and learned them.
         level = -self.spec.level_decades - UNLEARNED_DECADES
         lead: list[str | None] = [None] * len(keys)
         lead_term = [-1] * len(keys)
@@ -263,7 +271,10 @@ class ViewLikelihood:
                 lead[i], lead_term[i] = self.metrics[k], k
             if budget:
                 surprised = [t for t, judged_t in enumerate(judged) if judged_t <= level]
-                learned[i] = self._hold(key, surprised, lead[i], tail + penalty <= level)
+                counted_as = lead[i]
+                if self.comparable and lead_term[i] not in self.comparable and lead[i] is not None:
+                    counted_as = SURGE
+                learned[i] = self._hold(key, surprised, counted_as, tail + penalty <= level)
             else:
                 for v in self.views:
                     v.learn(key)

@@ -168,14 +168,17 @@ VIEW_FIELDS = tuple(f for f in MODEL_FIELDS if f != "likelihood")
 #: ramp and tail.
 INCIDENT_MARGIN = 5
 #: What a hold is counted as, against the allowance of recurring incidents, when a view's term
-#: leads it in an entity that also has cross-section terms (`ViewLikelihood.update_many`).
+#: leads it in an entity that also has cross-section terms (`ViewLikelihood.update_many`):
+#: every metric's view terms rise together when the load surges (the cross-section, where the
+#: load cancels, stays calm) and the most surprised of them names a metric at random; counted
+#: as that metric's incidents, such surges made its own rare shifts look recurring.
 SURGE = "(the entity's views)"
 
 
 class _Held:
     """An entity's points judged but not learned yet, how many more to leave out, and where
-    its recent incidents began, per metric that led them (to tell an incident from something
-    the metric often does)."""
+    its recent incidents began, per metric that led them or `SURGE` (to tell an incident from
+    something the metric often does)."""
 
     __slots__ = ("counted", "episodes", "points", "quiet", "recurring", "seen")
 
@@ -251,12 +254,8 @@ class ViewLikelihood:
         # the factor, an incident far beyond what its term's history holds but short of the
         # factor (likelier the more terms an entity has) was learned, the next like it looked
         # less rare, and so on until every such incident was learned. Incidents are counted
-        # against the allowance of recurring ones with the factor (`_hold`), per metric when a
-        # cross-section term leads. When one of the views' terms leads in an entity that has
-        # cross-section terms, they count as the entity's (`SURGE`): every metric's view terms
-        # rise together when the load surges (the cross-section, where it cancels, stays calm),
-        # the most surprised of them names a metric at random, and counted as that metric's
-        # incidents such surges made its own rare shifts look recurring, and learned them.
+        # against the allowance of recurring ones with the factor (`_hold`), per leading metric,
+        # or as the entity's (`SURGE`) when a view's term leads an entity of several metrics.
         level = -self.spec.level_decades - UNLEARNED_DECADES
         lead: list[str | None] = [None] * len(keys)
         lead_term = [-1] * len(keys)

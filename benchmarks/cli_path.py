@@ -140,6 +140,16 @@ def by_runner(case: Case) -> tuple[np.ndarray, list[str | None]]:
     return result.output[TRAIN:] >= level, list(result.top_metric[TRAIN:])
 
 
+def defaults() -> tuple[int, int, int]:
+    """The default configuration's scored slots, suppression and warm-up (W − 1 points to fill
+    the window, then ``min_history`` scores with no opinion), as the counting rules use them."""
+    from vaeguard.timeseries.views import DEFAULT_CONFIG
+
+    likelihood, window = DEFAULT_CONFIG["likelihood"], DEFAULT_CONFIG["window"]["window"]
+    slots = int(DEFAULT_CONFIG["views"][0]["score_slots"])
+    return slots, int(likelihood["suppress"]), window - 1 + int(likelihood["min_history"])
+
+
 @dataclass
 class Tally:
     shifts: int = 0
@@ -151,7 +161,8 @@ class Tally:
     normal_points: int = 0
 
     def add(self, case: Case, alerts: np.ndarray, named: list[str | None], warm_up: int) -> None:
-        span, suppress = DURATION + 16, 100
+        slots, suppress, _ = defaults()
+        span = DURATION + slots
         quiet = np.ones(TEST, dtype=bool)
         for row, j in case.shifts:
             quiet[row : row + span + suppress] = False
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
-    warm_up = 32 - 1 + 100  # W − 1 points, then min_history scores (the default config)
+    warm_up = defaults()[2]
     tallies = {"commands": Tally(), "runner": Tally()}
     started = time.monotonic()
     for seed in range(args.seeds):

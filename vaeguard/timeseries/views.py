@@ -269,10 +269,15 @@ class ViewLikelihood:
                     k = max(self.comparable, key=lambda t, i=i: columns[t][i])
                 lead[i], lead_term[i] = self.metrics[k], k
             if budget:
-                surprised = [t for t, judged_t in enumerate(judged) if judged_t <= level]
-                counted_as = lead[i]
-                if self.comparable and lead_term[i] not in self.comparable and lead[i] is not None:
-                    counted_as = SURGE
+                surprised, counted_as = [], lead[i]
+                if tail <= level:  # (most rows: nothing to hold, nothing to count)
+                    surprised = [t for t, judged_t in enumerate(judged) if judged_t <= level]
+                    if (
+                        lead[i] is not None
+                        and self.comparable
+                        and lead_term[i] not in self.comparable
+                    ):
+                        counted_as = SURGE
                 learned[i] = self._hold(key, surprised, counted_as, tail + penalty <= level)
             else:
                 for v in self.views:

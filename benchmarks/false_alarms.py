@@ -20,6 +20,11 @@ compared with the alert budget (false alerts per 1,000 points) the detector prom
   defaults; its ``budget`` when it has one and ``--budget`` is given) trains on the first 40 %
   of the rows and flags (``predict``) rows of the other 60 %. A row carries no time, so the
   trend kind leaves the trained range by construction: an overall row without it is printed.
+* **commands mode** (``--mode commands``): what a user runs. ``vaeguard train-window`` (default
+  configuration) on each stream's probationary 15 %, then the rest scored as ``vaeguard score``
+  scores a file (the daemon's batch step and serving object, which refit online), twice: each
+  entity continuing from the window state the bundle carries, and with that state dropped
+  (every entity afresh, as bundles without it are served). No cache: a few minutes.
 
 The corpus is meant for judging a design (does the budget hold on data shaped like this?), not
 for choosing parameters: a choice fitted to these generators would only fit these generators.
@@ -497,6 +502,55 @@ def window_alert_rates(
     return {k: c.per_1000 for k, c in window_counts(likelihood_spec, runs).items()}
 
 
+# -- the commands a user runs -------------------------------------------------------------------
+
+#: Records per batch step when scoring a file (what ``vaeguard score`` takes at once).
+SCORE_CHUNK = 4096
+
+
+def commands_count(kind: str, seed: int, points: int) -> dict[str, Any]:
+    """One stream through ``vaeguard train-window`` on its probationary rows, then the rest
+    through the serving ``vaeguard score`` uses, continuing from the bundle's entity state and
+    afresh (runs in a worker process)."""
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from vaeguard.apps.nab import probation_rows
+    from vaeguard.apps.online import as_records, step_settings
+    from vaeguard.cli.main import app
+    from vaeguard.records.batch import process
+    from vaeguard.serving import load_serving
+
+    started = time.perf_counter()
+    t, v = load_stream(kind, seed, points)
+    records = [{"ts": float(a), "value": float(b)} for a, b in zip(t, v, strict=True)]
+    split = probation_rows(len(records))
+    counts: dict[str, Count] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data, bundle = Path(tmp) / "train.jsonl", Path(tmp) / "bundle"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records[:split]))
+        args = ["train-window", "--data", str(data), "--metrics", "value", "--out", str(bundle)]
+        trained = CliRunner().invoke(app, args)
+        if trained.exit_code != 0:
+            raise RuntimeError(f"train-window failed on {kind} (seed {seed}): {trained.output}")
+        messages = as_records(records[split:])
+        for way in COMMAND_WAYS:
+            serving = load_serving(bundle)
+            if way == "afresh":
+                serving.state = serving.views.featurizer()
+            alerts = 0
+            for i in range(0, len(messages), SCORE_CHUNK):
+                result = process(serving, messages[i : i + SCORE_CHUNK], step_settings())
+                alerts += sum(bool(r.is_anomaly) for r in result.scored)
+            counts[way] = Count(len(messages), alerts)
+    return {"kind": kind, "counts": counts, "seconds": time.perf_counter() - started}
+
+
+#: How `commands_count` starts serving: from the bundle's entity state, or without it.
+COMMAND_WAYS = ("continuing", "afresh")
+
+
 # -- tabular mode --------------------------------------------------------------------------------
 
 
@@ -624,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/false_alarms.py", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--mode", choices=("window", "tabular", "both"), default="both")
+    parser.add_argument("--mode", choices=("window", "tabular", "both", "commands"), default="both")
     parser.add_argument(
         "--kinds",
         default=None,
@@ -638,7 +692,9 @@ def main(argv: list[str] | None = None) -> int:
         help="window mode: JSON object (or a file holding one) merged into the default "
         "likelihood spec, e.g. '{\"budget\": 0.2}'",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="window mode: parallel processes")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="window and commands modes: parallel processes"
+    )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument(
         "--fresh", action="store_true", help="window mode: rerun the models, ignoring the cache"
@@ -713,6 +769,31 @@ def main(argv: list[str] | None = None) -> int:
             f"{sum(r['seconds'] for r in ran):.0f} s of stream time, {args.jobs} job(s); "
             f"{len(runs) - len(ran)} from the cache), likelihood replay {replay_seconds:.1f} s\n"
         )
+
+    if args.mode == "commands":
+        from vaeguard.apps.nab import run_jobs
+
+        spec = default_likelihood()
+        budget, named = spec_budget(spec)
+        by_way: dict[str, dict[str, Count]] = {way: {} for way in COMMAND_WAYS}
+
+        def add(r: dict[str, Any]) -> None:
+            for way, c in r["counts"].items():
+                by_way[way][r["kind"]] = by_way[way].get(r["kind"], Count()) + c
+            log(f"  {r['kind']}: {r['seconds']:.0f} s")
+
+        started = time.perf_counter()
+        calls = [(k, s, args.points) for k in kinds for s in stream_seeds(k, seeds)]
+        run_jobs(commands_count, calls, args.jobs, add)
+        print(f"## Commands ({len(calls)} streams: train-window on 15 %, then score the rest)\n")
+        for way, what in (
+            ("continuing", "each entity continuing from the bundle's entity state"),
+            ("afresh", "the entity state dropped: every entity afresh"),
+        ):
+            print(f"Scored {what}; alerts per 1,000 points after the training rows:\n")
+            print(table({k: by_way[way][k] for k in kinds}, budget, implied=not named))
+            print()
+        print(f"Timings: {time.perf_counter() - started:.0f} s ({args.jobs} job(s))\n")
 
     if args.mode in ("tabular", "both"):
         tab_kinds = [k for k in kinds if k in KINDS]

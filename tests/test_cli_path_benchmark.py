@@ -37,5 +37,5 @@ def test_the_tally_counts_detections_their_metric_and_false_alerts():
     tally.add(case, alerts, named, warm_up=100)
     assert (tally.early, tally.early_detected) == (1, 1)  # the shift at 10 is in the warm-up
     assert (tally.shifts, tally.detected, tally.named) == (2, 1, 0)
-    assert tally.false_alerts == 1
+    assert tally.false_alerts == 1 and tally.by_seed == ["1/2"]
     assert tally.normal_points == cp.TEST - 3 * (cp.DURATION + 16 + 100)

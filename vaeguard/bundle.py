@@ -6,10 +6,11 @@ record, data fingerprint, the model file's SHA-256). Loading checks all of it, a
 bundle that is corrupt, tampered with or from an incompatible version, with the reason.
 
 Every manifest has the same header (format, versions, ``kind``, the model file and its hash, the
-threshold, the training record, ``extra``, the pinned ``parts``); what describes the model is
-the kind's own: a tabular model's features, scaler, conditions and baselines at the top level
-(as ever), a window model's ``window`` section (from format 3; older window bundles carry
-stand-in tabular fields and ``extra.window_mode``, and still load). Each is checked as its kind.
+threshold, the training record, ``extra``, the pinned ``parts`` and data ``files``); what
+describes the model is the kind's own: a tabular model's features, scaler, conditions and
+baselines at the top level (as ever), a window model's ``window`` section (from format 3; older
+window bundles carry stand-in tabular fields and ``extra.window_mode``, and still load). Each is
+checked as its kind.
 
 This module is the format (write, read and check the manifest) and knows no model class: each
 kind's reader sits with its model (`vaeguard.detector.load_bundle`,
@@ -21,6 +22,7 @@ kind's reader sits with its model (`vaeguard.detector.load_bundle`,
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib
 import itertools
 import json
@@ -78,6 +80,8 @@ def library_versions() -> dict[str, str | None]:
 _PART_RE = re.compile(r"[a-z]+/[0-9]{1,3}")
 #: A part's pin: the SHA-256 of its ``bundle.json``, in hex.
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+#: A data file of a bundle (``files``): a plain JSON file name, in the bundle's own folder.
+_FILE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}\.json")
 
 
 def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
@@ -136,6 +140,16 @@ def save_bundle(detector, path, *, extra: dict[str, Any] | None = None) -> Path:
                 raise BundleError(f"bad bundle part name {name!r}")
             save_bundle(part, path / name)
             manifest["parts"][name] = sha256_file(path / name / MANIFEST_FILE)
+    files = getattr(detector, "bundle_files_", None) or {}
+    if files:
+        # Data a kind keeps beside its manifest (a window model's per-entity state), each
+        # file pinned by its SHA-256; a reader that knows none of them scores the same.
+        manifest["files"] = {}
+        for name, data in files.items():
+            if not _FILE_RE.fullmatch(name):
+                raise BundleError(f"bad bundle file name {name!r}")
+            write_atomic(path / name, data)
+            manifest["files"][name] = sha256_file(path / name)
     if getattr(detector, "latent_knn_", None) is not None:
         manifest["latent_knn"] = detector.latent_knn_.to_dict()
     plausible = getattr(detector, "plausible_range_", None)
@@ -208,6 +222,7 @@ def _check_manifest(path: Path, m: dict[str, Any]) -> None:
         raise BundleError(f"corrupt bundle at {path}: field 'model_sha256' is missing or malformed")
     bundle_file(path, m, "model_file")
     _check_parts(path, m.get("parts"))
+    _check_files(path, m.get("files"))
     keras_version = str(m["versions"].get("keras", ""))
     if keras_version.split(".")[0] != "3":
         raise BundleError(
@@ -581,6 +596,42 @@ def load_model_file(path: Path, m: dict[str, Any]):
     if not isinstance(model, VAE):
         raise BundleError(f"corrupt bundle at {path}: {model_path.name} is not a vaeguard VAE")
     return model
+
+
+def _check_files(path: Path, files: Any) -> None:
+    """``files`` (optional): a plain JSON file name in the bundle → the SHA-256 of its bytes."""
+    if files is None:
+        return
+    if not isinstance(files, dict):
+        raise BundleError(f"corrupt bundle at {path}: field 'files' must be an object")
+    for name, digest in files.items():
+        if not _FILE_RE.fullmatch(name):
+            raise BundleError(
+                f"corrupt bundle at {path}: field 'files' names {short_repr(name, 80)}, not a "
+                "plain JSON file name"
+            )
+        if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
+            raise BundleError(
+                f"corrupt bundle at {path}: field 'files' pins {name} with "
+                f"{short_repr(digest, 80)}, not a SHA-256"
+            )
+
+
+def pinned_file(path: Path, m: dict[str, Any], name: str) -> bytes | None:
+    """The bytes of data file ``name`` of the bundle at ``path`` (checked manifest ``m``), once
+    they match the SHA-256 it records; None when the manifest records no such file."""
+    digest = (m.get("files") or {}).get(name)
+    if digest is None:
+        return None
+    target = Path(path) / name
+    if not target.is_file() or not _inside(Path(path), target):
+        raise BundleError(f"corrupt bundle at {path}: file {name!r} is missing")
+    data = target.read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise BundleError(
+            f"corrupt bundle at {path}: file {name!r} does not match its recorded SHA-256"
+        )
+    return data
 
 
 def pinned_part(path: Path, name: str, digest: str) -> Path:

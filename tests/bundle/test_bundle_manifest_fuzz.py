@@ -138,9 +138,9 @@ def test_the_bundles_themselves_load(bundles):
 # -- arbitrary manifests ---------------------------------------------------------------------------
 
 
-SCALARS = BASE_SCALARS | st.sampled_from(
-    ["model.keras", "../model.keras", "/etc/hostname", "views/1", "views/1/model.keras", "."]
-)
+#: File names and pins a manifest may hold, right and wrong.
+NAMES = ["model.keras", "../model.keras", "/etc/hostname", "views/1", "views/1/model.keras", "."]
+SCALARS = BASE_SCALARS | st.sampled_from([*NAMES, "entity_state.json", "bundle.json", "0" * 64])
 JSON = json_values(SCALARS)
 
 
@@ -149,7 +149,8 @@ def manifest_paths(root: Path) -> list[tuple]:
     optional fields it may lack."""
     manifest = json.loads((root / "bundle.json").read_text())
     found = set(paths(manifest))
-    found |= {("model_file",), ("parts",), ("parts", "views/1"), ("latent_knn",)}
+    found |= {("model_file",), ("parts",), ("parts", "views/1"), ("latent_knn",), ("files",)}
+    found |= {("files", "entity_state.json")}
     return sorted(found, key=repr)
 
 

@@ -81,11 +81,12 @@ def trained(tmp_path_factory):
 
 
 def offline(bundle: Path, records: list[dict]):
-    """The offline path: record index → (raw score, likelihood) for every windowed record."""
+    """The offline path: record index → (raw score, likelihood) for every windowed record, each
+    host continuing from the end of the training data as the bundle records it."""
     from vaeguard.timeseries.views import ViewSet
 
     views = ViewSet.load(bundle)
-    batch = views.featurizer().update_and_featurize(records)
+    batch = views.serving_featurizer().update_and_featurize(records)
     scored = views.score_windows(batch.x, batch.c, batch.mask)
     lk = views.likelihood().update_many(batch.entities, scored.terms)
     return {

@@ -303,3 +303,85 @@ def test_no_grid_is_inferred_from_gaps_finer_than_timestamps_resolve():
     text = featurizer.to_json()
     assert WindowFeaturizer.from_json(text).snapshot() == json.loads(text)
     assert featurizer.stats["pending"] == 2
+
+
+# -- the state a bundle carries from its training data -------------------------------------------
+
+
+def _carried_stream(n: int, key: str = "web", start: int = 0) -> list[dict]:
+    rng = np.random.default_rng(7)
+    return [rec(60 * i, float(rng.normal(10, 2)), key=key) for i in range(start, n)]
+
+
+def test_a_carried_entity_continues_a_later_stream_with_the_windows_it_would_have_had():
+    """Serving the continuation of the training data scores its first point: no window to
+    fill again, the same windows and scales as one featurizer reading both parts."""
+    spec = WindowSpec(window=8, interval=60, seasonal={"period": 600, "periods": 2})
+    trained, rest = _carried_stream(100), _carried_stream(130, start=100)
+    whole = WindowFeaturizer(spec)
+    whole.update_and_featurize(trained)
+    carried = whole.carried_snapshot(1 << 20)
+    assert carried is not None and carried["entities"][0]["carried"] is True
+    assert set(carried["stats"].values()) == {0}  # serving counts its own points
+    served = WindowFeaturizer.restore(json.loads(json.dumps(carried)))
+    a = whole.update_and_featurize(rest)
+    b = served.update_and_featurize(rest)
+    assert len(b) == len(rest)  # the first point of the continuation is scored
+    for name in ("x", "mask", "c", "keep", "ts", "center", "scale"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert "carried" not in served.snapshot()["entities"][0]  # continued: an entity like any
+
+
+def test_a_carried_entity_fed_the_training_data_again_starts_afresh_instead_of_refusing_it():
+    """Scoring the training file itself (or older data) is no continuation: its points would
+    all be late. The entity starts afresh, and the windows are a fresh featurizer's."""
+    spec = WindowSpec(window=8, interval=60)
+    trained = _carried_stream(100)
+    featurizer = WindowFeaturizer(spec)
+    featurizer.update_and_featurize(trained)
+    served = WindowFeaturizer.restore(featurizer.carried_snapshot(1 << 20))
+    fresh = WindowFeaturizer(spec)
+    a = fresh.update_and_featurize(trained)
+    b = served.update_and_featurize(trained)
+    assert not b.rejected and len(b) == len(a) == 100 - 7
+    for name in ("x", "mask", "keep", "center", "scale"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_the_carried_mark_survives_a_snapshot_until_the_entity_is_continued():
+    """A daemon may checkpoint before an entity's first point: restored, it still starts that
+    entity afresh on older data."""
+    spec = WindowSpec(window=8, interval=60)
+    featurizer = WindowFeaturizer(spec)
+    featurizer.update_and_featurize(_carried_stream(100) + _carried_stream(100, key="db"))
+    served = WindowFeaturizer.restore(featurizer.carried_snapshot(1 << 20))
+    served.update_and_featurize(_carried_stream(101, start=100))  # web continues
+    again = WindowFeaturizer.restore(json.loads(served.to_json()))
+    marks = {e["key"]: e.get("carried", False) for e in again.snapshot()["entities"]}
+    assert marks == {"web": False, "db": True}
+    batch = again.update_and_featurize(_carried_stream(20, key="db"))  # older: afresh
+    assert not batch.rejected and len(batch) == 20 - 7
+    late = again.update_and_featurize(_carried_stream(20, key="web"))  # web is live: late
+    assert len(late.rejected) == 20 and late.rejected[0].reason == LATE_RECORD
+
+
+def test_the_carried_state_keeps_the_newest_entities_that_fit():
+    featurizer = WindowFeaturizer(WindowSpec(window=8, interval=60))
+    for key in ("old", "mid", "new"):
+        featurizer.update_and_featurize(_carried_stream(50, key=key))
+    newest = featurizer.carried_snapshot(1 << 20)["entities"][-1]
+    one = len(json.dumps(newest, separators=(",", ":")))
+    kept = featurizer.carried_snapshot(2 * one + one // 2)
+    assert [e["key"] for e in kept["entities"]] == ["mid", "new"]
+    assert featurizer.carried_snapshot(one - 1) is None
+    assert featurizer.n_entities == 3 and featurizer.stats["points"] == 150  # untouched
+
+
+@pytest.mark.parametrize("mark", ["yes", 1, None, []])
+def test_a_carried_mark_that_is_not_a_boolean_is_refused(mark):
+    featurizer = WindowFeaturizer(WindowSpec(window=8, interval=60))
+    featurizer.update_and_featurize(_carried_stream(20))
+    state = featurizer.carried_snapshot(1 << 20)
+    state["entities"][0]["carried"] = mark
+    with pytest.raises(DataError, match="carried must be true or false"):
+        WindowFeaturizer.restore(state)

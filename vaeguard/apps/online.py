@@ -150,7 +150,7 @@ def run_online(
     first = out.trained_at[0]
     fed = 0
     while fed < n:
-        due = serving.learning.rows_until_due(serving.n_entities)
+        due = serving.learning.rows_until_due(serving.n_live)
         stop = min(n, fed + chunk, fed + max(1, due) if math.isfinite(due) else n)
         if fed < first:
             stop = min(stop, first)

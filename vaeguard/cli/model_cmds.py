@@ -771,6 +771,15 @@ def _known(value: Any) -> str:
     return "unknown" if value is None else str(value)
 
 
+def _when(epoch: float | None) -> str:
+    """Epoch seconds as UTC ISO time ("unknown" for None)."""
+    import datetime as dt
+
+    if epoch is None:
+        return "unknown"
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+
+
 def _print_window_summary(model: Path, s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -866,6 +875,17 @@ def _print_window_summary(model: Path, s: dict[str, Any]) -> None:
         ),
     )
     t.add_row("training data", escape(_known(tr["training_data"])))
+    carried = s.get("entity_state")
+    t.add_row(
+        "entity state",
+        "none: scoring starts every entity afresh"
+        if carried is None
+        else (
+            f"{carried['entities']} entities continue from the end of the training data "
+            f"(latest point {_when(carried['last_ts'])}); one whose first point comes earlier "
+            "starts afresh"
+        ),
+    )
     Console().print(t)
 
 

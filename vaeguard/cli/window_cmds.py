@@ -6,7 +6,9 @@ order, as the daemon would read the topic: one `WindowFeaturizer` builds every e
 the model trains on the windows of the first part and its threshold is calibrated on the
 windows of the tail (``--calibration-fraction``), so the threshold is set on windows the model
 did not train on. The result is an ordinary bundle (``kind: window``) that `vaeguard run`,
-the registry and `vaeguard inspect` accept.
+the registry and `vaeguard inspect` accept. It keeps each entity's window state at the end of
+the file (`WindowFeaturizer.carried_snapshot`), so scoring the data that follows starts where the
+file ends, as a daemon that had read it would, instead of filling every window again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from vaeguard.errors import DataError
 #: Featurizer rejections that are the data's fault (a late point is only skipped).
 _LATE = "late_record"
 
+
+#: The most JSON the bundle's per-entity state may take (the most recently seen entities that
+#: fit are carried; the others start afresh when scored).
+CARRIED_STATE_BYTES = 32 << 20
 
 #: The entity column when --entity-column is not given (absent from the data: one entity).
 DEFAULT_ENTITY = "key"
@@ -263,6 +269,8 @@ def train_window(
         )
     except ValueError as exc:
         raise DataError(str(exc)) from None
+    # serving continues each entity from where the file ends (`ViewSet.serving_featurizer`)
+    detector.entity_state_ = featurizer.carried_snapshot(CARRIED_STATE_BYTES)
     for view in detector.views:
         view.training_info_ = {
             **view.training_info_,
@@ -372,6 +380,7 @@ def _summary_json(
         "written_to": where,
         "records": n_rows,
         "entities": featurizer.n_entities,
+        "entities_carried": _carried(detector),
         "window": spec.window,
         "channels": list(spec.channels),
         "train_windows": n_train,
@@ -386,6 +395,12 @@ def _summary_json(
     }
 
 
+def _carried(detector) -> int:
+    """Entities whose window state the bundle keeps (`CARRIED_STATE_BYTES`)."""
+    state = detector.entity_state_
+    return 0 if state is None else len(state["entities"])
+
+
 def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: int, n_cal: int):
     from rich.markup import escape
     from rich.table import Table
@@ -393,7 +408,11 @@ def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: in
     spec = detector.spec
     t = Table(title="vaeguard window model trained", show_header=False, title_justify="left")
     t.add_row("written to", escape(where))
-    t.add_row("records", f"{n_rows} read, {featurizer.n_entities} entities")
+    t.add_row(
+        "records",
+        f"{n_rows} read, {featurizer.n_entities} entities ({_carried(detector)} carried: "
+        "scoring what follows continues them)",
+    )
     t.add_row(
         "windows",
         f"{spec.window} points of {', '.join(spec.channels)}; "

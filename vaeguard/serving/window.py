@@ -126,7 +126,9 @@ class WindowServing:
         self.spec = self.views.spec
         #: Whose raw scores the likelihood histories hold (the model file's SHA-256).
         self.model_id = model_id
-        self.state = self.views.featurizer()
+        #: Per-entity windows, continuing from the end of the training data where the bundle
+        #: carries it (`ViewSet.serving_featurizer`).
+        self.state = self.views.serving_featurizer()
         self.likelihood = self.views.likelihood()
         self.offsets: dict[str, int] = {}
         self.required_fields = [self.spec.time_field]
@@ -219,7 +221,7 @@ class WindowServing:
         learned = None if self.likelihood is None else self.likelihood.last_learned
         self.learning.observe(
             Windows(features.x, features.mask, features.c, *_affine(features)),
-            self.state.n_entities,
+            self.n_live,
             keep=learned,
         )
         return records
@@ -318,7 +320,7 @@ class WindowServing:
         """After a batch is scored: refit the views warm when the schedule says so."""
         before = self.views.unlearned_channels()
         had_cross_section = self.views.cross_section_ is not None
-        info = self.learning.refit_if_due(self.n_entities)
+        info = self.learning.refit_if_due(self.n_live)
         if info is not None and info["ok"]:
             # A view that now judges a channel it had masked scores on another scale: its
             # terms' histories restart (its other views keep judging meanwhile).
@@ -420,6 +422,12 @@ class WindowServing:
     @property
     def n_entities(self) -> int:
         return self.state.n_entities
+
+    @property
+    def n_live(self) -> int:
+        """Entities the stream has fed, which the online-learning schedule counts (an entity
+        the bundle carries counts once the stream continues it)."""
+        return self.state.n_live
 
     def snapshot(self) -> dict[str, Any]:
         return {

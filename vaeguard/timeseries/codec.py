@@ -16,6 +16,7 @@ public functions to `ViewSet`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from vaeguard.snapshot import is_count
 WINDOW_KEY = "window_mode"
 #: The manifest section of a window model's view (`vaeguard.bundle.has_window_section`).
 SECTION = "window"
+#: The data file holding the per-entity window state at the end of the training data.
+ENTITY_STATE_FILE = "entity_state.json"
 #: What reading a malformed config or section value can raise (a wrong type, an odd number).
 _MALFORMED = (TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
 
@@ -47,6 +50,7 @@ class _ViewBundle:
     section: dict[str, Any]
     bundle_extra_: dict[str, Any] = field(default_factory=dict)
     bundle_parts_: dict[str, Any] = field(default_factory=dict)
+    bundle_files_: dict[str, bytes] = field(default_factory=dict)
     model_kind_: str = "window"
 
     def bundle_fields(self) -> dict[str, Any]:
@@ -113,6 +117,9 @@ def views_bundle_view(views) -> _ViewBundle:
     view.bundle_parts_ = {
         f"views/{k}": _view_bundle(v, k) for k, v in enumerate(views.views) if k > 0
     }
+    if views.entity_state_ is not None:
+        text = json.dumps(views.entity_state_, allow_nan=False, separators=(",", ":"))
+        view.bundle_files_ = {ENTITY_STATE_FILE: text.encode()}
     return view
 
 
@@ -145,6 +152,7 @@ def load_views(path, from_params: Callable[[dict[str, Any]], Any]):
             name = f"views/{k}"
             _attach_view(view, path / name, _part_manifest(path, name, parts[name]), k)
         views.cross_section_ = _cross_section(views, m[SECTION], str(path))
+        views.entity_state_ = _entity_state(views, path, m)
     except _MALFORMED as exc:  # a config value only the scorer checks (mc_samples, seed …)
         raise BundleError(
             f"corrupt bundle at {path}: bad {SECTION} section ({type(exc).__name__}: {exc})"
@@ -163,6 +171,26 @@ def _cross_section(views, section: dict[str, Any], where: str):
         return views.cross_section_from(section["cross_section"])
     except DataError as exc:
         raise BundleError(f"corrupt bundle at {where}: {SECTION}.{exc}") from None
+
+
+def _entity_state(views, path: Path, m: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-entity window state the bundle carries (None: none), checked as a snapshot of
+    this model's window spec."""
+    from vaeguard.bundle import pinned_file
+    from vaeguard.timeseries.featurizer import WindowFeaturizer
+
+    data = pinned_file(path, m, ENTITY_STATE_FILE)
+    if data is None:
+        return None
+    try:
+        state = json.loads(data)
+        if WindowFeaturizer.restore(state).spec != views.spec:
+            raise DataError("its window spec is not the model's")
+    except (ValueError, DataError, RecursionError) as exc:
+        raise BundleError(
+            f"corrupt bundle at {path}: {ENTITY_STATE_FILE}: {one_line(str(exc), 300)}"
+        ) from None
+    return state
 
 
 def _part_manifest(path: Path, name: str, digest: str) -> dict[str, Any]:
@@ -317,6 +345,7 @@ class _BundleView:
     bundle_extra_: dict[str, Any] = field(default_factory=dict)
     model_kind_: str = "window"
     bundle_parts_: dict[str, Any] = field(default_factory=dict)
+    bundle_files_: dict[str, bytes] = field(default_factory=dict)
     plausible_range_: Any = None
 
     def get_params(self) -> dict[str, Any]:

@@ -40,6 +40,9 @@ It is missing until a period of history exists, and does not count towards ``min
 
 The state is plain data: `snapshot()` gives a JSON-safe dict and `restore()` takes it back, so
 a daemon can persist it and resume after a restart with identical windows.
+`carried_snapshot()` is the state a bundle keeps from its training data: each of its entities
+continues there when its first point in serving comes later, and starts afresh otherwise (the
+training data scored again is no continuation, and its points are not refused as late).
 """
 
 from __future__ import annotations
@@ -231,7 +234,17 @@ class WindowBatch:
 class _Entity:
     """Grid, ring buffer of raw values (NaN = missing) and scaler of one entity."""
 
-    __slots__ = ("buf", "end", "interval", "last_ts", "origin", "pending", "scaler", "seasonal")
+    __slots__ = (
+        "buf",
+        "carried",
+        "end",
+        "interval",
+        "last_ts",
+        "origin",
+        "pending",
+        "scaler",
+        "seasonal",
+    )
 
     def __init__(self, spec: WindowSpec):
         self.buf = np.full((spec.capacity, len(spec.channels)), np.nan)
@@ -243,6 +256,9 @@ class _Entity:
             else (None if spec.interval == "rows" else float(spec.interval))
         )
         self.last_ts = -math.inf
+        #: State carried over from the training data (`WindowFeaturizer.carried_snapshot`),
+        #: not yet continued by a point of this stream.
+        self.carried = False
         self.pending: list[tuple[float, list[float]]] = []
         self.scaler = OnlineScaler(len(spec.channels), spec.norm_memory, spec.norm_clip)
         self.seasonal = None
@@ -373,6 +389,12 @@ class WindowFeaturizer:
         """Put one point into its entity's grid; return its window, a Rejection, or None."""
         spec = self.spec
         entity = self._entity(key)
+        if entity.carried:
+            entity.carried = False
+            if t <= entity.last_ts:
+                # Not the continuation of the data the state was carried from (that data again,
+                # or older): the entity starts afresh rather than refuse its points as late.
+                entity = self._entities[key] = _Entity(spec)
         self.stats["points"] += 1
         if entity.seasonal is not None:
             source = values[spec.metrics.index(spec.seasonal["source"])]
@@ -471,6 +493,11 @@ class WindowFeaturizer:
     def n_entities(self) -> int:
         return len(self._entities)
 
+    @property
+    def n_live(self) -> int:
+        """Entities this stream has fed: the held ones, less those still as carried."""
+        return sum(not e.carried for e in self._entities.values())
+
     def snapshot(self) -> dict[str, Any]:
         """The whole state as a JSON-safe dict (NaN → null), entities in LRU order."""
         cap = self.spec.capacity
@@ -491,6 +518,7 @@ class WindowFeaturizer:
                     "pending": [[t, _nan_to_none(np.asarray(v))] for t, v in e.pending],
                     "scaler": e.scaler.to_dict(),
                     "seasonal": None if e.seasonal is None else e.seasonal.to_dict(),
+                    **({"carried": True} if e.carried else {}),
                 }
             )
         return {
@@ -503,6 +531,24 @@ class WindowFeaturizer:
 
     def to_json(self) -> str:
         return json.dumps(self.snapshot(), allow_nan=False, separators=(",", ":"))
+
+    def carried_snapshot(self, max_bytes: int) -> dict[str, Any] | None:
+        """The state serving continues from (a bundle carries it: `ViewSet.entity_state_`): the
+        most recently seen entities whose snapshots fit in ``max_bytes`` of JSON, each marked
+        carried, the counters at zero. None when no entity fits."""
+        state = self.snapshot()
+        kept, size = [], 0
+        for item in reversed(state["entities"]):
+            item["carried"] = True
+            size += len(json.dumps(item, allow_nan=False, separators=(",", ":")))
+            if size > max_bytes:
+                break
+            kept.append(item)
+        if not kept:
+            return None
+        state["entities"] = kept[::-1]
+        state["stats"] = dict.fromkeys(self.STAT_NAMES, 0)
+        return state
 
     @classmethod
     def restore(cls, state: dict[str, Any]) -> WindowFeaturizer:
@@ -599,6 +645,9 @@ def _restore_entity(item: dict[str, Any], spec: WindowSpec) -> tuple[str, _Entit
     e.scaler.load_dict(stats)
     if e.seasonal is not None:
         e.seasonal.load_dict(_expect(item["seasonal"], dict, "seasonal"))
+    e.carried = item.get("carried", False)
+    if not isinstance(e.carried, bool):
+        raise DataError(f"entity {key!r}: carried must be true or false")
     return key, e
 
 

@@ -559,6 +559,10 @@ class ViewSet:
         self.cross_section = _cross_section_flag(cross_section)
         #: The fitted `CrossSection`, or None (one metric, disabled, or too few full rows).
         self.cross_section_: CrossSection | None = None
+        #: The per-entity window state at the end of the training data (a
+        #: `WindowFeaturizer.carried_snapshot`), which serving continues from; None: it starts
+        #: every entity afresh.
+        self.entity_state_: dict[str, Any] | None = None
 
     # -- construction from plain parameters ------------------------------------------------------
 
@@ -629,7 +633,17 @@ class ViewSet:
         return self.likelihood_spec is not None
 
     def featurizer(self):
+        """A fresh per-entity window state."""
         return self.primary.featurizer()
+
+    def serving_featurizer(self):
+        """The window state serving starts from: the training data's end (`entity_state_`),
+        each entity continuing there if its first point comes later, else fresh."""
+        from vaeguard.timeseries.featurizer import WindowFeaturizer
+
+        if self.entity_state_ is None:
+            return self.featurizer()
+        return WindowFeaturizer.restore(self.entity_state_)
 
     def likelihood(self) -> ViewLikelihood | None:
         if self.likelihood_spec is None:
@@ -846,7 +860,17 @@ class ViewSet:
             },
             "views": out_views,
             "training": {f: info.get(f) for f in (*_DATA_FACTS, "windows", "calibration_windows")},
+            "entity_state": self._entity_state_summary(),
         }
+
+    def _entity_state_summary(self) -> dict[str, Any] | None:
+        """How many entities serving continues from the end of the training data, and the
+        latest point it holds (None: every entity starts afresh)."""
+        if self.entity_state_ is None:
+            return None
+        entities = self.entity_state_["entities"]
+        stamps = [e["last_ts"] for e in entities if e["last_ts"] is not None]
+        return {"entities": len(entities), "last_ts": max(stamps, default=None)}
 
     # -- bundles ---------------------------------------------------------------------------------
 

@@ -10,18 +10,19 @@ Each seed is run two ways:
 
 * **commands**: ``vaeguard train-window`` on the normal points (default configuration), then
   ``vaeguard score`` on the test points, as separate processes: the bundle carries the entity's
-  window state at the end of the normal points (windows, scalers, seasonal history), scoring
-  continues from it, and its first ``min_history`` scores build the likelihood histories
-  without an opinion;
+  window state at the end of the normal points (windows, scalers, seasonal history) and its
+  likelihood histories after the calibration tail, and scoring continues from both, judging
+  from the first test point;
 * **runner**: `vaeguard.apps.online.run_online` on both parts with the first fit at the end of
   the normal points, as `benchmarks/multimetric.py` runs every stream: the normal points build
-  the entity's state alike and the histories restart there. The models differ: the commands'
-  trains on the first 80 % of the windows and calibrates on the rest, the runner's on all.
+  the entity's windows alike, and the histories restart there (its first ``min_history``
+  scores have no opinion). The models differ: the commands' trains on the first 80 % of the
+  windows and calibrates on the rest, the runner's on all.
 
 A shift is detected when an alert falls in ``[start, start + DURATION + score_slots)``; the
 top-1 metric is the one the first such alert's record names first; false alerts are the alerts
 outside every ``[start, start + DURATION + score_slots + suppress)``, per 1,000 test points. A
-shift that begins before the likelihood's warm-up ends is counted apart.
+shift that begins before the runner's likelihood warm-up ends is counted apart.
 
     python benchmarks/cli_path.py --seeds 3
 """
@@ -143,9 +144,9 @@ def by_runner(case: Case) -> tuple[np.ndarray, list[str | None]]:
 
 
 def defaults() -> tuple[int, int, int]:
-    """The default configuration's scored slots, suppression and warm-up (``min_history``
-    scores with no opinion; the window is full from the first test point on both paths), as
-    the counting rules use them."""
+    """The default configuration's scored slots, suppression and warm-up (the runner's
+    ``min_history`` scores with no opinion; the window is full from the first test point on
+    both paths), as the counting rules use them."""
     from vaeguard.timeseries.views import DEFAULT_CONFIG
 
     likelihood = DEFAULT_CONFIG["likelihood"]
@@ -158,7 +159,7 @@ class Tally:
     shifts: int = 0
     detected: int = 0
     named: int = 0
-    early: int = 0  # shifts starting in the likelihood's warm-up
+    early: int = 0  # shifts starting in the runner's likelihood warm-up
     early_detected: int = 0
     false_alerts: int = 0
     normal_points: int = 0

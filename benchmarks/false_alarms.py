@@ -22,9 +22,10 @@ compared with the alert budget (false alerts per 1,000 points) the detector prom
   trend kind leaves the trained range by construction: an overall row without it is printed.
 * **commands mode** (``--mode commands``): what a user runs. ``vaeguard train-window`` (default
   configuration) on each stream's probationary 15 %, then the rest scored as ``vaeguard score``
-  scores a file (the daemon's batch step and serving object, which refit online), twice: each
-  entity continuing from the window state the bundle carries, and with that state dropped
-  (every entity afresh, as bundles without it are served). No cache: a few minutes.
+  scores a file (the daemon's batch step and serving object, which refit online), three ways:
+  each entity continuing from the state the bundle carries (its windows, and its likelihood
+  histories after the calibration tail), from its windows only (the histories empty), and
+  afresh (as bundles without that state are served). No cache: several minutes.
 
 The corpus is meant for judging a design (does the budget hold on data shaped like this?), not
 for choosing parameters: a choice fitted to these generators would only fit these generators.
@@ -510,8 +511,8 @@ SCORE_CHUNK = 4096
 
 def commands_count(kind: str, seed: int, points: int) -> dict[str, Any]:
     """One stream through ``vaeguard train-window`` on its probationary rows, then the rest
-    through the serving ``vaeguard score`` uses, continuing from the bundle's entity state and
-    afresh (runs in a worker process)."""
+    through the serving ``vaeguard score`` uses, each of `COMMAND_WAYS` (runs in a worker
+    process)."""
     import tempfile
 
     from typer.testing import CliRunner
@@ -537,6 +538,8 @@ def commands_count(kind: str, seed: int, points: int) -> dict[str, Any]:
         messages = as_records(records[split:])
         for way in COMMAND_WAYS:
             serving = load_serving(bundle)
+            if way != "continuing":
+                serving.likelihood = serving.views.likelihood()
             if way == "afresh":
                 serving.state = serving.views.featurizer()
             alerts = 0
@@ -547,8 +550,9 @@ def commands_count(kind: str, seed: int, points: int) -> dict[str, Any]:
     return {"kind": kind, "counts": counts, "seconds": time.perf_counter() - started}
 
 
-#: How `commands_count` starts serving: from the bundle's entity state, or without it.
-COMMAND_WAYS = ("continuing", "afresh")
+#: How `commands_count` starts serving: from the bundle's entity state (windows and
+#: histories), from its windows only, or without it.
+COMMAND_WAYS = ("continuing", "windows only", "afresh")
 
 
 # -- tabular mode --------------------------------------------------------------------------------
@@ -787,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         run_jobs(commands_count, calls, args.jobs, add)
         print(f"## Commands ({len(calls)} streams: train-window on 15 %, then score the rest)\n")
         for way, what in (
-            ("continuing", "each entity continuing from the bundle's entity state"),
+            ("continuing", "each entity continuing from the bundle's windows and histories"),
+            ("windows only", "each entity continuing from the bundle's windows, histories empty"),
             ("afresh", "the entity state dropped: every entity afresh"),
         ):
             print(f"Scored {what}; alerts per 1,000 points after the training rows:\n")

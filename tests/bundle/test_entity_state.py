@@ -1,11 +1,12 @@
-"""A window bundle carries each entity's window state at the end of its training data.
+"""A window bundle carries each entity's window state at the end of its training data, and
+its likelihood histories after judging the calibration tail.
 
-`vaeguard train-window` then `vaeguard score` on the data that follows scores its first point
-(no window to fill again, no likelihood warm-up spent before it), as a daemon that had read the
-training data would. The state is a data file pinned by its SHA-256 (``files`` in the
-manifest): tampered, missing or malformed, the bundle is refused with one line; an entity whose
-first scored point is not later than the state's starts afresh, so scoring the training file
-itself gives what a bundle without the state gives.
+`vaeguard train-window` then `vaeguard score` on the data that follows scores and judges its
+first point (no window to fill again, no likelihood warm-up spent before it), as a daemon that
+had read the training data would. Each state is a data file pinned by its SHA-256 (``files`` in
+the manifest): tampered, missing or malformed, the bundle is refused with one line; an entity
+whose first scored point is not later than the state's starts afresh, histories too, so scoring
+the training file itself gives what a bundle without the state gives.
 """
 
 from __future__ import annotations
@@ -31,36 +32,62 @@ from vaeguard.cli.main import app
 from vaeguard.errors import BundleError
 
 STATE = "entity_state.json"
+HISTORIES = "likelihood_state.json"
+#: The windows of `records()` the fixture's histories judged (its "calibration tail").
+TAIL = 40
 
 
 @pytest.fixture(scope="module")
 def carried(tmp_path_factory) -> Path:
-    """The shared small window model, saved with the state at the end of `records()`."""
+    """The shared small window model, saved with the state at the end of `records()` and the
+    histories after judging its last `TAIL` windows, as `train-window` keeps them."""
+    from vaeguard.cli.window_cmds import _judged_tail
     from vaeguard.timeseries.views import ViewSet
 
     views = ViewSet.load(window_bundle())
     featurizer = views.featurizer()
-    featurizer.update_and_featurize(records())
+    batch = featurizer.update_and_featurize(records())
     views.entity_state_ = featurizer.carried_snapshot(1 << 20)
+    tail = slice(len(batch) - TAIL, None)
+    windows = (batch.x[tail], batch.c[tail], batch.mask[tail])
+    views.likelihood_state_ = _judged_tail(views, windows, batch.entities[tail])
+    assert views.likelihood_state_ is not None
     return views.save(tmp_path_factory.mktemp("carried") / "bundle")
 
 
-def serve(path: Path, rows: list[dict]) -> dict[int, float]:
-    """Row → raw score of every scored row, through the daemon's batch step."""
+def serve(path: Path, rows: list[dict], **kwargs) -> dict[int, tuple[float, float, float]]:
+    """Row → (raw score, anomaly likelihood, p-value) of every scored row, through the
+    daemon's batch step."""
     from vaeguard.apps.online import as_records, step_settings
     from vaeguard.records.batch import process
     from vaeguard.serving import load_serving
 
-    result = process(load_serving(path, "v1"), as_records(rows), step_settings())
+    result = process(load_serving(path, "v1", **kwargs), as_records(rows), step_settings())
     assert not result.dead
-    return {r.source.offset: r.score for r in result.scored}
+    return {r.source.offset: (r.score, r.anomaly_likelihood, r.p_value) for r in result.scored}
 
 
 def test_serving_continues_each_entity_from_the_end_of_the_training_data(carried):
     following = records(N + 20)[N:]
-    assert serve(carried, following).keys() == set(range(20))  # the first point is scored
+    scored = serve(carried, following)
+    assert scored.keys() == set(range(20))  # the first point is scored
+    # and judged: the histories of the calibration tail give an opinion at once (p-value 1
+    # means none yet)
+    assert scored[0][2] < 1.0
     afresh = serve(window_bundle(), following)
     assert len(afresh) < 20  # without the state: its window fills again first
+    assert afresh[min(afresh)][2] == 1.0  # and its first opinion waits for a history
+
+
+def test_an_alert_budget_set_at_load_starts_the_histories_empty(carried):
+    """The carried histories were judged under the bundle's spec: under another budget the
+    held points and recurring incidents would not be what that budget holds out."""
+    from vaeguard.serving import load_serving
+
+    assert load_serving(carried, "v1").likelihood.entities() == ["web-1"]
+    assert load_serving(carried, "v1", budget=5.0).likelihood.entities() == []
+    scored = serve(carried, records(N + 20)[N:], budget=5.0)
+    assert scored.keys() == set(range(20)) and scored[0][2] == 1.0
 
 
 def test_the_learning_schedule_counts_an_entity_once_the_stream_continues_it(carried):
@@ -80,19 +107,26 @@ def test_scoring_the_training_data_again_is_scoring_it_afresh(carried):
     """Not a continuation: every entity starts afresh rather than refuse its points as late."""
     again, afresh = serve(carried, records()), serve(window_bundle(), records())
     assert again.keys() == afresh.keys() and len(again) > N / 2
-    np.testing.assert_allclose([again[k] for k in sorted(again)], [afresh[k] for k in again])
+    rows = sorted(again)
+    np.testing.assert_allclose([again[k] for k in rows], [afresh[k] for k in rows])
 
 
 def test_the_state_is_pinned_in_the_manifest_and_shown_by_inspect(carried):
     from vaeguard.bundle import load_any
 
     m = read_manifest(carried)
-    assert m["files"] == {STATE: sha256_file(carried / STATE)}
+    assert m["files"] == {
+        STATE: sha256_file(carried / STATE),
+        HISTORIES: sha256_file(carried / HISTORIES),
+    }
     summary = load_any(carried).summary()["entity_state"]
-    assert summary == {"entities": 1, "last_ts": records()[-1]["ts"]}
+    assert summary == {"entities": 1, "last_ts": records()[-1]["ts"], "with_histories": 1}
     assert load_any(window_bundle()).summary()["entity_state"] is None
-    shown = CliRunner().invoke(app, ["inspect", "--model", str(carried)]).output
-    assert "1 entities continue from the end of the training data" in " ".join(shown.split())
+    inspect = ["inspect", "--model", str(carried)]
+    shown = CliRunner().invoke(app, inspect, env={"COLUMNS": "400"}).output
+    shown = " ".join(shown.split())
+    assert "1 entities continue from the end of the training data" in shown
+    assert "1 of them with likelihood histories from the calibration tail" in shown
 
 
 def copy(carried: Path, dest: Path) -> Path:
@@ -110,14 +144,15 @@ def refused(path: Path) -> str:
     return text
 
 
-def test_a_tampered_or_missing_state_file_is_refused(carried, tmp_path):
+@pytest.mark.parametrize("name", [STATE, HISTORIES])
+def test_a_tampered_or_missing_state_file_is_refused(carried, tmp_path, name):
     path = copy(carried, tmp_path / "tampered")
-    state = json.loads((path / STATE).read_text())
-    state["entities"][0]["scaler"]["mean"][0] += 1.0
-    (path / STATE).write_text(json.dumps(state))
+    state = json.loads((path / name).read_text())
+    state["version"] = state["version"]  # the same content, written another way
+    (path / name).write_text(json.dumps(state, indent=1))
     assert "does not match its recorded SHA-256" in refused(path)
-    (path / STATE).unlink()
-    assert f"file {STATE!r} is missing" in refused(path)
+    (path / name).unlink()
+    assert f"file {name!r} is missing" in refused(path)
 
 
 @pytest.mark.parametrize(
@@ -145,10 +180,31 @@ def test_a_state_of_another_window_spec_is_refused(carried, tmp_path):
     assert "its window spec is not the model's" in refused(path)
 
 
-def repin(path: Path, state) -> None:
-    (path / STATE).write_text(state if isinstance(state, str) else json.dumps(state))
+def test_histories_that_nothing_judges_with_are_left_unused(carried, tmp_path):
+    """Histories of another likelihood spec (or of a model edited to have none), or without
+    the windows they continue: serving starts empty histories, as a budget set at load does."""
+    from vaeguard.bundle import load_any
+    from vaeguard.serving import load_serving
+
+    path = copy(carried, tmp_path / "spec")
+    state = json.loads((path / HISTORIES).read_text())
+    state["emitter"]["spec"]["budget"] = 7.0
+    repin(path, state, HISTORIES)
+    assert load_serving(path, "v1").likelihood.entities() == []
+    assert load_any(path).summary()["entity_state"]["with_histories"] == 0
+    path = copy(carried, tmp_path / "alone")
+    (path / STATE).unlink()
     m = json.loads((path / "bundle.json").read_text())
-    m["files"][STATE] = sha256_file(path / STATE)
+    del m["files"][STATE]
+    (path / "bundle.json").write_text(json.dumps(m))
+    assert load_any(path).likelihood_state_ is None
+    assert load_serving(path, "v1").likelihood.entities() == []
+
+
+def repin(path: Path, state, name: str = STATE) -> None:
+    (path / name).write_text(state if isinstance(state, str) else json.dumps(state))
+    m = json.loads((path / "bundle.json").read_text())
+    m["files"][name] = sha256_file(path / name)
     (path / "bundle.json").write_text(json.dumps(m))
 
 
@@ -157,24 +213,25 @@ def repin(path: Path, state) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(data=st.data())
+@given(data=st.data(), name=st.sampled_from([STATE, HISTORIES]))
 def test_arbitrary_json_in_the_state_loads_or_is_refused_in_one_line(
-    carried, tmp_path_factory, data
+    carried, tmp_path_factory, data, name
 ):
-    """Any value anywhere in the (re-pinned) state file: a serving that scores the following
+    """Any value anywhere in a (re-pinned) state file: a serving that scores the following
     records, or `BundleError` with one line. Nothing else escapes."""
     from vaeguard.apps.online import as_records, step_settings
     from vaeguard.records.batch import process
 
     path = copy(carried, tmp_path_factory.mktemp("s") / "b")
-    state = json.loads((path / STATE).read_text())
+    state = json.loads((path / name).read_text())
     places = sorted(set(paths(state)), key=repr)
     for _ in range(data.draw(st.integers(1, 3), label="edits")):
         place = data.draw(st.sampled_from(places), label="path")
-        value = data.draw(json_values(), label="value")
+        # (plain numbers too, which keep many places valid: the loaded path is fuzzed as well)
+        value = data.draw(json_values() | st.floats(-1e6, 1e6), label="value")
         with contextlib.suppress(KeyError, IndexError, TypeError):  # a place an edit removed
             state = replace(state, place, value)
-    repin(path, dump(state))
+    repin(path, dump(state), name)
     serving = loaded_or_refused(path)
     if serving is not None:
         result = process(serving, as_records(records(N + 5)[N:]), step_settings())
@@ -196,7 +253,8 @@ def test_train_window_then_score_the_following_rows_scores_the_first_row(tmp_pat
         ],
     )
     assert trained.exit_code == 0, trained.output
-    assert json.loads(trained.stdout)["entities_carried"] == 2
+    summary = json.loads(trained.stdout)
+    assert summary["entities_carried"] == summary["entities_with_histories"] == 2
     scored = runner.invoke(
         app,
         [

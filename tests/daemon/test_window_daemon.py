@@ -82,13 +82,14 @@ def trained(tmp_path_factory):
 
 def offline(bundle: Path, records: list[dict]):
     """The offline path: record index → (raw score, likelihood) for every windowed record, each
-    host continuing from the end of the training data as the bundle records it."""
+    host continuing from the end of the training data as the bundle records it (windows and
+    likelihood histories)."""
     from vaeguard.timeseries.views import ViewSet
 
     views = ViewSet.load(bundle)
     batch = views.serving_featurizer().update_and_featurize(records)
     scored = views.score_windows(batch.x, batch.c, batch.mask)
-    lk = views.likelihood().update_many(batch.entities, scored.terms)
+    lk = views.serving_likelihood().update_many(batch.entities, scored.terms)
     return {
         int(i): (float(s), float(p)) for i, s, p in zip(batch.keep, scored.score, lk, strict=True)
     }

@@ -882,8 +882,9 @@ def _print_window_summary(model: Path, s: dict[str, Any]) -> None:
         if carried is None
         else (
             f"{carried['entities']} entities continue from the end of the training data "
-            f"(latest point {_when(carried['last_ts'])}); one whose first point comes earlier "
-            "starts afresh"
+            f"(latest point {_when(carried['last_ts'])}), {carried.get('with_histories', 0)} "
+            "of them with likelihood histories from the calibration tail (judged from their "
+            "first point); one whose first point comes earlier starts afresh"
         ),
     )
     Console().print(t)

@@ -269,8 +269,12 @@ def train_window(
         )
     except ValueError as exc:
         raise DataError(str(exc)) from None
-    # serving continues each entity from where the file ends (`ViewSet.serving_featurizer`)
+    # serving continues each entity from where the file ends (`ViewSet.serving_featurizer`),
+    # judging as it would have after the calibration tail (`ViewSet.serving_likelihood`)
     detector.entity_state_ = featurizer.carried_snapshot(CARRIED_STATE_BYTES)
+    detector.likelihood_state_ = _judged_tail(
+        detector, part(slice(split, n)), batch.entities[split:]
+    )
     for view in detector.views:
         view.training_info_ = {
             **view.training_info_,
@@ -380,7 +384,8 @@ def _summary_json(
         "written_to": where,
         "records": n_rows,
         "entities": featurizer.n_entities,
-        "entities_carried": _carried(detector),
+        "entities_carried": _carried(detector)["entities"],
+        "entities_with_histories": _carried(detector)["with_histories"],
         "window": spec.window,
         "channels": list(spec.channels),
         "train_windows": n_train,
@@ -395,10 +400,37 @@ def _summary_json(
     }
 
 
-def _carried(detector) -> int:
-    """Entities whose window state the bundle keeps (`CARRIED_STATE_BYTES`)."""
-    state = detector.entity_state_
-    return 0 if state is None else len(state["entities"])
+def _judged_tail(detector, windows, entities) -> dict | None:
+    """The carried entities' likelihood histories after judging the calibration windows in
+    order, as serving would have (windows the model did not train on, so their scores are the
+    kind serving will judge): at most `CARRIED_STATE_BYTES` of them, the most recently seen
+    entities' first."""
+    import json
+    import math
+
+    likelihood = detector.likelihood()
+    carried = detector.entity_state_
+    if likelihood is None or carried is None:
+        return None
+    likelihood.update_many(entities, detector.score_windows(*windows).terms)
+    keys = [e["key"] for e in carried["entities"]]
+    judged = set(likelihood.entities())
+    likelihood.forget_entities(sorted(judged - set(keys)))
+    keys = [k for k in keys if k in judged]
+    while keys:
+        state = likelihood.snapshot()
+        size = len(json.dumps(state, allow_nan=False, separators=(",", ":")))
+        if size <= CARRIED_STATE_BYTES:
+            return state
+        drop = max(1, math.ceil(len(keys) * (1.0 - CARRIED_STATE_BYTES / size)))
+        likelihood.forget_entities(keys[:drop])
+        keys = keys[drop:]
+    return None
+
+
+def _carried(detector) -> dict:
+    """How many entities' window state (and likelihood histories) the bundle keeps."""
+    return detector.carried_summary() or {"entities": 0, "with_histories": 0}
 
 
 def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: int, n_cal: int):
@@ -410,8 +442,8 @@ def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: in
     t.add_row("written to", escape(where))
     t.add_row(
         "records",
-        f"{n_rows} read, {featurizer.n_entities} entities ({_carried(detector)} carried: "
-        "scoring what follows continues them)",
+        f"{n_rows} read, {featurizer.n_entities} entities ({_carried(detector)['entities']} "
+        "carried: scoring what follows continues them)",
     )
     t.add_row(
         "windows",

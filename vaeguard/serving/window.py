@@ -129,7 +129,9 @@ class WindowServing:
         #: Per-entity windows, continuing from the end of the training data where the bundle
         #: carries it (`ViewSet.serving_featurizer`).
         self.state = self.views.serving_featurizer()
-        self.likelihood = self.views.likelihood()
+        #: Likelihood histories, continuing from the calibration tail's where the bundle
+        #: carries them (`ViewSet.serving_likelihood`).
+        self.likelihood = self.views.serving_likelihood()
         self.offsets: dict[str, int] = {}
         self.required_fields = [self.spec.time_field]
         self.score_reference = getattr(self.detector, "score_reference_", None)
@@ -172,6 +174,10 @@ class WindowServing:
             point[spec.time_field] = record.get(spec.time_field)
             points.append(point)
         batch = self.state.update_and_featurize(points)
+        if self.state.restarted:  # not continued: their carried histories go too
+            if self.likelihood is not None:
+                self.likelihood.forget_entities(self.state.restarted)
+            self.state.restarted = []
         self.learning.count(len(items))
         n_rejected = len(batch.rejected)
         return Features(

@@ -35,6 +35,8 @@ WINDOW_KEY = "window_mode"
 SECTION = "window"
 #: The data file holding the per-entity window state at the end of the training data.
 ENTITY_STATE_FILE = "entity_state.json"
+#: The data file holding those entities' likelihood histories after the calibration tail.
+LIKELIHOOD_STATE_FILE = "likelihood_state.json"
 #: What reading a malformed config or section value can raise (a wrong type, an odd number).
 _MALFORMED = (TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
 
@@ -117,9 +119,13 @@ def views_bundle_view(views) -> _ViewBundle:
     view.bundle_parts_ = {
         f"views/{k}": _view_bundle(v, k) for k, v in enumerate(views.views) if k > 0
     }
-    if views.entity_state_ is not None:
-        text = json.dumps(views.entity_state_, allow_nan=False, separators=(",", ":"))
-        view.bundle_files_ = {ENTITY_STATE_FILE: text.encode()}
+    for name, state in (
+        (ENTITY_STATE_FILE, views.entity_state_),
+        (LIKELIHOOD_STATE_FILE, views.likelihood_state_),
+    ):
+        if state is not None:
+            text = json.dumps(state, allow_nan=False, separators=(",", ":"))
+            view.bundle_files_[name] = text.encode()
     return view
 
 
@@ -153,6 +159,7 @@ def load_views(path, from_params: Callable[[dict[str, Any]], Any]):
             _attach_view(view, path / name, _part_manifest(path, name, parts[name]), k)
         views.cross_section_ = _cross_section(views, m[SECTION], str(path))
         views.entity_state_ = _entity_state(views, path, m)
+        views.likelihood_state_ = _likelihood_state(views, path, m)
     except _MALFORMED as exc:  # a config value only the scorer checks (mc_samples, seed …)
         raise BundleError(
             f"corrupt bundle at {path}: bad {SECTION} section ({type(exc).__name__}: {exc})"
@@ -189,6 +196,27 @@ def _entity_state(views, path: Path, m: dict[str, Any]) -> dict[str, Any] | None
     except (ValueError, DataError, RecursionError) as exc:
         raise BundleError(
             f"corrupt bundle at {path}: {ENTITY_STATE_FILE}: {one_line(str(exc), 300)}"
+        ) from None
+    return state
+
+
+def _likelihood_state(views, path: Path, m: dict[str, Any]) -> dict[str, Any] | None:
+    """The likelihood histories the bundle carries, checked as a snapshot of this model's
+    terms; None when it carries none, or nothing would judge with them (a model without a
+    likelihood or window state). Histories built under another likelihood spec are kept, and
+    serving starts empty ones instead (`ViewSet.serving_likelihood`)."""
+    from vaeguard.bundle import pinned_file
+
+    data = pinned_file(path, m, LIKELIHOOD_STATE_FILE)
+    fresh = views.likelihood()  # (its class restores: this module is below the views)
+    if data is None or fresh is None or views.entity_state_ is None:
+        return None
+    try:
+        state = json.loads(data)
+        type(fresh).restore(state, fresh.metrics)
+    except (ValueError, DataError, RecursionError) as exc:
+        raise BundleError(
+            f"corrupt bundle at {path}: {LIKELIHOOD_STATE_FILE}: {one_line(str(exc), 300)}"
         ) from None
     return state
 

@@ -293,6 +293,9 @@ class WindowFeaturizer:
         self.stats = dict.fromkeys(self.STAT_NAMES, 0)
         m = len(self.spec.channels)
         self._last_affine = (np.zeros(m), np.ones(m))
+        #: Carried entities started afresh since the owner last took this list (serving drops
+        #: their carried likelihood histories too).
+        self.restarted: list[str] = []
 
     # -- the daemon's call ---------------------------------------------------------------------
 
@@ -395,6 +398,7 @@ class WindowFeaturizer:
                 # Not the continuation of the data the state was carried from (that data again,
                 # or older): the entity starts afresh rather than refuse its points as late.
                 entity = self._entities[key] = _Entity(spec)
+                self.restarted.append(key)
         self.stats["points"] += 1
         if entity.seasonal is not None:
             source = values[spec.metrics.index(spec.seasonal["source"])]

@@ -398,6 +398,21 @@ class ViewLikelihood:
         unattributed = len(held.episodes.get(None, ())) if metric is not None else 0
         held.recurring = len(episodes) + unattributed > allowance
 
+    def entities(self) -> list[str]:
+        """The entities with any state, least recently seen first."""
+        keys = dict.fromkeys(self.emitter._state)
+        for lk in self.views:
+            keys.update(dict.fromkeys(lk._state))
+        keys.update(dict.fromkeys(self._held))
+        return list(keys)
+
+    def forget_entities(self, keys: Sequence[str]) -> None:
+        """Drop these entities' histories and held points: they start afresh."""
+        for key in keys:
+            for lk in (*self.views, self.emitter):
+                lk._state.pop(key, None)
+            self._held.pop(key, None)
+
     def forget_terms(self, terms: Sequence[int]) -> None:
         """Restart these terms' histories for every entity: their raw scores now measure
         something else (a refit began judging a channel its model had not learned)."""
@@ -563,6 +578,10 @@ class ViewSet:
         #: `WindowFeaturizer.carried_snapshot`), which serving continues from; None: it starts
         #: every entity afresh.
         self.entity_state_: dict[str, Any] | None = None
+        #: The likelihood histories of those entities after judging the calibration tail (a
+        #: `ViewLikelihood` snapshot), which serving's judgement continues from; None: they
+        #: start empty.
+        self.likelihood_state_: dict[str, Any] | None = None
 
     # -- construction from plain parameters ------------------------------------------------------
 
@@ -644,6 +663,19 @@ class ViewSet:
         if self.entity_state_ is None:
             return self.featurizer()
         return WindowFeaturizer.restore(self.entity_state_)
+
+    def serving_likelihood(self) -> ViewLikelihood | None:
+        """The likelihood serving starts from: the carried histories (`likelihood_state_`) when
+        the spec they were built under is still the model's (an alert budget set at load
+        changes it), else empty ones."""
+        fresh = self.likelihood()
+        if fresh is None or self.likelihood_state_ is None:
+            return fresh
+        carried = ViewLikelihood.restore(self.likelihood_state_, fresh.metrics)
+        if carried.spec != fresh.spec:
+            return fresh
+        carried.comparable = fresh.comparable
+        return carried
 
     def likelihood(self) -> ViewLikelihood | None:
         if self.likelihood_spec is None:
@@ -860,17 +892,28 @@ class ViewSet:
             },
             "views": out_views,
             "training": {f: info.get(f) for f in (*_DATA_FACTS, "windows", "calibration_windows")},
-            "entity_state": self._entity_state_summary(),
+            "entity_state": self.carried_summary(),
         }
 
-    def _entity_state_summary(self) -> dict[str, Any] | None:
-        """How many entities serving continues from the end of the training data, and the
-        latest point it holds (None: every entity starts afresh)."""
+    def carried_summary(self) -> dict[str, Any] | None:
+        """How many entities serving continues from the end of the training data, the latest
+        point it holds, and how many of them continue with likelihood histories that serving
+        will use (None: every entity starts afresh)."""
         if self.entity_state_ is None:
             return None
         entities = self.entity_state_["entities"]
         stamps = [e["last_ts"] for e in entities if e["last_ts"] is not None]
-        return {"entities": len(entities), "last_ts": max(stamps, default=None)}
+        judged = self.likelihood_state_
+        if judged is None or self.likelihood_spec is None:
+            judged = {"views": []}
+        elif LikelihoodSpec.from_dict(judged["emitter"]["spec"]) != self.likelihood_spec:
+            judged = {"views": []}  # built under another spec: serving starts empty ones
+        keys = {item["key"] for view in judged["views"] for item in view["entities"]}
+        return {
+            "entities": len(entities),
+            "last_ts": max(stamps, default=None),
+            "with_histories": len(keys),
+        }
 
     # -- bundles ---------------------------------------------------------------------------------
 

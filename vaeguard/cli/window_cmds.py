@@ -380,12 +380,13 @@ def _summary_json(
     spec = detector.spec
     th = detector.primary.threshold_
     lk = detector.likelihood_spec
+    carried = _carried(detector)
     return {
         "written_to": where,
         "records": n_rows,
         "entities": featurizer.n_entities,
-        "entities_carried": _carried(detector)["entities"],
-        "entities_with_histories": _carried(detector)["with_histories"],
+        "entities_carried": carried["entities"],
+        "entities_with_histories": carried["with_histories"],
         "window": spec.window,
         "channels": list(spec.channels),
         "train_windows": n_train,
@@ -405,27 +406,13 @@ def _judged_tail(detector, windows, entities) -> dict | None:
     order, as serving would have (windows the model did not train on, so their scores are the
     kind serving will judge): at most `CARRIED_STATE_BYTES` of them, the most recently seen
     entities' first."""
-    import json
-    import math
-
     likelihood = detector.likelihood()
     carried = detector.entity_state_
     if likelihood is None or carried is None:
         return None
     likelihood.update_many(entities, detector.score_windows(*windows).terms)
     keys = [e["key"] for e in carried["entities"]]
-    judged = set(likelihood.entities())
-    likelihood.forget_entities(sorted(judged - set(keys)))
-    keys = [k for k in keys if k in judged]
-    while keys:
-        state = likelihood.snapshot()
-        size = len(json.dumps(state, allow_nan=False, separators=(",", ":")))
-        if size <= CARRIED_STATE_BYTES:
-            return state
-        drop = max(1, math.ceil(len(keys) * (1.0 - CARRIED_STATE_BYTES / size)))
-        likelihood.forget_entities(keys[:drop])
-        keys = keys[drop:]
-    return None
+    return likelihood.carried_snapshot(keys, CARRIED_STATE_BYTES)
 
 
 def _carried(detector) -> dict:

@@ -460,7 +460,6 @@ class WindowServing:
         from vaeguard.timeseries.featurizer import WindowFeaturizer, WindowSpec
         from vaeguard.timeseries.learning import put_refit_state
         from vaeguard.timeseries.views import STATE_FORMAT as LIKELIHOOD_FORMAT
-        from vaeguard.timeseries.views import ViewLikelihood
 
         check_header(state, STATE_FORMAT, STATE_VERSION, "daemon window-state file")
         try:
@@ -491,12 +490,8 @@ class WindowServing:
                 and lk_state.get("format") == LIKELIHOOD_FORMAT
                 and state.get("model_id") == model_id
             ):
-                restored = ViewLikelihood.restore(lk_state)
-                if restored.spec == self.likelihood.spec and len(restored.views) == len(
-                    self.likelihood.views
-                ):
-                    restored.metrics = self.likelihood.metrics
-                    restored.comparable = self.likelihood.comparable
+                restored = self.views.likelihood_from(lk_state)
+                if restored is not None:
                     likelihood = restored
                     kept["likelihood"] = True
         except (

@@ -18,6 +18,7 @@ bundle's own model, the other views are parts of the bundle (``views/<k>/``).
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -413,6 +414,23 @@ class ViewLikelihood:
                 lk._state.pop(key, None)
             self._held.pop(key, None)
 
+    def carried_snapshot(self, keys: Sequence[str], max_bytes: int) -> dict[str, Any] | None:
+        """A snapshot of these entities only (least recently seen first; the others are
+        forgotten), as many of the most recent as fit in ``max_bytes`` of JSON, for a bundle to
+        carry beside `WindowFeaturizer.carried_snapshot`. None when none fits."""
+        judged = set(self.entities())
+        self.forget_entities(sorted(judged - set(keys)))
+        keys = [k for k in keys if k in judged]
+        while keys:
+            state = self.snapshot()
+            size = len(json.dumps(state, allow_nan=False, separators=(",", ":")))
+            if size <= max_bytes:
+                return state
+            drop = max(1, math.ceil(len(keys) * (1.0 - max_bytes / size)))
+            self.forget_entities(keys[:drop])
+            keys = keys[drop:]
+        return None
+
     def forget_terms(self, terms: Sequence[int]) -> None:
         """Restart these terms' histories for every entity: their raw scores now measure
         something else (a refit began judging a channel its model had not learned)."""
@@ -666,16 +684,25 @@ class ViewSet:
 
     def serving_likelihood(self) -> ViewLikelihood | None:
         """The likelihood serving starts from: the carried histories (`likelihood_state_`) when
-        the spec they were built under is still the model's (an alert budget set at load
-        changes it), else empty ones."""
+        they fit this model (`likelihood_from`; an alert budget set at load changes its spec),
+        else empty ones."""
+        carried = None
+        if self.likelihood_state_ is not None:
+            carried = self.likelihood_from(self.likelihood_state_)
+        return self.likelihood() if carried is None else carried
+
+    def likelihood_from(self, state: dict[str, Any]) -> ViewLikelihood | None:
+        """A `ViewLikelihood` snapshot as this model's likelihood (its terms' metrics and
+        comparable terms), or None when it does not fit: no likelihood here, or histories
+        built under another spec or for another number of terms. `DataError` when malformed."""
         fresh = self.likelihood()
-        if fresh is None or self.likelihood_state_ is None:
-            return fresh
-        carried = ViewLikelihood.restore(self.likelihood_state_, fresh.metrics)
-        if carried.spec != fresh.spec:
-            return fresh
-        carried.comparable = fresh.comparable
-        return carried
+        if fresh is None:
+            return None
+        restored = ViewLikelihood.restore(state)
+        if restored.spec != fresh.spec or len(restored.views) != len(fresh.views):
+            return None
+        restored.metrics, restored.comparable = fresh.metrics, fresh.comparable
+        return restored
 
     def likelihood(self) -> ViewLikelihood | None:
         if self.likelihood_spec is None:
@@ -903,16 +930,13 @@ class ViewSet:
             return None
         entities = self.entity_state_["entities"]
         stamps = [e["last_ts"] for e in entities if e["last_ts"] is not None]
-        judged = self.likelihood_state_
-        if judged is None or self.likelihood_spec is None:
-            judged = {"views": []}
-        elif LikelihoodSpec.from_dict(judged["emitter"]["spec"]) != self.likelihood_spec:
-            judged = {"views": []}  # built under another spec: serving starts empty ones
-        keys = {item["key"] for view in judged["views"] for item in view["entities"]}
+        judged = None
+        if self.likelihood_state_ is not None:
+            judged = self.likelihood_from(self.likelihood_state_)
         return {
             "entities": len(entities),
             "last_ts": max(stamps, default=None),
-            "with_histories": len(keys),
+            "with_histories": 0 if judged is None else len(judged.entities()),
         }
 
     # -- bundles ---------------------------------------------------------------------------------

@@ -86,14 +86,33 @@ class Candidate:
         return f"{self.model} · {lk}"
 
 
+def default_model_candidates(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The model configurations ``--models default`` runs: the base, the base with the other
+    choice of ``predict_scored``, and, when the base judges each metric under a Student-t too
+    (``student_t_dof``), the base with the Gaussian terms only."""
+    from vaeguard.timeseries.views import merge_config
+
+    predicting = all(v.get("predict_scored") for v in base["views"])
+    toggled = merge_config(base, {"views": {"predict_scored": not predicting}})
+    out = {
+        "two views, time grid, warm retraining every 1000 rows": base,
+        "the same, the scored slots "
+        + ("seen by the encoder" if predicting else "predicted (hidden from the encoder)"): toggled,
+    }
+    if any(v.get("student_t_dof") is not None for v in base["views"]):
+        out["the same, Gaussian terms only"] = merge_config(
+            base, {"views": {"student_t_dof": None}}
+        )
+    return out
+
+
 def model_candidates(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Model configurations tried (each one full run over the series): the base (the product
-    default: the time grid inferred per series, every point scored, warm retraining every 1000
-    rows), the base with the other choice of ``predict_scored`` (whether the encoder sees the
-    scored slots), and, with retraining only at the doublings of the stream (as before), the time grid
-    as it was, the time grid that leaves points whose window is less than half observed
-    unscored, the time grid with a shorter scale memory, and the row grid (every row the next
-    slot, sparse windows unscored too) with one change at a time."""
+    """Model configurations tried (each one full run over the series): `default_model_candidates`
+    (the first is the product default: the time grid inferred per series, every point scored,
+    warm retraining every 1000 rows), and, with retraining only at the doublings of the stream
+    (as before), the time grid as it was, the time grid that leaves points whose window is less
+    than half observed unscored, the time grid with a shorter scale memory, and the row grid
+    (every row the next slot, sparse windows unscored too) with one change at a time."""
     from vaeguard.timeseries.views import merge_config
 
     doublings = merge_config(base, {"schedule": {"retrain_max_gap": None}})
@@ -102,12 +121,8 @@ def model_candidates(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
     one_view = copy.deepcopy(rows)
     one_view["window"]["seasonal"] = None
     one_view["views"] = one_view["views"][:1]
-    predicting = all(v.get("predict_scored") for v in base["views"])
-    toggled = merge_config(base, {"views": {"predict_scored": not predicting}})
     return {
-        "two views, time grid, warm retraining every 1000 rows": base,
-        "the same, the scored slots "
-        + ("seen by the encoder" if predicting else "predicted (hidden from the encoder)"): toggled,
+        **default_model_candidates(base),
         "two views, time grid": doublings,
         "two views, time grid, sparse windows unscored": merge_config(doublings, gated),
         "two views, time grid, scale memory 1000 rows": merge_config(

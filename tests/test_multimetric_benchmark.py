@@ -173,8 +173,9 @@ def test_a_quick_run_prints_every_table_and_names_metrics(tmp_path, capsys):
         assert np.array_equal(mm.outputs_for(run, run["likelihood"]), run["output"])
         # the cache keeps each term's metric, so a replay counts incidents per metric as the
         # serving did, and gives its outputs back
-        assert run["term_metrics"] == list(s.metrics) * 3  # two views, then the cross-section
-        assert run["comparable"] == list(range(2 * len(s.metrics), 3 * len(s.metrics)))
+        # two views, each Gaussian then Student-t, then the cross-section
+        assert run["term_metrics"] == list(s.metrics) * 5
+        assert run["comparable"] == list(range(4 * len(s.metrics), 5 * len(s.metrics)))
         replayed = replay_likelihood(
             run["raw"],
             ["e"] * len(run["output"]),

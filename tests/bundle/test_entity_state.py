@@ -68,12 +68,18 @@ def serve(path: Path, rows: list[dict], **kwargs) -> dict[int, tuple[float, floa
 
 
 def test_serving_continues_each_entity_from_the_end_of_the_training_data(carried):
+    from vaeguard.apps.online import as_records, step_settings
+    from vaeguard.records.batch import process
+    from vaeguard.serving import load_serving
+
     following = records(N + 20)[N:]
     scored = serve(carried, following)
     assert scored.keys() == set(range(20))  # the first point is scored
-    # and judged: the histories of the calibration tail give an opinion at once (p-value 1
-    # means none yet)
-    assert scored[0][2] < 1.0
+    # and judged: the histories of the calibration tail give an opinion at once
+    serving = load_serving(carried, "v1")
+    process(serving, as_records(following[:1]), step_settings())
+    assert not serving.likelihood.views[0].warming_up("web-1")
+    assert min(p for _, _, p in scored.values()) < 1.0
     afresh = serve(window_bundle(), following)
     assert len(afresh) < 20  # without the state: its window fills again first
     assert afresh[min(afresh)][2] == 1.0  # and its first opinion waits for a history

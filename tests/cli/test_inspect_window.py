@@ -100,7 +100,8 @@ def test_the_table_shows_each_view_the_likelihood_and_the_schedule(bundle):
     assert view2.startswith("view 2 cpu, lat, cpu_seasonal (24 inputs")
     assert (
         "hidden [16], latent 2, L = 4 MC draws, newest 4 slots scored, predicted from the "
-        "older 4 (the encoder does not see them)"
+        "older 4 (the encoder does not see them); each metric judged under a Student-t of 4 "
+        "degrees of freedom too"
     ) in view1
     assert "calibrated at " in view1 and " nats (quantile, target_fpr=0.01;" in view1
     # five hours of data hold no daily seasonal residual: view 2 says it cannot judge it
@@ -139,6 +140,7 @@ def test_json_is_a_compact_summary_matching_the_bundle(bundle):
         assert (v["hidden"], v["latent_dim"], v["mc_samples"]) == ([16], 2, 4)
         # (the default predicts the scored slots: a shorter window scores its newer half)
         assert v["score_slots"] == WINDOW // 2 and v["predict_scored"] is True
+        assert v["student_t_dof"] == 4.0
         assert v["threshold"]["value"] == det.threshold_.value
         assert v["threshold"]["unit"] == "nats" and v["threshold"]["method"] == "quantile"
         assert v["model_sha256"] == m["model_sha256"] and v["verified"] is True

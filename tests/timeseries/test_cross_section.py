@@ -126,7 +126,8 @@ def test_missing_slots_give_finite_terms_and_no_evidence_without_a_recent_value(
 def test_a_single_metric_or_a_disabled_model_has_no_cross_section_terms():
     one = ViewSet.from_params(merge_config(DEFAULT_CONFIG, {"window": {"metrics": ["value"]}}))
     assert one.cross_section and not one.judges_cross_section
-    assert one.term_metrics == ["value", "value"]
+    # two views, each judging the metric under the Gaussian and the Student-t: no more
+    assert one.term_metrics == ["value"] * 4
     assert not views(cross_section=False).judges_cross_section
     # a configuration written before it existed reads as without it
     old = merge_config(DEFAULT_CONFIG, {"window": {"metrics": list(METRICS)}})

@@ -44,7 +44,9 @@ OLD_KEYS = {
     "seed",
 }
 #: Every key now: the old ones (kept) and those added since.
-KEYS = OLD_KEYS | {"predict_scored"}
+KEYS = OLD_KEYS | {"predict_scored", "student_t_dof"}
+#: The added keys a bundle records only when set, so that bundles without them read alike.
+UNSET = {"predict_scored": False, "student_t_dof": None}
 
 #: A model small enough to fit in a second.
 TINY = {"latent_dim": 2, "hidden": (8,), "train_steps": 8, "batch_size": 16, "mc_samples": 2}
@@ -170,18 +172,18 @@ def test_resolved_params_are_what_get_params_gave_before():
         "learning_rate": 1e-3, "mc_samples": 16, "score_slots": None, "likelihood": None,
         "inputs": ["cpu", "mem"], "seed": 0,
     }  # fmt: skip
-    # the same key order as the bundles'; predict_scored only when set (old bundles read alike)
-    assert list(resolved) == [k for k in det.get_params() if k != "predict_scored"]
+    # the same key order as the bundles'; the added keys only when set (old bundles read alike)
+    assert list(resolved) == [k for k in det.get_params() if k not in UNSET]
     json.dumps(resolved)
     # reading the normalized form back gives it unchanged
     assert WindowDetector.from_config(**resolved).resolved_params() == resolved
-    assert WindowDetector.from_config(**resolved).get_params() == {
-        **resolved,
-        "predict_scored": False,
-    }
+    assert WindowDetector.from_config(**resolved).get_params() == {**resolved, **UNSET}
     predicting = WindowDetector(window=8, score_slots=4, predict_scored=True).resolved_params()
     assert list(predicting)[-1] == "predict_scored" and predicting["predict_scored"] is True
     assert WindowDetector.from_config(**predicting).resolved_params() == predicting
+    student = WindowDetector(window=8, student_t_dof=4).resolved_params()
+    assert list(student)[-1] == "student_t_dof" and student["student_t_dof"] == 4.0
+    assert WindowDetector.from_config(**student).resolved_params() == student
 
 
 def test_set_params_sets_them_and_refuses_unknown_names_by_name():
@@ -294,15 +296,35 @@ def test_a_loaded_bundle_has_its_checked_parameters_and_scores_the_same(bundle):
     loaded = ViewSet.load(path)
     view = loaded.primary
     assert view.spec == det.spec and view.input_channels == ("value",)
-    assert view.get_params() == det.resolved_params() | {
-        "likelihood": None,
-        "predict_scored": False,
-    }
+    assert view.get_params() == det.resolved_params() | {"likelihood": None} | UNSET
     assert loaded.likelihood_spec == det.likelihood_spec
     batch = windows(det)
     np.testing.assert_array_equal(
         view.raw_scores(batch.x, batch.c, batch.mask), det.raw_scores(batch.x, batch.c, batch.mask)
     )
+
+
+def test_a_bundle_with_student_t_terms_says_so_and_judges_them(bundle, tmp_path):
+    """``student_t_dof`` is read from the bundle's view: the same weights and score, and a
+    second term, the same slots under the Student-t (`tests/model/test_scoring.py` checks the
+    density itself)."""
+    det, path = bundle
+    window_mode = ViewSet.of(det).get_params()
+    window_mode["views"][0]["student_t_dof"] = 4
+    student = ViewSet.load(_rewrite(path, tmp_path / "t", window_mode))
+    assert student.primary.get_params()["student_t_dof"] == 4.0
+    assert student.summary()["views"][0]["student_t_dof"] == 4.0
+    assert student.term_metrics == ["value", "value"]
+    batch = windows(det)
+    plain = ViewSet.of(det).score_windows(batch.x, batch.c, batch.mask)
+    scored = student.score_windows(batch.x, batch.c, batch.mask)
+    np.testing.assert_array_equal(scored.score, plain.score)
+    np.testing.assert_array_equal(scored.terms[0], plain.terms[0])
+    assert len(plain.terms) == 1 and not np.allclose(scored.terms[1], plain.terms[0])
+    # the same bundle saved again keeps it
+    again = ViewSet.load(student.save(tmp_path / "again"))
+    terms = again.score_windows(batch.x, batch.c, batch.mask).terms
+    np.testing.assert_array_equal(terms[1], scored.terms[1])
 
 
 @pytest.mark.parametrize(
@@ -311,6 +333,8 @@ def test_a_loaded_bundle_has_its_checked_parameters_and_scores_the_same(bundle):
         ({"score_slots": 0}, "views\\[0\\]: score_slots must be between 1 and window"),
         ({"inputs": ["nope"]}, "views\\[0\\]: inputs: nope not among"),
         ({"latent_dim": "four"}, "views\\[0\\]: invalid literal"),
+        ({"student_t_dof": 0}, "views\\[0\\]: student_t_dof must be a finite number above 0"),
+        ({"student_t_dof": "4"}, "views\\[0\\]: student_t_dof must be a number above 0 or null"),
     ],
 )
 def test_a_bundle_with_a_bad_view_is_refused_when_loaded(bundle, tmp_path, edit, message):
@@ -326,7 +350,7 @@ def test_an_old_flat_bundle_with_a_bad_parameter_is_refused_when_loaded(bundle, 
     det, path = bundle
     flat = det.resolved_params()  # what window_mode held before views existed
     loaded = ViewSet.load(_rewrite(path, tmp_path / "flat", flat)).primary.get_params()
-    assert loaded == flat | {"predict_scored": False}
+    assert loaded == flat | UNSET
     bad = _rewrite(path, tmp_path / "bad", {**flat, "score_slots": 99})
     with pytest.raises(BundleError, match="score_slots must be between 1 and window"):
         ViewSet.load(bad)

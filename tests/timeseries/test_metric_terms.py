@@ -80,6 +80,30 @@ def test_each_view_is_judged_per_metric_and_the_seasonal_channel_belongs_to_its_
     assert trained.likelihood().metrics == trained.term_metrics
 
 
+def test_student_t_terms_follow_the_gaussian_ones_metric_by_metric():
+    """With ``student_t_dof`` a view's terms are its per-metric Gaussian terms, then the same
+    metrics' slots under the Student-t; the likelihood judges all of them."""
+    det = small_detector(
+        window=WINDOW, metrics=("cpu", "mem", "idle"), inputs="metrics", score_slots=4,
+        student_t_dof=4.0,
+    )  # fmt: skip
+    student = ViewSet([det], {"short": 1, "history": 200, "min_history": 40, "budget": 2.0})
+    batch = student.featurizer().update_and_featurize(host(400))
+    student.fit(batch.x, batch.c, batch.mask)
+    assert det.term_metrics == ("cpu", "mem", "idle") * 2
+    assert student.term_metrics == ["cpu", "mem", "idle"] * 2
+    assert len(student.likelihood().views) == 6
+    (score, nll, _), terms = det.term_scores(batch.x, batch.c, batch.mask)
+    np.testing.assert_array_equal(score, det.raw_scores(batch.x, batch.c, batch.mask))
+    np.testing.assert_array_equal(terms[:, :3], det.metric_terms(nll))
+    raw = det._scorer(det.select(batch.x) * det.select(batch.mask), batch.c, det.select(batch.mask))
+    np.testing.assert_array_equal(terms[:, 3:], det.metric_terms(raw.student_nll))
+    assert not np.allclose(terms[:, 3:], terms[:, :3])
+    np.testing.assert_array_equal(
+        student.score_windows(batch.x, batch.c, batch.mask).terms, terms.T
+    )
+
+
 def test_a_view_of_one_metric_is_judged_by_its_score_unchanged():
     det = small_detector()
     views = ViewSet([det], det.likelihood_spec)

@@ -918,6 +918,12 @@ def _view_text(v: dict[str, Any], window: int) -> str:
             f", predicted from the older {window - slots} (the encoder does not see them)"
             if v.get("predict_scored")
             else ""
+        )
+        + (
+            f"; each metric judged under a Student-t of {v['student_t_dof']:g} degrees of "
+            "freedom too"
+            if v.get("student_t_dof") is not None
+            else ""
         ),
         f"calibrated at {th['value']:.4f} nats ({th['method']}"
         + (f", {params}" if params else "")

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from vaeguard.model.losses import gaussian_nll
+from vaeguard.model.losses import gaussian_nll, student_t_nll
 
 #: Padded batch sizes: a compiled scorer sees only these shapes (JAX compiles one program per
 #: shape). Doubling from 64 up: one call of about the batch's size is faster per row than the
@@ -66,10 +66,16 @@ class RawScores:
     nll: np.ndarray  # (n, D) per-feature −log p(x_j | z), posterior-weighted over the L draws
     expected: np.ndarray  # (n, D) posterior-weighted decoder mean (scaled space)
     z_mean: np.ndarray | None = None  # (n, latent_dim) posterior mean μ(x), for latent terms
+    #: With a scorer's ``dof``: the score and per-feature nll again, each value's density a
+    #: Student-t around the same decoder outputs (`student_t_nll`).
+    student_score: np.ndarray | None = None
+    student_nll: np.ndarray | None = None
 
 
-def reconstruction_terms(model, x, c, mask, epsilon, visible=None):
-    """The scoring graph in `keras.ops`: returns (score, per-feature nll, expected value, μ).
+def reconstruction_terms(model, x, c, mask, epsilon, visible=None, dof=None):
+    """The scoring graph in `keras.ops`: returns (score, per-feature nll, expected value, μ),
+    and with ``dof`` also the score and per-feature nll of a Student-t of ``dof`` degrees of
+    freedom around the same decoder outputs (`student_t_nll`).
 
     The L decoder passes are one batched call over L·n latent points. The per-feature terms are
     weighted by each draw's share w_l = softmax_l(log p(x|z_l)) of the mixture, so they sum to
@@ -92,7 +98,18 @@ def reconstruction_terms(model, x, c, mask, epsilon, visible=None):
     mean, log_var = model.decode(z_flat, c_flat)
     mean = ops.reshape(mean, (n_draws, n, model.n_features))
     log_var = ops.reshape(log_var, (n_draws, n, model.n_features))
-    nll = gaussian_nll(ops.expand_dims(x, 0), mean, log_var)  # (L, n, D)
+    x_l = ops.expand_dims(x, 0)
+    score, nll, weights = _mixture(gaussian_nll(x_l, mean, log_var), mask, n_draws)
+    out = (score, nll, ops.sum(weights * mean, axis=0), z_mean)
+    if dof is None:
+        return out
+    student_score, student_nll, _ = _mixture(student_t_nll(x_l, mean, log_var, dof), mask, n_draws)
+    return (*out, student_score, student_nll)
+
+
+def _mixture(nll, mask, n_draws):
+    """−log of the mean over the L draws of exp(−Σ nll) (the score), the per-feature nll
+    weighted by each draw's share of it, and those shares (L, n, 1)."""
     if mask is not None:
         nll = nll * ops.expand_dims(mask, 0)
     log_p = -ops.sum(nll, axis=-1)  # (L, n)
@@ -100,7 +117,7 @@ def reconstruction_terms(model, x, c, mask, epsilon, visible=None):
     log_p_hat = log_sum - ops.log(ops.cast(n_draws, log_p.dtype))
     # softmax over the draws, spelled out: keras.ops.softmax warns when L = 1.
     weights = ops.expand_dims(ops.exp(log_p - log_sum), -1)  # (L, n, 1)
-    return -log_p_hat, ops.sum(weights * nll, axis=0), ops.sum(weights * mean, axis=0), z_mean
+    return -log_p_hat, ops.sum(weights * nll, axis=0), weights
 
 
 def condition_width(model) -> int:
@@ -148,12 +165,16 @@ class Scorer:
         *,
         masked: bool = False,
         visible: np.ndarray | None = None,
+        dof: float | None = None,
     ):
         if mc_samples < 1:
             raise ValueError("mc_samples must be at least 1")
+        if dof is not None and not (math.isfinite(dof) and dof > 0):
+            raise ValueError("dof must be a finite number above 0, or None")
         self.model = model
         self.mc_samples = int(mc_samples)
         self.masked = masked
+        self.dof = None if dof is None else float(dof)
         self.epsilon = fixed_epsilon(mc_samples, model.latent_dim, seed)
         self._log_l = math.log(mc_samples)
         conditional = model.n_conditions > 0
@@ -161,7 +182,13 @@ class Scorer:
 
         def graph(x, c, mask):
             return reconstruction_terms(
-                model, x, c if conditional else None, mask if masked else None, self.epsilon, seen
+                model,
+                x,
+                c if conditional else None,
+                mask if masked else None,
+                self.epsilon,
+                seen,
+                self.dof,
             )
 
         self._graph = compile_function(graph, model)
@@ -174,32 +201,28 @@ class Scorer:
             c = np.zeros((n, condition_width(self.model)), dtype="float32")
         if mask is None:
             mask = np.ones_like(x, dtype="float32")
-        scores, nlls, expected, z_means = [], [], [], []
+        parts: list[list[np.ndarray]] = []  # per output of the graph, its chunks
         for start, stop, padded in chunks(n):
             size = stop - start
-            s, nll, e, z = self._graph(
+            outputs = self._graph(
                 _pad(x[start:stop], padded),
                 _pad(c[start:stop], padded),
                 _pad(mask[start:stop], padded),
             )
-            scores.append(ops.convert_to_numpy(s)[:size])
-            nlls.append(ops.convert_to_numpy(nll)[:size])
-            expected.append(ops.convert_to_numpy(e)[:size])
-            z_means.append(ops.convert_to_numpy(z)[:size])
-        if not scores:
+            if not parts:
+                parts = [[] for _ in outputs]
+            for chunk, out in zip(parts, outputs, strict=True):
+                chunk.append(ops.convert_to_numpy(out)[:size])
+        if not parts:
             d = self.model.n_features
+            empty = (np.zeros(0), np.zeros((0, d)))
             return RawScores(
-                np.zeros(0),
-                np.zeros((0, d)),
+                *empty,
                 np.zeros((0, d)),
                 np.zeros((0, self.model.latent_dim)),
+                *(empty if self.dof is not None else (None, None)),
             )
-        return RawScores(
-            np.concatenate(scores).astype("float64"),
-            np.concatenate(nlls).astype("float64"),
-            np.concatenate(expected).astype("float64"),
-            np.concatenate(z_means).astype("float64"),
-        )
+        return RawScores(*(np.concatenate(chunk).astype("float64") for chunk in parts))
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:

@@ -317,6 +317,7 @@ def _set_model(detector, model) -> None:
         seed=detector.seed,
         masked=True,
         visible=detector.encoder_visible(),
+        dof=detector.resolved_params().get("student_t_dof"),
     )
 
 

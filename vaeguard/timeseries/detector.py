@@ -56,6 +56,7 @@ MODEL_FIELDS = (
     "inputs",
     "seed",
     "predict_scored",
+    "student_t_dof",
 )
 
 
@@ -80,6 +81,7 @@ class _Checked(NamedTuple):
     use_likelihood: bool
     seed: int
     predict_scored: bool
+    student_t_dof: float | None
 
 
 def _check(p: dict[str, Any]) -> _Checked:
@@ -126,6 +128,13 @@ def _check(p: dict[str, Any]) -> _Checked:
         raise ValueError("predict_scored must be true or false")
     if predict and (slots is None or slots >= spec.window):
         raise ValueError("predict_scored needs score_slots below window (slots left to see)")
+    dof = p["student_t_dof"]
+    if dof is not None:
+        if isinstance(dof, (bool, np.bool_)) or not isinstance(dof, (int, float, np.number)):
+            raise ValueError(f"student_t_dof must be a number above 0 or null, got {dof!r}")
+        dof = float(dof)
+        if not (math.isfinite(dof) and dof > 0):
+            raise ValueError(f"student_t_dof must be a finite number above 0 or null, got {dof!r}")
     return _Checked(
         spec=spec,
         inputs=inputs,
@@ -135,6 +144,7 @@ def _check(p: dict[str, Any]) -> _Checked:
         use_likelihood=likelihood is not None,
         seed=seed,
         predict_scored=bool(predict),
+        student_t_dof=dof,
     )
 
 
@@ -175,6 +185,14 @@ class WindowDetector:
         slots of the window (and the conditions), in training and in scoring, so an anomaly in
         them cannot pull the latent towards itself and be explained away. Needs
         ``score_slots`` below ``window``.
+    student_t_dof
+        Each metric gets a second likelihood term (`term_metrics`): the same slots scored by a
+        Student-t of this many degrees of freedom around the decoder's mean and scale
+        (`vaeguard.model.losses.student_t_nll`; the model is trained as before). None: the
+        Gaussian terms only. A Gaussian term grows with the square of a slot's residual, so on
+        heavy-tailed noise it is set by the window's single worst slot and the stream's normal
+        outliers outscore a sustained shift of a few noise sd; the Student-t's grows with the
+        log, so it counts how many slots are off. The Gaussian term still sees a lone spike.
     """
 
     # Fitted state, unset until `fit` (or a bundle) sets it: class-level, so that __init__
@@ -222,6 +240,7 @@ class WindowDetector:
         inputs: Sequence[str] | str | None = None,
         seed: int = 0,
         predict_scored: bool = False,
+        student_t_dof: float | None = None,
     ):
         self.window = window
         self.metrics = metrics
@@ -252,6 +271,7 @@ class WindowDetector:
         self.inputs = inputs
         self.seed = seed
         self.predict_scored = predict_scored
+        self.student_t_dof = student_t_dof
 
     # -- scikit-learn conventions ----------------------------------------------------------------
 
@@ -288,6 +308,7 @@ class WindowDetector:
         r = self._checked()
         # (predict_scored only when set: a bundle without it reads as before, by any version)
         predict = {"predict_scored": True} if r.predict_scored else {}
+        dof = {} if r.student_t_dof is None else {"student_t_dof": r.student_t_dof}
         return {
             **r.spec.to_dict(),
             "latent_dim": r.latent_dim,
@@ -305,6 +326,7 @@ class WindowDetector:
             "inputs": list(r.inputs),
             "seed": r.seed,
             **predict,
+            **dof,
         }
 
     @classmethod
@@ -403,7 +425,12 @@ class WindowDetector:
         # every variable, including the sampling layer's seed-generator state (not a "weight")
         self._initial_weights = [v.numpy() for v in model.variables]
         self._scorer = Scorer(
-            model, r.mc_samples, seed=r.seed, masked=True, visible=self.encoder_visible()
+            model,
+            r.mc_samples,
+            seed=r.seed,
+            masked=True,
+            visible=self.encoder_visible(),
+            dof=r.student_t_dof,
         )
 
     def encoder_visible(self) -> np.ndarray | None:
@@ -535,35 +562,65 @@ class WindowDetector:
         The score counts the slots ``score_slots`` names (all of them, rescaled to a full window
         when some are missing, when it is None); masked slots add nothing to the likelihood.
         """
+        raw, score, _ = self._raw_scores(x, c, mask)
+        return score, raw.nll, raw.expected
+
+    def _raw_scores(self, x, c, mask):
+        """The scorer's `RawScores` of these windows, their score (`score_windows`), and the
+        mask of the model's columns it judged."""
         if self.model_ is None:
             raise NotFittedError("this WindowDetector is not fitted yet: call fit()")
         x = np.asarray(x, dtype="float32")
-        d = self.n_inputs
         if x.shape[0] == 0:
-            return np.zeros(0), np.zeros((0, d)), np.zeros((0, d))
+            empty = np.zeros((0, self.n_inputs), dtype="float32")
+            return self._scorer(empty, None, empty), np.zeros(0), empty
         if mask is None:
             mask = np.ones_like(x)
         x, mask = self.select(x), self._judged_mask(self.select(np.asarray(mask, dtype="float32")))
         r = self._checked()
         raw = self._scorer(x * mask, c if r.spec.conditions else None, mask)
+        return raw, self._scored(raw.score, raw.nll, mask), mask
+
+    def _scored(self, score: np.ndarray, nll: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """A window's score from the scorer's: the ``score_slots`` named (or the whole window,
+        rescaled to a full one when slots are missing); ``mask`` the model's judged columns."""
+        r = self._checked()
         w, m = r.spec.window, len(r.inputs)
         if r.score_slots is None:
             observed = np.maximum(mask.sum(axis=1), 1.0)
-            score = raw.score * (w * m) / observed
-        else:
-            cols = [j * w + s for j in range(m) for s in range(w - r.score_slots, w)]
-            score = raw.nll[:, cols].sum(axis=1)
-        return score, raw.nll, raw.expected
+            return score * (w * m) / observed
+        cols = [j * w + s for j in range(m) for s in range(w - r.score_slots, w)]
+        return nll[:, cols].sum(axis=1)
 
     @property
     def term_metrics(self) -> tuple[str, ...]:
-        """The metric of each likelihood term (`metric_terms`): every metric among the inputs,
-        in input order; a derived channel (the seasonal residual) belongs to its source."""
+        """The metric of each likelihood term (`term_scores`): every metric among the inputs,
+        in input order (a derived channel, the seasonal residual, belongs to its source); with
+        ``student_t_dof`` the same again, for the Student-t terms."""
+        r = self._checked()
+        return self._metrics * (1 if r.student_t_dof is None else 2)
+
+    @property
+    def _metrics(self) -> tuple[str, ...]:
         r = self._checked()
         return tuple(dict.fromkeys(r.spec.metric_of(c) for c in r.inputs))
 
+    def term_scores(
+        self, x: np.ndarray, c: np.ndarray | None = None, mask: np.ndarray | None = None
+    ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        """`score_windows`' (score, per-slot nll, expected value), and the raw score of each
+        likelihood term (rows × `term_metrics`): each metric's part of the score (the score
+        itself with one metric), then, with ``student_t_dof``, the same under the Student-t."""
+        raw, score, judged = self._raw_scores(x, c, mask)
+        one = len(self._metrics) == 1
+        terms = [score[:, None] if one else self.metric_terms(raw.nll, mask)]
+        if raw.student_nll is not None:
+            student = self._scored(raw.student_score, raw.student_nll, judged)
+            terms.append(student[:, None] if one else self.metric_terms(raw.student_nll, mask))
+        return (score, raw.nll, raw.expected), np.concatenate(terms, axis=1)
+
     def metric_terms(self, nll: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Each metric's part of the score (rows × `term_metrics`), from `score_windows`' nll.
+        """Each metric's part of the score (rows × metrics), from `score_windows`' nll.
 
         A shift in one of M metrics moves its own term as much as it moves the total, against
         a spread of one metric's noise rather than all M's: judged per metric, it is not

@@ -4,9 +4,10 @@ A view is a `WindowDetector` that reads some channels of the shared window (`Win
 metrics, and the derived seasonal channel when the spec has one. Every view scores every window,
 metric by metric: a view's likelihood terms are the parts of its score from each metric's slots
 (the seasonal residual counts for its source metric), so a shift in one of many metrics is not
-averaged away. Each term's raw scores get their own tail probability against the entity's own
-history (their scales differ); the most surprised term wins and names the metric; then one
-emission per entity (saturation and suppression), so an incident seen by two views or two
+averaged away, and with ``student_t_dof`` the same slots again under a Student-t, so a shift
+in heavy-tailed noise is not outscored by the noise's own outliers. Each term's raw scores get
+their own tail probability against the entity's own history (their scales differ); the most
+surprised term wins and names the metric; then one emission per entity (saturation and suppression), so an incident seen by two views or two
 metrics is one alert (`ViewLikelihood`).
 
 The same object serves ``vaeguard run`` in window mode (`vaeguard.serving.window`) and the NAB
@@ -61,8 +62,11 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: see them, so an anomaly cannot explain itself away): the metrics alone
 #: (``inputs: "metrics"``), and every channel (``inputs: null``): the metrics with the
 #: seasonal residual of the first one (value − median of the same time on the previous 3
-#: days), so a missing daily peak is visible. Each term's (view × metric) raw score is judged
-#: by its tail probability against the entity's last 1000 such scores (rank, then a fitted
+#: days), so a missing daily peak is visible. Each view judges each metric twice: its slots' nll
+#: under the decoder's Gaussian, which a lone spike moves most, and under a Student-t of 4
+#: degrees of freedom around the same mean and scale (``student_t_dof``), which counts how
+#: many slots are off, so heavy-tailed noise does not hide a sustained shift. Each term's (view
+#: × metric × density) raw score is judged by its tail probability against the entity's last 1000 such scores (rank, then a fitted
 #: Pareto tail whose scale is at least 1 nat: the ``evt`` estimator); the most surprised term,
 #: Bonferroni-corrected; the alert budget of 2 false alerts per 1,000 points sets the level (a
 #: tail of 2e-3); an incident (with its ramp and tail) does not join the histories unless such
@@ -82,6 +86,7 @@ _VIEW_MODEL: dict[str, Any] = {
     "mc_samples": 16,
     "score_slots": 16,
     "predict_scored": True,
+    "student_t_dof": 4.0,
 }
 DEFAULT_CONFIG: dict[str, Any] = {
     "window": {
@@ -817,18 +822,15 @@ class ViewSet:
 
     def score_windows(self, x, c=None, mask=None) -> WindowScores:
         """View 0's score, per-slot nll and expected values (they explain the record), and the
-        raw score of every likelihood term: each view's per-metric terms, or its score when it
-        reads one metric."""
+        raw score of every likelihood term: each view's `WindowDetector.term_scores`, then the
+        cross-section's."""
         terms: list[np.ndarray] = []
         first = None
         for view in self.views:
-            scored = view.score_windows(x, c, mask)
+            scored, view_terms = view.term_scores(x, c, mask)
             if first is None:
                 first = scored
-            if len(view.term_metrics) == 1:
-                terms.append(scored[0])
-            else:
-                terms.extend(view.metric_terms(scored[1], mask).T)
+            terms.extend(view_terms.T)
         if self.judges_cross_section:
             terms.extend(self._cross_section_terms(x, c, mask).T)
         return WindowScores(first[0], terms, first[1], first[2])

@@ -283,7 +283,7 @@ def _fill(
         channel_slots(training, len(detector.input_channels))
     except DataError as exc:
         raise BundleError(f"corrupt bundle at {where}: {exc}") from None
-    _set_model(detector, model)
+    detector.use_model(model)
     detector.threshold_ = threshold
     detector.baseline_ = np.asarray(baseline, dtype="float64")
     detector.score_reference_ = np.asarray(score_reference, dtype="float64")
@@ -305,20 +305,6 @@ def _check_shape(detector, model, where: str, described_by: str) -> None:
             f"values and {detector.time_conditions.width} condition inputs, the model expects "
             f"{model.n_features} and {model.n_conditions}"
         )
-
-
-def _set_model(detector, model) -> None:
-    from vaeguard.model.scoring import Scorer
-
-    detector.model_ = model
-    detector._scorer = Scorer(
-        model,
-        detector.mc_samples,
-        seed=detector.seed,
-        masked=True,
-        visible=detector.encoder_visible(),
-        dof=detector.resolved_params().get("student_t_dof"),
-    )
 
 
 def _short(value: Any) -> str:

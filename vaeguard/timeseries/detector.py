@@ -404,7 +404,6 @@ class WindowDetector:
 
     def _build(self):
         from vaeguard._quiet import import_keras
-        from vaeguard.model.scoring import Scorer
         from vaeguard.model.vae import VAE
 
         r = self._checked()
@@ -421,9 +420,17 @@ class WindowDetector:
             seed=r.seed,
         )
         model.compile(optimizer=keras.optimizers.Adam(r.learning_rate))
-        self.model_ = model
         # every variable, including the sampling layer's seed-generator state (not a "weight")
         self._initial_weights = [v.numpy() for v in model.variables]
+        self.use_model(model)
+
+    def use_model(self, model) -> None:
+        """Score with ``model`` (built by `fit`, or read from a bundle by
+        `vaeguard.timeseries.codec`): the one place its scorer is made from the parameters."""
+        from vaeguard.model.scoring import Scorer
+
+        r = self._checked()
+        self.model_ = model
         self._scorer = Scorer(
             model,
             r.mc_samples,

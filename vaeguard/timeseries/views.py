@@ -7,8 +7,8 @@ metric by metric: a view's likelihood terms are the parts of its score from each
 averaged away, and with ``student_t_dof`` the same slots again under a Student-t, so a shift
 in heavy-tailed noise is not outscored by the noise's own outliers. Each term's raw scores get
 their own tail probability against the entity's own history (their scales differ); the most
-surprised term wins and names the metric; then one emission per entity (saturation and suppression), so an incident seen by two views or two
-metrics is one alert (`ViewLikelihood`).
+surprised term wins and names the metric; then one emission per entity (saturation and
+suppression), so an incident seen by two views or two metrics is one alert (`ViewLikelihood`).
 
 The same object serves ``vaeguard run`` in window mode (`vaeguard.serving.window`) and the NAB
 runner (`vaeguard.apps.nab`), configured from the bundle: its ``window.config`` holds
@@ -66,12 +66,13 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: under the decoder's Gaussian, which a lone spike moves most, and under a Student-t of 4
 #: degrees of freedom around the same mean and scale (``student_t_dof``), which counts how
 #: many slots are off, so heavy-tailed noise does not hide a sustained shift. Each term's (view
-#: × metric × density) raw score is judged by its tail probability against the entity's last 1000 such scores (rank, then a fitted
-#: Pareto tail whose scale is at least 1 nat: the ``evt`` estimator); the most surprised term,
-#: Bonferroni-corrected; the alert budget of 2 false alerts per 1,000 points sets the level (a
-#: tail of 2e-3); an incident (with its ramp and tail) does not join the histories unless such
-#: incidents, led by the same metric, recur more often than the budget allows; an alert is kept
-#: only when it beats every output of the entity's previous 100 points. Time grid inferred per
+#: × metric × density) raw score is judged by its tail probability against the entity's last
+#: 1000 such scores (rank, then a fitted Pareto tail whose scale is at least 1 nat: the ``evt``
+#: estimator); the most surprised term, Bonferroni-corrected; the alert budget of 2 false
+#: alerts per 1,000 points sets the level (a tail of 2e-3); an incident (with its ramp and
+#: tail) does not join the histories unless such incidents, led by the same metric, recur more
+#: often than the budget allows; an alert is kept only when it beats every output of the
+#: entity's previous 100 points. Time grid inferred per
 #: entity (gaps are missing slots); every point scored, however sparse its window
 #: (``min_observed: 0``: an irregularly sampled stream is never left unscored). The views
 #: retrain warm on the newest 4000 windows every 1000 rows per entity (online learning). An

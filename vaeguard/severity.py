@@ -49,7 +49,8 @@ def levels(
         return math.log10(alert_p) - np.log10(p)
     margin = s - threshold
     if median is not None and math.isfinite(median) and threshold > median:
-        return margin / (threshold - median)
+        with np.errstate(over="ignore"):  # a threshold a hair above the median: infinitely far
+            return margin / (threshold - median)
     return margin
 
 

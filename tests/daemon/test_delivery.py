@@ -17,7 +17,8 @@ from tests.daemon.conftest import (
 
 
 class PacedProducer(threading.Thread):
-    """Produces records 0..n-1 at about `rate`/s in the background (the stream keeps flowing)."""
+    """Produces records 0..n-1 at about `rate`/s in the background (the stream keeps flowing),
+    or fewer when `stop` ends the stream early."""
 
     def __init__(self, bootstrap: str, topic: str, n: int, rate: float):
         super().__init__(daemon=True)
@@ -25,13 +26,20 @@ class PacedProducer(threading.Thread):
         self.topic, self.n, self.rate = topic, n, rate
         self.sent = 0
         self.end: dict[int, int] = {}
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """End the stream after the record being sent (the thread then flushes and exits)."""
+        self._stopping.set()
 
     def run(self) -> None:
         start = time.monotonic()
         for i in range(self.n):
             delay = start + i / self.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if delay > 0 and self._stopping.wait(delay):
+                break
+            if self._stopping.is_set():
+                break
             self.producer.send(self.topic, good_record(i), key=f"h{i % 5}".encode())
             self.sent = i + 1
         self.end = self.producer.flush()

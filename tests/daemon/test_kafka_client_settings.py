@@ -292,10 +292,6 @@ _VALUES = st.recursive(
 )
 
 
-# kafka-python's network threads draw from the global `random` (broker choice, backoff jitter);
-# one left running by an earlier test moves it while this test draws, which Hypothesis reports as
-# a strategy using `random`. These strategies use none.
-@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     section=st.sampled_from(["client", "consumer", "producer"]),

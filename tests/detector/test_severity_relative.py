@@ -4,6 +4,7 @@ tail probability on every model, whatever the units of its scores."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from hypothesis import given, settings
@@ -74,6 +75,16 @@ def test_any_input_gives_a_known_band(score, threshold, p, alert_p, median):
     name = severity(score, threshold, p_value=p, alert_p=alert_p, median=median)
     assert name in (NORMAL, *(b for b, _ in DEFAULT_BANDS))
     assert (name == NORMAL) == (not score > threshold)
+
+
+def test_a_threshold_a_hair_above_the_median_gives_the_top_band_without_a_warning():
+    """(score − threshold) / (threshold − median) overflows there: the level is infinite, no
+    RuntimeWarning reaches the caller (Hypothesis found it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lv = levels([1e300], 0.0, median=-1e-300)
+        name = severity(1e300, 0.0, median=-1e-300)
+    assert lv[0] == math.inf and name == "critical"
 
 
 def test_the_serving_path_uses_the_calibration(fitted, normal_data):

@@ -308,6 +308,56 @@ def test_a_replay_with_the_terms_metrics_counts_incidents_as_serving_does(monkey
     assert sum(bool((unnamed[s : s + span] >= 1.0).any()) for s in starts) < len(starts) // 2
 
 
+def _two_metrics(seed: int = 4) -> tuple[np.ndarray, int]:
+    """Raw scores of two terms (metrics a, b): noise, then three incidents 40 points apart,
+    on a, then b, then a again (all within one suppression window of 100 points)."""
+    raws = np.random.default_rng(seed).normal(0.0, 1.0, (2, 1200))
+    first = 900
+    for term, start in ((0, first), (1, first + 40), (0, first + 80)):
+        raws[term, start : start + 5] += 30.0
+    return raws, first
+
+
+def test_an_alert_on_one_metric_does_not_silence_another_metrics():
+    """Suppression keeps one incident to one alert per metric: a shift of b forty points
+    after an alert on a is an alert of its own; a's next one, within a's window, is not."""
+    raws, first = _two_metrics()
+    spec = LikelihoodSpec(
+        estimator="evt", budget=2.0, short=1, history=1000, alert=1.0, suppress=100
+    )
+    lk = ViewLikelihood(spec, 2, ["a", "b"])
+    out = lk.update_many(["e"] * raws.shape[1], list(raws))
+    alerts = np.flatnonzero(out >= 1.0)
+    assert [int(i) for i in alerts] == [first, first + 40], alerts
+    assert [lk.last_metric[i] for i in alerts] == ["a", "b"]
+    assert lk.last_log10_tail[first + 80] <= -spec.level_decades  # seen, but suppressed
+    # without the names, one window for the entity: b's shift is silenced as before
+    plain = ViewLikelihood(spec, 2).update_many(["e"] * raws.shape[1], list(raws))
+    assert [int(i) for i in np.flatnonzero(plain >= 1.0)] == [first]
+
+
+def test_per_metric_suppression_survives_a_snapshot_and_older_snapshots_count_for_all():
+    raws, first = _two_metrics()
+    spec = LikelihoodSpec(
+        estimator="evt", budget=2.0, short=1, history=1000, alert=1.0, suppress=100
+    )
+    whole = ViewLikelihood(spec, 2, ["a", "b"]).update_many(["e"] * raws.shape[1], list(raws))
+    cut = first + 20  # after a's alert, inside its window
+    lk = ViewLikelihood(spec, 2, ["a", "b"])
+    head = lk.update_many(["e"] * cut, list(raws[:, :cut]))
+    state = json.loads(json.dumps(lk.snapshot()))
+    assert state["emitter"]["entities"][0]["metric_peaks"]["a"]
+    restored = ViewLikelihood.restore(state, ["a", "b"])
+    tail = restored.update_many(["e"] * (raws.shape[1] - cut), list(raws[:, cut:]))
+    np.testing.assert_array_equal(np.r_[head, tail], whole)
+    # a snapshot from before (its peaks name no metric) suppresses every metric's alerts
+    for entity in state["emitter"]["entities"]:
+        entity["peaks"] = entity.pop("metric_peaks")["a"]
+    older = ViewLikelihood.restore(state, ["a", "b"])
+    rest = older.update_many(["e"] * (raws.shape[1] - cut), list(raws[:, cut:]))
+    assert not (rest >= 1.0).any()
+
+
 def test_a_snapshot_of_incidents_not_counted_per_metric_restores_and_counts_for_every_metric():
     spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=1000, alert=1.0)
     state = ViewLikelihood(spec, 3, ["a", "b", "c"]).snapshot()
@@ -413,4 +463,32 @@ def test_arbitrary_held_state_restores_or_is_refused_clearly(held):
     except DataError:
         return
     out = restored.update_many(["", "x"] * 30, [np.arange(60.0), np.arange(60.0)])
+    assert np.isfinite(out).all()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    metric_peaks=st.one_of(
+        held_values,
+        st.dictionaries(
+            st.text(max_size=3),
+            st.one_of(held_values, st.lists(st.lists(held_values, max_size=3), max_size=4)),
+            max_size=3,
+        ),
+    )
+)
+def test_arbitrary_metric_peaks_restore_or_are_refused_clearly(metric_peaks):
+    """The per-metric suppression state of a snapshot: restored whole (then judged), or
+    refused as corrupt, never another exception."""
+    spec = LikelihoodSpec(estimator="evt", budget=2.0, short=1, history=200, suppress=50)
+    lk = ViewLikelihood(spec, 2, ["a", "b"])
+    lk.update_many(["e"] * 5, list(np.zeros((2, 5))))
+    state = json.loads(json.dumps(lk.snapshot()))
+    state["emitter"]["entities"][0]["metric_peaks"] = metric_peaks
+    try:
+        restored = ViewLikelihood.restore(state, ["a", "b"])
+    except DataError as exc:
+        assert "corrupt" in str(exc)
+        return
+    out = restored.update_many(["e"] * 3, list(np.ones((2, 3))))
     assert np.isfinite(out).all()

@@ -11,7 +11,9 @@ points. Until an entity has ``min_history`` scores the likelihood is 0 (no opini
 ``output="log"`` maps the likelihood L to ``−log10(1 − L) / 10`` (Numenta's log likelihood),
 which spreads the interesting region 0.99 … 0.9999999999 over [0.2, 1]. Suppression
 (``suppress`` > 0) keeps an alarm from repeating: an output is kept only when it beats every
-output of the entity's previous ``suppress`` points, so one incident reads as one alert.
+output of the entity's previous ``suppress`` points, so one incident reads as one alert. Where
+each output names the metric that leads it (window views), that comparison is per metric: an
+alert on one metric does not silence a later one on another metric of the entity.
 ``alert`` is the output level at which the daemon calls a record anomalous.
 
 The ``evt`` estimator is the false-alarm contract: a point's tail probability is its rank
@@ -125,6 +127,7 @@ class _History:
         "count",
         "dropped",
         "fit",
+        "metric_peaks",
         "peaks",
         "pending",
         "recent",
@@ -139,6 +142,8 @@ class _History:
         self.dropped: list[float] = []  # averages that left the history since the last refresh
         self.count = 0  # points seen (ages the entries of `peaks`)
         self.peaks: deque[tuple[int, float]] = deque()  # sliding max of the last `suppress` outputs
+        # the same per leading metric, where outputs name one (the count is the entity's)
+        self.metric_peaks: dict[str, deque[tuple[int, float]]] = {}
         self.pending: float | None = None  # the score judged last, until it is learned
 
 
@@ -268,19 +273,25 @@ class AnomalyLikelihood:
         value, h.pending = h.pending, None
         return value
 
-    def emit(self, key: str, log10_tail: float) -> float:
-        """The [0, 1] output of a tail probability (possibly combined over several models)."""
+    def emit(self, key: str, log10_tail: float, metric: str | None = None) -> float:
+        """The [0, 1] output of a tail probability (possibly combined over several models);
+        ``metric``: the metric that leads it, whose own earlier outputs alone can suppress it."""
         out = self._output(log10_tail)
         if self.spec.suppress:
-            out = self._suppress(self._history(key), out)
+            out = self._suppress(self._history(key), out, metric)
         return out
 
-    def _suppress(self, h: _History, out: float) -> float:
-        """0 unless `out` beats every output of the entity's last `suppress` points."""
+    def _suppress(self, h: _History, out: float, metric: str | None = None) -> float:
+        """0 unless `out` beats every output of the entity's last `suppress` points (those led
+        by ``metric``, when it is named, and those that name none: outputs of an older
+        snapshot count for every metric)."""
+        _expire(h.peaks, h.count - self.spec.suppress)
+        recent_max = h.peaks[0][1] if h.peaks else 0.0
         peaks = h.peaks
-        while peaks and peaks[0][0] <= h.count - self.spec.suppress:
-            peaks.popleft()
-        recent_max = peaks[0][1] if peaks else 0.0
+        if metric is not None:
+            peaks = h.metric_peaks.setdefault(metric, deque())
+            _expire(peaks, h.count - self.spec.suppress)
+            recent_max = max(recent_max, peaks[0][1] if peaks else 0.0)
         while peaks and peaks[-1][1] <= out:
             peaks.pop()
         peaks.append((h.count, out))
@@ -330,6 +341,7 @@ class AnomalyLikelihood:
                     "dropped": list(h.dropped),
                     "count": h.count,
                     "peaks": [list(p) for p in h.peaks],
+                    **_metric_peaks_snapshot(h, self.spec.suppress),
                 }
                 for key, h in self._state.items()
             ],
@@ -360,12 +372,36 @@ class AnomalyLikelihood:
                     h.dropped = dropped
                 h.count = int(item["count"])
                 h.peaks.extend((int(i), _finite(v)) for i, v in item["peaks"])
-                if h.count < 0 or any(i < 0 or i > h.count for i, _ in h.peaks):
+                # (absent from snapshots written before suppression was per metric)
+                by_metric = item.get("metric_peaks", {})
+                if not isinstance(by_metric, dict):
+                    raise ValueError("metric_peaks must be an object")
+                for metric, peaks in by_metric.items():
+                    h.metric_peaks[str(metric)] = deque((int(i), _finite(v)) for i, v in peaks)
+                lanes = [h.peaks, *h.metric_peaks.values()]
+                if h.count < 0 or any(i < 0 or i > h.count for p in lanes for i, _ in p):
                     raise ValueError("suppression peaks outside the entity's count")
                 out._state[str(item["key"])] = h
         except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, ConfigError) as exc:
             raise DataError(f"likelihood-state snapshot is corrupt: {exc}") from None
         return out
+
+
+def _expire(peaks: deque[tuple[int, float]], before: int) -> None:
+    """Drop the peaks at or before count ``before`` (older than the suppression window)."""
+    while peaks and peaks[0][0] <= before:
+        peaks.popleft()
+
+
+def _metric_peaks_snapshot(h: _History, suppress: int) -> dict[str, Any]:
+    """The per-metric peaks still inside the suppression window (nothing when there are none,
+    so snapshots of entities without named metrics read as before)."""
+    out = {}
+    for metric, peaks in h.metric_peaks.items():
+        kept = [list(p) for p in peaks if p[0] > h.count - suppress]
+        if kept:
+            out[metric] = kept
+    return {"metric_peaks": out} if out else {}
 
 
 def _finite(value: Any) -> float:

@@ -7,8 +7,9 @@ metric by metric: a view's likelihood terms are the parts of its score from each
 averaged away, and with ``student_t_dof`` the same slots again under a Student-t, so a shift
 in heavy-tailed noise is not outscored by the noise's own outliers. Each term's raw scores get
 their own tail probability against the entity's own history (their scales differ); the most
-surprised term wins and names the metric; then one emission per entity (saturation and
-suppression), so an incident seen by two views or two metrics is one alert (`ViewLikelihood`).
+surprised term wins and names the metric; then one emission per entity (saturation, and
+suppression per leading metric), so an incident seen by two views is one alert, and an alert
+on one metric does not silence another metric's shortly after (`ViewLikelihood`).
 
 The same object serves ``vaeguard run`` in window mode (`vaeguard.serving.window`) and the NAB
 runner (`vaeguard.apps.nab`), configured from the bundle: its ``window.config`` holds
@@ -291,7 +292,7 @@ class ViewLikelihood:
                     v.learn(key)
             tail = min(tail + penalty, 0.0) if tail < 0.0 else tail
             tails[i] = tail
-            out[i] = self.emitter.emit(key, tail)
+            out[i] = self.emitter.emit(key, tail, lead[i])
         #: log10 of each row's tail probability (0: no opinion yet), for the score records.
         self.last_log10_tail = tails + 0.0
         self.last_metric = lead

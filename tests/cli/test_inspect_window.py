@@ -88,7 +88,7 @@ def test_the_table_shows_each_view_the_likelihood_and_the_schedule(bundle):
     assert "the anomaly likelihood decides: a point alerts at 1 or more" in shown
     assert "alert budget 3 false alerts per 1,000 points per entity" in shown
     assert "evt: each term's score vs the entity's last 1000" in shown
-    assert "from 20 scores on; suppress 100 points" in shown
+    assert "from 20 scores on; suppress 100 points per metric" in shown
     assert "threshold " not in shown.replace("thresholds do not", "")
     view1 = shown[shown.index("view 1 ") : shown.index("view 2 ")]
     view2 = shown[shown.index("view 2 ") : shown.index("cross-section ")]

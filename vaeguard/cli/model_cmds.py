@@ -837,7 +837,11 @@ def _print_window_summary(model: Path, s: dict[str, Any]) -> None:
                 else f"the mean of each term's last {lk['short']} scores"
             )
             + f" vs the entity's last {lk['history']}, from {lk['min_history']} scores on; "
-            + (f"suppress {lk['suppress']} points" if lk["suppress"] else "no suppression"),
+            + (
+                f"suppress {lk['suppress']} points per metric"
+                if lk["suppress"]
+                else "no suppression"
+            ),
         )
     for k, v in enumerate(views):
         t.add_row(f"view {k + 1}", escape(_view_text(v, spec["window"])))

@@ -72,8 +72,8 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: estimator); the most surprised term, Bonferroni-corrected; the alert budget of 2 false
 #: alerts per 1,000 points sets the level (a tail of 2e-3); an incident (with its ramp and
 #: tail) does not join the histories unless such incidents, led by the same metric, recur more
-#: often than the budget allows; an alert is kept only when it beats every output of the
-#: entity's previous 100 points. Time grid inferred per
+#: often than the budget allows; an alert is kept only when it beats every output the same
+#: metric led in the entity's previous 100 points. Time grid inferred per
 #: entity (gaps are missing slots); every point scored, however sparse its window
 #: (``min_observed: 0``: an irregularly sampled stream is never left unscored). The views
 #: retrain warm on the newest 4000 windows every 1000 rows per entity (online learning). An

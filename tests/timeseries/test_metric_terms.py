@@ -336,6 +336,26 @@ def test_an_alert_on_one_metric_does_not_silence_another_metrics():
     assert [int(i) for i in np.flatnonzero(plain >= 1.0)] == [first]
 
 
+@pytest.mark.parametrize("metrics", [["a"], None])
+def test_an_incident_soon_after_an_alert_alerts_once_the_window_has_passed(metrics):
+    """A brief incident alerts; 30 points after it ends, a long one begins on the same metric,
+    saturated from its first point. Silenced while within `suppress` points of the first
+    incident's last point at the level, it alerts once past them, and only once however long
+    it goes on. (When every silenced output extended the window, the second incident's own
+    saturated outputs kept renewing it and it never alerted.)"""
+    raws = np.random.default_rng(5).normal(0.0, 1.0, (1, 1400))
+    raws[0, 1000:1005] += 30.0
+    raws[0, 1035:1300] += 30.0
+    spec = LikelihoodSpec(
+        estimator="evt", budget=2.0, short=1, history=1000, alert=1.0, suppress=100
+    )
+    lk = ViewLikelihood(spec, 1, metrics)
+    out = lk.update_many(["e"] * raws.shape[1], list(raws))
+    assert lk.last_log10_tail[1035:1300].max() <= -spec.level_decades  # at the level throughout
+    alerts = [int(i) for i in np.flatnonzero(out[900:] >= 1.0) + 900]
+    assert alerts == [1000, 1004 + 100]  # the first incident's last point, then `suppress`
+
+
 def test_per_metric_suppression_survives_a_snapshot_and_older_snapshots_count_for_all():
     raws, first = _two_metrics()
     spec = LikelihoodSpec(

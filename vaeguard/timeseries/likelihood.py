@@ -11,7 +11,8 @@ points. Until an entity has ``min_history`` scores the likelihood is 0 (no opini
 ``output="log"`` maps the likelihood L to ``−log10(1 − L) / 10`` (Numenta's log likelihood),
 which spreads the interesting region 0.99 … 0.9999999999 over [0.2, 1]. Suppression
 (``suppress`` > 0) keeps an alarm from repeating: an output is kept only when it beats every
-output of the entity's previous ``suppress`` points, so one incident reads as one alert. Where
+output kept in the entity's previous ``suppress`` points, counted from the last point of an
+alert's incident while it goes on, so one incident reads as one alert. Where
 each output names the metric that leads it (window views), that comparison is per metric: an
 alert on one metric does not silence a later one on another metric of the entity.
 ``alert`` is the output level at which the daemon calls a record anomalous.
@@ -282,9 +283,16 @@ class AnomalyLikelihood:
         return out
 
     def _suppress(self, h: _History, out: float, metric: str | None = None) -> float:
-        """0 unless `out` beats every output of the entity's last `suppress` points (those led
-        by ``metric``, when it is named, and those that name none: outputs of an older
-        snapshot count for every metric)."""
+        """0 unless `out` beats every output kept in the entity's last `suppress` points (those
+        led by ``metric``, when it is named, and those that name none: outputs of an older
+        snapshot count for every metric).
+
+        What silences is an output that was kept, and an alert's incident while it goes on
+        without a break (outputs at the `alert` level on consecutive points): the window runs
+        from the incident's last such point. Outputs silenced otherwise do not extend it: had
+        they, the tail of one incident (or a false alert) would go on silencing its metric as
+        long as anything near the level followed within `suppress` points, and a new incident
+        soon after it, saturated at the same output, would never alert."""
         _expire(h.peaks, h.count - self.spec.suppress)
         recent_max = h.peaks[0][1] if h.peaks else 0.0
         peaks = h.peaks
@@ -292,11 +300,16 @@ class AnomalyLikelihood:
             peaks = h.metric_peaks.setdefault(metric, deque())
             _expire(peaks, h.count - self.spec.suppress)
             recent_max = max(recent_max, peaks[0][1] if peaks else 0.0)
-        while peaks and peaks[-1][1] <= out:
-            peaks.pop()
-        peaks.append((h.count, out))
+        kept = out > recent_max
+        alert = 1.0 if self.spec.alert is None else self.spec.alert  # (none set: saturation)
+        last = peaks[-1] if peaks else None
+        going_on = out >= alert and last is not None and last[0] == h.count - 1 and last[1] >= alert
+        if kept or going_on:
+            while peaks and peaks[-1][1] <= out:
+                peaks.pop()
+            peaks.append((h.count, out))
         h.count += 1
-        return out if out > recent_max else 0.0
+        return out if kept else 0.0
 
     def _output(self, log10_tail: float) -> float:
         if self.spec.output == "linear":

@@ -73,7 +73,8 @@ DEFAULT_SCHEDULE: dict[str, Any] = {
 #: alerts per 1,000 points sets the level (a tail of 2e-3); an incident (with its ramp and
 #: tail) does not join the histories unless such incidents, led by the same metric, recur more
 #: often than the budget allows; an alert is kept only when it beats every output the same
-#: metric led in the entity's previous 100 points. Time grid inferred per
+#: metric led and kept in the entity's previous 100 points (counted from the last point of an
+#: alert's incident while it goes on). Time grid inferred per
 #: entity (gaps are missing slots); every point scored, however sparse its window
 #: (``min_observed: 0``: an irregularly sampled stream is never left unscored). The views
 #: retrain warm on the newest 4000 windows every 1000 rows per entity (online learning). An

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vaeguard.errors import ConfigError, DataError
 from vaeguard.timeseries.likelihood import AnomalyLikelihood, LikelihoodSpec, log10_normal_tail
@@ -56,6 +59,27 @@ def test_suppression_reports_an_incident_once():
     assert outs[0] > 0.5 and outs[1:].tolist() == [0.0] * 9
     outs = lik.update_many(["a"] * 30, noise(30, seed=9))
     assert lik.update("a", 2000.0) > outs.max()  # a bigger one still gets through
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    outputs=st.lists(st.sampled_from([0.0, 0.3, 0.99, 1.0]), max_size=80),
+    suppress=st.integers(1, 12),
+)
+def test_suppression_keeps_saturated_alerts_apart_and_one_per_unbroken_incident(outputs, suppress):
+    """Whatever the outputs: two alerts of one entity are more than `suppress` points apart,
+    and an unbroken run of outputs at the alert level alerts at most once."""
+    lik = AnomalyLikelihood(LikelihoodSpec(suppress=suppress, alert=1.0))
+    history = lik._history("e")
+    kept = [lik._suppress(history, out) for out in outputs]
+    alerts = [i for i, out in enumerate(kept) if out >= 1.0]
+    assert all(b - a > suppress for a, b in itertools.pairwise(alerts))
+    run = 0
+    for i, out in enumerate(outputs):
+        run = run + 1 if out >= 1.0 else 0
+        if i in alerts:
+            assert not any(j in alerts for j in range(i - run + 1, i))
+    assert all(k in (0.0, out) for k, out in zip(kept, outputs, strict=True))
 
 
 def test_log10_normal_tail_is_accurate_far_out():

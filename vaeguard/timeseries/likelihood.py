@@ -293,12 +293,12 @@ class AnomalyLikelihood:
         they, the tail of one incident (or a false alert) would go on silencing its metric as
         long as anything near the level followed within `suppress` points, and a new incident
         soon after it, saturated at the same output, would never alert."""
-        _expire(h.peaks, h.count - self.spec.suppress)
+        _expire(h.peaks, h.count - self.spec.suppress - 1)
         recent_max = h.peaks[0][1] if h.peaks else 0.0
         peaks = h.peaks
         if metric is not None:
             peaks = h.metric_peaks.setdefault(metric, deque())
-            _expire(peaks, h.count - self.spec.suppress)
+            _expire(peaks, h.count - self.spec.suppress - 1)
             recent_max = max(recent_max, peaks[0][1] if peaks else 0.0)
         kept = out > recent_max
         alert = 1.0 if self.spec.alert is None else self.spec.alert  # (none set: saturation)
@@ -401,7 +401,8 @@ class AnomalyLikelihood:
 
 
 def _expire(peaks: deque[tuple[int, float]], before: int) -> None:
-    """Drop the peaks at or before count ``before`` (older than the suppression window)."""
+    """Drop the peaks at or before count ``before`` (older than the suppression window: the
+    point at count c is judged against the outputs of points c − suppress to c − 1)."""
     while peaks and peaks[0][0] <= before:
         peaks.popleft()
 
@@ -411,7 +412,7 @@ def _metric_peaks_snapshot(h: _History, suppress: int) -> dict[str, Any]:
     so snapshots of entities without named metrics read as before)."""
     out = {}
     for metric, peaks in h.metric_peaks.items():
-        kept = [list(p) for p in peaks if p[0] > h.count - suppress]
+        kept = [list(p) for p in peaks if p[0] >= h.count - suppress]
         if kept:
             out[metric] = kept
     return {"metric_peaks": out} if out else {}

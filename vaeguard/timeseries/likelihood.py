@@ -293,12 +293,13 @@ class AnomalyLikelihood:
         they, the tail of one incident (or a false alert) would go on silencing its metric as
         long as anything near the level followed within `suppress` points, and a new incident
         soon after it, saturated at the same output, would never alert."""
-        _expire(h.peaks, h.count - self.spec.suppress - 1)
+        oldest = _window_start(h, self.spec.suppress)
+        _expire(h.peaks, oldest)
         recent_max = h.peaks[0][1] if h.peaks else 0.0
         peaks = h.peaks
         if metric is not None:
             peaks = h.metric_peaks.setdefault(metric, deque())
-            _expire(peaks, h.count - self.spec.suppress - 1)
+            _expire(peaks, oldest)
             recent_max = max(recent_max, peaks[0][1] if peaks else 0.0)
         kept = out > recent_max
         alert = 1.0 if self.spec.alert is None else self.spec.alert  # (none set: saturation)
@@ -400,19 +401,24 @@ class AnomalyLikelihood:
         return out
 
 
-def _expire(peaks: deque[tuple[int, float]], before: int) -> None:
-    """Drop the peaks at or before count ``before`` (older than the suppression window: the
-    point at count c is judged against the outputs of points c − suppress to c − 1)."""
-    while peaks and peaks[0][0] <= before:
+def _window_start(h: _History, suppress: int) -> int:
+    """The oldest count whose output can still suppress the entity's next point: the point at
+    count c is judged against the outputs of points c − suppress to c − 1."""
+    return h.count - suppress
+
+
+def _expire(peaks: deque[tuple[int, float]], oldest: int) -> None:
+    """Drop the peaks before count ``oldest`` (`_window_start`)."""
+    while peaks and peaks[0][0] < oldest:
         peaks.popleft()
 
 
 def _metric_peaks_snapshot(h: _History, suppress: int) -> dict[str, Any]:
     """The per-metric peaks still inside the suppression window (nothing when there are none,
     so snapshots of entities without named metrics read as before)."""
-    out = {}
+    out, oldest = {}, _window_start(h, suppress)
     for metric, peaks in h.metric_peaks.items():
-        kept = [list(p) for p in peaks if p[0] >= h.count - suppress]
+        kept = [list(p) for p in peaks if p[0] >= oldest]
         if kept:
             out[metric] = kept
     return {"metric_peaks": out} if out else {}

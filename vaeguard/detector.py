@@ -474,6 +474,12 @@ class VAEDetector:
         for name in ("epochs", "batch_size", "mc_samples", "knn_k"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        from vaeguard.model.scoring import check_mc_samples
+
+        check_mc_samples(self.mc_samples)
+        s = self.seed
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0):
+            raise ValueError(f"seed must be None or an integer >= 0, got {s!r}")
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
             raise ValueError("hidden must be a non-empty sequence of positive layer widths")
 
@@ -1011,6 +1017,7 @@ def load_bundle(path) -> VAEDetector:
     try:
         symptom_mask(params["symptoms"], m["features"])
         detector = VAEDetector(**params)
+        detector._validate_params()  # as a fit checks them: a bundle is data
     except (VaeguardError, *_MALFORMED) as exc:
         raise BundleError(f"corrupt bundle at {path}: bad params ({exc})") from None
     try:

@@ -135,12 +135,45 @@ def test_the_bundles_themselves_load(bundles):
     assert len(load(bundles["window"]).views.views) == 2
 
 
+# -- sizes -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "field"),
+    [
+        ("tabular", ("params", "mc_samples"), 10**8, "mc_samples"),
+        ("window", ("window", "config", "views", 0, "mc_samples"), 10**8, "mc_samples"),
+        ("window", ("window", "config", "window", "max_lateness"), 10**8, "max_lateness"),
+        ("window", ("window", "config", "window", "window"), 10**8, "window"),
+        ("window", ("window", "config", "window", "seasonal", "periods"), 10**8, "periods"),
+        ("window", ("window", "config", "likelihood", "max_entities"), 0, "max_entities"),
+        ("tabular", ("params", "seed"), -1, "seed"),
+    ],
+)
+def test_a_number_serving_cannot_use_is_refused_at_load(
+    bundles, tmp_path, kind, path, value, field
+):
+    """Counts that serving allocates or loops over (Monte-Carlo draws, an entity's slots, the
+    periods a seasonal residual looks up per point) and numbers it cannot use at all: a corrupt
+    one is refused at load, named, not met as a many-GiB allocation or as every record
+    failing."""
+    bundle = copy(bundles[kind], tmp_path / "bundle")
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "bundle.json").write_text(json.dumps(replace(manifest, path, value)))
+    with pytest.raises(BundleError, match=field):
+        load(bundle)
+
+
 # -- arbitrary manifests ---------------------------------------------------------------------------
 
 
 #: File names and pins a manifest may hold, right and wrong.
 NAMES = ["model.keras", "../model.keras", "/etc/hostname", "views/1", "views/1/model.keras", "."]
-SCALARS = BASE_SCALARS | st.sampled_from([*NAMES, "entity_state.json", "bundle.json", "0" * 64])
+#: Sizes: a count read from a manifest must be bounded before anything is allocated for it.
+SIZES = st.sampled_from([10**8, 2**31 - 1, 10**12])
+SCALARS = (
+    BASE_SCALARS | SIZES | st.sampled_from([*NAMES, "entity_state.json", "bundle.json", "0" * 64])
+)
 JSON = json_values(SCALARS)
 
 

@@ -114,6 +114,8 @@ def test_bad_spec_and_state_are_refused():
         LikelihoodSpec(estimator="magic")
     with pytest.raises(ConfigError, match="min_history"):
         LikelihoodSpec(history=10, min_history=20)
+    with pytest.raises(ConfigError, match="max_entities"):  # else every judgement fails
+        LikelihoodSpec(max_entities=0)
     with pytest.raises(DataError, match="not a likelihood-state"):
         AnomalyLikelihood.restore({"format": "nope"})
 

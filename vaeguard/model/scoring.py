@@ -52,6 +52,18 @@ def chunks(n: int) -> list[tuple[int, int, int]]:
     return out
 
 
+#: The most Monte-Carlo draws a scorer takes: it holds L × latent draws and runs L decoder passes
+#: per row, so a bound keeps a mistyped or corrupt value from exhausting memory.
+MAX_MC_SAMPLES = 4096
+
+
+def check_mc_samples(mc_samples) -> int:
+    """``mc_samples`` as an int in 1 … `MAX_MC_SAMPLES`, or ValueError naming it."""
+    if isinstance(mc_samples, bool) or not 1 <= int(mc_samples) <= MAX_MC_SAMPLES:
+        raise ValueError(f"mc_samples must be between 1 and {MAX_MC_SAMPLES}, got {mc_samples!r}")
+    return int(mc_samples)
+
+
 def fixed_epsilon(mc_samples: int, latent_dim: int, seed: int) -> np.ndarray:
     """The L × latent_dim draws of ε, from NumPy so they are identical on every backend."""
     rng = np.random.default_rng(seed)
@@ -167,12 +179,11 @@ class Scorer:
         visible: np.ndarray | None = None,
         dof: float | None = None,
     ):
-        if mc_samples < 1:
-            raise ValueError("mc_samples must be at least 1")
+        mc_samples = check_mc_samples(mc_samples)
         if dof is not None and not (math.isfinite(dof) and dof > 0):
             raise ValueError("dof must be a finite number above 0, or None")
         self.model = model
-        self.mc_samples = int(mc_samples)
+        self.mc_samples = mc_samples
         self.masked = masked
         self.dof = None if dof is None else float(dof)
         self.epsilon = fixed_epsilon(mc_samples, model.latent_dim, seed)

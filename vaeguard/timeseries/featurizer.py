@@ -82,6 +82,11 @@ INVALID_FIELD = Reason.INVALID_FIELD
 LATE_RECORD = Reason.LATE_RECORD
 
 
+#: The most slots an entity keeps (window + lateness): each entity holds a buffer that long, so
+#: a bound keeps a mistyped or corrupt spec from exhausting memory at its first point.
+MAX_SLOTS = 100_000
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """How records become windows; the same spec must be used to train and to score."""
@@ -119,6 +124,9 @@ class WindowSpec:
             raise ConfigError(f"interval: 'auto', 'rows' or seconds > 0, got {self.interval!r}")
         if self.max_lateness is not None and self.max_lateness < 0:
             raise ConfigError("max_lateness: must be >= 0 slots")
+        if self.capacity > MAX_SLOTS:
+            name = "window" if self.window > MAX_SLOTS else "max_lateness"
+            raise ConfigError(f"{name}: window + max_lateness must be at most {MAX_SLOTS} slots")
         if not 0.0 <= self.min_observed <= 1.0:
             raise ConfigError("min_observed: must be in [0, 1]")
         if self.max_entities < 1:

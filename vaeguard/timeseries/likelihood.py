@@ -91,6 +91,8 @@ class LikelihoodSpec:
             raise ConfigError("decades: must be > 0")
         if self.suppress < 0:
             raise ConfigError("suppress: must be >= 0")
+        if self.max_entities < 1:
+            raise ConfigError("max_entities: must be at least 1")
         if self.alert is not None and not 0.0 < self.alert <= 1.0:
             raise ConfigError("alert: must be in (0, 1]")
         if self.budget is not None and not is_budget(self.budget):

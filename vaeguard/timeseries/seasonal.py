@@ -23,6 +23,9 @@ from vaeguard.errors import ConfigError
 PERIOD = 86_400.0
 PERIODS = 3
 TOLERANCE = 3_600.0
+#: The most periods a residual looks back: each point looks each of them up, so a bound keeps a
+#: mistyped or corrupt value from stalling the stream.
+MAX_PERIODS = 100
 
 
 class SeasonalResidual:
@@ -35,8 +38,10 @@ class SeasonalResidual:
     def __init__(
         self, period: float = PERIOD, periods: int = PERIODS, tolerance: float = TOLERANCE
     ):
-        if not period > 0 or periods < 1 or tolerance < 0:
-            raise ConfigError("seasonal: need period > 0, periods >= 1 and tolerance >= 0")
+        if not period > 0 or not 1 <= periods <= MAX_PERIODS or tolerance < 0:
+            raise ConfigError(
+                f"seasonal: need period > 0, periods in 1 … {MAX_PERIODS} and tolerance >= 0"
+            )
         self.period = float(period)
         self.periods = int(periods)
         self.tolerance = float(tolerance)

@@ -395,7 +395,10 @@ def run_streams(
     log = log or (lambda line: None)
     folder = Path(cache) / model_key(params)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True))
+    # What the folder is keyed on: candidates that differ only in their likelihood share it
+    # (replayed), so a likelihood here would be the last candidate's, not the runs'.
+    model = {k: v for k, v in params.items() if k != "likelihood"}
+    (folder / "params.json").write_text(json.dumps(model, indent=1, sort_keys=True))
     nab = nab_kinds()
     out: dict[tuple[str, int], dict[str, Any]] = {}
     todo: list[tuple[str, int]] = []

@@ -40,7 +40,7 @@ class SeasonalResidual:
     ):
         if not period > 0 or not 1 <= periods <= MAX_PERIODS or tolerance < 0:
             raise ConfigError(
-                f"seasonal: need period > 0, periods in 1 … {MAX_PERIODS} and tolerance >= 0"
+                f"seasonal: need period > 0, periods between 1 and {MAX_PERIODS}, tolerance >= 0"
             )
         self.period = float(period)
         self.periods = int(periods)

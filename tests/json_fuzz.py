@@ -16,9 +16,12 @@ class Raw(str):
 RAW = st.sampled_from(["1e400", "-1e400", "NaN", "Infinity", "-Infinity", "1e308", "-0.0"]).map(
     Raw
 ) | st.integers(min_value=-(10**40), max_value=10**40).map(lambda n: Raw(str(n)))
+#: Counts a reader must bound before it allocates or loops over them (drawn often, not by chance).
+SIZES = st.sampled_from([10**8, 2**31 - 1, 10**12])
 BASE_SCALARS = (
     st.none()
     | st.booleans()
+    | SIZES
     | st.integers(-(2**64), 2**64)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12)

@@ -471,12 +471,12 @@ class VAEDetector:
             isinstance(self.latent_dim, bool | str) or int(self.latent_dim) < 1
         ):
             raise ValueError(f"latent_dim must be 'auto' or at least 1, got {self.latent_dim!r}")
-        for name in ("epochs", "batch_size", "mc_samples", "knn_k"):
+        for name in ("epochs", "batch_size", "knn_k"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
         from vaeguard.model.scoring import check_mc_samples
 
-        check_mc_samples(self.mc_samples)
+        check_mc_samples(self.mc_samples)  # at least 1, and bounded
         s = self.seed
         if s is not None and (isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0):
             raise ValueError(f"seed must be None or an integer >= 0, got {s!r}")

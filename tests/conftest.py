@@ -96,18 +96,23 @@ def small_bundle(tmp_path_factory):
     return path
 
 
-_MEASURED = pytest.StashKey[list]()
-
-
 @pytest.fixture
-def measured(pytestconfig) -> Callable[[str], None]:
+def measured(request) -> Callable[[str], None]:
     """Show a line a test measured (e.g. restart times) in the run's summary, so that CI's
-    output carries it."""
-    return pytestconfig.stash.setdefault(_MEASURED, []).append
+    output carries it. Kept on the test's report, which reaches the summary from a worker
+    process too (the suite runs under pytest-xdist)."""
+    return lambda line: request.node.user_properties.append(("measured", line))
 
 
 def pytest_terminal_summary(terminalreporter, config) -> None:
-    lines = config.stash.get(_MEASURED, [])
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for key, value in getattr(report, "user_properties", ())
+        if key == "measured"
+    ]
     if lines:
         terminalreporter.section("measured")
         for line in lines:

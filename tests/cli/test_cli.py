@@ -56,7 +56,8 @@ def labelled_csv(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(labelled_csv, tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "bundle"
+    # a path longer than the summary's column: shown whole, wrapped, never cut with "…"
+    out = tmp_path_factory.mktemp("model") / ("a-folder-with-a-long-name-" * 3) / "bundle"
     result = CliRunner().invoke(
         app,
         [
@@ -75,6 +76,7 @@ def trained(labelled_csv, tmp_path_factory):
         ],
     )
     assert result.exit_code == 0, result.output
+    assert f"writtento{out}" in "".join(result.output.replace("│", " ").split())
     return out
 
 

@@ -170,6 +170,17 @@ def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, default=str))
 
 
+def facts_table(title: str):
+    """A two-column table of named facts (a summary, `inspect`): a long value, such as a path,
+    wraps whole instead of being cut short with "…"."""
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column()
+    t.add_column(overflow="fold")
+    return t
+
+
 def check_json_and_out(as_json: bool, out: Path | None) -> None:
     if as_json and is_stdio(out):
         raise usage("--json prints the summary on stdout, where --out - writes the rows", "--json")

@@ -16,6 +16,7 @@ from vaeguard.cli._common import (
     check_destinations,
     check_json_and_out,
     check_kind,
+    facts_table,
     input_file,
     is_stdio,
     load_model,
@@ -333,9 +334,8 @@ def _train_summary(detector, where: str, n_rows: int, seconds: float) -> dict[st
 
 def _print_summary(console, detector, s: dict[str, Any]) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
-    t = Table(title="vaeguard model trained", show_header=False, title_justify="left")
+    t = facts_table("vaeguard model trained")
     t.add_row("written to", escape(s["written_to"]))
     t.add_row(
         "rows",
@@ -733,9 +733,8 @@ def inspect(
         return
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    t = Table(title=f"model bundle {model}", show_header=False, title_justify="left")
+    t = facts_table(f"model bundle {model}")
     t.add_row("created", m["created_at"])
     t.add_row("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
     th = m["threshold"]
@@ -783,10 +782,9 @@ def _when(epoch: float | None) -> str:
 def _print_window_summary(model: Path, s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
     spec, lk, views = s["window"], s["likelihood"], s["views"]
-    t = Table(title=f"model bundle {model}", show_header=False, title_justify="left")
+    t = facts_table(f"model bundle {model}")
     t.add_row("created", escape(_known(s["created_at"])))
     versions = s["versions"] if isinstance(s["versions"], dict) else {}
     t.add_row("versions", escape(", ".join(f"{k} {v}" for k, v in versions.items() if v)))

@@ -22,6 +22,7 @@ import typer
 from vaeguard.cli import input_files
 from vaeguard.cli._common import (
     check_destinations,
+    facts_table,
     input_file,
     json_option,
     print_json,
@@ -422,10 +423,9 @@ def _carried(detector) -> dict:
 
 def _summary(console, detector, where: str, n_rows: int, featurizer, n_train: int, n_cal: int):
     from rich.markup import escape
-    from rich.table import Table
 
     spec = detector.spec
-    t = Table(title="vaeguard window model trained", show_header=False, title_justify="left")
+    t = facts_table("vaeguard window model trained")
     t.add_row("written to", escape(where))
     t.add_row(
         "records",

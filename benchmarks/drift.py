@@ -37,7 +37,7 @@ from benchmarks.nab_scoring import load_windows
 WINDOW = 8
 #: Threshold rules (arguments of `vaeguard.thresholds.calibrate`; ``follow``: the threshold
 #: is kept on the recent normal rows' scores as the daemon does, `FollowingThreshold`, the
-#: rows judged in batches of `BATCH`).
+#: rows judged in batches of `vaeguard.thresholds.FOLLOW_BATCH`).
 CANDIDATES = {
     "quantile 1 %": {"method": "quantile", "target_fpr": 0.01},
     "SPOT 1e-3": {"method": "spot", "risk": 1e-3},
@@ -51,8 +51,6 @@ CANDIDATES = {
         for follow in (False, True)
     },
 }
-#: Rows per batch when the threshold follows the stream.
-BATCH = 100
 #: What the daemon can run by default: a budget threshold kept on the recent normal rows, with a
 #: budget an operator can live with (at most 10 false alerts per 1,000 rows).
 DAEMON_RULES = [
@@ -137,9 +135,9 @@ def run(args) -> dict:
 
 def following(threshold, scores: np.ndarray) -> np.ndarray:
     """Flags of the rows in order, the threshold following the stream (the daemon's rule)."""
-    from vaeguard.thresholds import FollowingThreshold
+    from vaeguard.thresholds import FOLLOW_BATCH, FollowingThreshold
 
-    return FollowingThreshold(threshold).replay(scores, BATCH)
+    return FollowingThreshold(threshold).replay(scores, FOLLOW_BATCH)
 
 
 def pooled(result: dict, name: str, categories) -> np.ndarray:

@@ -579,10 +579,6 @@ def detector_budget_support() -> bool:
     return "budget" in inspect.signature(VAEDetector).parameters
 
 
-#: Rows per batch when the threshold follows the stream (as the daemon scores in batches).
-FOLLOW_BATCH = 100
-
-
 def tabular_count(
     kind: str, seed: int, points: int, *, epochs: int | None, budget: float | None
 ) -> tuple[Count, Count | None, dict[str, Any]]:
@@ -603,7 +599,7 @@ def tabular_count(
     flags = det.predict(rows[split:])
     followed = None
     if det.threshold_rule_.method == "budget":
-        from vaeguard.thresholds import FollowingThreshold
+        from vaeguard.thresholds import FOLLOW_BATCH, FollowingThreshold
 
         scores = det.decision_function(rows[split:])
         flags_followed = FollowingThreshold(det.threshold_rule_).replay(scores, FOLLOW_BATCH)
@@ -848,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
             + "\n"
         )
         if followed:
+            from vaeguard.thresholds import FOLLOW_BATCH
+
             print(
                 "Threshold kept on the recent normal rows (the daemon's default, "
                 f"`model.follow_normal`; rows judged in batches of {FOLLOW_BATCH}):\n"

@@ -21,6 +21,7 @@ from vaeguard.data import feature_matrix
 from vaeguard.errors import BundleError, DataError, NotFittedError, VaeguardError
 from vaeguard.preprocessing import ConditionEncoder, RobustScaler
 from vaeguard.thresholds import (
+    FOLLOW_BATCH,
     REFERENCE_LEVELS,
     FollowingThreshold,
     Threshold,
@@ -563,7 +564,7 @@ class VAEDetector:
             return labels, self.predict_confidence(X, conditions)
         return labels
 
-    def predict_stream(self, X, conditions=None, *, batch: int = 100) -> np.ndarray:
+    def predict_stream(self, X, conditions=None, *, batch: int = FOLLOW_BATCH) -> np.ndarray:
         """Labels of rows judged in order as the daemon judges a stream: the budget's threshold
         follows the recent normal rows (`vaeguard.thresholds.FollowingThreshold`), learned
         after every ``batch`` rows, so a slowly drifting process does not alarm on every row

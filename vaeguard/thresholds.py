@@ -349,6 +349,10 @@ def fit_gpd(peaks: np.ndarray) -> tuple[float, float]:
 
 #: Recent scores a following threshold is estimated from.
 FOLLOW_HISTORY = 2000
+#: Rows per batch when a file is judged as a stream (`vaeguard score`, `predict_stream`): the
+#: daemon learns after every batch it scores, and a file judged in one batch would be judged
+#: wholly by the threshold fixed at training.
+FOLLOW_BATCH = 100
 
 
 class FollowingThreshold:

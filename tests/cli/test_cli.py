@@ -117,6 +117,36 @@ def test_score_writes_one_line_per_row_in_order(trained, labelled_csv, tmp_path)
     assert all(r["contributions"][0]["feature"] == "cpu" for r in flagged)
 
 
+def test_score_judges_a_file_in_order_as_the_daemon_judges_a_stream(trained, tmp_path):
+    """The budget threshold follows the normal rows before each batch of 100, as the daemon's
+    does (`model.follow_normal`): a slow drift stops alarming; --fixed-threshold keeps the
+    training threshold for every row."""
+    n = 1500
+    x = make_normal_data(n, seed=5, n_features=3)
+    x[:, 0] += np.linspace(0.0, 8.0, n)  # a slow drift in cpu (its sd is about 1.7)
+    data = write_csv(
+        tmp_path / "drift.csv", [[f"{v:.5f}" for v in row] for row in x], ["cpu", "mem", "io"]
+    )
+
+    def scored(*options) -> list[dict]:
+        out = tmp_path / "s.jsonl"
+        args = ["score", "--model", trained, "--data", data, "--out", out, *options]
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    followed, fixed = scored(), scored("--fixed-threshold")
+    assert len({r["threshold"] for r in fixed}) == 1
+    batches = [followed[i : i + 100] for i in range(0, n, 100)]
+    assert all(len({r["threshold"] for r in batch}) == 1 for batch in batches)
+    assert len({batch[0]["threshold"] for batch in batches}) > 5  # learned after each batch
+    assert followed[0]["threshold"] == fixed[0]["threshold"]  # the first batch: as trained
+    late_fixed = sum(r["is_anomaly"] for r in fixed[n // 2 :])
+    late_followed = sum(r["is_anomaly"] for r in followed[n // 2 :])
+    assert late_fixed > 200, late_fixed
+    assert late_followed < late_fixed / 3, (late_followed, late_fixed)
+
+
 def test_evaluate_json(trained, labelled_csv):
     result = run_cli(
         "evaluate", "--model", trained, "--data", labelled_csv, "--label-column", "label", "--json"

@@ -378,12 +378,20 @@ def score(
     max_record_bytes: int = typer.Option(
         262_144, "--max-record-bytes", min=64, help="Largest row accepted (as the daemon's)."
     ),
+    fixed_threshold: bool = typer.Option(
+        False,
+        "--fixed-threshold",
+        help="Tabular: judge every row by the threshold fixed at training (the daemon's "
+        "model.follow_normal: false). Default: the alert budget's threshold follows the recent "
+        "normal rows, learned every 100 rows, as the daemon's does.",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the summary as one JSON object on stdout."
     ),
 ) -> None:
     """Score every row exactly as the daemon would: a score record per scored row, a
-    refusal (reason and detail) per row the daemon would dead-letter."""
+    refusal (reason and detail) per row the daemon would dead-letter. The rows are judged in
+    order, as a stream: a tabular budget threshold follows the normal rows before them."""
     check_json_and_out(as_json, out)
     out_format = output_format(out, fmt)
     path = input_file(data)
@@ -396,8 +404,12 @@ def score(
     from vaeguard.severity import DEFAULT_BANDS
     from vaeguard.sources import Record, source_of
     from vaeguard.tabular_files import csv_header, iter_rows, json_text_size
+    from vaeguard.thresholds import FOLLOW_BATCH
 
-    serving = load_serving(bundle, version or _version_of(bundle))
+    serving = load_serving(bundle, version or _version_of(bundle), follow=not fixed_threshold)
+    # A following threshold learns after each batch, as the daemon's does after each batch it
+    # scores: in one large batch a file would be judged wholly by the training threshold.
+    batch_rows = FOLLOW_BATCH if getattr(serving, "following", None) is not None else 4096
     header = csv_header(path)
     if header is not None:
         missing = [f for f in serving.required_fields if f not in header]
@@ -450,7 +462,7 @@ def score(
         # held to --max-record-bytes by its size as JSON text (the daemon's size of it)
         size = json_text_size(raw) if isinstance(raw, dict) else None
         chunk.append(Record(raw, Source(source, 0, n_read), size=size))
-        if len(chunk) >= 4096:
+        if len(chunk) >= batch_rows:
             flush()
     flush()
     if n_read == 0:

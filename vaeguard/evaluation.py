@@ -6,6 +6,7 @@ Definitions match scikit-learn's `roc_auc_score` and `average_precision_score`, 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,40 +68,69 @@ def best_f1(y_true, scores) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
+class Flagged:
+    """How a set of flags reads against the labels: precision, recall, F1, and the share of the
+    normal rows flagged (the false-alarm rate an operator lives with)."""
+
+    precision: float
+    recall: float
+    f1: float
+    false_alarm_rate: float
+
+    @classmethod
+    def of(cls, y: np.ndarray, flagged: np.ndarray) -> Flagged:
+        tp = float((flagged & y).sum())
+        precision = tp / flagged.sum() if flagged.any() else 0.0
+        recall = tp / y.sum()
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        return cls(float(precision), float(recall), float(f1), float(flagged[~y].mean()))
+
+
+@dataclass(frozen=True)
 class Evaluation:
     roc_auc: float
     average_precision: float
     precision: float
     recall: float
     f1: float
+    #: Share of the normal rows above the threshold.
+    false_alarm_rate: float
     best_f1: float
     best_f1_threshold: float
     threshold: float
     rows: int
     anomalies: int
+    #: The rows judged in order as the daemon judges a stream (a budget threshold following the
+    #: normal rows); None when the model's threshold does not follow.
+    stream: Flagged | None = None
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def evaluate(y_true, scores, threshold: float) -> Evaluation:
-    """All of the above, plus precision / recall / F1 at a given threshold (score > threshold)."""
+def evaluate(y_true, scores, threshold: float, stream_flags=None) -> Evaluation:
+    """All of the above, plus precision / recall / F1 and the false-alarm rate at a given
+    threshold (score > threshold) and, given ``stream_flags``, of those flags."""
     y, s = _check(y_true, scores)
-    flagged = s > threshold
-    tp = float((flagged & y).sum())
-    precision = tp / flagged.sum() if flagged.any() else 0.0
-    recall = tp / y.sum()
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    fixed = Flagged.of(y, s > threshold)
+    stream = None
+    if stream_flags is not None:
+        flags = np.asarray(stream_flags).astype(bool).ravel()
+        if flags.shape != y.shape:
+            raise DataError(f"{y.size} labels but {flags.size} stream flags")
+        stream = Flagged.of(y, flags)
     bf1, bthr = best_f1(y, s)
     return Evaluation(
         roc_auc=roc_auc(y, s),
         average_precision=average_precision(y, s),
-        precision=float(precision),
-        recall=float(recall),
-        f1=float(f1),
+        precision=fixed.precision,
+        recall=fixed.recall,
+        f1=fixed.f1,
+        false_alarm_rate=fixed.false_alarm_rate,
         best_f1=bf1,
         best_f1_threshold=bthr,
         threshold=float(threshold),
         rows=int(s.size),
         anomalies=int(y.sum()),
+        stream=stream,
     )

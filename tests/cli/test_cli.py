@@ -147,7 +147,7 @@ def test_score_judges_a_file_in_order_as_the_daemon_judges_a_stream(trained, tmp
     assert late_followed < late_fixed / 3, (late_followed, late_fixed)
 
 
-def test_evaluate_json(trained, labelled_csv):
+def test_evaluate_json(trained, labelled_csv, tmp_path):
     result = run_cli(
         "evaluate", "--model", trained, "--data", labelled_csv, "--label-column", "label", "--json"
     )
@@ -155,6 +155,20 @@ def test_evaluate_json(trained, labelled_csv):
     metrics = json.loads(result.stdout)
     assert set(metrics) >= {"roc_auc", "average_precision", "precision", "recall", "f1", "best_f1"}
     assert metrics["roc_auc"] > 0.95
+    # the rows judged as `vaeguard score` judges them (the budget threshold following): the
+    # same flags, so the same precision, recall and false alarms
+    out = tmp_path / "s.jsonl"
+    assert (
+        run_cli("score", "--model", trained, "--data", labelled_csv, "--out", out).returncode == 0
+    )
+    flags = np.array([json.loads(line)["is_anomaly"] for line in out.read_text().splitlines()])
+    rows = csv.DictReader(labelled_csv.read_text().splitlines())
+    labels = np.array([row["label"] == "1" for row in rows])
+    stream = metrics["stream"]
+    assert stream["precision"] == pytest.approx((flags & labels).sum() / flags.sum())
+    assert stream["recall"] == pytest.approx((flags & labels).sum() / labels.sum())
+    assert stream["false_alarm_rate"] == pytest.approx(flags[~labels].mean())
+    assert metrics["false_alarm_rate"] >= 0.0
     assert "Traceback" not in result.stderr and "absl" not in result.stderr
 
 

@@ -33,7 +33,15 @@ def test_threshold_metrics():
     s = [0.1, 0.6, 0.7, 0.2]
     e = evaluate(y, s, threshold=0.5)
     assert e.precision == pytest.approx(0.5) and e.recall == pytest.approx(0.5)
+    assert e.false_alarm_rate == pytest.approx(0.5)  # 0.6 of the normal 0.1 and 0.6
     assert e.roc_auc == pytest.approx(0.75)  # 3 of the 4 (anomaly, normal) pairs ordered right
+    assert e.stream is None
+    e = evaluate(y, s, threshold=0.5, stream_flags=[0, 0, 1, 1])
+    assert (e.stream.precision, e.stream.recall, e.stream.f1) == (1.0, 1.0, 1.0)
+    assert e.stream.false_alarm_rate == 0.0 and e.precision == pytest.approx(0.5)
+    assert e.to_dict()["stream"]["recall"] == 1.0
+    with pytest.raises(DataError, match="stream flags"):
+        evaluate(y, s, threshold=0.5, stream_flags=[0, 1])
 
 
 def test_single_class_labels_are_refused():

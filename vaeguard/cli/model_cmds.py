@@ -584,15 +584,21 @@ def evaluate(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """ROC-AUC, average precision, precision / recall / F1 at the bundle threshold, best F1."""
+    """ROC-AUC, average precision, precision / recall / F1 and false alarms at the bundle
+    threshold and, for a budget threshold, with the rows judged in order as the daemon judges a
+    stream (the threshold following the normal rows, as `vaeguard score` does); best F1."""
     from vaeguard.evaluation import evaluate as run_evaluation
+    from vaeguard.thresholds import FOLLOW_BATCH, FollowingThreshold
 
     path = input_file(data)
     detector = load_model(model, "evaluate")
     table = _load_table(path)
     labels = _labels(table, label_column, normal_value)
     scores = detector.decision_function(table)
-    result = run_evaluation(labels, scores, detector.threshold)
+    rule = getattr(detector, "threshold_rule_", None)
+    follows = rule is not None and rule.method == "budget"
+    stream_flags = FollowingThreshold(rule).replay(scores, FOLLOW_BATCH) if follows else None
+    result = run_evaluation(labels, scores, detector.threshold, stream_flags)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -605,14 +611,25 @@ def evaluate(
     )
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for name, value in (
+    at = f"@ {result.threshold:.3f}"
+    rows = [
         ("ROC-AUC", result.roc_auc),
         ("average precision", result.average_precision),
-        (f"precision @ {result.threshold:.3f}", result.precision),
-        (f"recall @ {result.threshold:.3f}", result.recall),
-        (f"F1 @ {result.threshold:.3f}", result.f1),
-        (f"best F1 (@ {result.best_f1_threshold:.3f})", result.best_f1),
-    ):
+        (f"precision {at}", result.precision),
+        (f"recall {at}", result.recall),
+        (f"F1 {at}", result.f1),
+        (f"false alarms {at} (share of normal rows)", result.false_alarm_rate),
+    ]
+    if result.stream is not None:
+        how = "as a stream, the threshold following"
+        rows += [
+            (f"precision {how}", result.stream.precision),
+            (f"recall {how}", result.stream.recall),
+            (f"F1 {how}", result.stream.f1),
+            (f"false alarms {how}", result.stream.false_alarm_rate),
+        ]
+    rows.append((f"best F1 (@ {result.best_f1_threshold:.3f})", result.best_f1))
+    for name, value in rows:
         t.add_row(name, f"{value:.4f}")
     Console().print(t)
 

@@ -128,14 +128,21 @@ def test_score_judges_a_file_in_order_as_the_daemon_judges_a_stream(trained, tmp
         tmp_path / "drift.csv", [[f"{v:.5f}" for v in row] for row in x], ["cpu", "mem", "io"]
     )
 
+    summaries = []
+
     def scored(*options) -> list[dict]:
         out = tmp_path / "s.jsonl"
-        args = ["score", "--model", trained, "--data", data, "--out", out, *options]
+        args = ["score", "--model", trained, "--data", data, "--out", out, "--json", *options]
         result = CliRunner().invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, result.output
+        summaries.append(json.loads(result.stdout))
         return [json.loads(line) for line in out.read_text().splitlines()]
 
     followed, fixed = scored(), scored("--fixed-threshold")
+    # the summary says where the threshold started and where it ended
+    assert summaries[0]["threshold"] == followed[0]["threshold"]
+    assert summaries[0]["last_threshold"] == followed[-1]["threshold"] != followed[0]["threshold"]
+    assert summaries[1]["threshold"] == summaries[1]["last_threshold"] == fixed[0]["threshold"]
     assert len({r["threshold"] for r in fixed}) == 1
     batches = [followed[i : i + 100] for i in range(0, n, 100)]
     assert all(len({r["threshold"] for r in batch}) == 1 for batch in batches)

@@ -474,7 +474,9 @@ def score(
     flagged = sum(1 for r in rows if r.get("is_anomaly"))
     refused = sum(1 for r in rows if "rejected" in r)
     buffered = n_read - len(rows)
-    threshold = next((r["threshold"] for r in rows if "threshold" in r), None)
+    thresholds = [r["threshold"] for r in rows if r.get("threshold") is not None]
+    threshold = thresholds[0] if thresholds else None
+    last = thresholds[-1] if thresholds else None
     summary = {
         "rows": n_read,
         "scored": len(rows) - refused,
@@ -482,6 +484,8 @@ def score(
         "refused": refused,
         "filling_windows": buffered,
         "threshold": threshold,
+        #: where a following threshold ended (the same as ``threshold`` when fixed)
+        "last_threshold": last,
         "model": str(bundle),
         "model_version": version,
         "out": str(out),
@@ -493,6 +497,7 @@ def score(
     typer.echo(
         f"scored {len(rows) - refused} rows, {flagged} above the threshold"
         + (f" {threshold:.3f}" if threshold is not None else "")
+        + (f" (following the normal rows: {last:.3f} at the end)" if last != threshold else "")
         + (f", {refused} refused" if refused else "")
         + (f", {buffered} only filled windows" if buffered else "")
         + f" → {'standard output' if is_stdio(out) else out}",

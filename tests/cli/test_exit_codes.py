@@ -439,6 +439,18 @@ CASES = [
         "--out",
         "{out}/i.csv",
     ),
+    _case(
+        USAGE,
+        "a window model has no threshold to fix",
+        "score",
+        "--model",
+        "{r}/win",
+        "--data",
+        "{r}/win.jsonl",
+        "--out",
+        "{out}/s.jsonl",
+        "--fixed-threshold",
+    ),
     # -- inspect
     _case(FAIL, "missing", "inspect", "--model", "{r}/missing"),
     _case(FAIL, "notabundle.txt", "inspect", "--model", "{r}/notabundle.txt"),

@@ -381,7 +381,7 @@ def score(
     fixed_threshold: bool = typer.Option(
         False,
         "--fixed-threshold",
-        help="Tabular: judge every row by the threshold fixed at training (the daemon's "
+        help="Tabular bundles: judge every row by the threshold fixed at training (the daemon's "
         "model.follow_normal: false). Default: the alert budget's threshold follows the recent "
         "normal rows, learned every 100 rows, as the daemon's does.",
     ),
@@ -396,7 +396,12 @@ def score(
     out_format = output_format(out, fmt)
     path = input_file(data)
     bundle, version = model_path(model)
-    check_kind(bundle, "score", ("tabular", "window"))
+    if check_kind(bundle, "score", ("tabular", "window")) == "window" and fixed_threshold:
+        raise usage(
+            "a window model has no threshold to fix: its anomaly likelihood decides, under "
+            "the alert budget (tabular bundles only)",
+            "--fixed-threshold",
+        )
 
     from vaeguard.records.batch import StepSettings, process
     from vaeguard.scored import Source

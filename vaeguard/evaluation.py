@@ -134,3 +134,142 @@ def evaluate(y_true, scores, threshold: float, stream_flags=None) -> Evaluation:
         anomalies=int(y.sum()),
         stream=stream,
     )
+
+
+# -- streams: labelled incidents -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Incident:
+    """One labelled incident: a run of consecutive anomalous rows of one entity."""
+
+    entity: str | None
+    #: The file rows (1-based) of its first and last labelled point.
+    first_row: int
+    last_row: int
+    #: The file row of the first alert that detects it (None: missed).
+    alert_row: int | None
+    #: The entity's points from the incident's first to that alert (0: on its first point).
+    delay: int | None
+    #: What that alert names first (a window record's top metric), when known.
+    named: str | None = None
+
+    @property
+    def detected(self) -> bool:
+        return self.alert_row is not None
+
+
+@dataclass(frozen=True)
+class IncidentEvaluation:
+    """How a stream's alerts read against labelled incidents, counted as an operator counts
+    pages: incidents detected, how late, and the alerts that page for nothing.
+
+    An incident is detected by an alert on the entity's points from its first point to ``lag``
+    points after its last (a window keeps seeing a point for ``lag`` points). An alert on a
+    scored point outside every incident's ``[first, last + lag + aftermath]`` is a false alert;
+    an alert in the ``aftermath`` after that is the incident's follow-up and counts for neither.
+    """
+
+    incidents: int
+    detected: int
+    #: Points from an incident's first point to its detecting alert: median and worst.
+    median_delay: float | None
+    max_delay: int | None
+    alerts: int
+    #: Alerts within an incident's detection span.
+    true_alerts: int
+    false_alerts: int
+    #: Scored points outside every incident and its aftermath: the false alerts' denominator.
+    quiet_points: int
+    false_alerts_per_1000: float | None
+    #: Share of the alerts, follow-ups left out, that fall in an incident's detection span.
+    alert_precision: float | None
+    lag: int
+    aftermath: int
+    each: tuple[Incident, ...]
+
+    @property
+    def recall(self) -> float | None:
+        return self.detected / self.incidents if self.incidents else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["recall"] = self.recall
+        d["each"] = [asdict(i) for i in self.each]
+        return d
+
+
+def judge_incidents(
+    labels, alerts, scored, entities, *, lag: int, aftermath: int, named=None, rows=None
+) -> IncidentEvaluation:
+    """Label runs per entity (file order is each entity's time order) against the alerts.
+
+    ``labels``, ``alerts`` and ``scored`` (the point got a score; points that only filled a
+    window or were refused cannot alert) are per point, ``entities`` each point's entity,
+    ``named`` (optional) what each point's record names first and ``rows`` (default 1, 2, …)
+    its row in the file.
+    """
+    y = np.asarray(labels).astype(bool).ravel()
+    a = np.asarray(alerts).astype(bool).ravel()
+    s = np.asarray(scored).astype(bool).ravel()
+    ents = list(entities)
+    if not (y.shape == a.shape == s.shape) or len(ents) != y.size:
+        raise DataError(f"{y.size} labels for {a.size} alerts, {s.size} rows, {len(ents)} entities")
+    if lag < 1 or aftermath < 0:
+        raise ValueError("lag must be at least 1 and aftermath at least 0")
+    row = np.arange(1, y.size + 1) if rows is None else np.asarray(rows, dtype=np.int64)
+    if row.shape != y.shape:
+        raise DataError(f"{y.size} labels but {row.size} row numbers")
+    rows_of: dict[Any, list[int]] = {}
+    for i, e in enumerate(ents):
+        rows_of.setdefault(e, []).append(i)
+    each: list[Incident] = []
+    quiet = np.zeros(y.size, dtype=bool)
+    in_span = np.zeros(y.size, dtype=bool)
+    for entity, rows in rows_of.items():
+        idx = np.asarray(rows)
+        ey, ea = y[idx], a[idx]
+        n = idx.size
+        near = np.zeros(n, dtype=bool)  # in some incident's span or aftermath
+        edges = np.diff(np.r_[0, ey.astype(int), 0])
+        for start, stop in zip(
+            np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True
+        ):
+            span_end = min(n, stop + lag)
+            near[start : min(n, span_end + aftermath)] = True
+            in_span[idx[start:span_end]] = True
+            hits = np.flatnonzero(ea[start:span_end])
+            first = int(hits[0]) if hits.size else None
+            each.append(
+                Incident(
+                    entity=entity,
+                    first_row=int(row[idx[start]]),
+                    last_row=int(row[idx[stop - 1]]),
+                    alert_row=None if first is None else int(row[idx[start + first]]),
+                    delay=first,
+                    named=None if first is None or named is None else named[idx[start + first]],
+                )
+            )
+        quiet[idx[~near]] = True
+    quiet &= s
+    each.sort(key=lambda i: i.first_row)
+    delays = [i.delay for i in each if i.delay is not None]
+    true_alerts = int((a & in_span).sum())
+    false_alerts = int((a & quiet).sum())
+    counted = true_alerts + false_alerts
+    n_quiet = int(quiet.sum())
+    return IncidentEvaluation(
+        incidents=len(each),
+        detected=len(delays),
+        median_delay=float(np.median(delays)) if delays else None,
+        max_delay=max(delays) if delays else None,
+        alerts=int(a.sum()),
+        true_alerts=true_alerts,
+        false_alerts=false_alerts,
+        quiet_points=n_quiet,
+        false_alerts_per_1000=1000.0 * false_alerts / n_quiet if n_quiet else None,
+        alert_precision=true_alerts / counted if counted else None,
+        lag=int(lag),
+        aftermath=int(aftermath),
+        each=tuple(each),
+    )

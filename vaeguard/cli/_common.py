@@ -92,7 +92,7 @@ def check_kind(path: Path, command: str, serves: tuple[str, ...] = ("tabular",))
             f"{command} cannot serve a {kind} bundle ({path}); it serves "
             + " and ".join(f"{k} bundles" for k in serves)
             + (
-                " (window bundles: vaeguard score, inspect, run)"
+                " (window bundles: vaeguard score, evaluate, inspect, run)"
                 if kind == "window" and "window" not in serves
                 else ""
             ),

@@ -403,73 +403,22 @@ def score(
             "--fixed-threshold",
         )
 
-    from vaeguard.records.batch import StepSettings, process
-    from vaeguard.scored import Source
     from vaeguard.serving import load_serving
-    from vaeguard.severity import DEFAULT_BANDS
-    from vaeguard.sources import Record, source_of
-    from vaeguard.tabular_files import csv_header, iter_rows, json_text_size
     from vaeguard.thresholds import FOLLOW_BATCH
 
     serving = load_serving(bundle, version or _version_of(bundle), follow=not fixed_threshold)
     # A following threshold learns after each batch, as the daemon's does after each batch it
     # scores: in one large batch a file would be judged wholly by the training threshold.
     batch_rows = FOLLOW_BATCH if getattr(serving, "following", None) is not None else 4096
-    header = csv_header(path)
-    if header is not None:
-        missing = [f for f in serving.required_fields if f not in header]
-        if missing:
-            raise DataError(
-                f"{data}: missing feature column(s) {', '.join(map(repr, missing))}; "
-                f"the file has {', '.join(map(repr, header))}"
-            )
-    step = StepSettings(
-        output_topic="",
-        dlq_topic="",
-        max_record_bytes=max_record_bytes,
-        top_k=top_k,
-        bands=DEFAULT_BANDS,
-        connector="vaeguard-score",
-        task="cli",
-        max_request_size=2**62,
+    header = _checked_header(serving, path, data)
+    rows, inputs, n_read = _score_rows(
+        serving,
+        path,
+        str(data),
+        _step_settings(max_record_bytes, top_k),
+        batch_rows,
+        keep_inputs=out_format == "csv",
     )
-    rows: list[dict[str, Any]] = []
-    chunk: list[Record] = []
-    inputs: list[bytes | dict[str, str] | str] = []  # the rows as read, for CSV output
-    source = str(data)
-
-    def flush() -> None:
-        if not chunk:
-            return
-        result = process(serving, chunk, step)
-        by_offset: dict[int, dict[str, Any]] = {}
-        for d in result.dead:
-            row = source_of(d.message).offset
-            by_offset[row] = {"row": row, "rejected": {"reason": d.reason, "detail": d.detail}}
-        for r in result.scored:
-            record = r.to_json()
-            record.pop("source")
-            by_offset[r.source.offset] = {"row": r.source.offset, **record}
-        rows.extend(by_offset[k] for k in sorted(by_offset))
-        chunk.clear()
-
-    n_read = 0
-    for line_no, raw in iter_rows(path):
-        n_read += 1
-        if out_format == "csv":
-            inputs.append(raw)
-        if isinstance(raw, str):
-            flush()  # keep the output in row order
-            detail = f"line {line_no}: {raw}"
-            rows.append({"row": n_read, "rejected": {"reason": "invalid_field", "detail": detail}})
-            continue
-        # a JSONL line is JSON text, decoded as a message is; a CSV row comes as its cells,
-        # held to --max-record-bytes by its size as JSON text (the daemon's size of it)
-        size = json_text_size(raw) if isinstance(raw, dict) else None
-        chunk.append(Record(raw, Source(source, 0, n_read), size=size))
-        if len(chunk) >= batch_rows:
-            flush()
-    flush()
     if n_read == 0:
         raise DataError(f"{data}: the file has no data rows")
     if out_format == "csv":
@@ -510,6 +459,89 @@ def score(
     )
 
 
+def _checked_header(serving, path: Path, data: Path) -> list[str] | None:
+    """A CSV file's header, refused when it lacks a column the model needs (None for JSONL)."""
+    from vaeguard.tabular_files import csv_header
+
+    header = csv_header(path)
+    if header is not None:
+        missing = [f for f in serving.required_fields if f not in header]
+        if missing:
+            raise DataError(
+                f"{data}: missing feature column(s) {', '.join(map(repr, missing))}; "
+                f"the file has {', '.join(map(repr, header))}"
+            )
+    return header
+
+
+def _step_settings(max_record_bytes: int, top_k: int):
+    """The batch step of a file's rows: the daemon's, with nowhere to send anything."""
+    from vaeguard.records.batch import StepSettings
+    from vaeguard.severity import DEFAULT_BANDS
+
+    return StepSettings(
+        output_topic="",
+        dlq_topic="",
+        max_record_bytes=max_record_bytes,
+        top_k=top_k,
+        bands=DEFAULT_BANDS,
+        connector="vaeguard-score",
+        task="cli",
+        max_request_size=2**62,
+    )
+
+
+def _score_rows(
+    serving, path: Path, source: str, step, batch_rows: int, *, keep_inputs: bool
+) -> tuple[list[dict[str, Any]], list[bytes | dict[str, str] | str], int]:
+    """Every row of ``path`` through ``serving`` as the daemon's batch step takes a topic's
+    records, ``batch_rows`` at a time and in order: a verdict per row that got one (a score
+    record, or a refusal with its reason; none for a row that only filled a window), in row
+    order; the rows as read, when ``keep_inputs``; and how many rows were read."""
+    from vaeguard.records.batch import process
+    from vaeguard.scored import Source
+    from vaeguard.sources import Record, source_of
+    from vaeguard.tabular_files import iter_rows, json_text_size
+
+    rows: list[dict[str, Any]] = []
+    chunk: list[Record] = []
+    inputs: list[bytes | dict[str, str] | str] = []
+
+    def flush() -> None:
+        if not chunk:
+            return
+        result = process(serving, chunk, step)
+        by_offset: dict[int, dict[str, Any]] = {}
+        for d in result.dead:
+            row = source_of(d.message).offset
+            by_offset[row] = {"row": row, "rejected": {"reason": d.reason, "detail": d.detail}}
+        for r in result.scored:
+            record = r.to_json()
+            record.pop("source")
+            by_offset[r.source.offset] = {"row": r.source.offset, **record}
+        rows.extend(by_offset[k] for k in sorted(by_offset))
+        chunk.clear()
+
+    n_read = 0
+    for line_no, raw in iter_rows(path):
+        n_read += 1
+        if keep_inputs:
+            inputs.append(raw)
+        if isinstance(raw, str):
+            flush()  # keep the output in row order
+            detail = f"line {line_no}: {raw}"
+            rows.append({"row": n_read, "rejected": {"reason": "invalid_field", "detail": detail}})
+            continue
+        # a JSONL line is JSON text, decoded as a message is; a CSV row comes as its cells,
+        # held to --max-record-bytes by its size as JSON text (the daemon's size of it)
+        size = json_text_size(raw) if isinstance(raw, dict) else None
+        chunk.append(Record(raw, Source(source, 0, n_read), size=size))
+        if len(chunk) >= batch_rows:
+            flush()
+    flush()
+    return rows, inputs, n_read
+
+
 #: The columns `score` appends to the input rows in CSV output (prefixed ``vaeguard_`` when
 #: an input column already has one of these names).
 SCORE_COLUMNS = (
@@ -533,18 +565,8 @@ def _scores_csv(
     records: list[dict[str, Any]] = []
     names: dict[str, None] = dict.fromkeys(header or [])
     for raw in inputs:
-        record: dict[str, Any] = {}
-        if isinstance(raw, dict):  # a CSV row's cells
-            record = raw
-            names.update(dict.fromkeys(record))
-        elif isinstance(raw, bytes):
-            try:
-                decoded = json.loads(raw)
-            except ValueError:
-                decoded = None
-            if isinstance(decoded, dict):
-                record = decoded
-                names.update(dict.fromkeys(record))
+        record = _row_record(raw) or {}  # a CSV row's cells, a JSONL line's object
+        names.update(dict.fromkeys(record))
         records.append(record)
     clash = any(c in names for c in SCORE_COLUMNS)
     appended = [f"vaeguard_{c}" if clash else c for c in SCORE_COLUMNS]
@@ -596,11 +618,19 @@ def evaluate(
 ) -> None:
     """ROC-AUC, average precision, precision / recall / F1 and false alarms at the bundle
     threshold and, for a budget threshold, with the rows judged in order as the daemon judges a
-    stream (the threshold following the normal rows, as `vaeguard score` does); best F1."""
+    stream (the threshold following the normal rows, as `vaeguard score` does); best F1.
+
+    A window bundle scores the file as `vaeguard score` does and counts incidents (runs of
+    anomalous rows of an entity): how many an alert detected and how late, and the false alerts
+    per 1,000 points next to the model's alert budget."""
+    path = input_file(data)
+    bundle, version = model_path(model)
+    if check_kind(bundle, "evaluate", ("tabular", "window")) == "window":
+        _evaluate_window(bundle, version, path, data, label_column, normal_value, as_json)
+        return
     from vaeguard.evaluation import evaluate as run_evaluation
     from vaeguard.thresholds import FOLLOW_BATCH, FollowingThreshold
 
-    path = input_file(data)
     detector = load_model(model, "evaluate")
     table = _load_table(path)
     labels = _labels(table, label_column, normal_value)
@@ -642,6 +672,186 @@ def evaluate(
     for name, value in rows:
         t.add_row(name, f"{value:.4f}")
     Console().print(t)
+
+
+def _row_record(raw: bytes | dict[str, str] | str) -> dict[str, Any] | None:
+    """A row as read (CSV cells, a JSONL line, or an unreadable line) as a record; None when
+    it is not one. Lenient (NaN, any nesting the parser takes): it shows and labels rows, the
+    scoring path decides which it refuses."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, bytes):
+        try:
+            decoded = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+        return decoded if isinstance(decoded, dict) else None
+    return None
+
+
+def _row_labels(
+    inputs: list[bytes | dict[str, str] | str],
+    label_column: str,
+    normal_value: str,
+    entity_field: str,
+) -> tuple[list[int | None], list[str | None]]:
+    """Each row's label (0 normal, 1 anomalous; None for a row that is not a record, which
+    nothing scores) and entity (None without one). A record without a label is refused,
+    naming its row; a label column the first record lacks, naming the column."""
+    from vaeguard.ingest import entity_text
+
+    labels: list[int | None] = []
+    entities: list[str | None] = []
+    first = True
+    for n, raw in enumerate(inputs, start=1):
+        record = _row_record(raw)
+        if record is None:
+            labels.append(None)
+            entities.append(None)
+            continue
+        if first and label_column not in record:
+            raise _not_found("label", label_column, _columns([record]), "--label-column")
+        first = False
+        value = record.get(label_column)
+        if value is None or str(value).strip() == "":
+            raise DataError(f"row {n}, column {label_column!r}: label is missing")
+        labels.append(0 if _same(value, normal_value) else 1)
+        key = record.get(entity_field)
+        entities.append(None if key is None else entity_text(key))
+    return labels, entities
+
+
+def _evaluate_window(
+    bundle: Path,
+    version: str | None,
+    path: Path,
+    data: Path,
+    label_column: str,
+    normal_value: str,
+    as_json: bool,
+) -> None:
+    """`evaluate` on a window bundle: the file scored as `score` scores it, its labelled
+    incidents counted against the alerts (`vaeguard.evaluation.judge_incidents`)."""
+    from vaeguard.evaluation import judge_incidents
+    from vaeguard.serving import load_serving
+
+    serving = load_serving(bundle, version or _version_of(bundle))
+    _checked_header(serving, path, data)
+    rows, inputs, n_read = _score_rows(
+        serving, path, str(data), _step_settings(262_144, 1), 4096, keep_inputs=True
+    )
+    if n_read == 0:
+        raise DataError(f"{data}: the file has no data rows")
+    labels, entities = _row_labels(inputs, label_column, normal_value, serving.spec.entity_field)
+    alerts, scored, named = [False] * n_read, [False] * n_read, [None] * n_read
+    for r in rows:
+        if "rejected" in r:
+            continue
+        i = r["row"] - 1
+        scored[i], alerts[i] = True, bool(r.get("is_anomaly"))
+        top = r.get("contributions") or []
+        named[i] = top[0].get("feature") if top else None
+    records = [i for i, label in enumerate(labels) if label is not None]
+    if not records:
+        raise DataError(f"{data}: no row is a record")
+    spec = serving.views.likelihood_spec
+    w = serving.detector.score_slots or serving.spec.window
+    result = judge_incidents(
+        [labels[i] for i in records],
+        [alerts[i] for i in records],
+        [scored[i] for i in records],
+        [entities[i] for i in records],
+        lag=int(w),
+        aftermath=spec.suppress if spec is not None else 0,
+        named=[named[i] for i in records],
+        rows=[i + 1 for i in records],
+    )
+    refused = sum(1 for r in rows if "rejected" in r)
+    summary = {
+        "kind": "window",
+        "rows": n_read,
+        "scored": sum(scored),
+        "refused": refused,
+        "filling_windows": n_read - len(rows),
+        "entities": len({entities[i] for i in records}),
+        "alert_budget": None if spec is None else spec.budget,
+        **result.to_dict(),
+        "model": str(bundle),
+        "model_version": version,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    _print_incidents(data, summary, result)
+
+
+def _print_incidents(data: Path, s: dict[str, Any], result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(value: float | None, fmt: str) -> str:
+        return "–" if value is None else format(value, fmt)
+
+    t = facts_table(
+        f"evaluation on {data} ({s['rows']} rows, {s['entities']} "
+        f"entit{'y' if s['entities'] == 1 else 'ies'}, {result.incidents} labelled incidents)"
+    )
+    budget = s["alert_budget"]
+    follow_ups = result.alerts - result.true_alerts - result.false_alerts
+    facts = [
+        (
+            "incidents detected",
+            f"{result.detected} of {result.incidents}"
+            + (f" ({result.recall:.0%})" if result.recall is not None else ""),
+        ),
+        (
+            "points to detection",
+            f"median {num(result.median_delay, 'g')}, worst {num(result.max_delay, 'd')}",
+        ),
+        (
+            "alerts",
+            f"{result.alerts}: {result.true_alerts} in incidents, {result.false_alerts} false"
+            + (f", {follow_ups} follow-ups" if follow_ups else ""),
+        ),
+        (
+            "false alerts per 1,000 points",
+            f"{num(result.false_alerts_per_1000, '.2f')} "
+            f"(of {result.quiet_points} points away from incidents)"
+            + (f"; alert budget {budget:g}" if budget is not None else ""),
+        ),
+        ("alert precision", num(result.alert_precision, ".3f")),
+        (
+            "points",
+            f"{s['scored']} scored, {s['filling_windows']} only filled windows"
+            + (f", {s['refused']} refused" if s["refused"] else ""),
+        ),
+        (
+            "counted",
+            f"an alert up to {result.lag} points after an incident detects it; "
+            f"{result.aftermath} more are its follow-up",
+        ),
+    ]
+    for name, value in facts:
+        t.add_row(name, value)
+    console = Console()
+    console.print(t)
+    if not result.each:
+        return
+    shown = 20
+    it = Table(title="incidents", title_justify="left")
+    for col in ("entity", "rows", "detected at row", "points late", "names first"):
+        it.add_column(col, justify="left" if col in ("entity", "names first") else "right")
+    for i in result.each[:shown]:
+        it.add_row(
+            "–" if i.entity is None else i.entity,
+            f"{i.first_row}–{i.last_row}",
+            "missed" if i.alert_row is None else str(i.alert_row),
+            "–" if i.delay is None else str(i.delay),
+            i.named or "–",
+        )
+    console.print(it)
+    if len(result.each) > shown:
+        console.print(f"… and {len(result.each) - shown} more (--json lists every one)")
 
 
 def _parse_conditions(values: list[str]) -> dict[str, str] | None:

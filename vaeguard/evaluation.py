@@ -187,6 +187,8 @@ class IncidentEvaluation:
     lag: int
     aftermath: int
     each: tuple[Incident, ...]
+    #: The entities with false alerts, most first: (entity, false alerts, quiet points).
+    noisiest: tuple[tuple[str | None, int, int], ...] = ()
 
     @property
     def recall(self) -> float | None:
@@ -196,6 +198,9 @@ class IncidentEvaluation:
         d = asdict(self)
         d["recall"] = self.recall
         d["each"] = [asdict(i) for i in self.each]
+        d["noisiest"] = [
+            {"entity": e, "false_alerts": f, "quiet_points": q} for e, f, q in self.noisiest
+        ]
         return d
 
 
@@ -253,6 +258,13 @@ def judge_incidents(
         quiet[idx[~near]] = True
     quiet &= s
     each.sort(key=lambda i: i.first_row)
+    noisy = []
+    for entity, rows in rows_of.items():
+        idx = np.asarray(rows)
+        n_false = int((a[idx] & quiet[idx]).sum())
+        if n_false:
+            noisy.append((entity, n_false, int(quiet[idx].sum())))
+    noisy.sort(key=lambda e: (-e[1], e[2]))
     delays = [i.delay for i in each if i.delay is not None]
     true_alerts = int((a & in_span).sum())
     false_alerts = int((a & quiet).sum())
@@ -272,4 +284,5 @@ def judge_incidents(
         lag=int(lag),
         aftermath=int(aftermath),
         each=tuple(each),
+        noisiest=tuple(noisy),
     )

@@ -226,3 +226,17 @@ def test_an_unreadable_line_is_refused_and_the_rest_evaluated(world, tmp_path):
         clean["false_alerts"],
         clean["quiet_points"],
     )
+
+
+def test_alerts_on_rows_labelled_normal_are_false_and_the_entity_is_named(world, tmp_path):
+    """The planted shifts labelled normal: every alert on them is a false alert of web-1."""
+    rows = [{**r, "label": 0} for r in labelled()]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("evaluate", "--model", world / "bundle", "--data", tmp_path / "t.jsonl")
+    got = json.loads(run(*args, "--label-column", "label", "--json"))
+    assert got["incidents"] == 0 and got["false_alerts"] == got["alerts"] >= 1
+    assert got["quiet_points"] == got["scored"]
+    assert [e["entity"] for e in got["noisiest"]] == ["web-1"]
+    text = " ".join(run(*args, "--label-column", "label").replace("│", " ").split())
+    assert "entities with false alerts" in text and "web-1" in text
+    assert "0 of 0" in text  # incidents detected

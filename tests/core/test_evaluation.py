@@ -145,6 +145,10 @@ def test_incidents_agree_with_the_rule_point_by_point(rows, lag, aftermath):
     assert r.quiet_points == quiet
     assert [(i.first_row, i.delay) for i in r.each] == each
     assert r.true_alerts + r.false_alerts <= r.alerts == sum(alerts)
+    assert sum(f for _, f, _ in r.noisiest) == r.false_alerts
+    for entity, n_false, n_quiet in r.noisiest:
+        rows_of = [i for i, e in enumerate(entities) if e == entity]
+        assert 0 < n_false <= n_quiet <= sum(scored[i] for i in rows_of)
 
 
 def test_incident_inputs_of_different_lengths_are_refused():

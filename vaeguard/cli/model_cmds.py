@@ -835,13 +835,33 @@ def _print_incidents(data: Path, s: dict[str, Any], result) -> None:
         t.add_row(name, value)
     console = Console()
     console.print(t)
-    if not result.each:
-        return
-    shown = 20
+    if result.each:
+        console.print(_incident_table(result.each[:INCIDENTS_SHOWN]))
+        if len(result.each) > INCIDENTS_SHOWN:
+            more = len(result.each) - INCIDENTS_SHOWN
+            console.print(f"… and {more} more (--json lists every one)")
+    if result.noisiest:
+        nt = Table(title="entities with false alerts, most first", title_justify="left")
+        for col in ("entity", "false alerts", "per 1,000 points"):
+            nt.add_column(col, justify="left" if col == "entity" else "right")
+        for entity, n_false, n_quiet in result.noisiest[:INCIDENTS_SHOWN]:
+            nt.add_row(
+                "–" if entity is None else entity, str(n_false), f"{1000 * n_false / n_quiet:.2f}"
+            )
+        console.print(nt)
+
+
+#: Rows of `evaluate`'s incident and noisy-entity tables (``--json`` lists every one).
+INCIDENTS_SHOWN = 20
+
+
+def _incident_table(incidents):
+    from rich.table import Table
+
     it = Table(title="incidents", title_justify="left")
     for col in ("entity", "rows", "detected at row", "points late", "names first"):
         it.add_column(col, justify="left" if col in ("entity", "names first") else "right")
-    for i in result.each[:shown]:
+    for i in incidents:
         it.add_row(
             "–" if i.entity is None else i.entity,
             f"{i.first_row}–{i.last_row}",
@@ -849,9 +869,7 @@ def _print_incidents(data: Path, s: dict[str, Any], result) -> None:
             "–" if i.delay is None else str(i.delay),
             i.named or "–",
         )
-    console.print(it)
-    if len(result.each) > shown:
-        console.print(f"… and {len(result.each) - shown} more (--json lists every one)")
+    return it
 
 
 def _parse_conditions(values: list[str]) -> dict[str, str] | None:

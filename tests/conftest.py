@@ -50,6 +50,36 @@ def wait_for(
         pytest.fail(str(exc))
 
 
+def wait_for_progress(
+    progress: Callable[[], int],
+    target: int,
+    *,
+    stall: float = 60.0,
+    cap: float = 600.0,
+    interval: float = 0.25,
+    message: str = "progress",
+) -> None:
+    """Poll until ``progress()`` reaches ``target``; fail the test when it has not risen for
+    ``stall`` seconds (stuck, or something lost: it never gets there) or after ``cap`` seconds.
+    For catching up on a backlog whose size depends on how busy the machine was before."""
+    import time
+
+    start = last_rise = time.monotonic()
+    best = -1
+    while True:
+        now_at = progress()
+        now = time.monotonic()
+        if now_at >= target:
+            return
+        if now_at > best:
+            best, last_rise = now_at, now
+        if now - last_rise > stall:
+            pytest.fail(f"{message}: stuck at {best} of {target} for {stall:.0f}s")
+        if now - start > cap:
+            pytest.fail(f"{message}: {best} of {target} after {cap:.0f}s")
+        time.sleep(interval)
+
+
 def make_normal_data(n: int = 2000, seed: int = 0, n_features: int = 4) -> np.ndarray:
     """Correlated Gaussian data: a 2-D latent factor mixed into n_features plus noise."""
     rng = np.random.default_rng(seed)

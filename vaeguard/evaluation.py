@@ -197,7 +197,6 @@ class IncidentEvaluation:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["recall"] = self.recall
-        d["each"] = [asdict(i) for i in self.each]
         d["noisiest"] = [
             {"entity": e, "false_alerts": f, "quiet_points": q} for e, f, q in self.noisiest
         ]
@@ -229,6 +228,7 @@ def judge_incidents(
     for i, e in enumerate(ents):
         rows_of.setdefault(e, []).append(i)
     each: list[Incident] = []
+    noisy: list[tuple[Any, int, int]] = []
     quiet = np.zeros(y.size, dtype=bool)
     in_span = np.zeros(y.size, dtype=bool)
     for entity, rows in rows_of.items():
@@ -255,15 +255,12 @@ def judge_incidents(
                     named=None if first is None or named is None else named[idx[start + first]],
                 )
             )
-        quiet[idx[~near]] = True
-    quiet &= s
-    each.sort(key=lambda i: i.first_row)
-    noisy = []
-    for entity, rows in rows_of.items():
-        idx = np.asarray(rows)
-        n_false = int((a[idx] & quiet[idx]).sum())
+        entity_quiet = ~near & s[idx]
+        quiet[idx[entity_quiet]] = True
+        n_false = int((ea & entity_quiet).sum())
         if n_false:
-            noisy.append((entity, n_false, int(quiet[idx].sum())))
+            noisy.append((entity, n_false, int(entity_quiet.sum())))
+    each.sort(key=lambda i: i.first_row)
     noisy.sort(key=lambda e: (-e[1], e[2]))
     delays = [i.delay for i in each if i.delay is not None]
     true_alerts = int((a & in_span).sum())

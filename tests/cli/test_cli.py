@@ -385,3 +385,10 @@ def test_the_python_api_refuses_them_before_fitting():
 
     with pytest.raises(ValueError, match="target_fpr must be in"):
         VAEDetector(target_fpr=float("nan")).fit(np.zeros((10, 2)))
+
+
+def test_the_files_record_size_is_the_daemons_default():
+    from vaeguard.cli.model_cmds import MAX_RECORD_BYTES
+    from vaeguard.config import ScoringSettings
+
+    assert ScoringSettings.model_fields["max_record_bytes"].default == MAX_RECORD_BYTES

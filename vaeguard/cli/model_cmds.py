@@ -31,6 +31,9 @@ from vaeguard.tabular_files import csv_text, is_text_column, jsonl_text
 
 #: Columns with these names are record metadata, never features unless asked for explicitly.
 RESERVED = ("key", "ts", "timestamp")
+#: The largest row `score` and `evaluate` accept by default: the daemon's
+#: ``scoring.max_record_bytes`` default (a test holds them equal).
+MAX_RECORD_BYTES = 262_144
 
 
 def _split(value: str | None, option: str) -> list[str] | None:
@@ -376,7 +379,10 @@ def score(
     ),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Contributing features per row."),
     max_record_bytes: int = typer.Option(
-        262_144, "--max-record-bytes", min=64, help="Largest row accepted (as the daemon's)."
+        MAX_RECORD_BYTES,
+        "--max-record-bytes",
+        min=64,
+        help="Largest row accepted (as the daemon's).",
     ),
     fixed_threshold: bool = typer.Option(
         False,
@@ -628,10 +634,11 @@ def evaluate(
     if check_kind(bundle, "evaluate", ("tabular", "window")) == "window":
         _evaluate_window(bundle, version, path, data, label_column, normal_value, as_json)
         return
+    from vaeguard.detector import VAEDetector
     from vaeguard.evaluation import evaluate as run_evaluation
     from vaeguard.thresholds import FOLLOW_BATCH, FollowingThreshold
 
-    detector = load_model(model, "evaluate")
+    detector = VAEDetector.load(bundle)  # (the kind checked above)
     table = _load_table(path)
     labels = _labels(table, label_column, normal_value)
     scores = detector.decision_function(table)
@@ -738,7 +745,7 @@ def _evaluate_window(
     serving = load_serving(bundle, version or _version_of(bundle))
     _checked_header(serving, path, data)
     rows, inputs, n_read = _score_rows(
-        serving, path, str(data), _step_settings(262_144, 1), 4096, keep_inputs=True
+        serving, path, str(data), _step_settings(MAX_RECORD_BYTES, 1), 4096, keep_inputs=True
     )
     if n_read == 0:
         raise DataError(f"{data}: the file has no data rows")

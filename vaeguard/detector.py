@@ -19,6 +19,7 @@ import numpy as np
 from vaeguard.contributions import top_contributions
 from vaeguard.data import feature_matrix
 from vaeguard.errors import BundleError, DataError, NotFittedError, VaeguardError
+from vaeguard.limits import check_mc_samples
 from vaeguard.preprocessing import ConditionEncoder, RobustScaler
 from vaeguard.thresholds import (
     FOLLOW_BATCH,
@@ -272,33 +273,10 @@ class VAEDetector:
 
     # -- fitting ------------------------------------------------------------------------------
 
-    def fit(
-        self,
-        X,
-        conditions=None,
-        *,
-        feature_names: Sequence[str] | None = None,
-        categorical: Sequence[str] | None = None,
-        callbacks: Sequence[Any] = (),
-        init_from: VAEDetector | None = None,
-        max_categories: int | None = None,
-    ) -> VAEDetector:
-        """Train on normal data and calibrate the threshold on a held-out share of it.
-
-        ``conditions`` (CVAE) are extra columns the model conditions on rather than scores:
-        a DataFrame, a mapping of column → values, or a numeric array. ``init_from`` warm-starts
-        from another fitted detector's weights when the architectures match.
-        ``max_categories`` caps the one-hot columns of each categorical condition (see
-        `ConditionEncoder.fit`).
-        """
-        from vaeguard._quiet import import_keras
-        from vaeguard.model.counterfactual import PlausibleRange
-        from vaeguard.model.training import fingerprint, fit_inputs, same_shapes, validation_split
-        from vaeguard.model.vae import VAE, KLWarmup
-
-        keras = import_keras()
-
-        self._validate_params()
+    def _training_inputs(self, X, conditions, feature_names, categorical, max_categories):
+        """The feature matrix, its names, the fitted condition encoder and the encoded
+        conditions, or the DataError that `fit` raises for them. Needs no Keras: the command line
+        calls it first, so bad data is refused before the framework loads."""
         x_raw, names = feature_matrix(X, feature_names)
         n = x_raw.shape[0]
         if n < MIN_TRAIN_ROWS:
@@ -319,7 +297,39 @@ class VAEDetector:
         c_all = condition_encoder.transform(conditions) if conditions is not None else None
         if c_all is not None and c_all.shape[0] != n:
             raise DataError(f"conditions have {c_all.shape[0]} rows but the features have {n}")
+        return x_raw, names, condition_encoder, c_all
 
+    def fit(
+        self,
+        X,
+        conditions=None,
+        *,
+        feature_names: Sequence[str] | None = None,
+        categorical: Sequence[str] | None = None,
+        callbacks: Sequence[Any] = (),
+        init_from: VAEDetector | None = None,
+        max_categories: int | None = None,
+    ) -> VAEDetector:
+        """Train on normal data and calibrate the threshold on a held-out share of it.
+
+        ``conditions`` (CVAE) are extra columns the model conditions on rather than scores:
+        a DataFrame, a mapping of column → values, or a numeric array. ``init_from`` warm-starts
+        from another fitted detector's weights when the architectures match.
+        ``max_categories`` caps the one-hot columns of each categorical condition (see
+        `ConditionEncoder.fit`).
+        """
+        self._validate_params()  # parameters and data are checked before Keras loads
+        x_raw, names, condition_encoder, c_all = self._training_inputs(
+            X, conditions, feature_names, categorical, max_categories
+        )
+        n = x_raw.shape[0]
+
+        from vaeguard._quiet import import_keras
+        from vaeguard.model.counterfactual import PlausibleRange
+        from vaeguard.model.training import fingerprint, fit_inputs, same_shapes, validation_split
+        from vaeguard.model.vae import VAE, KLWarmup
+
+        keras = import_keras()
         if self.seed is not None:
             keras.utils.set_random_seed(self.seed)
         train_idx, val_idx = validation_split(n, self.validation_fraction, self.seed)
@@ -475,8 +485,6 @@ class VAEDetector:
         for name in ("epochs", "batch_size", "knn_k"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        from vaeguard.model.scoring import check_mc_samples
-
         check_mc_samples(self.mc_samples)  # at least 1, and bounded
         s = self.seed
         if s is not None and (isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0):

@@ -80,10 +80,20 @@ def trained(labelled_csv, tmp_path_factory):
     return out
 
 
-def run_cli(*args, env=None):
-    """The real console entry point in a subprocess, as a user runs it."""
+#: Runs the console entry point and, at exit, says on stderr whether Keras was imported.
+_REPORTS_KERAS = (
+    "import atexit, sys; "
+    "atexit.register(lambda: print('keras imported:', 'keras' in sys.modules, file=sys.stderr)); "
+    "from vaeguard.cli.main import main; main()"
+)
+
+
+def run_cli(*args, env=None, report_keras=False):
+    """The real console entry point in a subprocess, as a user runs it (``report_keras``: with
+    a last stderr line saying whether Keras was imported, which `_refused_before_keras` reads)."""
+    code = _REPORTS_KERAS if report_keras else "from vaeguard.cli.main import main; main()"
     return subprocess.run(
-        [sys.executable, "-c", "from vaeguard.cli.main import main; main()", *map(str, args)],
+        [sys.executable, "-c", code, *map(str, args)],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -165,9 +175,8 @@ def test_evaluate_json(trained, labelled_csv, tmp_path):
     # the rows judged as `vaeguard score` judges them (the budget threshold following): the
     # same flags, so the same precision, recall and false alarms
     out = tmp_path / "s.jsonl"
-    assert (
-        run_cli("score", "--model", trained, "--data", labelled_csv, "--out", out).returncode == 0
-    )
+    args = ["score", "--model", trained, "--data", labelled_csv, "--out", out]
+    assert CliRunner().invoke(app, [str(a) for a in args]).exit_code == 0  # (in this process)
     flags = np.array([json.loads(line)["is_anomaly"] for line in out.read_text().splitlines()])
     rows = csv.DictReader(labelled_csv.read_text().splitlines())
     labels = np.array([row["label"] == "1" for row in rows])
@@ -263,6 +272,17 @@ def test_conditional_training_from_the_cli(labelled_csv, tmp_path):
     }
 
 
+def _refused_before_keras(*args):
+    """Run a `train` that must be refused, and check that Keras (and TensorFlow under it) was
+    never imported: a bad option or a bad file is refused at once, before the framework's
+    start-up, not seconds later."""
+    result = run_cli("train", *args, report_keras=True)
+    *lines, report = result.stderr.rstrip("\n").split("\n")
+    assert report == "keras imported: False", result.stderr
+    result.stderr = "\n".join(lines)
+    return result
+
+
 def _assert_one_clear_line(result, *fragments):
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -274,7 +294,7 @@ def _assert_one_clear_line(result, *fragments):
 
 def test_missing_file(tmp_path):
     _assert_one_clear_line(
-        run_cli("train", "--data", tmp_path / "nope.csv", "--out", tmp_path / "m"),
+        _refused_before_keras("--data", tmp_path / "nope.csv", "--out", tmp_path / "m"),
         "nope.csv",
         "no such file",
     )
@@ -283,28 +303,31 @@ def test_missing_file(tmp_path):
 def test_empty_file(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     _assert_one_clear_line(
-        run_cli("train", "--data", tmp_path / "empty.csv", "--out", tmp_path / "m"), "no data rows"
+        _refused_before_keras("--data", tmp_path / "empty.csv", "--out", tmp_path / "m"),
+        "no data rows",
     )
     (tmp_path / "header.csv").write_text("a,b\n")
     _assert_one_clear_line(
-        run_cli("train", "--data", tmp_path / "header.csv", "--out", tmp_path / "m"), "no data rows"
+        _refused_before_keras("--data", tmp_path / "header.csv", "--out", tmp_path / "m"),
+        "no data rows",
     )
 
 
 def test_wrong_column_name(labelled_csv, tmp_path):
     _assert_one_clear_line(
-        run_cli(
-            "train", "--data", labelled_csv, "--out", tmp_path / "m", "--features", "cpu,nosuch"
+        _refused_before_keras(
+            "--data", labelled_csv, "--out", tmp_path / "m", "--features", "cpu,nosuch"
         ),
         "'nosuch' not found",
     )
     _assert_one_clear_line(
-        run_cli("train", "--data", labelled_csv, "--out", tmp_path / "m", "--label-column", "lbl"),
+        _refused_before_keras(
+            "--data", labelled_csv, "--out", tmp_path / "m", "--label-column", "lbl"
+        ),
         "'lbl' not found",
     )
     _assert_one_clear_line(
-        run_cli(
-            "train",
+        _refused_before_keras(
             "--data",
             labelled_csv,
             "--out",
@@ -323,7 +346,7 @@ def test_non_numeric_cell(tmp_path):
     rows[17][1] = "n/a"
     path = write_csv(tmp_path / "bad.csv", rows, ["a", "b"])
     _assert_one_clear_line(
-        run_cli("train", "--data", path, "--out", tmp_path / "m"),
+        _refused_before_keras("--data", path, "--out", tmp_path / "m"),
         "row 18",
         "'b'",
         "'n/a' is not a number",
@@ -334,7 +357,7 @@ def test_bad_jsonl_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"a": 1}\n{"a": 2\n')
     _assert_one_clear_line(
-        run_cli("train", "--data", path, "--out", tmp_path / "m"), "line 2", "invalid JSON"
+        _refused_before_keras("--data", path, "--out", tmp_path / "m"), "line 2", "invalid JSON"
     )
 
 
@@ -371,8 +394,8 @@ def test_threshold_options_are_checked_before_training(labelled_csv, tmp_path, f
     """Once found only after training, as a traceback (issue 28): now refused before any work,
     in one line, and no bundle is written."""
     out = tmp_path / "m"
-    result = run_cli(
-        "train", "--data", labelled_csv, "--out", out, "--label-column", "label", *flags
+    result = _refused_before_keras(
+        "--data", labelled_csv, "--out", out, "--label-column", "label", *flags
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("vaeguard: error: ")]

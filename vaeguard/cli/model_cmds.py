@@ -231,6 +231,8 @@ def train(
 
     x = {name: table[name] for name in feature_names}
     c = {name: table[name] for name in condition_names} if condition_names else None
+    # the data is checked before the progress bar and Keras load: a bad cell is refused at once
+    detector._training_inputs(x, c, feature_names, None, None)
     started = time.monotonic()
     callbacks = [] if quiet else [_progress_callback(console, detector.epochs)]
     try:

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from vaeguard.limits import check_mc_samples
 from vaeguard.model.losses import gaussian_nll, student_t_nll
 
 #: Padded batch sizes: a compiled scorer sees only these shapes (JAX compiles one program per
@@ -50,18 +51,6 @@ def chunks(n: int) -> list[tuple[int, int, int]]:
         out.append((start, start + take, take))
         start += take
     return out
-
-
-#: The most Monte-Carlo draws a scorer takes: it holds L × latent draws and runs L decoder passes
-#: per row, so a bound keeps a mistyped or corrupt value from exhausting memory.
-MAX_MC_SAMPLES = 4096
-
-
-def check_mc_samples(mc_samples) -> int:
-    """``mc_samples`` as an int in 1 … `MAX_MC_SAMPLES`, or ValueError naming it."""
-    if isinstance(mc_samples, bool) or not 1 <= int(mc_samples) <= MAX_MC_SAMPLES:
-        raise ValueError(f"mc_samples must be between 1 and {MAX_MC_SAMPLES}, got {mc_samples!r}")
-    return int(mc_samples)
 
 
 def fixed_epsilon(mc_samples: int, latent_dim: int, seed: int) -> np.ndarray:

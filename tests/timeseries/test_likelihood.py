@@ -82,6 +82,55 @@ def test_suppression_keeps_saturated_alerts_apart_and_one_per_unbroken_incident(
     assert all(k in (0.0, out) for k, out in zip(kept, outputs, strict=True))
 
 
+def test_after_an_alert_only_a_new_incident_a_whole_level_deeper_alerts_again():
+    """A brief false alert saturates at 1; a shift on the same metric 60 points later, whose
+    tail probability is the level's times smaller still, must still alert (both at 1, the old
+    rule silenced it); one less deep, or a deepening of the incident going on, does not."""
+    spec = LikelihoodSpec(suppress=100, alert=1.0, budget=2.0)
+    level = spec.level_decades
+
+    def emitted(depths: list[float]) -> list[float]:
+        lik = AnomalyLikelihood(spec)
+        return [lik.emit("e", -d * level, "cpu") for d in depths]
+
+    quiet = [0.1] * 59
+    assert emitted([1.2, *quiet, 2.3])[-1] == 1.0  # 1.1 levels deeper than the alert
+    assert emitted([1.2, *quiet, 2.1])[-1] == 0.0  # 0.9 levels deeper: the same incident's rank
+    assert emitted([1.2, 1.6, 3.0]) == [1.0, 0.0, 0.0]  # going on, however deep: one alert
+    assert emitted([1.2, 0.1, 3.0]) == [1.0, 0.0, 1.0]  # broken, then far deeper: a new one
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    depths=st.lists(st.sampled_from([0.0, 0.3, 0.99, 1.0, 1.5, 2.2, 3.5]), max_size=80),
+    suppress=st.integers(1, 12),
+)
+def test_alerts_within_the_suppression_window_are_each_a_level_deeper(depths, suppress):
+    """Whatever the depths: an unbroken run at the level alerts at most once, and an alert
+    within `suppress` points of an earlier one is at least a whole level deeper than it."""
+    spec = LikelihoodSpec(suppress=suppress, alert=1.0, budget=2.0)
+    lik = AnomalyLikelihood(spec)
+    kept = [lik.emit("e", -d * spec.level_decades) for d in depths]
+    alerts = [i for i, out in enumerate(kept) if out >= 1.0]
+    for a, b in itertools.pairwise(alerts):
+        assert b - a > suppress or depths[b] >= depths[a] + 1.0
+    run = 0
+    for i, d in enumerate(depths):
+        run = run + 1 if d >= 1.0 else 0
+        if i in alerts:
+            assert not any(j in alerts for j in range(i - run + 1, i))
+    assert all(k in (0.0, min(1.0, d)) for k, d in zip(kept, depths, strict=True))
+
+
+def test_an_infinitely_deep_alert_suppresses_and_its_snapshot_restores():
+    spec = LikelihoodSpec(suppress=10, alert=1.0, budget=2.0)
+    lik = AnomalyLikelihood(spec)
+    assert lik.emit("e", -math.inf, "cpu") == 1.0
+    assert lik.emit("e", -1e300, "cpu") == 0.0  # not a level deeper than the cap
+    again = AnomalyLikelihood.restore(json.loads(json.dumps(lik.snapshot(), allow_nan=False)))
+    assert again.emit("e", -1e300, "cpu") == 0.0
+
+
 def test_log10_normal_tail_is_accurate_far_out():
     assert log10_normal_tail(0.0) == pytest.approx(math.log10(0.5))
     assert log10_normal_tail(4.0) == pytest.approx(math.log10(3.167124e-05), rel=1e-4)

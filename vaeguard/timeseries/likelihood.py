@@ -150,6 +150,11 @@ class _History:
         self.pending: float | None = None  # the score judged last, until it is learned
 
 
+#: The deepest a log output counts in suppression, in levels: a tail probability of 10^-(this ×
+#: the level's decades) is as rare as any (an infinite raw score would otherwise store ∞).
+MAX_DEPTH = 1e6
+
+
 def log10_normal_tail(z: float) -> float:
     """log10 P(Z > z) for a standard normal, accurate far into the tail."""
     if z < 5.0:
@@ -281,13 +286,25 @@ class AnomalyLikelihood:
         ``metric``: the metric that leads it, whose own earlier outputs alone can suppress it."""
         out = self._output(log10_tail)
         if self.spec.suppress:
-            out = self._suppress(self._history(key), out, metric)
+            depth = None
+            if self.spec.output == "log":  # finite, so a snapshot of the peaks restores
+                depth = min(-log10_tail / self.spec.level_decades, MAX_DEPTH)
+            out = self._suppress(self._history(key), out, metric, depth)
         return out
 
-    def _suppress(self, h: _History, out: float, metric: str | None = None) -> float:
+    def _suppress(
+        self, h: _History, out: float, metric: str | None = None, depth: float | None = None
+    ) -> float:
         """0 unless `out` beats every output kept in the entity's last `suppress` points (those
         led by ``metric``, when it is named, and those that name none: outputs of an older
-        snapshot count for every metric).
+        snapshot count for every metric). A log output is compared by ``depth``, the output
+        before it saturates at 1 (log10 of the tail probability in units of the level's).
+
+        After an alert, a new incident (not one going on) alerts again only when it is a whole
+        level deeper than every such output: its tail probability is the level's times smaller
+        still. An incident is one alert however long it lasts, while an incident far rarer than
+        a brief false alert just before it on the same metric is not silenced by it, as it was
+        when both saturated at 1.
 
         What silences is an output that was kept, and an alert's incident while it goes on
         without a break (outputs at the `alert` level on consecutive points): the window runs
@@ -303,14 +320,22 @@ class AnomalyLikelihood:
             peaks = h.metric_peaks.setdefault(metric, deque())
             _expire(peaks, oldest)
             recent_max = max(recent_max, peaks[0][1] if peaks else 0.0)
-        kept = out > recent_max
         alert = 1.0 if self.spec.alert is None else self.spec.alert  # (none set: saturation)
         last = peaks[-1] if peaks else None
-        going_on = out >= alert and last is not None and last[0] == h.count - 1 and last[1] >= alert
+        # the point before this one was at the level: an incident going on
+        continuing = last is not None and last[0] == h.count - 1 and last[1] >= alert
+        if depth is None:  # (a linear output: compared as it is)
+            depth = out
+            kept = out > recent_max
+        elif recent_max >= alert:  # (an output of an older snapshot, at 1, is exactly 1 deep)
+            kept = not continuing and depth >= recent_max + 1.0
+        else:
+            kept = depth > recent_max
+        going_on = depth >= alert and continuing
         if kept or going_on:
-            while peaks and peaks[-1][1] <= out:
+            while peaks and peaks[-1][1] <= depth:
                 peaks.pop()
-            peaks.append((h.count, out))
+            peaks.append((h.count, depth))
         h.count += 1
         return out if kept else 0.0
 

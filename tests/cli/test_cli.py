@@ -80,18 +80,20 @@ def trained(labelled_csv, tmp_path_factory):
     return out
 
 
-#: Runs the console entry point and, at exit, says on stderr whether Keras was imported.
+#: The console entry point, as `python -c` runs it.
+_ENTRY = "from vaeguard.cli.main import main; main()"
+#: The same, saying at exit on stderr whether Keras was imported.
 _REPORTS_KERAS = (
     "import atexit, sys; "
     "atexit.register(lambda: print('keras imported:', 'keras' in sys.modules, file=sys.stderr)); "
-    "from vaeguard.cli.main import main; main()"
+    + _ENTRY
 )
 
 
 def run_cli(*args, env=None, report_keras=False):
     """The real console entry point in a subprocess, as a user runs it (``report_keras``: with
     a last stderr line saying whether Keras was imported, which `_refused_before_keras` reads)."""
-    code = _REPORTS_KERAS if report_keras else "from vaeguard.cli.main import main; main()"
+    code = _REPORTS_KERAS if report_keras else _ENTRY
     return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)],
         capture_output=True,

@@ -286,9 +286,7 @@ class AnomalyLikelihood:
         ``metric``: the metric that leads it, whose own earlier outputs alone can suppress it."""
         out = self._output(log10_tail)
         if self.spec.suppress:
-            depth = None
-            if self.spec.output == "log":  # finite, so a snapshot of the peaks restores
-                depth = min(-log10_tail / self.spec.level_decades, MAX_DEPTH)
+            depth = self._depth(log10_tail) if self.spec.output == "log" else None
             out = self._suppress(self._history(key), out, metric, depth)
         return out
 
@@ -339,10 +337,15 @@ class AnomalyLikelihood:
         h.count += 1
         return out if kept else 0.0
 
+    def _depth(self, log10_tail: float) -> float:
+        """A log output before it saturates at 1, capped at `MAX_DEPTH` (finite, so a snapshot
+        of the suppression peaks restores)."""
+        return min(-log10_tail / self.spec.level_decades, MAX_DEPTH)
+
     def _output(self, log10_tail: float) -> float:
         if self.spec.output == "linear":
             return 1.0 - 10.0**log10_tail
-        return min(1.0, -log10_tail / self.spec.level_decades)
+        return min(1.0, self._depth(log10_tail))
 
     def update_many(self, keys: Sequence[str], scores: Iterable[float]) -> np.ndarray:
         """`update` for a batch in arrival order (entities may interleave)."""

@@ -564,6 +564,28 @@ def _reader(kind: str, path: Path) -> Callable[[Path], Any]:
     return reader
 
 
+def tabular_fields(manifest: dict[str, Any]) -> list[str] | None:
+    """The fields every row for a tabular model must carry (its features, then its numeric and
+    categorical conditions, as the serving lists them), read from a checked manifest without
+    loading the model, so a file that lacks one is refused before Keras starts. None for
+    another kind, or conditions not written as this version writes them (the loaded model's
+    own check then decides)."""
+    if model_kind(manifest) != "tabular":
+        return None
+    conditions = manifest.get("conditions")
+    if not isinstance(conditions, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("name"), str) for c in conditions
+    ):
+        return None
+    by_kind = {
+        kind: [c["name"] for c in conditions if c.get("kind") == kind]
+        for kind in ("numeric", "categorical")
+    }
+    if sum(map(len, by_kind.values())) != len(conditions):
+        return None
+    return [*manifest["features"], *by_kind["numeric"], *by_kind["categorical"]]
+
+
 def model_kind(manifest: dict[str, Any]) -> str:
     """The kind of model a manifest describes (bundles written before ``kind`` existed are
     told apart by ``extra.window_mode``)."""

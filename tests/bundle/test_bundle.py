@@ -6,9 +6,11 @@ import json
 import shutil
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vaeguard import BundleError, VAEDetector
-from vaeguard.bundle import FORMAT_VERSION, read_manifest
+from vaeguard.bundle import FORMAT_VERSION, read_manifest, tabular_fields
 
 
 @pytest.fixture
@@ -114,3 +116,28 @@ def test_overwriting_a_bundle_keeps_it_loadable(fitted, bundle):
 def test_copied_bundle_loads(bundle, tmp_path):
     shutil.copytree(bundle, tmp_path / "copy")
     assert VAEDetector.load(tmp_path / "copy").feature_names_
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.dictionaries(
+                st.sampled_from(["name", "kind", "categories"]),
+                st.one_of(st.text(max_size=4), st.integers(), st.none()),
+            ),
+            st.text(max_size=3),
+            st.integers(),
+        ),
+        max_size=4,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_tabular_fields_of_any_conditions_are_a_list_of_names_or_none(conditions):
+    m = {"kind": "tabular", "features": ["a", "b"], "conditions": conditions}
+    fields = tabular_fields(m)
+    assert fields is None or (
+        fields[:2] == ["a", "b"]
+        and len(fields) == 2 + len(conditions)
+        and all(isinstance(f, str) for f in fields)
+    )
+    assert tabular_fields({**m, "kind": "window"}) is None

@@ -261,7 +261,7 @@ def test_conditional_training_from_the_cli(labelled_csv, tmp_path):
             "--label-column",
             "label",
             "--conditions",
-            "host",
+            "host,ts",
             *FAST_ARGS,
         ],
     )
@@ -272,13 +272,21 @@ def test_conditional_training_from_the_cli(labelled_csv, tmp_path):
         "kind": "categorical",
         "categories": ["db", "web"],
     }
+    assert m["conditions"][1]["kind"] == "numeric"
+    # what `score` refuses a file for before loading the model is what the serving needs
+    from vaeguard.bundle import read_manifest, tabular_fields
+    from vaeguard.serving import load_serving
+
+    fields = tabular_fields(read_manifest(out))
+    assert fields == load_serving(out, "").required_fields
+    assert set(fields) == {"cpu", "mem", "io", "ts", "host"}
 
 
-def _refused_before_keras(*args):
-    """Run a `train` that must be refused, and check that Keras (and TensorFlow under it) was
-    never imported: a bad option or a bad file is refused at once, before the framework's
-    start-up, not seconds later."""
-    result = run_cli("train", *args, report_keras=True)
+def _refused_before_keras(*args, command="train"):
+    """Run a command (`train` unless told) that must be refused, and check that Keras (and
+    TensorFlow under it) was never imported: a bad option or a bad file is refused at once,
+    before the framework's start-up, not seconds later."""
+    result = run_cli(command, *args, report_keras=True)
     *lines, report = result.stderr.rstrip("\n").split("\n")
     assert report == "keras imported: False", result.stderr
     result.stderr = "\n".join(lines)
@@ -366,7 +374,9 @@ def test_bad_jsonl_line(tmp_path):
 def test_scoring_data_without_the_model_features(trained, tmp_path):
     path = write_csv(tmp_path / "other.csv", [[1, 2]], ["x", "y"])
     _assert_one_clear_line(
-        run_cli("score", "--model", trained, "--data", path, "--out", tmp_path / "s.jsonl"),
+        _refused_before_keras(
+            "--model", trained, "--data", path, "--out", tmp_path / "s.jsonl", command="score"
+        ),
         "missing feature column",
         "'cpu'",
     )

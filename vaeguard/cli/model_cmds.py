@@ -410,6 +410,12 @@ def score(
             "the alert budget (tabular bundles only)",
             "--fixed-threshold",
         )
+    from vaeguard.bundle import read_manifest, tabular_fields
+    from vaeguard.tabular_files import csv_header
+
+    header = csv_header(path)
+    # a file without the model's columns is refused before the model (and Keras) loads
+    _refuse_missing(tabular_fields(read_manifest(bundle)) or [], header, data)
 
     from vaeguard.serving import load_serving
     from vaeguard.thresholds import FOLLOW_BATCH
@@ -418,7 +424,7 @@ def score(
     # A following threshold learns after each batch, as the daemon's does after each batch it
     # scores: in one large batch a file would be judged wholly by the training threshold.
     batch_rows = FOLLOW_BATCH if getattr(serving, "following", None) is not None else 4096
-    header = _checked_header(serving, path, data)
+    _refuse_missing(serving.required_fields, header, data)
     rows, inputs, n_read = _score_rows(
         serving,
         path,
@@ -467,19 +473,16 @@ def score(
     )
 
 
-def _checked_header(serving, path: Path, data: Path) -> list[str] | None:
-    """A CSV file's header, refused when it lacks a column the model needs (None for JSONL)."""
-    from vaeguard.tabular_files import csv_header
-
-    header = csv_header(path)
+def _refuse_missing(required: list[str], header: list[str] | None, data: Path) -> None:
+    """Refuse a CSV file whose header lacks a column the model needs (JSONL rows are checked
+    one by one, as the daemon checks records)."""
     if header is not None:
-        missing = [f for f in serving.required_fields if f not in header]
+        missing = [f for f in required if f not in header]
         if missing:
             raise DataError(
                 f"{data}: missing feature column(s) {', '.join(map(repr, missing))}; "
                 f"the file has {', '.join(map(repr, header))}"
             )
-    return header
 
 
 def _step_settings(max_record_bytes: int, top_k: int):
@@ -743,9 +746,10 @@ def _evaluate_window(
     incidents counted against the alerts (`vaeguard.evaluation.judge_incidents`)."""
     from vaeguard.evaluation import judge_incidents
     from vaeguard.serving import load_serving
+    from vaeguard.tabular_files import csv_header
 
     serving = load_serving(bundle, version or _version_of(bundle))
-    _checked_header(serving, path, data)
+    _refuse_missing(serving.required_fields, csv_header(path), data)
     rows, inputs, n_read = _score_rows(
         serving, path, str(data), _step_settings(MAX_RECORD_BYTES, 1), 4096, keep_inputs=True
     )

@@ -34,8 +34,8 @@ reaches the likelihood's ``alert`` level. An anomaly is detected when an alert f
 metric is the metric named first by the score record of that first alert. False alerts are
 the alerts outside every anomaly's ``[start, end + W + 100)`` (100: the likelihood's default
 suppression), per 1,000 test points outside those intervals. Each stream's result is cached
-under ``runs/multimetric/<hash>/`` (the model configuration, the library's source, the
-generator settings); a configuration that differs only in its likelihood replays the cached
+under ``runs/multimetric/<hash>/`` (the model configuration, the run version of
+`benchmarks.nab_cv`, the generator settings); a configuration that differs only in its likelihood replays the cached
 raw scores (`replay_likelihood`, the serving's arithmetic).
 
 ``--cv``: out-of-fold over families. For each family held out, the candidate configuration
@@ -53,7 +53,6 @@ Run ``python benchmarks/multimetric.py --help`` for the flags.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import math
@@ -405,42 +404,18 @@ def budget_of(params: dict[str, Any]) -> float:
     return spec_budget(params.get("likelihood") or {})[0]
 
 
-#: The library code whose change changes a run's result (part of the cache key).
-_SOURCES = (
-    "vaeguard/timeseries",
-    "vaeguard/model",
-    "vaeguard/serving",
-    "vaeguard/records",
-    "vaeguard/apps/online.py",
-    "vaeguard/thresholds.py",
-    "vaeguard/detector.py",
-)
-
-
-@functools.cache
-def source_hash() -> str:
-    """Of the library code as this process first read it (one key for a whole run, even while
-    the working tree changes under it)."""
-    h = hashlib.sha256()
-    for part in _SOURCES:
-        path = ROOT / part
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for f in files:
-            if f.is_file():
-                h.update(str(f.relative_to(ROOT)).encode())
-                h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def model_key(params: dict[str, Any], train: int, test: int) -> str:
-    """The cache folder: the model configuration without the likelihood (replayed), the
-    library's source, the generator settings."""
+    """The cache folder: the model configuration without the likelihood (replayed), the NAB
+    cache's run version (bumped when the library changes what a run produces), the generator
+    settings. Not the library's source: a change to the likelihood alone replays."""
+    from benchmarks.nab_cv import RUN_VERSION
+
     resolved = json.loads(json.dumps(params))
     resolved.pop("likelihood", None)
     resolved["window"].pop("metrics", None)
     key = {
         "params": resolved,
-        "source": source_hash(),
+        "run_version": RUN_VERSION,
         "generator": GENERATOR_VERSION,
         "train": train,
         "test": test,

@@ -564,12 +564,16 @@ def _reader(kind: str, path: Path) -> Callable[[Path], Any]:
     return reader
 
 
-def tabular_fields(manifest: dict[str, Any]) -> list[str] | None:
-    """The fields every row for a tabular model must carry (its features, then its numeric and
-    categorical conditions, as the serving lists them), read from a checked manifest without
-    loading the model, so a file that lacks one is refused before Keras starts. None for
-    another kind, or conditions not written as this version writes them (the loaded model's
-    own check then decides)."""
+def required_fields(manifest: dict[str, Any]) -> list[str] | None:
+    """The fields every row for the model must carry, as its serving lists them, read from a
+    checked manifest without loading the model, so a file that lacks one is refused before
+    Keras starts: a tabular model's features, then its numeric and categorical conditions; a
+    window model's time field. None where the manifest does not say it as this version writes
+    it (the loaded model's own check then decides)."""
+    if has_window_section(manifest):
+        spec = (manifest["window"].get("config") or {}).get("window")
+        field = spec.get("time_field", "ts") if isinstance(spec, dict) else None
+        return [field] if isinstance(field, str) else None
     if model_kind(manifest) != "tabular":
         return None
     conditions = manifest.get("conditions")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vaeguard import BundleError, VAEDetector
-from vaeguard.bundle import FORMAT_VERSION, read_manifest, tabular_fields
+from vaeguard.bundle import FORMAT_VERSION, read_manifest, required_fields
 
 
 @pytest.fixture
@@ -132,12 +132,12 @@ def test_copied_bundle_loads(bundle, tmp_path):
     )
 )
 @settings(max_examples=200, deadline=None)
-def test_tabular_fields_of_any_conditions_are_a_list_of_names_or_none(conditions):
-    m = {"kind": "tabular", "features": ["a", "b"], "conditions": conditions}
-    fields = tabular_fields(m)
+def test_required_fields_of_any_conditions_are_a_list_of_names_or_none(conditions):
+    m = {"kind": "tabular", "format_version": 1, "features": ["a", "b"], "conditions": conditions}
+    fields = required_fields(m)
     assert fields is None or (
         fields[:2] == ["a", "b"]
         and len(fields) == 2 + len(conditions)
         and all(isinstance(f, str) for f in fields)
     )
-    assert tabular_fields({**m, "kind": "window"}) is None
+    assert required_fields({**m, "kind": "window"}) is None

@@ -274,10 +274,10 @@ def test_conditional_training_from_the_cli(labelled_csv, tmp_path):
     }
     assert m["conditions"][1]["kind"] == "numeric"
     # what `score` refuses a file for before loading the model is what the serving needs
-    from vaeguard.bundle import read_manifest, tabular_fields
+    from vaeguard.bundle import read_manifest, required_fields
     from vaeguard.serving import load_serving
 
-    fields = tabular_fields(read_manifest(out))
+    fields = required_fields(read_manifest(out))
     assert fields == load_serving(out, "").required_fields
     assert set(fields) == {"cpu", "mem", "io", "ts", "host"}
 

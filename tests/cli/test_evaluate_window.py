@@ -240,3 +240,21 @@ def test_alerts_on_rows_labelled_normal_are_false_and_the_entity_is_named(world,
     text = " ".join(run(*args, "--label-column", "label").replace("│", " ").split())
     assert "entities with false alerts" in text and "web-1" in text
     assert "0 of 0" in text  # incidents detected
+
+
+def test_a_file_without_the_time_field_is_refused_before_the_model_loads(world, tmp_path):
+    from tests.cli.test_cli import _assert_one_clear_line, _refused_before_keras
+    from vaeguard.bundle import read_manifest, required_fields
+    from vaeguard.serving import load_serving
+
+    bundle = world / "bundle"
+    assert required_fields(read_manifest(bundle)) == load_serving(bundle).required_fields
+    path = tmp_path / "no-time.csv"
+    path.write_text("host,cpu,lat\nweb-1,10.0,5.0\n")
+    _assert_one_clear_line(
+        _refused_before_keras(
+            *("--model", bundle, "--data", path, "--out", tmp_path / "s.jsonl"), command="score"
+        ),
+        "missing feature column",
+        "'ts'",
+    )

@@ -410,12 +410,12 @@ def score(
             "the alert budget (tabular bundles only)",
             "--fixed-threshold",
         )
-    from vaeguard.bundle import read_manifest, tabular_fields
+    from vaeguard.bundle import read_manifest, required_fields
     from vaeguard.tabular_files import csv_header
 
     header = csv_header(path)
     # a file without the model's columns is refused before the model (and Keras) loads
-    _refuse_missing(tabular_fields(read_manifest(bundle)) or [], header, data)
+    _refuse_missing(required_fields(read_manifest(bundle)) or [], header, data)
 
     from vaeguard.serving import load_serving
     from vaeguard.thresholds import FOLLOW_BATCH

@@ -380,6 +380,15 @@ def test_scoring_data_without_the_model_features(trained, tmp_path):
         "missing feature column",
         "'cpu'",
     )
+    labelled = write_csv(tmp_path / "labelled.csv", [[1, 2, 0]], ["x", "y", "label"])
+    _assert_one_clear_line(
+        _refused_before_keras(
+            *("--model", trained, "--data", labelled, "--label-column", "label"),
+            command="evaluate",
+        ),
+        "missing feature column",
+        "'cpu'",
+    )
 
 
 def test_corrupt_bundle_from_the_cli(trained, tmp_path, labelled_csv):

@@ -258,3 +258,10 @@ def test_a_file_without_the_time_field_is_refused_before_the_model_loads(world, 
         "missing feature column",
         "'ts'",
     )
+    _assert_one_clear_line(
+        _refused_before_keras(
+            *("--model", bundle, "--data", path, "--label-column", "label"), command="evaluate"
+        ),
+        "missing feature column",
+        "'ts'",
+    )

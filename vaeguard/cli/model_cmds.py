@@ -474,8 +474,8 @@ def score(
 
 
 def _refuse_missing(required: list[str], header: list[str] | None, data: Path) -> None:
-    """Refuse a CSV file whose header lacks a column the model needs (JSONL rows are checked
-    one by one, as the daemon checks records)."""
+    """Refuse a file whose columns (a CSV header; None for JSONL that is checked row by row,
+    as the daemon checks records) lack one the model needs."""
     if header is not None:
         missing = [f for f in required if f not in header]
         if missing:
@@ -636,16 +636,25 @@ def evaluate(
     per 1,000 points next to the model's alert budget."""
     path = input_file(data)
     bundle, version = model_path(model)
+    from vaeguard.bundle import read_manifest, required_fields
+
+    # the file's columns are checked against the manifest before the model (and Keras) loads
+    required = required_fields(read_manifest(bundle)) or []
     if check_kind(bundle, "evaluate", ("tabular", "window")) == "window":
+        from vaeguard.tabular_files import csv_header
+
+        _refuse_missing(required, csv_header(path), data)
         _evaluate_window(bundle, version, path, data, label_column, normal_value, as_json)
         return
+    table = _load_table(path)
+    labels = _labels(table, label_column, normal_value)
+    _refuse_missing(required, list(table), data)
+
     from vaeguard.detector import VAEDetector
     from vaeguard.evaluation import evaluate as run_evaluation
     from vaeguard.thresholds import FOLLOW_BATCH, FollowingThreshold
 
     detector = VAEDetector.load(bundle)  # (the kind checked above)
-    table = _load_table(path)
-    labels = _labels(table, label_column, normal_value)
     scores = detector.decision_function(table)
     rule = getattr(detector, "threshold_rule_", None)
     follows = rule is not None and rule.method == "budget"

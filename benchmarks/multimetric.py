@@ -35,8 +35,8 @@ metric is the metric named first by the score record of that first alert. False 
 the alerts outside every anomaly's ``[start, end + W + 100)`` (100: the likelihood's default
 suppression), per 1,000 test points outside those intervals. Each stream's result is cached
 under ``runs/multimetric/<hash>/`` (the model configuration, the run version of
-`benchmarks.nab_cv`, the generator settings); a configuration that differs only in its likelihood replays the cached
-raw scores (`replay_likelihood`, the serving's arithmetic).
+`benchmarks.nab_cv`, the generator settings); a configuration that differs only in its
+likelihood replays the cached raw scores (`replay_likelihood`, the serving's arithmetic).
 
 ``--cv``: out-of-fold over families. For each family held out, the candidate configuration
 with the best detected share of shifts of at least 4 sd on the other families, among those

@@ -46,10 +46,11 @@ from benchmarks.nab_scoring import (
 CATEGORIES = ("artificialNoAnomaly", "artificialWithAnomaly", "realKnownCause", "realTraffic")
 
 #: Bump when the code changes what a model configuration's run produces (cached runs under
-#: another version are not reused; the false-alarm and multi-metric caches key on it too). 2: the featurizer's warm-up (no window before the
-#: entity's first W slots). 3: channels a model has not learned are masked. 4: the likelihood
-#: histories restart at the first fit (no score of a point the model trained on). 5: incidents
-#: that recur more often than the budget allows join the histories.
+#: another version are not reused; the false-alarm and multi-metric caches key on it too).
+#: 2: the featurizer's warm-up (no window before the entity's first W slots). 3: channels a
+#: model has not learned are masked. 4: the likelihood histories restart at the first fit (no
+#: score of a point the model trained on). 5: incidents that recur more often than the budget
+#: allows join the histories.
 RUN_VERSION = 5
 
 #: Likelihood post-processing grid (replayed; every combination is a candidate): the alert

@@ -415,7 +415,8 @@ def score(
 
     header = csv_header(path)
     # a file without the model's columns is refused before the model (and Keras) loads
-    _refuse_missing(required_fields(read_manifest(bundle)) or [], header, data)
+    required = required_fields(read_manifest(bundle))
+    _refuse_missing(required or [], header, data)
 
     from vaeguard.serving import load_serving
     from vaeguard.thresholds import FOLLOW_BATCH
@@ -424,7 +425,8 @@ def score(
     # A following threshold learns after each batch, as the daemon's does after each batch it
     # scores: in one large batch a file would be judged wholly by the training threshold.
     batch_rows = FOLLOW_BATCH if getattr(serving, "following", None) is not None else 4096
-    _refuse_missing(serving.required_fields, header, data)
+    if required is None:  # (a manifest that does not say them: the loaded serving does)
+        _refuse_missing(serving.required_fields, header, data)
     rows, inputs, n_read = _score_rows(
         serving,
         path,
@@ -639,16 +641,14 @@ def evaluate(
     from vaeguard.bundle import read_manifest, required_fields
 
     # the file's columns are checked against the manifest before the model (and Keras) loads
-    required = required_fields(read_manifest(bundle)) or []
+    required = required_fields(read_manifest(bundle))
     if check_kind(bundle, "evaluate", ("tabular", "window")) == "window":
-        from vaeguard.tabular_files import csv_header
-
-        _refuse_missing(required, csv_header(path), data)
-        _evaluate_window(bundle, version, path, data, label_column, normal_value, as_json)
+        _evaluate_window(bundle, version, path, data, label_column, normal_value, as_json, required)
         return
     table = _load_table(path)
     labels = _labels(table, label_column, normal_value)
-    _refuse_missing(required, list(table), data)
+    # (fields the manifest does not say are refused by the loaded detector's own check)
+    _refuse_missing(required or [], list(table), data)
 
     from vaeguard.detector import VAEDetector
     from vaeguard.evaluation import evaluate as run_evaluation
@@ -750,15 +750,20 @@ def _evaluate_window(
     label_column: str,
     normal_value: str,
     as_json: bool,
+    required: list[str] | None,
 ) -> None:
     """`evaluate` on a window bundle: the file scored as `score` scores it, its labelled
-    incidents counted against the alerts (`vaeguard.evaluation.judge_incidents`)."""
+    incidents counted against the alerts (`vaeguard.evaluation.judge_incidents`).
+    ``required``: the fields the manifest says rows carry (None: the loaded serving says)."""
     from vaeguard.evaluation import judge_incidents
     from vaeguard.serving import load_serving
     from vaeguard.tabular_files import csv_header
 
+    header = csv_header(path)
+    _refuse_missing(required or [], header, data)
     serving = load_serving(bundle, version or _version_of(bundle))
-    _refuse_missing(serving.required_fields, csv_header(path), data)
+    if required is None:
+        _refuse_missing(serving.required_fields, header, data)
     rows, inputs, n_read = _score_rows(
         serving, path, str(data), _step_settings(MAX_RECORD_BYTES, 1), 4096, keep_inputs=True
     )

@@ -11,7 +11,10 @@ series, so that score is **in-sample**.
 ``python benchmarks/nab.py --cv`` is the honest protocol (`benchmarks/nab_cv.py`):
 leave-one-category-out over the four shared categories, every choice made on three and scored
 on the fourth; it prints the pooled out-of-fold scores beside the in-sample ones and the table
-of every candidate tried.
+of every candidate tried. ``--seeds N`` trains every model configuration N times (every view's
+seed 0 … N − 1 above the configured one), makes each choice on the mean over the runs and
+prints the mean figure with each run's: one training run's figure moves by several points with
+its seed alone.
 
 Run ``python benchmarks/nab.py --help`` for the flags.
 """
@@ -90,7 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         "predict_scored (whether the encoder sees the scored slots) and with Gaussian terms only "
         "(no Student-t terms), or every model candidate (about 4× the run time)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="--cv: training runs per model configuration (every view's seed, then +1, …); "
+        "choices are made on the mean over them",
+    )
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds: at least 1")
+    if args.seeds > 1 and not args.cv:
+        parser.error("--seeds: only with --cv")
     if args.cv:
         return cross_validation(args)
 
@@ -148,24 +162,39 @@ def cross_validation(args) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    models = default_model_candidates(base) if args.models == "default" else model_candidates(base)
-    runs = run_models(models, args.data_dir, args.cache, args.jobs, log)
+    pick = default_model_candidates if args.models == "default" else model_candidates
+    runs = []
+    for offset in range(args.seeds):
+        seeded = reseeded(base, offset)
+        if args.seeds > 1:
+            log(f"training run {offset + 1} of {args.seeds} (view seeds +{offset}) …")
+        runs.append(run_models(pick(seeded), args.data_dir, args.cache, args.jobs, log))
     cv = cross_validate(runs, base["likelihood"], windows, log)
-    n = len(next(iter(runs.values())))
+    n = len(next(iter(runs[0].values())))
     print(f"NAB leave-one-category-out cross-validation, {n} series under {args.data_dir}")
-    print(f"{cv['candidates']} candidates (model configuration × likelihood post-processing)\n")
-    rows = [
-        ["vaeguard, out-of-fold (alerts at the configured level)"]
-        + [f"{cv['oof_alerts'][p]:.1f}" for p in PROFILE_LABELS],
-        ["vaeguard, out-of-fold (NAB scorer's threshold)"]
-        + [f"{cv['oof_nab'][p]:.1f}" for p in PROFILE_LABELS],
-        ["vaeguard, in-sample (chosen on all 4 categories; alerts)"]
-        + [f"{cv['in_sample_alerts'][p]:.1f}" for p in PROFILE_LABELS],
-        ["vaeguard, in-sample (chosen on all 4 categories; NAB scorer)"]
-        + [f"{cv['in_sample_nab'][p]:.1f}" for p in PROFILE_LABELS],
-        ["vaeguard, previous default (Gaussian tail, 1e-5; in-sample; alerts)"]
-        + [f"{cv['previous_alerts'][p]:.1f}" for p in PROFILE_LABELS],
+    print(f"{cv['candidates']} candidates (model configuration × likelihood post-processing)")
+    if args.seeds > 1:
+        print(
+            f"{args.seeds} training runs per model configuration; each choice made on the mean "
+            "over them, each figure the mean with the runs' own in brackets"
+        )
+    print()
+
+    def cell(name: str, profile: str) -> str:
+        text = f"{cv[name][profile]:.1f}"
+        if args.seeds > 1:
+            each = ", ".join(f"{o[name][profile]:.1f}" for o in cv["per_seed"])
+            text += f" ({each})"
+        return text
+
+    labels = [
+        ("oof_alerts", "vaeguard, out-of-fold (alerts at the configured level)"),
+        ("oof_nab", "vaeguard, out-of-fold (NAB scorer's threshold)"),
+        ("in_sample_alerts", "vaeguard, in-sample (chosen on all 4 categories; alerts)"),
+        ("in_sample_nab", "vaeguard, in-sample (chosen on all 4 categories; NAB scorer)"),
+        ("previous_alerts", "vaeguard, previous default (Gaussian tail, 1e-5; in-sample; alerts)"),
     ]
+    rows = [[label] + [cell(name, p) for p in PROFILE_LABELS] for name, label in labels]
     for peer in PEERS:
         scores = score_detector_profiles(args.references, peer, windows)
         rows.append(
@@ -181,10 +210,11 @@ def cross_validation(args) -> int:
         print(f"- {held}: {cv['chosen_per_fold'][held]}")
     print(f"- product default (all four): {cv['final']}")
     numenta = peer_detections(args.references, "numenta", windows)
+    per_run = " (vaeguard: the mean over the training runs)" if args.seeds > 1 else ""
     print(
         "\nWhat an operator sees (after the probationary period): labelled windows with a "
         "detection, and detections outside every window; vaeguard out-of-fold at its alert "
-        "level, numenta at its standard-profile threshold\n"
+        f"level, numenta at its standard-profile threshold{per_run}\n"
     )
     print(
         "| category | windows | detected: vaeguard | numenta | outside windows: vaeguard | "
@@ -199,18 +229,35 @@ def cross_validation(args) -> int:
         rows = [(c, ours_by[c], numenta[c]) for c in CATEGORIES]
         rows.append(("all", sum((r[1] for r in rows), nothing), sum((r[2] for r in rows), nothing)))
         for c, ours, peer in rows:
+            k = args.seeds  # ours are summed over the runs
             print(
-                f"| {c} ({label}) | {ours.windows} | {ours.detected} | {peer.detected} | "
-                f"{ours.outside} | {peer.outside} | {ours.outside_per_1000:.2f} | "
-                f"{peer.outside_per_1000:.2f} |"
+                f"| {c} ({label}) | {ours.windows // k} | {ours.detected / k:g} | "
+                f"{peer.detected} | {ours.outside / k:g} | {peer.outside} | "
+                f"{ours.outside_per_1000:.2f} | {peer.outside_per_1000:.2f} |"
             )
     print("\nEvery candidate (standard profile, alerts; best in-sample first):\n")
     cols = ["all", *(f"without {c}" for c in CATEGORIES)]
-    print("| candidate | " + " | ".join(cols) + " |")
-    print("|---|" + "|".join("---:" for _ in cols) + "|")
+    extra = ["all, each run"] if args.seeds > 1 else []
+    print("| candidate | " + " | ".join(cols + extra) + " |")
+    print("|---|" + "|".join("---:" for _ in cols + extra) + "|")
     for row in cv["table"]:
-        print(f"| {row['candidate']} | " + " | ".join(f"{row[c]:.1f}" for c in cols) + " |")
+        each = [", ".join(f"{v:.1f}" for v in row["all per seed"])] if extra else []
+        print(
+            f"| {row['candidate']} | "
+            + " | ".join([*(f"{row[c]:.1f}" for c in cols), *each])
+            + " |"
+        )
     return 0
+
+
+def reseeded(params: dict, offset: int) -> dict:
+    """``params`` with every view's seed raised by ``offset`` (another training run of the same
+    configuration: initial weights, training batches, Monte-Carlo draws)."""
+    if offset == 0:
+        return params
+    out = dict(params)
+    out["views"] = [{**v, "seed": int(v.get("seed", 0)) + offset} for v in params["views"]]
+    return out
 
 
 if __name__ == "__main__":

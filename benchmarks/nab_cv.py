@@ -244,16 +244,26 @@ def peer_detections(
 
 
 def cross_validate(
-    runs: dict[str, dict[str, dict[str, Any]]],
+    runs: dict[str, dict[str, dict[str, Any]]] | list[dict[str, dict[str, dict[str, Any]]]],
     base_likelihood: dict[str, Any],
     windows: dict[str, Any],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Leave-one-category-out selection over every candidate; the pooled out-of-fold result."""
+    """Leave-one-category-out selection over every candidate; the pooled out-of-fold result.
+
+    ``runs`` is `run_models`' output, or a list of them, one per training seed (the same
+    model names and series). With several seeds a candidate's score on a set of categories is
+    its mean over the seeds, the choices are made on those means, and each seed's out-of-fold
+    outputs are scored as one pooled corpus: the figures are the mean over the seeds, with
+    each seed's beside them (``per_seed``). One training run's NAB figure moves by several
+    points with its seed alone, which the mean damps."""
     from vaeguard.apps.online import replay_likelihood
 
-    first_model = next(iter(runs))
-    first = runs[first_model]
+    by_seed = [runs] if isinstance(runs, dict) else list(runs)
+    if not by_seed:
+        raise ValueError("cross_validate: no runs")
+    first_model = next(iter(by_seed[0]))
+    first = by_seed[0][first_model]
     keys = sorted(first)
     by_category = {c: [k for k in keys if k.split("/")[0] == c] for c in CATEGORIES}
     scorer = Scorer({k: first[k]["stamps"] for k in keys}, windows)
@@ -261,81 +271,101 @@ def cross_validate(
 
     candidates = [
         Candidate(model, dict(zip(LIKELIHOOD_GRID, values, strict=True)))
-        for model in runs
+        for model in by_seed[0]
         for values in itertools.product(*LIKELIHOOD_GRID.values())
     ]
-    outputs: dict[str, dict[str, np.ndarray]] = {}
-    alerts: dict[str, dict[str, np.ndarray]] = {}
-    table = []
-    started = time.perf_counter()
-    for cand in candidates:
-        spec = {**base_likelihood, **cand.likelihood}
-        outs = {
+
+    def replayed(seed_runs, model, spec) -> dict[str, np.ndarray]:
+        return {
             k: replay_likelihood(
-                runs[cand.model][k]["raw"],
-                runs[cand.model][k]["entities"],
+                seed_runs[model][k]["raw"],
+                seed_runs[model][k]["entities"],
                 spec,
-                runs[cand.model][k]["restarts"],
+                seed_runs[model][k]["restarts"],
             )
             for k in keys
         }
-        outputs[cand.name] = outs
-        alerts[cand.name] = {k: (v >= alert).astype("float64") for k, v in outs.items()}
-        row = {"candidate": cand.name, "all": scorer.score(alerts[cand.name], keys)}
-        for held in CATEGORIES:
-            train = [k for k in keys if k.split("/")[0] != held]
-            row[f"without {held}"] = scorer.score(alerts[cand.name], train)
+
+    # outputs[seed][candidate name][series]
+    outputs: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in by_seed]
+    alerts: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in by_seed]
+    table = []
+    started = time.perf_counter()
+    subsets = {"all": keys}
+    for held in CATEGORIES:
+        subsets[f"without {held}"] = [k for k in keys if k.split("/")[0] != held]
+    for cand in candidates:
+        spec = {**base_likelihood, **cand.likelihood}
+        per_seed = []
+        for s, seed_runs in enumerate(by_seed):
+            outs = replayed(seed_runs, cand.model, spec)
+            outputs[s][cand.name] = outs
+            alerts[s][cand.name] = {k: (v >= alert).astype("float64") for k, v in outs.items()}
+            per_seed.append(
+                {n: scorer.score(alerts[s][cand.name], sub) for n, sub in subsets.items()}
+            )
+        row = {"candidate": cand.name}
+        row.update({n: float(np.mean([p[n] for p in per_seed])) for n in subsets})
+        row["all per seed"] = [p["all"] for p in per_seed]
         table.append(row)
     log(
-        f"{len(candidates)} candidates replayed and scored in {time.perf_counter() - started:.0f} s"
+        f"{len(candidates)} candidates × {len(by_seed)} seed(s) replayed and scored in "
+        f"{time.perf_counter() - started:.0f} s"
     )
 
     chosen = {}
-    oof_outputs: dict[str, np.ndarray] = {}
-    oof_alerts: dict[str, np.ndarray] = {}
     for held in CATEGORIES:
-        best = max(table, key=lambda r: r[f"without {held}"])
-        chosen[held] = best["candidate"]
-        for k in by_category[held]:
-            oof_outputs[k] = outputs[best["candidate"]][k]
-            oof_alerts[k] = alerts[best["candidate"]][k]
+        chosen[held] = max(table, key=lambda r: r[f"without {held}"])["candidate"]
     final = max(table, key=lambda r: r["all"])
     # The previous default (a Gaussian tail of the last 1000 scores, alert at 1e-5, every
     # scored point learned), replayed on the same raw scores: chosen on all 25, so in-sample.
     previous = {**base_likelihood, **PREVIOUS_LIKELIHOOD}
-    prev_alerts = {
-        k: (
-            replay_likelihood(
-                runs[first_model][k]["raw"],
-                runs[first_model][k]["entities"],
-                previous,
-                runs[first_model][k]["restarts"],
-            )
-            >= alert
-        ).astype("float64")
-        for k in keys
-    }
-    result = {
-        "previous_alerts": {p: scorer.score(prev_alerts, keys, p) for p in PROFILES},
-        "previous_detections": {
-            c: scorer.detections(prev_alerts, by_category[c], 1.0) for c in CATEGORIES
-        },
+    seeds_out = []
+    for s, seed_runs in enumerate(by_seed):
+        oof_outputs: dict[str, np.ndarray] = {}
+        oof_alerts: dict[str, np.ndarray] = {}
+        for held in CATEGORIES:
+            for k in by_category[held]:
+                oof_outputs[k] = outputs[s][chosen[held]][k]
+                oof_alerts[k] = alerts[s][chosen[held]][k]
+        prev_alerts = {
+            k: (v >= alert).astype("float64")
+            for k, v in replayed(seed_runs, first_model, previous).items()
+        }
+        final_alerts = alerts[s][final["candidate"]]
+        seeds_out.append(
+            {
+                "previous_alerts": {p: scorer.score(prev_alerts, keys, p) for p in PROFILES},
+                "previous_detections": {
+                    c: scorer.detections(prev_alerts, by_category[c], 1.0) for c in CATEGORIES
+                },
+                "oof_alerts": {p: scorer.score(oof_alerts, keys, p) for p in PROFILES},
+                "oof_nab": {p: scorer.score(oof_outputs, keys, p) for p in PROFILES},
+                "in_sample_alerts": {p: scorer.score(final_alerts, keys, p) for p in PROFILES},
+                "in_sample_nab": {
+                    p: scorer.score(outputs[s][final["candidate"]], keys, p) for p in PROFILES
+                },
+                "oof_detections": {
+                    c: scorer.detections(oof_alerts, by_category[c], 1.0) for c in CATEGORIES
+                },
+                "in_sample_detections": {
+                    c: scorer.detections(final_alerts, by_category[c], 1.0) for c in CATEGORIES
+                },
+            }
+        )
+    result: dict[str, Any] = {
         "chosen_per_fold": chosen,
         "final": final["candidate"],
-        "oof_alerts": {p: scorer.score(oof_alerts, keys, p) for p in PROFILES},
-        "oof_nab": {p: scorer.score(oof_outputs, keys, p) for p in PROFILES},
-        "in_sample_alerts": {
-            p: scorer.score(alerts[final["candidate"]], keys, p) for p in PROFILES
-        },
-        "in_sample_nab": {p: scorer.score(outputs[final["candidate"]], keys, p) for p in PROFILES},
-        "oof_detections": {
-            c: scorer.detections(oof_alerts, by_category[c], 1.0) for c in CATEGORIES
-        },
-        "in_sample_detections": {
-            c: scorer.detections(alerts[final["candidate"]], by_category[c], 1.0)
-            for c in CATEGORIES
-        },
         "table": sorted(table, key=lambda r: -r["all"]),
         "candidates": len(candidates),
+        "seeds": len(by_seed),
+        "per_seed": seeds_out,
     }
+    for name in ("previous_alerts", "oof_alerts", "oof_nab", "in_sample_alerts", "in_sample_nab"):
+        result[name] = {p: float(np.mean([o[name][p] for o in seeds_out])) for p in PROFILES}
+    for name in ("previous_detections", "oof_detections", "in_sample_detections"):
+        # summed over the seeds: divide by ``seeds`` for one run's mean
+        result[name] = {
+            c: sum((o[name][c] for o in seeds_out), Detections(0, 0, 0, 0)) for c in CATEGORIES
+        }
     return result
